@@ -258,6 +258,9 @@ def quality_filter(rendered: list[dict], tokenizer, min_tokens: int, max_tokens:
             removed["too_long"] += 1
             continue
         kept.append({**r, "n_tokens": n})
+    if rendered and not kept:
+        raise DataError(f"the quality filters removed all {len(rendered)} examples ({removed}); "
+                        f"check min_tokens={min_tokens} and max_tokens={max_tokens}")
     return kept, removed
 
 
@@ -313,6 +316,22 @@ def prepare(p, tokenizer) -> Prepared:
     rendered = [render(r, tokenizer, p.template) for r in records]
     kept, removed = quality_filter(rendered, tokenizer, p.min_tokens, p.max_tokens)
     return Prepared(split(kept, p.validation_fraction, p.test_fraction, p.seed), len(raw), n_dup, removed)
+
+
+def for_stage(run, p, tokenizer) -> tuple[dict[str, list[dict]], str]:
+    """The prepared splits a downstream notebook trains on, and where they came from.
+
+    In a pipeline run, 01_data_prep's saved splits; on its own, the same chain run
+    here with 01_data_prep's defaults (and this notebook's common parameters).
+    """
+    from . import params
+
+    up = run.upstream("01_data_prep")
+    if up is not None and (up / "train.jsonl").is_file():
+        return load_splits(up), f"01_data_prep artifacts in this run ({up})"
+    common = {k: getattr(p, k) for k in params.common_names()}
+    prepared = prepare(params.DataPrepParams(**common), tokenizer)
+    return prepared.splits, "built here with 01_data_prep's default parameters (no 01_data_prep in this run)"
 
 
 def save_splits(splits: dict[str, list[dict]], folder: str | Path, card: dict | None = None) -> Path:

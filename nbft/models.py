@@ -227,28 +227,40 @@ def load_tokenizer(spec: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
     src = resolve(spec)
-    return prepare_tokenizer(AutoTokenizer.from_pretrained(src.path, trust_remote_code=trust_remote_code))
+    try:
+        tok = AutoTokenizer.from_pretrained(src.path, trust_remote_code=trust_remote_code)
+    except Exception as e:
+        raise ModelError(f"could not load the tokenizer of '{spec}' from {src.path}: {e}") from e
+    return prepare_tokenizer(tok)
 
 
-def load(spec: str, device: str = "auto", dtype: torch.dtype = torch.float32, trust_remote_code: bool = False):
-    """Return (model, tokenizer, source). The model is in eval mode on ``device``.
+def load_model(spec: str, device: str = "auto", dtype: torch.dtype = torch.float32,
+               trust_remote_code: bool = False, tokenizer=None):
+    """Return (model, source): the model in eval mode on ``device``.
 
     Weights load in fp32 by default: training uses mixed precision on top; pass
     ``dtype=torch.bfloat16`` for inference-only copies.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     src = resolve(spec)
     try:
-        tok = prepare_tokenizer(AutoTokenizer.from_pretrained(src.path, trust_remote_code=trust_remote_code))
         model = AutoModelForCausalLM.from_pretrained(src.path, dtype=dtype, trust_remote_code=trust_remote_code)
     except Exception as e:
         raise ModelError(f"could not load model '{spec}' from {src.path}: {e}") from e
+    tok = tokenizer or load_tokenizer(spec, trust_remote_code)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tok.pad_token_id
     if model.generation_config is not None and model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tok.pad_token_id
     model.to(pick_device(device)).eval()
+    return model, src
+
+
+def load(spec: str, device: str = "auto", dtype: torch.dtype = torch.float32, trust_remote_code: bool = False):
+    """Return (model, tokenizer, source); see :func:`load_model`."""
+    tok = load_tokenizer(spec, trust_remote_code)
+    model, src = load_model(spec, device, dtype, trust_remote_code, tokenizer=tok)
     return model, tok, src
 
 

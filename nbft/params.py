@@ -30,11 +30,12 @@ class ParamError(ValueError):
     """A parameter file, override or notebook parameter is invalid."""
 
 
-def _f(default, help: str):
-    """A dataclass field with help text (shown by ``nbft params``)."""
+def _f(default, help: str, choices: tuple = ()):
+    """A dataclass field with help text (shown by ``nbft params``) and, optionally, its valid values."""
+    meta = {"help": help, "choices": tuple(choices)}
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
@@ -43,8 +44,9 @@ class Common:
 
     model: str = _f("smollm2-135m-instruct", "model spec: smollm2-135m-instruct, tiny-llama, a local folder or a hub id")
     seed: int = _f(0, "seed for python, numpy, torch and data shuffling")
-    device: str = _f("auto", "auto | cpu | cuda")
-    precision: str = _f("auto", "auto (bf16 where the hardware supports it) | bf16 | fp32 | fp16")
+    device: str = _f("auto", "auto | cpu | cuda", ("auto", "cpu", "cuda"))
+    precision: str = _f("auto", "auto (bf16 where the hardware supports it) | bf16 | fp32 | fp16",
+                        ("auto", "bf16", "fp32", "fp16"))
     run_name: str = _f("", "run folder name under runs/; empty: a new timestamped run")
 
 
@@ -53,11 +55,12 @@ class DataPrepParams(Common):
     """01_data_prep: raw data -> clean, templated, split datasets."""
 
     dataset: str = _f("demo", "'demo' (built-in), a .jsonl/.json/.csv file, or a Hugging Face dataset name")
-    data_format: str = _f("auto", "auto | alpaca | messages | sharegpt | prompt_completion | text")
+    data_format: str = _f("auto", "auto | alpaca | messages | sharegpt | prompt_completion | text",
+                          ("auto", "alpaca", "messages", "sharegpt", "prompt_completion", "text"))
     hf_split: str = _f("train", "split to read when dataset is a Hugging Face dataset name")
     n_examples: int = _f(320, "size of the built-in demo dataset (before its planted duplicates and junk)")
     max_records: int = _f(0, "keep at most this many raw records (0: all)")
-    template: str = _f("chat", "chat (the model's chat template) | alpaca")
+    template: str = _f("chat", "chat (the model's chat template) | alpaca", ("chat", "alpaca"))
     dedup: bool = _f(True, "drop exact duplicates (whitespace/case-insensitive)")
     min_tokens: int = _f(4, "drop examples whose response has fewer tokens")
     max_tokens: int = _f(384, "drop examples whose prompt+response has more tokens")
@@ -70,7 +73,7 @@ class SFTParams(Common):
     """02_sft: supervised fine-tuning (LoRA) on the prepared data."""
 
     lora_r: int = _f(16, "LoRA rank")
-    lora_alpha: int = _f(32, "LoRA scaling numerator (scale = alpha / r)")
+    lora_alpha: int = _f(32, "LoRA scaling numerator: the update is scaled by alpha over r")
     lora_dropout: float = _f(0.05, "dropout on the LoRA input")
     lora_target: str = _f("all-linear", "modules LoRA wraps: all-linear or a comma-separated list")
     learning_rate: float = _f(2e-4, "peak learning rate (linear decay)")
@@ -80,7 +83,8 @@ class SFTParams(Common):
     max_length: int = _f(256, "truncate training sequences to this many tokens")
     max_train_examples: int = _f(0, "train on at most this many examples (0: all)")
     gradient_checkpointing: bool = _f(False, "trade compute for memory (slower on CPU)")
-    task_check: str = _f("auto", "programmatic check for the task score: auto (the data's own), json_answer, exact, contains")
+    task_check: str = _f("auto", "programmatic check for the task score: auto (the data's own), json_answer, exact, contains",
+                         ("auto", "json_answer", "exact", "contains"))
     max_new_tokens: int = _f(48, "generation length for evaluation")
     eval_batch_size: int = _f(16, "prompts per generation batch")
     n_eval: int = _f(0, "score at most this many held-out test prompts (0: all)")
@@ -146,6 +150,13 @@ def check_value(key: str, value: Any, tp, where: str = "") -> Any:
     return value
 
 
+def check_choice(cls: type, key: str, value: Any, where: str = "") -> None:
+    choices = next((f.metadata.get("choices", ()) for f in dataclasses.fields(cls) if f.name == key), ())
+    if choices and value not in choices:
+        raise ParamError(f"{where}{key}: {value!r} is not one of {', '.join(map(str, choices))}"
+                         + _closest(str(value), list(choices)).replace("valid keys", "valid values"))
+
+
 def _closest(key: str, valid: list[str]) -> str:
     match = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
     return f"; did you mean '{match[0]}'?" if match else f"; valid keys: {', '.join(valid)}"
@@ -160,6 +171,8 @@ def build(stage: str, values: dict[str, Any], where: str = "") -> Any:
         if key not in hints:
             raise ParamError(f"{where}unknown parameter '{key}' for {stage}{_closest(key, valid)}")
     checked = {k: check_value(k, v, hints[k], where) for k, v in values.items()}
+    for k, v in checked.items():
+        check_choice(cls, k, v, where)
     return cls(**checked)
 
 
@@ -229,6 +242,7 @@ def parse_profile(path: str | Path) -> dict[str, dict[str, Any]]:
             if key not in hints:
                 raise ParamError(f"{where}{key}: unknown parameter{_closest(str(key), valid)}")
             body[key] = check_value("", value, hints[key], where=f"{where}{key}")
+            check_choice(cls, key, body[key], where)
     return data
 
 

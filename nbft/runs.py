@@ -264,3 +264,23 @@ def list_runs(root: Path | None = None) -> list[dict]:
         rows.append({"name": d.name, "state": status.get("state", "notebook" if metrics else "empty"),
                      "stages": ",".join(metrics), "metrics": head, "path": str(d)})
     return rows
+
+
+def write_card(folder: Path, title: str, parameters=None, metrics: dict | None = None, **facts: Any) -> Path:
+    """A short model/data card (card.md for people, card.json for programs) beside an artifact."""
+    import dataclasses
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    card = {"title": title, **facts,
+            "parameters": dataclasses.asdict(parameters) if dataclasses.is_dataclass(parameters) else parameters,
+            "metrics": _clean(metrics or {})}
+    _atomic_write_json(folder / "card.json", card)
+    lines = [f"# {title}", ""] + [f"- **{k}**: {v}" for k, v in facts.items()]
+    if metrics:
+        lines += ["", "## Metrics", ""] + [f"- {k}: {v:.4g}" if isinstance(v, float) else f"- {k}: {v}"
+                                          for k, v in metrics.items()]
+    if card["parameters"]:
+        lines += ["", "## Parameters", ""] + [f"- {k}: {v!r}" for k, v in card["parameters"].items()]
+    (folder / "card.md").write_text("\n".join(lines) + "\n")
+    return folder / "card.md"

@@ -88,6 +88,10 @@ def sft(model, tokenizer, train: list[dict], validation: list[dict], p, output_d
     trainer = SFTTrainer(model=model, args=args, train_dataset=to_dataset(train),
                          eval_dataset=to_dataset(validation) if validation else None,
                          processing_class=tokenizer, peft_config=peft_config, callbacks=list(callbacks))
+    if callbacks:  # a live monitor replaces the printed log dicts
+        from transformers import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
     t0 = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - t0

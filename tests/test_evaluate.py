@@ -1,0 +1,63 @@
+"""Evaluation: task checks, scoring, generation, perplexity."""
+import math
+
+import pytest
+
+from nbft import evaluate
+
+GOOD = '{"topic": "math", "answer": "4"}'
+
+
+@pytest.mark.parametrize("output, ok", [
+    (GOOD, True),
+    ('  {"answer": "Paris", "topic": "geography"} ', True),
+    ('{"topic": "math", "answer": "4"} extra', False),
+    ('{"topic": "cooking", "answer": "4"}', False),
+    ('{"topic": "math", "answer": ""}', False),
+    ('{"topic": "math", "answer": "4", "note": "x"}', False),
+    ('{"topic": "math"}', False),
+    ("The answer is 4.", False),
+    ("[1, 2]", False),
+])
+def test_json_answer_check(output, ok):
+    assert evaluate.check_json_answer(output) is ok
+
+
+@pytest.mark.parametrize("check, output, ref, ok", [
+    ("exact", "The Paris.", "paris", True),
+    ("exact", "Paris, France", "Paris", False),
+    ("contains", "It is Paris, France", "Paris", True),
+    ("contains", "London", "Paris", False),
+    ("contains", "anything", "", False),
+])
+def test_text_checks(check, output, ref, ok):
+    assert evaluate.TASK_CHECKS[check](output, ref) is ok
+
+
+def test_score_and_answer_accuracy():
+    s, passed = evaluate.score([GOOD, "nope"], ["4", "4"], "json_answer")
+    assert s == 0.5 and passed == [True, False]
+    assert evaluate.answer_accuracy([GOOD, '{"topic": "math", "answer": "5"}'], ["4", "4"]) == 0.5
+
+
+def test_resolve_check():
+    assert evaluate.resolve_check("auto", [{"check": "json_answer"}]) == "json_answer"
+    assert evaluate.resolve_check("auto", [{}]) == "contains"
+    with pytest.raises(ValueError, match="unknown check"):
+        evaluate.resolve_check("bogus", [])
+
+
+def test_generate_keeps_order_and_is_deterministic(tiny):
+    model, tok = tiny
+    prompts = [tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False)
+               for q in ["a much longer question about many different things", "hi", "what?"]]
+    a = evaluate.generate(model, tok, prompts, max_new_tokens=5, batch_size=2)
+    assert a == evaluate.generate(model, tok, prompts, max_new_tokens=5, batch_size=2)
+    assert len(a) == 3 and all(isinstance(x, str) for x in a)
+
+
+def test_perplexity_of_untrained_model_is_near_vocab_size(tiny):
+    model, tok = tiny
+    ppl = evaluate.perplexity(model, tok, ["The cat sat on the mat.", "A short text."])
+    # an untrained model is close to uniform over its vocabulary
+    assert math.isfinite(ppl) and len(tok) / 4 < ppl < len(tok) * 4

@@ -1,0 +1,173 @@
+"""The notebooks executed through Papermill on the smoke profile, and the runner's bad-input handling.
+
+One smoke run is shared by the tests of this module (module-scoped fixture);
+each bad-input test checks that it leaves that earlier run untouched.
+"""
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nbft import cli, params
+
+pytestmark = pytest.mark.notebook
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = str(ROOT / "params" / "smoke.yaml")
+
+
+def snapshot(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    runs_dir = tmp_path_factory.mktemp("runs")
+    old = os.environ.get("NBFT_RUNS_DIR")
+    os.environ["NBFT_RUNS_DIR"] = str(runs_dir)
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        rc = cli.main(["run", "--params", SMOKE, "--name", "smoke", "--no-progress"])
+    finally:
+        os.chdir(cwd)
+    yield rc, runs_dir / "smoke"
+    if old is None:
+        os.environ.pop("NBFT_RUNS_DIR", None)
+    else:
+        os.environ["NBFT_RUNS_DIR"] = old
+
+
+def test_smoke_run_writes_everything(smoke_run):
+    rc, run = smoke_run
+    assert rc == 0
+    for stage in params.STAGES:
+        assert (run / f"{stage}.ipynb").is_file() and (run / f"{stage}.html").is_file()
+    for f in ["params.yaml", "env.json", "metrics.json", "status.json"]:
+        assert (run / f).is_file(), f
+    assert json.loads((run / "status.json").read_text())["state"] == "ok"
+    resolved = params.resolve(run / "params.yaml")
+    assert resolved["02_sft"].model == "tiny-llama" and resolved["02_sft"].run_name == "smoke"
+    env = json.loads((run / "env.json").read_text())
+    assert env["model"]["spec"] == "tiny-llama" and env["seed"] == 0 and "commit" in env["git"]
+
+
+def test_smoke_metrics(smoke_run):
+    _, run = smoke_run
+    m = json.loads((run / "metrics.json").read_text())
+    d = m["01_data_prep"]
+    assert d["n_train"] > d["n_validation"] > 0 and d["n_test"] > 0
+    assert d["n_removed_duplicates"] > 0 and d["n_removed_filtered"] > 0  # the demo's planted problems
+    s = m["02_sft"]
+    assert 0 <= s["task_score_before"] <= 1 and 0 <= s["task_score_after"] <= 1
+    assert s["eval_loss"] > 0 and s["train_tokens_per_second"] > 0
+    assert 0 < s["trainable_params"] < s["total_params"]
+
+
+def test_smoke_artifacts(smoke_run):
+    _, run = smoke_run
+    prep = run / "artifacts" / "01_data_prep"
+    assert all((prep / f"{s}.jsonl").is_file() for s in ("train", "validation", "test"))
+    n_train = sum(1 for _ in open(prep / "train.jsonl"))
+    assert n_train == json.loads((run / "metrics.json").read_text())["01_data_prep"]["n_train"]
+    sft = run / "artifacts" / "02_sft"
+    assert (sft / "adapter" / "adapter_model.safetensors").is_file() and (sft / "card.md").is_file()
+
+
+def test_smoke_reports_read_as_reports(smoke_run):
+    _, run = smoke_run
+    for stage in params.STAGES:
+        nb = json.loads((run / f"{stage}.ipynb").read_text())
+        errors = [o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
+        assert not errors
+        assert sum(c["cell_type"] == "markdown" for c in nb["cells"]) >= 5
+        html = (run / f"{stage}.html").read_text()
+        assert "data:image/png;base64" in html, f"{stage}: figures must be embedded in the HTML"
+    # 02_sft used 01's splits from the same run
+    sft = (run / "02_sft.ipynb").read_text()
+    assert "01_data_prep artifacts in this run" in sft
+
+
+def test_list_shows_the_run(smoke_run, capsys):
+    _, run = smoke_run
+    os.environ["NBFT_RUNS_DIR"] = str(run.parent)
+    assert cli.main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "smoke" in out and "ok" in out and "task_score_after" in out
+
+
+def jsonl(path, recs):
+    path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in recs) + "\n")
+    return str(path)
+
+
+GOOD = {"instruction": "Say hi", "output": "Hello there, friend."}
+
+
+@pytest.mark.parametrize("case", ["unknown_key", "wrong_type", "missing_file", "malformed_jsonl",
+                                  "missing_field", "unknown_model", "existing_name"])
+def test_bad_input_fails_before_running_and_touches_nothing(case, smoke_run, tmp_path, capsys):
+    _, run = smoke_run
+    before = snapshot(run.parent)
+    args = ["run", "--params", SMOKE, "--no-progress"]
+    expect = {
+        "unknown_key": (["--set", "02_sft.lora_rank=4"], ["lora_rank", "did you mean 'lora_r'"]),
+        "wrong_type": (["--set", "epochs=two"], ["epochs", "expected float", "'two'"]),
+        "missing_file": (["--set", f"dataset={tmp_path}/nope.jsonl"], ["data file not found", "nope.jsonl"]),
+        "malformed_jsonl": (["--set", "dataset=" + jsonl(tmp_path / "bad.jsonl", [GOOD, GOOD, '{"instruction": '])],
+                            ["bad.jsonl line 3", "malformed JSON"]),
+        "missing_field": (["--set", "dataset=" + jsonl(tmp_path / "mf.jsonl", [GOOD, {"instruction": "x"}])],
+                          ["mf.jsonl line 2", "'output'"]),
+        "unknown_model": (["--set", "model=no-such-model"], ["cannot resolve model 'no-such-model'", "Tried"]),
+        "existing_name": (["--name", "smoke"], ["already exists", "never overwritten"]),
+    }[case]
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        rc = cli.main(args + expect[0])
+    finally:
+        os.chdir(cwd)
+    err = capsys.readouterr().err
+    assert rc == cli.EXIT_BAD_INPUT
+    for frag in expect[1]:
+        assert frag in err, (frag, err)
+    assert snapshot(run.parent) == before  # no new run folder, earlier run untouched
+
+
+def test_failure_inside_a_notebook_names_it_and_keeps_the_partial_notebook(smoke_run, tmp_path, capsys):
+    _, run = smoke_run
+    before = snapshot(run)
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:  # every example is filtered out: 01_data_prep fails at its filter cell
+        rc = cli.main(["run", "--params", SMOKE, "--no-progress", "--name", "broken", "--set", "min_tokens=500"])
+    finally:
+        os.chdir(cwd)
+    err = capsys.readouterr().err
+    assert rc == cli.EXIT_FAILED
+    assert "FAILED in notebook 01_data_prep.ipynb, cell" in err and "removed all" in err
+    broken = run.parent / "broken"
+    assert (broken / "01_data_prep.ipynb").is_file() and not (broken / "02_sft.ipynb").exists()
+    status = json.loads((broken / "status.json").read_text())
+    assert status["state"] == "failed" and status["failed_stage"] == "01_data_prep"
+    assert snapshot(run) == before
+
+
+def test_plain_papermill_works(tmp_path):
+    out = tmp_path / "out.ipynb"
+    env = {**os.environ, "NBFT_RUNS_DIR": str(tmp_path / "runs")}
+    bindir = str(Path(sys.executable).parent)
+    proc = subprocess.run(
+        [str(Path(bindir) / "papermill"), str(ROOT / "notebooks" / "02_sft.ipynb"), str(out),
+         "-p", "model", "tiny-llama", "-p", "epochs", "0.5", "-p", "n_eval", "4", "-p", "max_new_tokens", "8",
+         "-k", "python3", "--cwd", str(ROOT / "notebooks")],
+        capture_output=True, text=True, env={**env, "PATH": bindir + os.pathsep + env["PATH"]}, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = (tmp_path / "runs").iterdir()
+    m = json.loads((run / "metrics.json").read_text())["02_sft"]
+    assert m["n_test"] == 4 and "task_score_after" in m
+    assert "built here with 01_data_prep's default parameters" in out.read_text()
