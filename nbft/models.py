@@ -242,7 +242,9 @@ def load_model(spec: str, device: str = "auto", dtype: torch.dtype = torch.float
     ``dtype=torch.bfloat16`` for inference-only copies.
     """
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # a per-tensor bar for a sub-second load
     src = resolve(spec)
     try:
         model = AutoModelForCausalLM.from_pretrained(src.path, dtype=dtype, trust_remote_code=trust_remote_code)

@@ -34,7 +34,8 @@ def sft_config(p, output_dir: str | Path, **overrides):
         warmup_steps=0.05,
         max_length=p.max_length,
         completion_only_loss=True,  # prompt/completion data: loss on the response only
-        gradient_checkpointing=p.gradient_checkpointing,
+        activation_checkpointing=p.gradient_checkpointing,  # TRL turns it on by default: slower on CPU
+        gradient_checkpointing=None,  # deprecated alias in transformers 5
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         use_cpu=device == "cpu",
@@ -82,8 +83,10 @@ def sft(model, tokenizer, train: list[dict], validation: list[dict], p, output_d
     ``model`` is trained in place (wrapped by peft when ``peft_config`` is given:
     use ``result.trainer.model``). Leaves the model in eval mode.
     """
+    import datasets
     from trl import SFTTrainer
 
+    datasets.disable_progress_bars()  # per-map bars drown the notebook; the monitor shows progress
     args = sft_config(p, output_dir, **overrides)
     trainer = SFTTrainer(model=model, args=args, train_dataset=to_dataset(train),
                          eval_dataset=to_dataset(validation) if validation else None,

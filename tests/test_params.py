@@ -104,8 +104,8 @@ def test_common_key_in_stage_section_is_allowed_per_stage(tmp_path):
 
 
 def test_invalid_yaml_names_line(tmp_path):
-    with pytest.raises(P.ParamError, match="line 2"):
-        P.resolve(write(tmp_path, "common:\n  seed: [1,\n"))
+    with pytest.raises(P.ParamError, match="p.yaml line 3: not valid YAML"):
+        P.resolve(write(tmp_path, "common:\n  seed: 1\n\tmodel: x\n02_sft:\n  epochs: 1\n"))
 
 
 def test_set_overrides():

@@ -40,5 +40,5 @@ def test_lora_config_targets():
 
 def test_sft_config_follows_precision():
     cfg = train.sft_config(params.SFTParams(precision="fp32", device="cpu"), "/tmp/x")
-    assert not cfg.bf16 and cfg.use_cpu and not cfg.gradient_checkpointing
+    assert not cfg.bf16 and cfg.use_cpu and not cfg.activation_checkpointing and not cfg.gradient_checkpointing
     assert train.sft_config(params.SFTParams(precision="bf16", device="cpu"), "/tmp/x").bf16
