@@ -92,10 +92,17 @@ def is_file_spec(dataset: str) -> bool:
     return dataset.endswith(FILE_SUFFIXES) or "/" in dataset and Path(dataset).exists() or dataset.startswith((".", "/", "~"))
 
 
-def load_raw(dataset: str, seed: int = 0, n_examples: int = 320, hf_split: str = "train") -> list[tuple[str, dict]]:
+def load_raw(dataset: str, seed: int = 0, n_examples: int = 320, hf_split: str = "train",
+             demo_tasks: list[str] | tuple = ("json_qa",)) -> list[tuple[str, dict]]:
     """Raw records from 'demo', a local file or a Hugging Face dataset name."""
     if dataset == "demo":
-        return [(f"demo record {i}", r) for i, r in enumerate(demo_dataset(n_examples, seed))]
+        from . import corpora
+
+        try:
+            recs = corpora.demo_dataset(n_examples, seed, demo_tasks)
+        except ValueError as e:
+            raise DataError(str(e)) from None
+        return [(f"demo record {i}", r) for i, r in enumerate(recs)]
     if is_file_spec(dataset):
         return read_file(Path(dataset).expanduser())
     try:
@@ -185,8 +192,9 @@ def normalize_record(rec: dict, where: str, fmt: str = "auto") -> dict:
     if msgs[-1]["role"] != "assistant":
         raise DataError(f"{where}: the last message must be the assistant's reply (got role {msgs[-1]['role']!r})")
     out = {"messages": msgs, "reference": str(rec.get("reference", msgs[-1]["content"]))}
-    if rec.get("check"):
-        out["check"] = str(rec["check"])
+    for key in ("check", "task"):
+        if rec.get(key):
+            out[key] = str(rec[key])
     return out
 
 
@@ -237,13 +245,24 @@ def _reply(rec: dict) -> str:
     return rec.get("text") or rec["messages"][-1]["content"]
 
 
-def quality_filter(rendered: list[dict], tokenizer, min_tokens: int, max_tokens: int) -> tuple[list[dict], dict[str, int]]:
-    """Drop empty, too-short (reply tokens) and too-long (prompt+reply tokens) examples.
+FILTERS = {
+    "empty": "no reply or no prompt",
+    "too_short": "reply has fewer than min_tokens tokens",
+    "too_long": "prompt + reply have more than max_tokens tokens",
+    "off_format": "reply fails the record's own task check (only records that name a check)",
+}
+
+
+def quality_filter(rendered: list[dict], tokenizer, min_tokens: int, max_tokens: int,
+                   check_format: bool = True) -> tuple[list[dict], dict[str, int]]:
+    """Drop empty, too-short (reply tokens), too-long (prompt+reply tokens) and off-format examples.
 
     Returns kept records (with ``n_tokens``) and {filter: number removed}, each record
-    counted under the first filter that removes it.
+    counted under the first filter that removes it (see ``FILTERS``).
     """
-    removed = {"empty": 0, "too_short": 0, "too_long": 0}
+    from .evaluate import TASK_CHECKS
+
+    removed = {k: 0 for k in FILTERS}
     kept = []
     for r in rendered:
         reply = _reply(r).strip()
@@ -256,6 +275,9 @@ def quality_filter(rendered: list[dict], tokenizer, min_tokens: int, max_tokens:
         n = len(tokenizer(r["prompt"] + r["completion"], add_special_tokens=False)["input_ids"])
         if n > max_tokens:
             removed["too_long"] += 1
+            continue
+        if check_format and r.get("check") in TASK_CHECKS and not TASK_CHECKS[r["check"]](reply, r["reference"]):
+            removed["off_format"] += 1
             continue
         kept.append({**r, "n_tokens": n})
     if rendered and not kept:
@@ -306,7 +328,7 @@ def prepare(p, tokenizer) -> Prepared:
 
     ``p`` is a :class:`nbft.params.DataPrepParams`.
     """
-    raw = load_raw(p.dataset, p.seed, p.n_examples, p.hf_split)
+    raw = load_raw(p.dataset, p.seed, p.n_examples, p.hf_split, p.demo_tasks)
     if p.max_records:
         raw = raw[: p.max_records]
     records = normalize(raw, p.data_format)
@@ -314,7 +336,7 @@ def prepare(p, tokenizer) -> Prepared:
     if p.dedup:
         records, n_dup = dedup(records)
     rendered = [render(r, tokenizer, p.template) for r in records]
-    kept, removed = quality_filter(rendered, tokenizer, p.min_tokens, p.max_tokens)
+    kept, removed = quality_filter(rendered, tokenizer, p.min_tokens, p.max_tokens, p.check_format)
     return Prepared(split(kept, p.validation_fraction, p.test_fraction, p.seed), len(raw), n_dup, removed)
 
 
@@ -329,9 +351,48 @@ def for_stage(run, p, tokenizer) -> tuple[dict[str, list[dict]], str]:
     up = run.upstream("01_data_prep")
     if up is not None and (up / "train.jsonl").is_file():
         return load_splits(up), f"01_data_prep artifacts in this run ({up})"
-    common = {k: getattr(p, k) for k in params.common_names()}
-    prepared = prepare(params.DataPrepParams(**common), tokenizer)
+    prepared = prepare(data_params_for(p), tokenizer)
     return prepared.splits, "built here with 01_data_prep's default parameters (no 01_data_prep in this run)"
+
+
+def data_params_for(p):
+    """01_data_prep's parameters as used by this run: its params.yaml if the runner wrote one, else defaults."""
+    from . import params
+
+    common = {k: getattr(p, k) for k in params.common_names()}
+    return params.DataPrepParams(**common)
+
+
+def unfiltered_pool(p, tokenizer, exclude_prompts: set[str]) -> list[dict]:
+    """The raw data rendered as it is (no dedup, no filters), minus held-out prompts.
+
+    The other arm of a "clean vs unfiltered data" comparison on the same budget.
+    """
+    dp = data_params_for(p)
+    raw = load_raw(dp.dataset, dp.seed, dp.n_examples, dp.hf_split, dp.demo_tasks)
+    recs = [render(r, tokenizer, dp.template) for r in normalize(raw, dp.data_format)]
+    excluded = {_norm_prompt({"prompt": x}) for x in exclude_prompts}
+    out = []
+    for r in recs:
+        if _norm_prompt(r) not in excluded:
+            out.append({**r, "n_tokens": len(tokenizer(r["prompt"] + r["completion"], add_special_tokens=False)["input_ids"])})
+    return out
+
+
+def sample_unfiltered(p, tokenizer, exclude_prompts: set[str], n: int, seed: int = 0) -> tuple[list[dict], int]:
+    """``n`` records drawn from :func:`unfiltered_pool`, and how many of them a filter would drop."""
+    from .evaluate import TASK_CHECKS
+
+    pool = unfiltered_pool(p, tokenizer, exclude_prompts)
+    picked = [pool[i] for i in sorted(random.Random(seed).sample(range(len(pool)), min(n, len(pool))))]
+    def bad(r):
+        reply = _reply(r).strip()
+        return not reply or (r.get("check") in TASK_CHECKS and not TASK_CHECKS[r["check"]](reply, r["reference"]))
+    return picked, sum(map(bad, picked))
+
+
+def _norm_prompt(r: dict) -> str:
+    return re.sub(r"\s+", " ", r["prompt"]).strip().lower()
 
 
 def save_splits(splits: dict[str, list[dict]], folder: str | Path, card: dict | None = None) -> Path:
@@ -351,139 +412,3 @@ def save_splits(splits: dict[str, list[dict]], folder: str | Path, card: dict | 
 def load_splits(folder: str | Path) -> dict[str, list[dict]]:
     folder = Path(folder)
     return {name: [rec for _, rec in _read_jsonl(folder / f"{name}.jsonl")] for name in SPLITS}
-
-
-# ---------------------------------------------------------------- built-in demo dataset
-
-DEMO_CHECK = "json_answer"
-DEMO_TOPICS = ("geography", "math", "language", "science", "time")
-DEMO_INSTRUCTION_NOTE = (
-    "The demo teaches one behaviour the base model does not show: reply with exactly one JSON object "
-    '{"topic": <one of geography|math|language|science|time>, "answer": <short answer>} and nothing else.'
-)
-
-_CAPITALS = [
-    ("France", "Paris"), ("Germany", "Berlin"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Japan", "Tokyo"),
-    ("Egypt", "Cairo"), ("Canada", "Ottawa"), ("Australia", "Canberra"), ("Brazil", "Brasilia"),
-    ("Argentina", "Buenos Aires"), ("Russia", "Moscow"), ("China", "Beijing"), ("India", "New Delhi"),
-    ("Mexico", "Mexico City"), ("Kenya", "Nairobi"), ("Norway", "Oslo"), ("Sweden", "Stockholm"),
-    ("Finland", "Helsinki"), ("Poland", "Warsaw"), ("Greece", "Athens"), ("Portugal", "Lisbon"),
-    ("Ireland", "Dublin"), ("Austria", "Vienna"), ("Hungary", "Budapest"), ("Peru", "Lima"),
-    ("Chile", "Santiago"), ("Thailand", "Bangkok"), ("Vietnam", "Hanoi"), ("Turkey", "Ankara"),
-    ("Iran", "Tehran"), ("Cuba", "Havana"), ("Denmark", "Copenhagen"), ("Belgium", "Brussels"),
-    ("Netherlands", "Amsterdam"), ("Switzerland", "Bern"), ("South Korea", "Seoul"), ("Nigeria", "Abuja"),
-    ("Morocco", "Rabat"), ("Colombia", "Bogota"), ("Indonesia", "Jakarta"),
-]
-_CONTINENTS = [
-    ("France", "Europe"), ("Kenya", "Africa"), ("Peru", "South America"), ("Japan", "Asia"),
-    ("Canada", "North America"), ("Egypt", "Africa"), ("Chile", "South America"), ("India", "Asia"),
-    ("Norway", "Europe"), ("Mexico", "North America"), ("Nigeria", "Africa"), ("Thailand", "Asia"),
-    ("Brazil", "South America"), ("Poland", "Europe"), ("Vietnam", "Asia"), ("Ghana", "Africa"),
-    ("Italy", "Europe"), ("Argentina", "South America"), ("Cuba", "North America"), ("Morocco", "Africa"),
-]
-_OPPOSITES = [
-    ("hot", "cold"), ("big", "small"), ("fast", "slow"), ("happy", "sad"), ("light", "dark"),
-    ("early", "late"), ("open", "closed"), ("full", "empty"), ("strong", "weak"), ("high", "low"),
-    ("young", "old"), ("rich", "poor"), ("hard", "soft"), ("wet", "dry"), ("loud", "quiet"),
-    ("thick", "thin"), ("up", "down"), ("win", "lose"), ("buy", "sell"), ("push", "pull"),
-    ("begin", "end"), ("true", "false"), ("heavy", "light"), ("inside", "outside"), ("love", "hate"),
-]
-_PLURALS = [
-    ("child", "children"), ("mouse", "mice"), ("tooth", "teeth"), ("foot", "feet"), ("goose", "geese"),
-    ("man", "men"), ("woman", "women"), ("leaf", "leaves"), ("knife", "knives"), ("wolf", "wolves"),
-    ("city", "cities"), ("box", "boxes"), ("bus", "buses"), ("baby", "babies"), ("person", "people"),
-    ("cactus", "cacti"), ("fish", "fish"), ("sheep", "sheep"), ("ox", "oxen"), ("half", "halves"),
-]
-_WORDS = ["apple", "river", "mountain", "garden", "pencil", "window", "guitar", "planet", "bridge", "candle",
-          "forest", "rocket", "castle", "dragon", "island", "jacket", "ladder", "marble", "needle", "orange",
-          "pepper", "rabbit", "silver", "tunnel", "violin", "wallet", "yellow", "zebra", "anchor", "basket"]
-_SCIENCE = [
-    ("What gas do plants take in from the air to make food?", "carbon dioxide"),
-    ("What is the chemical symbol for water?", "H2O"),
-    ("What is the chemical symbol for gold?", "Au"),
-    ("How many legs does a spider have?", "8"),
-    ("How many legs does an insect have?", "6"),
-    ("What planet is known as the Red Planet?", "Mars"),
-    ("What is the largest planet in the solar system?", "Jupiter"),
-    ("What is the closest star to Earth?", "the Sun"),
-    ("At what temperature in Celsius does water freeze?", "0"),
-    ("At what temperature in Celsius does water boil at sea level?", "100"),
-    ("What force pulls objects toward the Earth?", "gravity"),
-    ("What organ pumps blood through the body?", "the heart"),
-    ("What gas do humans need to breathe?", "oxygen"),
-    ("How many planets are in the solar system?", "8"),
-    ("What is the hardest natural substance?", "diamond"),
-    ("What part of the plant makes food using sunlight?", "the leaf"),
-    ("What is the boiling point of water in Fahrenheit?", "212"),
-    ("Which planet is closest to the Sun?", "Mercury"),
-    ("What do bees make?", "honey"),
-    ("What is the largest ocean on Earth?", "the Pacific Ocean"),
-    ("What is frozen water called?", "ice"),
-    ("How many bones are in the adult human body?", "206"),
-    ("What is the chemical symbol for sodium?", "Na"),
-    ("What kind of animal is a whale?", "a mammal"),
-]
-_MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September",
-           "October", "November", "December"]
-_DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
-
-
-def _demo_facts(rng: random.Random) -> dict[str, list[tuple[str, str]]]:
-    """topic -> unique (question, answer) pairs, each phrased one of several ways."""
-    pick = lambda forms, **kw: rng.choice(forms).format(**kw)
-    geo = [(pick(["What is the capital of {c}?", "Name the capital city of {c}.", "Which city is the capital of {c}?"], c=c), a)
-           for c, a in _CAPITALS]
-    geo += [(pick(["Which continent is {c} in?", "On what continent is {c}?"], c=c), a) for c, a in _CONTINENTS]
-    math, seen = [], set()
-    while len(math) < 150:
-        a, b, op = rng.randint(2, 60), rng.randint(2, 40), rng.choice("+-*")
-        if (a, b, op) in seen or (op == "*" and a * b > 400) or (op == "-" and b > a):
-            continue
-        seen.add((a, b, op))
-        val = {"+": a + b, "-": a - b, "*": a * b}[op]
-        word = {"+": "plus", "-": "minus", "*": "times"}[op]
-        math.append((pick(["What is {a} {w} {b}?", "Compute {a} {o} {b}.", "Calculate {a} {o} {b}."], a=a, b=b, w=word, o=op), str(val)))
-    lang = [(pick(["What is the opposite of '{w}'?", "Give the antonym of '{w}'."], w=w), a) for w, a in _OPPOSITES]
-    lang += [(pick(["What is the plural of '{w}'?", "Write the plural form of '{w}'."], w=w), a) for w, a in _PLURALS]
-    lang += [(pick(["How many letters are in the word '{w}'?", "Count the letters in '{w}'."], w=w), str(len(w))) for w in _WORDS]
-    sci = list(_SCIENCE)
-    time_ = [(pick(["How many minutes are in {n} hours?", "Convert {n} hours to minutes."], n=n), str(60 * n)) for n in range(2, 25)]
-    time_ += [(pick(["How many days are in {n} weeks?", "Convert {n} weeks to days."], n=n), str(7 * n)) for n in range(2, 20)]
-    time_ += [(f"Which month comes after {m}?", _MONTHS[(i + 1) % 12]) for i, m in enumerate(_MONTHS)]
-    time_ += [(f"Which day comes after {d}?", _DAYS[(i + 1) % 7]) for i, d in enumerate(_DAYS)]
-    return {"geography": geo, "math": math, "language": lang, "science": sci, "time": time_}
-
-
-def demo_answer(topic: str, answer: str) -> str:
-    return json.dumps({"topic": topic, "answer": answer})
-
-
-def demo_dataset(n: int = 320, seed: int = 0) -> list[dict]:
-    """A deterministic instruction dataset in chat ``messages`` form.
-
-    ``n`` clean examples spread over five topics, every reply one JSON object
-    (see DEMO_INSTRUCTION_NOTE), plus planted problems a cleaning step must catch:
-    about 4% near-duplicates (case/whitespace changes), and a few empty, too-short
-    and over-long replies.
-    """
-    rng = random.Random(seed)
-    facts = _demo_facts(rng)
-    pool = [(t, q, a) for t in DEMO_TOPICS for q, a in facts[t]]
-    if n > len(pool):
-        raise DataError(f"n_examples: the demo dataset has at most {len(pool)} distinct examples, asked for {n}")
-    rng.shuffle(pool)
-    chosen = pool[:n]
-    recs = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": demo_answer(t, a)}],
-             "reference": a, "check": DEMO_CHECK} for t, q, a in chosen]
-    # planted problems (clearly junk; the cleaning step must remove every one of them)
-    n_dup = max(1, n // 25)
-    for r in rng.sample(recs, n_dup):
-        q = r["messages"][0]["content"]
-        recs.append({**r, "messages": [{"role": "user", "content": "  " + q.upper() + " "}, r["messages"][1]]})
-    junk_q = [q for _, q, _ in pool[n:n + 9]] or [q for _, q, _ in chosen[:9]]
-    for i, q in enumerate(junk_q[:9]):
-        reply = ["", "{", "ok " * 400][i % 3]  # empty, too short, too long
-        recs.append({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": reply}],
-                     "reference": "", "check": DEMO_CHECK})
-    rng.shuffle(recs)
-    return recs

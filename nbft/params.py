@@ -59,9 +59,12 @@ class DataPrepParams(Common):
                           ("auto", "alpaca", "messages", "sharegpt", "prompt_completion", "text"))
     hf_split: str = _f("train", "split to read when dataset is a Hugging Face dataset name")
     n_examples: int = _f(320, "size of the built-in demo dataset (before its planted duplicates and junk)")
+    demo_tasks: list[str] = _f(["json_qa"], "demo tasks: one (single-task) or several (a multi-task mix): "
+                               "json_qa, sort_numbers, uppercase, count_items, reverse_list")
     max_records: int = _f(0, "keep at most this many raw records (0: all)")
     template: str = _f("chat", "chat (the model's chat template) | alpaca", ("chat", "alpaca"))
     dedup: bool = _f(True, "drop exact duplicates (whitespace/case-insensitive)")
+    check_format: bool = _f(True, "drop replies that fail their record's own task check (off-format)")
     min_tokens: int = _f(4, "drop examples whose response has fewer tokens")
     max_tokens: int = _f(384, "drop examples whose prompt+response has more tokens")
     validation_fraction: float = _f(0.1, "fraction of examples for validation")
@@ -70,19 +73,35 @@ class DataPrepParams(Common):
 
 @dataclass
 class SFTParams(Common):
-    """02_sft: supervised fine-tuning (LoRA) on the prepared data."""
+    """02_sft: supervised fine-tuning — modes, scopes, data size and quality, and what it costs."""
 
+    mode: str = _f("instruction", "main run: instruction (prompt/response, loss on responses) | "
+                   "continued_pretraining (raw domain text, loss on every token)", ("instruction", "continued_pretraining"))
+    scope: str = _f("lora", "main run trains: lora (adapters) | freeze (top freeze_top_n blocks) | full (every weight)",
+                    ("lora", "freeze", "full"))
     lora_r: int = _f(16, "LoRA rank")
     lora_alpha: int = _f(32, "LoRA scaling numerator: the update is scaled by alpha over r")
     lora_dropout: float = _f(0.05, "dropout on the LoRA input")
     lora_target: str = _f("all-linear", "modules LoRA wraps: all-linear or a comma-separated list")
-    learning_rate: float = _f(2e-4, "peak learning rate (linear decay)")
-    epochs: float = _f(2.0, "passes over the training split")
+    freeze_top_n: int = _f(4, "freeze scope: how many top transformer blocks train (the rest stay frozen)")
+    freeze_train_head: bool = _f(False, "freeze scope: also train the output head (tied to the input embedding here)")
+    learning_rate: float = _f(5e-4, "peak learning rate for lora (linear decay)")
+    freeze_learning_rate: float = _f(3e-4, "peak learning rate for freeze")
+    full_learning_rate: float = _f(2e-5, "peak learning rate for full fine-tuning")
+    epochs: float = _f(1.0, "passes over the training split (every instruction run of the stage uses the same budget)")
     batch_size: int = _f(8, "examples per optimizer step (per device)")
     grad_accum: int = _f(1, "gradient accumulation steps")
     max_length: int = _f(256, "truncate training sequences to this many tokens")
     max_train_examples: int = _f(0, "train on at most this many examples (0: all)")
     gradient_checkpointing: bool = _f(False, "trade compute for memory (slower on CPU)")
+    compare_scopes: list[str] = _f(["lora", "freeze", "full"], "scopes trained side by side in instruction mode "
+                                   "on the same data and budget ([] to skip)")
+    sweep_sizes: list[int] = _f([16, 32, 64, 128], "data-size sweep: train on this many examples each (lora), "
+                                "plus all of them ([] to skip)")
+    quality_size: int = _f(64, "clean vs unfiltered data, this many examples each (0 to skip)")
+    cpt_docs: int = _f(60, "continued pretraining: documents of the built-in invented-world corpus (0 to skip)")
+    cpt_scope: str = _f("full", "continued pretraining trains this scope", ("lora", "freeze", "full"))
+    cpt_epochs: float = _f(2.0, "continued pretraining: passes over the domain documents")
     task_check: str = _f("auto", "programmatic check for the task score: auto (the data's own), json_answer, exact, contains",
                          ("auto", "json_answer", "exact", "contains"))
     max_new_tokens: int = _f(48, "generation length for evaluation")

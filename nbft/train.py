@@ -1,7 +1,22 @@
-"""Thin wrappers over TRL trainers: configs built from nbft parameters, a run, a result."""
+"""Thin wrappers over TRL trainers: configs built from nbft parameters, a run, a result.
+
+Scopes (what trains) and modes (on what) of supervised fine-tuning:
+
+| scope    | trains                                              | learning rate param     |
+|----------|-----------------------------------------------------|-------------------------|
+| lora     | low-rank adapters on the linear layers (peft)       | ``learning_rate``       |
+| freeze   | only the top ``freeze_top_n`` blocks (+ final norm, + head if ``freeze_train_head``) | ``freeze_learning_rate`` |
+| full     | every weight                                        | ``full_learning_rate``  |
+
+| mode                  | data                              | loss on          |
+|-----------------------|-----------------------------------|------------------|
+| instruction           | prompt/completion pairs           | the completion   |
+| continued_pretraining | raw text                          | every token      |
+"""
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +30,55 @@ def lora_config(p, task_type: str = "CAUSAL_LM"):
     target = p.lora_target if p.lora_target == "all-linear" else [t.strip() for t in p.lora_target.split(",") if t.strip()]
     return LoraConfig(r=p.lora_r, lora_alpha=p.lora_alpha, lora_dropout=p.lora_dropout, target_modules=target,
                       task_type=task_type)
+
+
+SCOPES = ("lora", "freeze", "full")
+MODES = ("instruction", "continued_pretraining")
+
+
+def blocks(model):
+    """The transformer blocks (the ModuleList with one entry per hidden layer)."""
+    import torch.nn as nn
+
+    n = model.config.num_hidden_layers
+    for mod in model.modules():
+        if isinstance(mod, nn.ModuleList) and len(mod) == n:
+            return mod
+    raise ValueError(f"cannot find the {n} transformer blocks of {type(model).__name__}")
+
+
+def _final_norm(model):
+    base = getattr(model, "model", None)
+    return getattr(base, "norm", None)
+
+
+def apply_scope(model, scope: str, freeze_top_n: int = 4, freeze_train_head: bool = False):
+    """Set ``requires_grad`` for ``full`` or ``freeze``; ``lora`` is left to peft (see ``peft_config_for``).
+
+    ``freeze``: only the top ``freeze_top_n`` blocks and the final norm train, plus the
+    output head if ``freeze_train_head`` (with tied embeddings that is the input embedding too).
+    """
+    if scope not in SCOPES:
+        raise ValueError(f"scope: {scope!r} is not one of {', '.join(SCOPES)}")
+    if scope == "full":
+        model.requires_grad_(True)
+    elif scope == "freeze":
+        stack = blocks(model)
+        if not 0 <= freeze_top_n <= len(stack):
+            raise ValueError(f"freeze_top_n: {freeze_top_n} is outside 0..{len(stack)} (the model has {len(stack)} blocks)")
+        model.requires_grad_(False)
+        for blk in list(stack)[len(stack) - freeze_top_n:]:
+            blk.requires_grad_(True)
+        norm = _final_norm(model)
+        if norm is not None and freeze_top_n > 0:
+            norm.requires_grad_(True)
+        if freeze_train_head:
+            model.get_output_embeddings().requires_grad_(True)
+    return model
+
+
+def learning_rate_for(p, scope: str) -> float:
+    return {"lora": p.learning_rate, "freeze": p.freeze_learning_rate, "full": p.full_learning_rate}[scope]
 
 
 def sft_config(p, output_dir: str | Path, **overrides):
@@ -52,10 +116,12 @@ def sft_config(p, output_dir: str | Path, **overrides):
     return SFTConfig(**kwargs)
 
 
-def to_dataset(records: list[dict]):
-    """Rendered records -> a datasets.Dataset in TRL's prompt/completion form."""
+def to_dataset(records: list[dict], mode: str = "instruction"):
+    """Rendered records -> a datasets.Dataset: TRL's prompt/completion form, or plain text."""
     import datasets
 
+    if mode == "continued_pretraining":
+        return datasets.Dataset.from_list([{"text": r["text"]} for r in records])
     return datasets.Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in records])
 
 
@@ -72,34 +138,76 @@ class TrainResult:
         return self.train_tokens / self.seconds if self.seconds else float("nan")
 
 
-def count_tokens(records: list[dict], max_length: int) -> int:
-    return sum(min(r["n_tokens"], max_length) for r in records)
-
-
 def sft(model, tokenizer, train: list[dict], validation: list[dict], p, output_dir: str | Path,
-        peft_config=None, callbacks=(), **overrides) -> TrainResult:
-    """Supervised fine-tuning with TRL's SFTTrainer (loss on completions only).
+        peft_config=None, callbacks=(), mode: str = "instruction", **overrides) -> TrainResult:
+    """Supervised fine-tuning with TRL's SFTTrainer.
 
+    ``instruction`` mode: rendered prompt/completion records, loss on completions only.
+    ``continued_pretraining``: ``{"text"}`` records, loss on every token.
     ``model`` is trained in place (wrapped by peft when ``peft_config`` is given:
     use ``result.trainer.model``). Leaves the model in eval mode.
     """
     import datasets
     from trl import SFTTrainer
 
+    if mode not in MODES:
+        raise ValueError(f"mode: {mode!r} is not one of {', '.join(MODES)}")
     datasets.disable_progress_bars()  # per-map bars drown the notebook; the monitor shows progress
+    if mode == "continued_pretraining":
+        overrides.setdefault("completion_only_loss", False)
     args = sft_config(p, output_dir, **overrides)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=to_dataset(train),
-                         eval_dataset=to_dataset(validation) if validation else None,
-                         processing_class=tokenizer, peft_config=peft_config, callbacks=list(callbacks))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*deprecated and will be removed in v6.*")
+        trainer = SFTTrainer(model=model, args=args, train_dataset=to_dataset(train, mode),
+                             eval_dataset=to_dataset(validation, mode) if validation else None,
+                             processing_class=tokenizer, peft_config=peft_config, callbacks=list(callbacks))
     if callbacks:  # a live monitor replaces the printed log dicts
         from transformers import PrinterCallback
 
         trainer.remove_callback(PrinterCallback)
     t0 = time.perf_counter()
-    trainer.train()
-    seconds = time.perf_counter() - t0
-    eval_loss = trainer.evaluate()["eval_loss"] if validation else None
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*deprecated and will be removed in v6.*")
+        trainer.train()
+        seconds = time.perf_counter() - t0
+        eval_loss = trainer.evaluate()["eval_loss"] if validation else None
     trainer.model.eval()
     tokenizer.padding_side = "left"
-    tokens = int(count_tokens(train, p.max_length) * p.epochs)
+    logs = [r for r in trainer.state.log_history if "num_tokens" in r and "eval_loss" not in r]
+    tokens = int(logs[-1]["num_tokens"]) if logs else 0  # TRL counts the non-padding tokens trained on
     return TrainResult(trainer, seconds, tokens, eval_loss, list(trainer.state.log_history))
+
+
+def finetune(model, tokenizer, train: list[dict], validation: list[dict], p, output_dir: str | Path,
+             scope: str = "lora", mode: str = "instruction", callbacks=(), **overrides) -> TrainResult:
+    """``sft`` with a scope: LoRA adapters, top-N blocks, or every weight; the scope's learning rate."""
+    apply_scope(model, scope if scope != "lora" else "full", p.freeze_top_n, p.freeze_train_head)
+    peft_config = lora_config(p) if scope == "lora" else None
+    overrides.setdefault("learning_rate", learning_rate_for(p, scope))
+    return sft(model, tokenizer, train, validation, p, output_dir, peft_config=peft_config,
+               callbacks=callbacks, mode=mode, **overrides)
+
+
+def save_tuned(model, tokenizer, folder: str | Path, scope: str) -> dict[str, Path]:
+    """Save a tuned model for later stages: the adapter (lora) or the model, plus a merged standalone copy.
+
+    Returns {"adapter"|"model": path, "merged": path}. The merged folder loads with plain
+    ``AutoModelForCausalLM.from_pretrained``.
+    """
+    folder = Path(folder)
+    out = {}
+    if hasattr(model, "peft_config"):
+        adapter = folder / "adapter"
+        model.save_pretrained(adapter)
+        tokenizer.save_pretrained(adapter)
+        out["adapter"] = adapter
+        import copy
+
+        merged_model = copy.deepcopy(model).merge_and_unload()
+    else:
+        merged_model = model
+    merged = models.save(merged_model, tokenizer, folder / "merged")
+    out["merged"] = merged
+    if merged_model is not model:
+        del merged_model
+    return out

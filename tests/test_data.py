@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from nbft import data, evaluate, params
+from nbft import corpora, data, evaluate, params
 
 REPLY = {"role": "assistant", "content": "Paris"}
 USER = {"role": "user", "content": "Capital of France?"}
@@ -96,9 +96,13 @@ def test_dedup_ignores_case_and_whitespace():
 def test_quality_filter_counts_each_rule(tokenizer):
     recs = [data.render({"messages": [USER, {"role": "assistant", "content": c}], "reference": ""}, tokenizer)
             for c in ["", "ok", "a fine answer of several words", "word " * 300]]
+    recs.append(data.render({"messages": [USER, {"role": "assistant", "content": "Paris is the answer here"}],
+                             "reference": "", "check": "json_answer"}, tokenizer))
     kept, removed = data.quality_filter(recs, tokenizer, min_tokens=3, max_tokens=100)
-    assert removed == {"empty": 1, "too_short": 1, "too_long": 1}
+    assert removed == {"empty": 1, "too_short": 1, "too_long": 1, "off_format": 1}
     assert len(kept) == 1 and kept[0]["n_tokens"] > 3
+    _, removed = data.quality_filter(recs, tokenizer, min_tokens=3, max_tokens=100, check_format=False)
+    assert removed["off_format"] == 0
 
 
 def test_quality_filter_that_removes_everything_says_so(tokenizer):
@@ -122,33 +126,53 @@ def test_split_rejects_bad_fractions():
         data.split([{}], 0.6, 0.5, 0)
 
 
+ALL_TASKS = list(corpora.DEMO_TASKS)
+
+
 def test_demo_is_deterministic_and_seeded():
-    assert data.demo_dataset(100, seed=0) == data.demo_dataset(100, seed=0)
-    assert data.demo_dataset(100, seed=0) != data.demo_dataset(100, seed=1)
+    assert corpora.demo_dataset(100, seed=0) == corpora.demo_dataset(100, seed=0)
+    assert corpora.demo_dataset(100, seed=0) != corpora.demo_dataset(100, seed=1)
 
 
-def test_demo_replies_pass_their_own_check():
-    clean = [r for r in data.demo_dataset(200, 0) if len(r["messages"][-1]["content"]) > 5
-             and len(r["messages"][-1]["content"]) < 200]
-    assert len(clean) >= 200
-    assert all(evaluate.check_json_answer(r["messages"][-1]["content"]) for r in clean)
-
-
-def test_demo_too_large_is_an_error():
+def test_demo_too_large_or_unknown_task_is_an_error():
     with pytest.raises(data.DataError, match="at most"):
-        data.demo_dataset(100000)
+        data.load_raw("demo", n_examples=100000)
+    with pytest.raises(data.DataError, match="unknown task"):
+        data.load_raw("demo", demo_tasks=["json_qa", "poetry"])
 
 
-def test_prepare_removes_every_planted_problem(tokenizer):
-    p = params.DataPrepParams(model="tiny-llama", n_examples=150)
-    prep = data.prepare(p, tokenizer)
-    assert prep.n_removed_duplicates == 150 // 25
-    assert prep.removed_by_filter == {"empty": 3, "too_short": 3, "too_long": 3}
-    assert sum(prep.counts().values()) == 150
+@pytest.mark.parametrize("tasks", [["json_qa"], ALL_TASKS], ids=["single-task", "multi-task"])
+def test_prepare_removes_every_planted_problem(tokenizer, tasks):
+    n = 150
+    prep = data.prepare(params.DataPrepParams(model="tiny-llama", n_examples=n, demo_tasks=tasks), tokenizer)
+    assert prep.n_removed_duplicates == n // 25
+    n_json = n // len(tasks) + (n % len(tasks) > 0)
+    assert prep.removed_by_filter == {"empty": 3, "too_short": 3, "too_long": 3, "off_format": n_json // 10}
+    assert sum(prep.counts().values()) == n - n_json // 10
     allrecs = [r for s in data.SPLITS for r in prep.splits[s]]
-    assert all(evaluate.check_json_answer(r["messages"][-1]["content"]) for r in allrecs)
+    # every kept reply passes its own task's check, and every task is represented
+    assert all(evaluate.TASK_CHECKS[r["check"]](r["messages"][-1]["content"], r["reference"]) for r in allrecs)
+    assert {r["task"] for r in allrecs} == set(tasks)
     train_prompts = {r["prompt"] for r in prep.splits["train"]}
     assert not train_prompts & {r["prompt"] for r in prep.splits["test"]}
+
+
+def test_multi_task_uses_several_phrasings_per_task():
+    recs = corpora.demo_dataset(200, 0, ["sort_numbers", "uppercase"])
+    for task in ("sort_numbers", "uppercase"):
+        firsts = {r["messages"][0]["content"].split(":")[0] for r in recs if r.get("task") == task}
+        assert len(firsts) >= 3, (task, firsts)
+
+
+def test_unfiltered_sample_keeps_junk_but_not_held_out_prompts(tokenizer):
+    p = params.SFTParams(model="tiny-llama")
+    prep = data.prepare(data.data_params_for(p), tokenizer)
+    held = {r["prompt"] for r in prep.splits["test"]}
+    pool = data.unfiltered_pool(p, tokenizer, held)
+    assert not held & {r["prompt"] for r in pool}
+    assert not {q.lower() for q in held} & {r["prompt"].lower() for r in pool}  # near-duplicates too
+    sample, n_bad = data.sample_unfiltered(p, tokenizer, held, 200, seed=0)
+    assert len(sample) == 200 and n_bad > 0
 
 
 def test_save_and_load_splits(tmp_path):

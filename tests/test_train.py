@@ -1,6 +1,7 @@
 """Training wrappers on tiny-llama: LoRA SFT trains only the adapters and learns."""
 import copy
 
+import pytest
 import torch
 
 from nbft import data, models, params, train
@@ -11,7 +12,7 @@ def test_lora_sft_trains_only_adapters(tiny, tmp_path):
     model = copy.deepcopy(base)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     p = params.SFTParams(model="tiny-llama", epochs=2.0, batch_size=4, lora_r=4, lora_alpha=8, max_length=96,
-                         learning_rate=1e-2)
+                         learning_rate=1e-2, precision="fp32")
     prep = data.prepare(params.DataPrepParams(model="tiny-llama", n_examples=40), tok)
     res = train.sft(model, tok, prep.splits["train"], prep.splits["validation"], p, tmp_path,
                     peft_config=train.lora_config(p))
@@ -42,3 +43,94 @@ def test_sft_config_follows_precision():
     cfg = train.sft_config(params.SFTParams(precision="fp32", device="cpu"), "/tmp/x")
     assert not cfg.bf16 and cfg.use_cpu and not cfg.activation_checkpointing and not cfg.gradient_checkpointing
     assert train.sft_config(params.SFTParams(precision="bf16", device="cpu"), "/tmp/x").bf16
+
+
+def _block_params(model, i):
+    return sum(p.numel() for p in train.blocks(model)[i].parameters())
+
+
+@pytest.mark.parametrize("scope", train.SCOPES)
+def test_scope_trains_exactly_what_it_says(tiny, scope):
+    """Trainable parameter counts per scope, and which tensors they are."""
+    base, _ = tiny
+    model = copy.deepcopy(base)
+    p = params.SFTParams(model="tiny-llama", freeze_top_n=1, lora_r=4)
+    if scope == "lora":
+        from peft import get_peft_model
+
+        model = get_peft_model(train.apply_scope(model, "full"), train.lora_config(p))
+        names = [n for n, q in model.named_parameters() if q.requires_grad]
+        assert names and all("lora_A" in n or "lora_B" in n for n in names)
+        # all-linear: 7 projections per block, A (r x in) + B (out x r)
+        cfg = base.config
+        per_block = 0
+        for fin, fout in [(cfg.hidden_size, cfg.num_attention_heads * 16), (cfg.hidden_size, cfg.num_key_value_heads * 16),
+                          (cfg.hidden_size, cfg.num_key_value_heads * 16), (cfg.num_attention_heads * 16, cfg.hidden_size),
+                          (cfg.hidden_size, cfg.intermediate_size), (cfg.hidden_size, cfg.intermediate_size),
+                          (cfg.intermediate_size, cfg.hidden_size)]:
+            per_block += 4 * (fin + fout)
+        assert models.count_params(model)[0] == per_block * cfg.num_hidden_layers
+        return
+    train.apply_scope(model, scope, freeze_top_n=p.freeze_top_n)
+    trainable, total = models.count_params(model)
+    if scope == "full":
+        assert trainable == total
+    else:  # top block + final norm, nothing else
+        expected = _block_params(model, -1) + model.model.norm.weight.numel()
+        assert trainable == expected
+        assert not any(q.requires_grad for q in train.blocks(model)[0].parameters())
+        assert not model.model.embed_tokens.weight.requires_grad
+
+
+def test_freeze_with_head_and_bad_n(tiny):
+    model = copy.deepcopy(tiny[0])
+    train.apply_scope(model, "freeze", freeze_top_n=0, freeze_train_head=True)
+    assert models.count_params(model)[0] == model.get_output_embeddings().weight.numel()
+    with pytest.raises(ValueError, match="outside 0..2"):
+        train.apply_scope(model, "freeze", freeze_top_n=3)
+    with pytest.raises(ValueError, match="scope"):
+        train.apply_scope(model, "half")
+
+
+def test_finetune_full_and_freeze_change_only_trainable(tiny, tmp_path):
+    base, tok = tiny
+    prep = data.prepare(params.DataPrepParams(model="tiny-llama", n_examples=24), tok)
+    p = params.SFTParams(model="tiny-llama", epochs=1.0, batch_size=8, freeze_top_n=1, max_length=96, precision="fp32",
+                         freeze_learning_rate=1e-2)
+    model = copy.deepcopy(base)
+    before = {n: q.detach().clone() for n, q in model.named_parameters()}
+    res = train.finetune(model, tok, prep.splits["train"], [], p, tmp_path, scope="freeze")
+    changed = {n for n, q in res.trainer.model.named_parameters() if not torch.equal(q, before[n])}
+    assert changed and all(n.startswith("model.layers.1.") or n == "model.norm.weight" for n in changed)
+
+
+def test_continued_pretraining_lowers_domain_loss(tiny, tmp_path):
+    from nbft import corpora, evaluate
+
+    base, tok = tiny
+    model = copy.deepcopy(base)
+    docs = [{"text": t} for t in corpora.domain_corpus(12, 0)]
+    p = params.SFTParams(model="tiny-llama", epochs=3.0, batch_size=4, max_length=128, precision="fp32",
+                         full_learning_rate=3e-3)
+    before = evaluate.perplexity(model, tok, [d["text"] for d in docs])
+    res = train.finetune(model, tok, docs, [], p, tmp_path, scope="full", mode="continued_pretraining")
+    assert evaluate.perplexity(res.trainer.model, tok, [d["text"] for d in docs]) < before
+
+
+def test_save_tuned_lora_merges_to_a_plain_model(tiny, tmp_path):
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base, tok = tiny
+    p = params.SFTParams(lora_r=4)
+    model = get_peft_model(copy.deepcopy(base), train.lora_config(p))
+    for n, q in model.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.normal_(q, std=0.02)
+    saved = train.save_tuned(model, tok, tmp_path, "lora")
+    assert (saved["adapter"] / "adapter_model.safetensors").is_file()
+    merged = AutoModelForCausalLM.from_pretrained(saved["merged"])
+    ids = tok("hello there", return_tensors="pt")
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(model(**ids).logits, merged(**ids).logits, atol=1e-4)
