@@ -172,16 +172,26 @@ def cmd_list(args) -> int:
 
 
 def cmd_params(args) -> int:
+    """Resolved parameters as YAML, each line with its help text (``--defaults``: the dataclass defaults)."""
     try:
-        resolved = P.resolve(args.params, args.set)
+        resolved = P.resolve(None if args.defaults else args.params, [] if args.defaults else args.set)
     except P.ParamError as e:
         print(f"nbft params: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     helps = {**P.help_text(P.Common), **{k: v for c in P.STAGES.values() for k, v in P.help_text(c).items()}}
-    text = P.to_yaml(resolved)
-    for line in text.splitlines():
+    out = []
+    if args.defaults:
+        out += ["# The main job: the real default model (SmolLM2-135M-Instruct) on CPU.",
+                "# Every parameter with its default (generated: nbft params --defaults > params/default.yaml).", ""]
+    for line in P.to_yaml(resolved).splitlines():
         key = line.strip().split(":", 1)[0]
-        print(f"{line:<44} # {helps[key]}" if line.startswith("  ") and key in helps else line)
+        if not line.startswith(" ") and out and out[-1] != "":
+            out.append("")
+        out.append(f"{line}  # {helps[key]}" if line.startswith("  ") and key in helps else line)
+    try:
+        print("\n".join(out))
+    except BrokenPipeError:
+        pass
     return 0
 
 
@@ -202,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     pp = sub.add_parser("params", help="show resolved parameters with help text")
     pp.add_argument("--params", default="params/default.yaml")
     pp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    pp.add_argument("--defaults", action="store_true", help="the dataclass defaults (how params/default.yaml is made)")
     pp.set_defaults(fn=cmd_params)
     args = ap.parse_args(argv)
     return args.fn(args)

@@ -49,32 +49,40 @@ GENERAL_TEXT = [
     "shows the directions, and contour lines on some maps show how high the land is.",
 ]
 
-#: (question, accepted answers). Every answer is checked with a normalized "contains".
+#: (question, accepted answers), each matched as whole words in the normalized reply. Kept: the questions
+#: the base model answered correctly (greedy, chat template) when checked on 2026-11-23; the ones it got
+#: wrong (capital of Spain, largest planet, first US president, ...) were dropped.
 GENERAL_QA = [
     ("What is the capital of France?", ["Paris"]),
     ("What is the capital of Japan?", ["Tokyo"]),
     ("What is the capital of Italy?", ["Rome"]),
     ("What is the capital of the United Kingdom?", ["London"]),
-    ("What is the capital of Spain?", ["Madrid"]),
     ("What is the capital of Germany?", ["Berlin"]),
-    ("What planet do we live on?", ["Earth"]),
-    ("What is the largest planet in our solar system?", ["Jupiter"]),
+    ("What is the capital of Canada?", ["Ottawa"]),
+    ("What is the capital of Russia?", ["Moscow"]),
+    ("What is the capital of China?", ["Beijing"]),
+    ("What is the capital of Egypt?", ["Cairo"]),
+    ("What is the capital of Australia?", ["Canberra"]),
     ("Which planet is known as the Red Planet?", ["Mars"]),
     ("What color is the sky on a clear day?", ["blue"]),
-    ("What do bees make?", ["honey"]),
-    ("What is the freezing point of water in degrees Celsius?", ["0", "zero"]),
     ("How many days are there in a week?", ["7", "seven"]),
-    ("How many continents are there on Earth?", ["7", "seven"]),
-    ("What gas do humans need to breathe to survive?", ["oxygen"]),
     ("Who wrote the play Romeo and Juliet?", ["Shakespeare"]),
     ("What is the largest ocean on Earth?", ["Pacific"]),
     ("What is the chemical symbol for water?", ["H2O"]),
     ("What is the opposite of hot?", ["cold"]),
-    ("What animal is known as the king of the jungle?", ["lion"]),
     ("In which country are the pyramids of Giza?", ["Egypt"]),
-    ("What is the closest star to the Earth?", ["sun"]),
     ("How many legs does a spider have?", ["8", "eight"]),
     ("What language is mainly spoken in Brazil?", ["Portuguese"]),
+    ("What is the boiling point of water in Celsius?", ["100"]),
+    ("What is the largest mammal?", ["whale"]),
+    ("What is the tallest mountain in the world?", ["Everest"]),
+    ("What is 2 plus 2?", ["4", "four"]),
+    ("What is the currency of Japan?", ["yen"]),
+    ("Which gas do plants absorb from the air?", ["carbon dioxide", "CO2"]),
+    ("What is the main language spoken in France?", ["French"]),
+    ("How many sides does a triangle have?", ["3", "three"]),
+    ("What is the longest river in Africa?", ["Nile"]),
+    ("Who developed the theory of relativity?", ["Einstein"]),
 ]
 
 

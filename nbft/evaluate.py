@@ -75,8 +75,9 @@ def check_exact(output: str, reference: str) -> bool:
 
 
 def check_contains(output: str, reference: str) -> bool:
+    """The normalized reference appears in the normalized output as whole words ("0" is not in "10")."""
     ref = normalize_answer(reference)
-    return bool(ref) and ref in normalize_answer(output)
+    return bool(ref) and f" {ref} " in f" {normalize_answer(output)} "
 
 
 def answer_of(output: str) -> str:
@@ -237,8 +238,11 @@ def sft_findings(base: dict, after: dict, scopes: dict, by_size: dict, quality: 
                    f"general questions {r['general_qa_after']:.2f}.")
     if "lora" in scopes and "full" in scopes:
         gap = scopes["full"]["task_score"] - scopes["lora"]["task_score"]
-        out.append(f"LoRA vs full fine-tuning: task score gap {gap:+.2f} with {scopes['lora']['trainable_pct']:.2f}% vs 100% "
-                   f"of the weights trained; " + ("LoRA comes close." if abs(gap) <= 0.1 else "LoRA does not come close here."))
+        out.append(f"LoRA vs full fine-tuning: task score {scopes['lora']['task_score']:.2f} vs {scopes['full']['task_score']:.2f} "
+                   f"with {scopes['lora']['trainable_pct']:.2f}% vs 100% of the weights trained; " + (
+                       "LoRA comes within 0.1 of full fine-tuning." if abs(gap) <= 0.1 else
+                       "LoRA does better than full fine-tuning on this budget." if gap < 0 else
+                       "LoRA falls more than 0.1 short of full fine-tuning here."))
         worse = max(scopes, key=lambda k: scopes[k]["ppl_general_after"])
         out.append(f"The most forgetting (highest general-text perplexity after) came with scope '{worse}'.")
     if by_size:

@@ -96,9 +96,9 @@ class SFTParams(Common):
     gradient_checkpointing: bool = _f(False, "trade compute for memory (slower on CPU)")
     compare_scopes: list[str] = _f(["lora", "freeze", "full"], "scopes trained side by side in instruction mode "
                                    "on the same data and budget ([] to skip)")
-    sweep_sizes: list[int] = _f([16, 32, 64, 128], "data-size sweep: train on this many examples each (lora), "
-                                "plus all of them ([] to skip)")
-    quality_size: int = _f(64, "clean vs unfiltered data, this many examples each (0 to skip)")
+    sweep_sizes: list[int] = _f([16, 64], "data-size sweep: LoRA on the first N clean examples, each for as many "
+                                "optimizer steps as the main run (small sets repeat); all examples added ([] to skip)")
+    quality_size: int = _f(64, "clean vs unfiltered data, this many examples each, same steps (0 to skip)")
     cpt_docs: int = _f(60, "continued pretraining: documents of the built-in invented-world corpus (0 to skip)")
     cpt_scope: str = _f("full", "continued pretraining trains this scope", ("lora", "freeze", "full"))
     cpt_epochs: float = _f(2.0, "continued pretraining: passes over the domain documents")
@@ -315,4 +315,11 @@ def to_yaml(resolved: dict[str, Any]) -> str:
     doc: dict[str, Any] = {COMMON: {k: getattr(first, k) for k in common_names()}}
     for stage, p in resolved.items():
         doc[stage] = {k: v for k, v in dataclasses.asdict(p).items() if k not in common_names()}
-    return yaml.safe_dump(doc, sort_keys=False)
+    return yaml.dump(doc, Dumper=_Dumper, sort_keys=False, width=200)
+
+
+class _Dumper(yaml.SafeDumper):
+    """Block mappings, flow lists: one parameter per line."""
+
+
+_Dumper.add_representer(list, lambda d, v: d.represent_sequence("tag:yaml.org,2002:seq", v, flow_style=True))

@@ -77,6 +77,14 @@ def apply_scope(model, scope: str, freeze_top_n: int = 4, freeze_train_head: boo
     return model
 
 
+def steps_for(n_examples: int, p, epochs: float | None = None) -> int:
+    """Optimizer steps of a run over ``n_examples`` (what the Trainer will do)."""
+    import math
+
+    per_epoch = math.ceil(n_examples / p.batch_size) // p.grad_accum or 1
+    return max(1, math.ceil(per_epoch * (p.epochs if epochs is None else epochs)))
+
+
 def learning_rate_for(p, scope: str) -> float:
     return {"lora": p.learning_rate, "freeze": p.freeze_learning_rate, "full": p.full_learning_rate}[scope]
 
@@ -138,15 +146,23 @@ class TrainResult:
         return self.train_tokens / self.seconds if self.seconds else float("nan")
 
 
-def sft(model, tokenizer, train: list[dict], validation: list[dict], p, output_dir: str | Path,
-        peft_config=None, callbacks=(), mode: str = "instruction", **overrides) -> TrainResult:
+def sft(model, tokenizer, train: list[dict], validation: list[dict], p, peft_config=None, callbacks=(),
+        mode: str = "instruction", output_dir: str | Path | None = None, **overrides) -> TrainResult:
     """Supervised fine-tuning with TRL's SFTTrainer.
 
     ``instruction`` mode: rendered prompt/completion records, loss on completions only.
     ``continued_pretraining``: ``{"text"}`` records, loss on every token.
     ``model`` is trained in place (wrapped by peft when ``peft_config`` is given:
-    use ``result.trainer.model``). Leaves the model in eval mode.
+    use ``result.trainer.model``). Leaves the model in eval mode. Nothing is written to
+    disk unless ``output_dir`` is given (the trainer's scratch folder is temporary);
+    save what you keep with :func:`save_tuned`.
     """
+    import tempfile
+
+    if output_dir is None:
+        with tempfile.TemporaryDirectory(prefix="nbft-trainer-") as tmp:
+            return sft(model, tokenizer, train, validation, p, peft_config, callbacks, mode, tmp, **overrides)
+
     import datasets
     from trl import SFTTrainer
 
@@ -178,14 +194,14 @@ def sft(model, tokenizer, train: list[dict], validation: list[dict], p, output_d
     return TrainResult(trainer, seconds, tokens, eval_loss, list(trainer.state.log_history))
 
 
-def finetune(model, tokenizer, train: list[dict], validation: list[dict], p, output_dir: str | Path,
-             scope: str = "lora", mode: str = "instruction", callbacks=(), **overrides) -> TrainResult:
+def finetune(model, tokenizer, train: list[dict], validation: list[dict], p, scope: str = "lora",
+             mode: str = "instruction", callbacks=(), **overrides) -> TrainResult:
     """``sft`` with a scope: LoRA adapters, top-N blocks, or every weight; the scope's learning rate."""
     apply_scope(model, scope if scope != "lora" else "full", p.freeze_top_n, p.freeze_train_head)
     peft_config = lora_config(p) if scope == "lora" else None
     overrides.setdefault("learning_rate", learning_rate_for(p, scope))
-    return sft(model, tokenizer, train, validation, p, output_dir, peft_config=peft_config,
-               callbacks=callbacks, mode=mode, **overrides)
+    return sft(model, tokenizer, train, validation, p, peft_config=peft_config, callbacks=callbacks, mode=mode,
+               **overrides)
 
 
 def save_tuned(model, tokenizer, folder: str | Path, scope: str) -> dict[str, Path]:

@@ -29,6 +29,8 @@ def test_json_answer_check(output, ok):
     ("contains", "It is Paris, France", "Paris", True),
     ("contains", "London", "Paris", False),
     ("contains", "anything", "", False),
+    ("contains", "about -18.0000001 degrees", "0", False),
+    ("contains", "Mount Everest, the tallest", "everest", True),
 ])
 def test_text_checks(check, output, ref, ok):
     assert evaluate.TASK_CHECKS[check](output, ref) is ok

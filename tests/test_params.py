@@ -145,3 +145,10 @@ def test_to_yaml_round_trips(tmp_path):
     f = tmp_path / "r.yaml"
     f.write_text(P.to_yaml(r))
     assert P.resolve(f) == r
+
+
+def test_default_profile_is_what_nbft_params_defaults_prints(root, capsys):
+    from nbft import cli
+
+    assert cli.main(["params", "--defaults"]) == 0
+    assert capsys.readouterr().out == (root / "params" / "default.yaml").read_text()

@@ -66,6 +66,23 @@ def test_smoke_metrics(smoke_run):
     assert 0 <= s["task_score_before"] <= 1 and 0 <= s["task_score_after"] <= 1
     assert s["eval_loss"] > 0 and s["train_tokens_per_second"] > 0
     assert 0 < s["trainable_params"] < s["total_params"]
+    # issue 3: forgetting probe, sweeps, scopes, continued pretraining
+    for k in ["ppl_general_before", "ppl_general_after", "cpt_ppl_domain_before", "cpt_ppl_domain_after"]:
+        assert s[k] > 1, k
+    for k in ["general_qa_before", "general_qa_after"]:
+        assert 0 <= s[k] <= 1, k
+    smoke = params.resolve(SMOKE)["02_sft"]
+    n_train = s["n_train"]
+    assert set(s["task_score_by_size"]) == {str(n) for n in smoke.sweep_sizes} | {str(n_train)}
+    assert set(s["scope_comparison"]) == set(smoke.compare_scopes)
+    for scope, row in s["scope_comparison"].items():
+        assert set(row) >= {"task_score", "ppl_general_after", "trainable_params", "seconds"}
+        assert 0 <= row["task_score"] <= 1 and row["seconds"] > 0
+    sc = s["scope_comparison"]
+    assert sc["lora"]["trainable_params"] < sc["freeze"]["trainable_params"] < sc["full"]["trainable_params"] == s["total_params"]
+    assert s["quality_comparison"]["n_examples"] == smoke.quality_size
+    assert set(s["task_score_by_task"]) == set(params.resolve(SMOKE)["01_data_prep"].demo_tasks)
+    assert len(s["findings"]) >= 5
 
 
 def test_smoke_artifacts(smoke_run):
@@ -76,6 +93,9 @@ def test_smoke_artifacts(smoke_run):
     assert n_train == json.loads((run / "metrics.json").read_text())["01_data_prep"]["n_train"]
     sft = run / "artifacts" / "02_sft"
     assert (sft / "adapter" / "adapter_model.safetensors").is_file() and (sft / "card.md").is_file()
+    assert (sft / "merged" / "model.safetensors").is_file() and (sft / "merged" / "config.json").is_file()
+    card = json.loads((sft / "card.json").read_text())
+    assert card["parameters"]["scope"] == "lora" and "task_score_after" in card["metrics"]
 
 
 def test_smoke_reports_read_as_reports(smoke_run):

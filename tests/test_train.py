@@ -14,8 +14,7 @@ def test_lora_sft_trains_only_adapters(tiny, tmp_path):
     p = params.SFTParams(model="tiny-llama", epochs=2.0, batch_size=4, lora_r=4, lora_alpha=8, max_length=96,
                          learning_rate=1e-2, precision="fp32")
     prep = data.prepare(params.DataPrepParams(model="tiny-llama", n_examples=40), tok)
-    res = train.sft(model, tok, prep.splits["train"], prep.splits["validation"], p, tmp_path,
-                    peft_config=train.lora_config(p))
+    res = train.sft(model, tok, prep.splits["train"], prep.splits["validation"], p, peft_config=train.lora_config(p))
     tuned = res.trainer.model
     trainable, total = models.count_params(tuned)
     names = [n for n, p in tuned.named_parameters() if p.requires_grad]
@@ -99,7 +98,7 @@ def test_finetune_full_and_freeze_change_only_trainable(tiny, tmp_path):
                          freeze_learning_rate=1e-2)
     model = copy.deepcopy(base)
     before = {n: q.detach().clone() for n, q in model.named_parameters()}
-    res = train.finetune(model, tok, prep.splits["train"], [], p, tmp_path, scope="freeze")
+    res = train.finetune(model, tok, prep.splits["train"], [], p, scope="freeze")
     changed = {n for n, q in res.trainer.model.named_parameters() if not torch.equal(q, before[n])}
     assert changed and all(n.startswith("model.layers.1.") or n == "model.norm.weight" for n in changed)
 
@@ -113,7 +112,7 @@ def test_continued_pretraining_lowers_domain_loss(tiny, tmp_path):
     p = params.SFTParams(model="tiny-llama", epochs=3.0, batch_size=4, max_length=128, precision="fp32",
                          full_learning_rate=3e-3)
     before = evaluate.perplexity(model, tok, [d["text"] for d in docs])
-    res = train.finetune(model, tok, docs, [], p, tmp_path, scope="full", mode="continued_pretraining")
+    res = train.finetune(model, tok, docs, [], p, scope="full", mode="continued_pretraining")
     assert evaluate.perplexity(res.trainer.model, tok, [d["text"] for d in docs]) < before
 
 
