@@ -76,11 +76,15 @@ def _export_html(nb_path: Path) -> Path:
     return out
 
 
-def _fmt(v) -> str:
+def _fmt(v, depth: int = 0) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
     if isinstance(v, dict):
-        return "{" + ", ".join(f"{k}: {_fmt(x)}" for k, x in list(v.items())[:6]) + (", …" if len(v) > 6 else "") + "}"
+        if depth:
+            return "{…}"
+        return "{" + ", ".join(f"{k}: {_fmt(x, 1)}" for k, x in list(v.items())[:6]) + (", …" if len(v) > 6 else "") + "}"
+    if isinstance(v, list):
+        return f"[{len(v)} items]"
     return str(v)
 
 
@@ -92,7 +96,13 @@ def print_summary(run_dir: Path, stages: list[str]) -> None:
         print(f"  report {s}: {html if html.exists() else '(none)'}")
     for s in stages:
         for k, v in metrics.get(s, {}).items():
-            print(f"  {s}.{k} = {_fmt(v)}")
+            if k != "findings":
+                print(f"  {s}.{k} = {_fmt(v)}")
+    for s in stages:
+        if metrics.get(s, {}).get("findings"):
+            print(f"\n{s} findings:")
+            for f in metrics[s]["findings"]:
+                print(f"  - {f}")
 
 
 def cmd_run(args) -> int:

@@ -85,7 +85,7 @@ def example_browser(splits: dict[str, list[dict]]):
 # ---------------------------------------------------------------- training monitor
 
 def training_monitor(title: str = "training", every_s: float = 2.0):
-    """A TrainerCallback that draws loss / learning rate / tokens per second in place.
+    """A TrainerCallback that draws loss, learning rate and tokens per second in place.
 
     The figure is redrawn at most every ``every_s`` seconds and once at the end, so
     the executed notebook keeps the final curve.
@@ -106,9 +106,10 @@ def training_monitor(title: str = "training", every_s: float = 2.0):
         def on_log(self, args, state, control, logs=None, **kw):
             logs = logs or {}
             if "loss" in logs:
-                self.rows.append({"step": state.global_step, "loss": logs["loss"],
-                                  "lr": logs.get("learning_rate"), "t": time.perf_counter() - self.t0,
-                                  "tokens": state.num_input_tokens_seen})
+                t = time.perf_counter() - self.t0
+                tokens = logs.get("num_tokens") or state.num_input_tokens_seen or 0
+                self.rows.append({"step": state.global_step, "loss": logs["loss"], "lr": logs.get("learning_rate"),
+                                  "t": t, "tokens": tokens, "tokens_per_s": tokens / t if t else 0.0})
                 if time.perf_counter() - self.last > every_s:
                     self.draw(state)
 
@@ -119,8 +120,10 @@ def training_monitor(title: str = "training", every_s: float = 2.0):
             self.last = time.perf_counter()
             if self.handle is None or not self.rows:
                 return
+            last = self.rows[-1]
             fig = plot_curves(self.rows, title=f"{title} — step {state.global_step}/{state.max_steps}"
-                              + (" (done)" if final else ""))
+                              + (" (done)" if final else "") + f" — loss {last['loss']:.3f}, "
+                              f"{last['tokens_per_s']:.0f} tokens/s")
             self.handle.update(fig)
             plt.close(fig)
 
@@ -134,17 +137,18 @@ def _status_html(title, text):
 
 
 def plot_curves(rows: list[dict], title: str = "training"):
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3))
+    """Loss, learning rate and throughput against step."""
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3))
     steps = [r["step"] for r in rows]
-    axes[0].plot(steps, [r["loss"] for r in rows], marker=".")
-    axes[0].set_xlabel("step")
-    axes[0].set_ylabel("train loss")
-    axes[0].set_title(title, fontsize=10)
-    lrs = [r["lr"] for r in rows]
-    if all(v is not None for v in lrs):
-        axes[1].plot(steps, lrs, color="tab:orange")
-        axes[1].set_ylabel("learning rate")
-        axes[1].set_xlabel("step")
+    fig.suptitle(title, fontsize=10)
+    for ax, key, label, color in [(axes[0], "loss", "train loss", "tab:blue"),
+                                  (axes[1], "lr", "learning rate", "tab:orange"),
+                                  (axes[2], "tokens_per_s", "tokens / s", "tab:green")]:
+        vals = [r.get(key) for r in rows]
+        if all(v is not None for v in vals):
+            ax.plot(steps, vals, color=color, marker="." if key == "loss" else None)
+        ax.set_xlabel("step")
+        ax.set_ylabel(label)
     fig.tight_layout()
     return fig
 

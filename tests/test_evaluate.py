@@ -83,3 +83,12 @@ def test_perplexity_of_untrained_model_is_near_vocab_size(tiny):
     ppl = evaluate.perplexity(model, tok, ["The cat sat on the mat.", "A short text."])
     # an untrained model is close to uniform over its vocabulary
     assert math.isfinite(ppl) and len(tok) / 4 < ppl < len(tok) * 4
+
+
+def test_training_monitor_draws_every_curve():
+    from nbft import widgets
+
+    rows = [{"step": i, "loss": 3.0 / i, "lr": 1e-3 * (10 - i), "tokens_per_s": 100.0 + i} for i in range(1, 6)]
+    fig = widgets.plot_curves(rows, "t")
+    assert [ax.get_ylabel() for ax in fig.axes] == ["train loss", "learning rate", "tokens / s"]
+    assert all(len(ax.lines) == 1 for ax in fig.axes)
