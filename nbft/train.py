@@ -55,8 +55,9 @@ def _final_norm(model):
 def apply_scope(model, scope: str, freeze_top_n: int = 4, freeze_train_head: bool = False):
     """Set ``requires_grad`` for ``full`` or ``freeze``; ``lora`` is left to peft (see ``peft_config_for``).
 
-    ``freeze``: only the top ``freeze_top_n`` blocks and the final norm train, plus the
-    output head if ``freeze_train_head`` (with tied embeddings that is the input embedding too).
+    ``freeze``: only the top ``freeze_top_n`` blocks (capped at the model's depth) and the final
+    norm train, plus the output head if ``freeze_train_head`` (with tied embeddings that is the
+    input embedding too).
     """
     if scope not in SCOPES:
         raise ValueError(f"scope: {scope!r} is not one of {', '.join(SCOPES)}")
@@ -64,8 +65,9 @@ def apply_scope(model, scope: str, freeze_top_n: int = 4, freeze_train_head: boo
         model.requires_grad_(True)
     elif scope == "freeze":
         stack = blocks(model)
-        if not 0 <= freeze_top_n <= len(stack):
-            raise ValueError(f"freeze_top_n: {freeze_top_n} is outside 0..{len(stack)} (the model has {len(stack)} blocks)")
+        if freeze_top_n < 0:
+            raise ValueError(f"freeze_top_n: {freeze_top_n} must be 0 or more (the model has {len(stack)} blocks)")
+        freeze_top_n = min(freeze_top_n, len(stack))  # a deeper request than the model trains every block
         model.requires_grad_(False)
         for blk in list(stack)[len(stack) - freeze_top_n:]:
             blk.requires_grad_(True)
@@ -177,10 +179,9 @@ def sft(model, tokenizer, train: list[dict], validation: list[dict], p, peft_con
         trainer = SFTTrainer(model=model, args=args, train_dataset=to_dataset(train, mode),
                              eval_dataset=to_dataset(validation, mode) if validation else None,
                              processing_class=tokenizer, peft_config=peft_config, callbacks=list(callbacks))
-    if callbacks:  # a live monitor replaces the printed log dicts
-        from transformers import PrinterCallback
+    from transformers import PrinterCallback
 
-        trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(PrinterCallback)  # raw log dicts drown a notebook; log_history keeps them
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*deprecated and will be removed in v6.*")

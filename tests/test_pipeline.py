@@ -184,10 +184,12 @@ def test_plain_papermill_works(tmp_path):
     proc = subprocess.run(
         [str(Path(bindir) / "papermill"), str(ROOT / "notebooks" / "02_sft.ipynb"), str(out),
          "-p", "model", "tiny-llama", "-p", "epochs", "0.5", "-p", "n_eval", "4", "-p", "max_new_tokens", "8",
+         "-p", "cpt_docs", "8", "-p", "quality_size", "0", "-y", "sweep_sizes: [8]\ncompare_scopes: [lora, full]",
          "-k", "python3", "--cwd", str(ROOT / "notebooks")],
         capture_output=True, text=True, env={**env, "PATH": bindir + os.pathsep + env["PATH"]}, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run,) = (tmp_path / "runs").iterdir()
     m = json.loads((run / "metrics.json").read_text())["02_sft"]
     assert m["n_test"] == 4 and "task_score_after" in m
+    assert set(m["scope_comparison"]) == {"lora", "full"} and m["quality_comparison"] == {}
     assert "built here with 01_data_prep's default parameters" in out.read_text()

@@ -85,8 +85,11 @@ def test_freeze_with_head_and_bad_n(tiny):
     model = copy.deepcopy(tiny[0])
     train.apply_scope(model, "freeze", freeze_top_n=0, freeze_train_head=True)
     assert models.count_params(model)[0] == model.get_output_embeddings().weight.numel()
-    with pytest.raises(ValueError, match="outside 0..2"):
-        train.apply_scope(model, "freeze", freeze_top_n=3)
+    with pytest.raises(ValueError, match="must be 0 or more"):
+        train.apply_scope(model, "freeze", freeze_top_n=-1)
+    train.apply_scope(model, "freeze", freeze_top_n=5)  # deeper than the model: every block trains
+    assert all(q.requires_grad for q in train.blocks(model).parameters())
+    assert not model.model.embed_tokens.weight.requires_grad
     with pytest.raises(ValueError, match="scope"):
         train.apply_scope(model, "half")
 
