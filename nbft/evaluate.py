@@ -156,6 +156,7 @@ def perplexity(model, tokenizer, texts: list[str], batch_size: int = 8, max_leng
             labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
             with _precision_ctx(model, precision):
                 logits = model(**enc).logits.float()
+            logits = logits[:, -labels.shape[1]:]  # prompt-learning methods prepend virtual tokens
             loss = torch.nn.functional.cross_entropy(
                 logits[:, :-1].reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1), reduction="sum", ignore_index=-100)
             nll += loss.item()

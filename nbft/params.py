@@ -109,10 +109,46 @@ class SFTParams(Common):
     n_eval: int = _f(0, "score at most this many held-out test prompts (0: all)")
 
 
+@dataclass
+class PEFTParams(Common):
+    """03_peft: every method on the same task, data, seed and budget; many adapters on one base."""
+
+    methods: list[str] = _f(["full", "freeze", "bitfit", "lora", "dora", "rslora", "loha", "vera", "ia3",
+                             "prompt_tuning", "prefix_tuning", "p_tuning", "bottleneck_adapter", "qlora"],
+                            "rows of nbft.peft_methods.METHODS to train, in table order")
+    max_steps: int = _f(24, "optimizer steps per method (the shared budget)")
+    batch_size: int = _f(8, "examples per optimizer step")
+    grad_accum: int = _f(1, "gradient accumulation steps")
+    max_length: int = _f(256, "truncate training sequences to this many tokens")
+    epochs: float = _f(1.0, "upper bound on passes over the data (max_steps decides)")
+    gradient_checkpointing: bool = _f(False, "trade compute for memory (slower on CPU)")
+    lora_r: int = _f(16, "rank for lora, dora, rslora (loha uses half)")
+    lora_alpha: int = _f(32, "LoRA scaling numerator")
+    lora_dropout: float = _f(0.05, "dropout on the LoRA input")
+    num_virtual_tokens: int = _f(16, "prompt, prefix and p-tuning: virtual tokens")
+    adapter_bottleneck: int = _f(32, "bottleneck adapter width")
+    freeze_top_n: int = _f(4, "freeze: top transformer blocks that train")
+    full_learning_rate: float = _f(2e-5, "learning rate, family full")
+    freeze_learning_rate: float = _f(3e-4, "learning rate, family partial (freeze)")
+    learning_rate: float = _f(5e-4, "learning rate, family reparam (lora, dora, rslora, loha, qlora)")
+    vector_learning_rate: float = _f(5e-3, "learning rate, families vector and bias (vera, ia3, bitfit)")
+    prompt_learning_rate: float = _f(3e-2, "learning rate, family prompt (prompt, prefix, p-tuning)")
+    adapter_learning_rate: float = _f(1e-3, "learning rate, family adapter (bottleneck)")
+    second_task: str = _f("uppercase", "task of the second adapter for the trunk-and-branches demo",
+                          ("sort_numbers", "uppercase", "count_items", "reverse_list"))
+    n_second_task: int = _f(96, "examples of the second task (built-in demo)")
+    combine_weights: list[float] = _f([0.5, 0.5], "weights of the two adapters in the weighted combination ([] to skip)")
+    task_check: str = _f("auto", "programmatic check for the task score", ("auto", "json_answer", "exact", "contains"))
+    max_new_tokens: int = _f(32, "generation length for evaluation")
+    eval_batch_size: int = _f(16, "prompts per generation batch")
+    n_eval: int = _f(32, "score at most this many held-out test prompts (0: all)")
+
+
 #: notebook stem -> its parameter dataclass, in pipeline order.
 STAGES: dict[str, type] = {
     "01_data_prep": DataPrepParams,
     "02_sft": SFTParams,
+    "03_peft": PEFTParams,
 }
 COMMON = "common"
 

@@ -176,3 +176,84 @@ def compare_browser(rows: list[dict], labels=("before", "after")):
     box = W.VBox([pick, out])
     _display(box)
     return box
+
+
+# ---------------------------------------------------------------- tables that fill in
+
+def live_table(columns: list[str]):
+    """A table shown once and updated in place (``.update(rows)``) as results arrive."""
+    from IPython.display import HTML
+
+    class Live:
+        def __init__(self):
+            self.handle = _display(HTML("<i>waiting for the first row…</i>"), display_id=True)
+
+        def update(self, rows):
+            if self.handle is not None:
+                self.handle.update(HTML(html_table(rows, columns)))
+
+    return Live()
+
+
+# ---------------------------------------------------------------- method and adapter dashboards
+
+def _png(fig) -> str:
+    import base64
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
+    plt.close(fig)
+    return "<img src='data:image/png;base64," + base64.b64encode(buf.getvalue()).decode() + "'/>"
+
+
+def _method_html(name: str, row: dict, prompts: list[str]) -> str:
+    fig, ax = plt.subplots(figsize=(5, 2.5))
+    ax.plot([h["step"] for h in row["log_history"]], [h["loss"] for h in row["log_history"]])
+    ax.set_xlabel("step"); ax.set_ylabel("train loss"); ax.set_title(name)
+    nums = {k: row[k] for k in ("trainable_params", "trainable_pct", "seconds", "tokens_per_second", "peak_mem_mb",
+                                "eval_loss", "task_score", "adapter_mb", "mergeable", "merge_max_abs_diff") if k in row}
+    samples = [{"prompt": q, "output": o, "pass": ok} for q, o, ok in zip(prompts, row["outputs"], row["passed"])][:6]
+    return (f"<div style='display:flex;gap:16px'>{_png(fig)}{html_table([nums])}</div>"
+            + html_table(samples, pass_cols=("pass",)))
+
+
+def method_browser(results: dict[str, dict], prompts: list[str]):
+    """Pick a method: its curve, numbers and held-out answers."""
+    import ipywidgets as W
+
+    names = list(results)
+    pick = W.Dropdown(options=names, value=names[0], description="method")
+    out = W.HTML(_method_html(names[0], results[names[0]], prompts))
+    pick.observe(lambda ch: setattr(out, "value", _method_html(ch["new"], results[ch["new"]], prompts)), "value")
+    box = W.VBox([pick, out])
+    _display(box)
+    return box
+
+
+def adapter_playground(model, tokenizer, adapters: list[str], prompts: list[str], precision: str = "fp32"):
+    """Pick an adapter (or none), type or pick a prompt, generate."""
+    import ipywidgets as W
+
+    from . import data, evaluate
+
+    pick = W.Dropdown(options=["(base)"] + [a for a in adapters if a in model.peft_config], description="adapter")
+    text = W.Combobox(options=prompts, value=prompts[0] if prompts else "", description="prompt",
+                      layout=W.Layout(width="70%"))
+    go = W.Button(description="generate")
+    out = W.HTML()
+
+    def run(_=None):
+        prompt = data.render_prompt([{"role": "user", "content": text.value}], tokenizer)
+        if pick.value == "(base)":
+            with model.disable_adapter():
+                reply = evaluate.generate(model, tokenizer, [prompt], 48, precision=precision)[0]
+        else:
+            model.set_adapter(pick.value)
+            reply = evaluate.generate(model, tokenizer, [prompt], 48, precision=precision)[0]
+        out.value = f"<pre style='white-space:pre-wrap'>{_esc(reply)}</pre>"
+
+    go.on_click(run)
+    box = W.VBox([W.HBox([pick, go]), text, out])
+    _display(box)
+    return box

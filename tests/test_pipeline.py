@@ -83,6 +83,28 @@ def test_smoke_metrics(smoke_run):
     assert s["quality_comparison"]["n_examples"] == smoke.quality_size
     assert set(s["task_score_by_task"]) == set(params.resolve(SMOKE)["01_data_prep"].demo_tasks)
     assert len(s["findings"]) >= 5
+    # issue 4: one row per method, the table's columns, adapters on one base
+    pe = m["03_peft"]
+    from nbft import peft_methods
+
+    smoke_peft = params.resolve(SMOKE)["03_peft"]
+    assert list(pe["methods"]) == smoke_peft.methods
+    runnable = [k for k in smoke_peft.methods if not peft_methods.METHODS[k].needs()]
+    assert pe["n_methods_ok"] == len(runnable) >= 13
+    for k, row in pe["methods"].items():
+        if k not in runnable:
+            assert row["status"].startswith("skipped: needs"), row
+            continue
+        assert row["status"] == "ok"
+        assert 0 < row["trainable_pct"] <= 100 and row["seconds"] > 0 and row["peak_mem_mb"] > 0
+        assert row["adapter_mb"] > 0 and 0 <= row["task_score"] <= 1 and row["eval_loss"] > 0
+        assert isinstance(row["mergeable"], bool)
+        if row["mergeable"] and k not in ("full", "freeze"):
+            assert row["merge_max_abs_diff"] < 1e-2, (k, row["merge_max_abs_diff"])
+    assert pe["methods"]["full"]["trainable_pct"] == 100
+    assert pe["methods"]["lora"]["trainable_pct"] < pe["methods"]["freeze"]["trainable_pct"]
+    assert isinstance(pe["adapter_switch_ok"], bool) and pe["merged_reload_max_abs_diff"] < 1e-3
+    assert len(pe["adapter_scores"]) == 4  # two adapters, adapters off, the weighted combination
 
 
 def test_smoke_artifacts(smoke_run):
@@ -91,6 +113,10 @@ def test_smoke_artifacts(smoke_run):
     assert all((prep / f"{s}.jsonl").is_file() for s in ("train", "validation", "test"))
     n_train = sum(1 for _ in open(prep / "train.jsonl"))
     assert n_train == json.loads((run / "metrics.json").read_text())["01_data_prep"]["n_train"]
+    pe = run / "artifacts" / "03_peft"
+    assert (pe / "methods" / "lora" / "adapter_model.safetensors").is_file()
+    assert (pe / "methods" / "bottleneck_adapter" / "trainable.safetensors").is_file()
+    assert (pe / "merged_A" / "model.safetensors").is_file()
     sft = run / "artifacts" / "02_sft"
     assert (sft / "adapter" / "adapter_model.safetensors").is_file() and (sft / "card.md").is_file()
     assert (sft / "merged" / "model.safetensors").is_file() and (sft / "merged" / "config.json").is_file()

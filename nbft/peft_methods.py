@@ -1,0 +1,437 @@
+"""Fine-tuning methods as a table: one row per method; adding a method is adding a row.
+
+Each row says how to make a base model trainable with the method (``prepare``), the
+learning rate of its family, whether its update can be merged into the base weights,
+and what it needs that may be missing (QLoRA: a CUDA GPU and bitsandbytes).
+
+Everything is peft or plain ``requires_grad`` except the bottleneck adapter (Houlsby
+et al. 2019), which peft does not have: a small down/up projection added after the
+attention and the MLP of every block, in :class:`BottleneckAdapter` below.
+"""
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from . import train
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    family: str  # full | partial | reparam | prompt | adapter — one learning rate per family
+    prepare: Callable  # (model, p) -> model ready to train (peft-wrapped or grads set)
+    mergeable: bool  # the update folds into the base weights (merge_and_unload)
+    needs: Callable[[], str] = lambda: ""  # what is missing to run it here ("" = nothing)
+    note: str = ""
+
+
+# ---------------------------------------------------------------- row builders
+
+def _peft(config_fn):
+    def prepare(model, p):
+        from peft import get_peft_model
+
+        model.requires_grad_(True)
+        return get_peft_model(model, config_fn(p))
+    return prepare
+
+
+def _lora(**kw):
+    def cfg(p):
+        from peft import LoraConfig
+
+        return LoraConfig(r=p.lora_r, lora_alpha=p.lora_alpha, lora_dropout=p.lora_dropout,
+                          target_modules="all-linear", task_type="CAUSAL_LM", **kw)
+    return cfg
+
+
+def _ia3(p):
+    from peft import IA3Config
+
+    return IA3Config(task_type="CAUSAL_LM")  # peft's defaults for llama: k, v and down projections
+
+
+def _prompt(p):
+    from peft import PromptTuningConfig
+
+    return PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=p.num_virtual_tokens)
+
+
+def _prefix(p):
+    from peft import PrefixTuningConfig
+
+    return PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=p.num_virtual_tokens)
+
+
+def _ptuning(p):
+    from peft import PromptEncoderConfig
+
+    return PromptEncoderConfig(task_type="CAUSAL_LM", num_virtual_tokens=p.num_virtual_tokens,
+                               encoder_hidden_size=128)
+
+
+def _loha(p):
+    from peft import LoHaConfig
+
+    return LoHaConfig(r=max(2, p.lora_r // 2), alpha=p.lora_alpha // 2, target_modules="all-linear",
+                      task_type="CAUSAL_LM")
+
+
+def _vera(p):
+    from peft import VeraConfig
+
+    return VeraConfig(r=256, target_modules=["q_proj", "v_proj", "up_proj", "down_proj"], task_type="CAUSAL_LM",
+                      save_projection=True)
+
+
+def _beft(p):
+    from peft import BeftConfig
+
+    return BeftConfig(target_modules="all-linear", task_type="CAUSAL_LM")
+
+
+def _full(model, p):
+    return train.apply_scope(model, "full")
+
+
+def _freeze(model, p):
+    return train.apply_scope(model, "freeze", p.freeze_top_n)
+
+
+def _qlora_needs() -> str:
+    missing = []
+    if not torch.cuda.is_available():
+        missing.append("a CUDA GPU")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        missing.append("the bitsandbytes package")
+    return " and ".join(missing)
+
+
+def _qlora(model, p):
+    """4-bit NF4 base (bitsandbytes) + LoRA. Only runs where _qlora_needs() is empty."""
+    from peft import get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    path = model.config._name_or_path
+    q = AutoModelForCausalLM.from_pretrained(
+        path, quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                     bnb_4bit_compute_dtype=torch.bfloat16), device_map={"": 0})
+    q = prepare_model_for_kbit_training(q)
+    return get_peft_model(q, _lora()(p))
+
+
+# ---------------------------------------------------------------- bottleneck adapters (not in peft)
+
+class BottleneckAdapter(nn.Module):
+    """h + up(act(down(h))), up initialised at zero so training starts from the base model."""
+
+    def __init__(self, dim: int, bottleneck: int):
+        super().__init__()
+        self.down = nn.Linear(dim, bottleneck)
+        self.up = nn.Linear(bottleneck, dim)
+        self.act = nn.GELU()
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h + self.up(self.act(self.down(h.to(self.down.weight.dtype)))).to(h.dtype)
+
+
+def _adapter_hook(module, inputs, output):
+    if isinstance(output, tuple):
+        return (module.nbft_adapter(output[0]), *output[1:])
+    return module.nbft_adapter(output)
+
+
+def add_bottleneck_adapters(model, bottleneck: int = 32):
+    """Houlsby-style: an adapter after the attention and after the MLP of every block.
+
+    The adapters are submodules (``<block>.self_attn.nbft_adapter``, ``<block>.mlp.nbft_adapter``),
+    so they train, move and show in ``named_parameters`` like any weight; a forward hook applies them.
+    """
+    model.requires_grad_(False)
+    dim = model.config.hidden_size
+    for blk in train.blocks(model):
+        for sub in (blk.self_attn, blk.mlp):
+            if not hasattr(sub, "nbft_adapter"):
+                sub.nbft_adapter = BottleneckAdapter(dim, bottleneck).to(next(model.parameters()).device)
+                sub.register_forward_hook(_adapter_hook)
+    return model
+
+
+def _bottleneck(model, p):
+    return add_bottleneck_adapters(model, p.adapter_bottleneck)
+
+
+# ---------------------------------------------------------------- the table
+
+METHODS: dict[str, Method] = {m.name: m for m in [
+    Method("full", "full", _full, True, note="every weight; the reference"),
+    Method("freeze", "partial", _freeze, True, note="top-N blocks + final norm"),
+    Method("bitfit", "bias", _peft(_beft), False,
+           note="bias vectors only (peft BEFT); Llama's linears have no bias to merge into"),
+    Method("lora", "reparam", _peft(_lora()), True, note="low-rank update on every linear"),
+    Method("dora", "reparam", _peft(_lora(use_dora=True)), True, note="LoRA with a learned magnitude"),
+    Method("rslora", "reparam", _peft(_lora(use_rslora=True)), True, note="LoRA scaled by alpha/sqrt(r)"),
+    Method("loha", "reparam", _peft(_loha), True, note="low-rank Hadamard product"),
+    Method("vera", "vector", _peft(_vera), True, note="frozen shared random matrices, trained scaling vectors"),
+    Method("ia3", "vector", _peft(_ia3), True, note="learned rescaling of keys, values and MLP activations"),
+    Method("prompt_tuning", "prompt", _peft(_prompt), False, note="soft prompt of virtual tokens"),
+    Method("prefix_tuning", "prompt", _peft(_prefix), False, note="trained key/value prefix in every layer"),
+    Method("p_tuning", "prompt", _peft(_ptuning), False, note="virtual tokens from a small MLP encoder"),
+    Method("bottleneck_adapter", "adapter", _bottleneck, False,
+           note="Houlsby adapters after attention and MLP (nbft, not in peft); nonlinear, so not mergeable"),
+    Method("qlora", "reparam", _qlora, True, needs=_qlora_needs, note="4-bit NF4 base + LoRA"),
+]}
+
+
+def learning_rate(method: Method, p) -> float:
+    """The learning-rate rule: one rate per family (parameters of PEFTParams)."""
+    return {"full": p.full_learning_rate, "partial": p.freeze_learning_rate, "reparam": p.learning_rate,
+            "vector": p.vector_learning_rate, "bias": p.vector_learning_rate, "prompt": p.prompt_learning_rate,
+            "adapter": p.adapter_learning_rate}[method.family]
+
+
+def prepare(name: str, model, p):
+    """Make ``model`` trainable with method ``name``; raises if the method cannot run here."""
+    if name not in METHODS:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(METHODS), n=1)
+        raise ValueError(f"unknown method {name!r}" + (f"; did you mean {close[0]!r}?" if close else
+                                                        f"; methods: {', '.join(METHODS)}"))
+    m = METHODS[name]
+    missing = m.needs()
+    if missing:
+        raise RuntimeError(f"{name} needs {missing}")
+    return m.prepare(model, p)
+
+
+# ---------------------------------------------------------------- saving, reloading, merging
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    return {n: t.detach().cpu().contiguous() for n, t in model.named_parameters() if t.requires_grad}
+
+
+def save(model, folder: str | Path, name: str) -> Path:
+    """Save what the method trained: peft adapters with save_pretrained, others as a safetensors file
+    of the trainable tensors (bottleneck adapters, bias) or the whole model (full, freeze)."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if hasattr(model, "peft_config"):
+        model.save_pretrained(folder)
+    elif name in ("full", "freeze"):
+        model.save_pretrained(folder)
+    else:
+        save_file(trainable_state(model), str(folder / "trainable.safetensors"))
+    return folder
+
+
+def reload(name: str, base_loader: Callable, folder: str | Path, p):
+    """A fresh base from ``base_loader()`` with the saved method applied, ready for inference."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    if (folder / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(base_loader(), folder).eval()
+    if name in ("full", "freeze"):
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(folder).eval()
+    model = prepare(name, base_loader(), p)
+    missing, unexpected = model.load_state_dict(load_file(str(folder / "trainable.safetensors")), strict=False)
+    if unexpected:
+        raise ValueError(f"{folder}: unexpected tensors {unexpected[:3]}")
+    return model.eval()
+
+
+def folder_mb(folder: str | Path) -> float:
+    return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file()) / 2**20
+
+
+@torch.no_grad()
+def merge_check(model, tokenizer, texts: list[str]) -> tuple[object, float]:
+    """Merge a peft model into its base; return (merged model, max |logit difference|) on ``texts``."""
+    import copy
+
+    model.eval()
+    enc = tokenizer(texts, return_tensors="pt", padding=True).to(next(model.parameters()).device)
+    before = model(**enc).logits.float()
+    merged = copy.deepcopy(model).merge_and_unload().eval()
+    after = merged(**enc).logits.float()
+    mask = enc["attention_mask"].bool()
+    return merged, float((before - after).abs()[mask].max())
+
+
+# ---------------------------------------------------------------- one row of the bake-off
+
+class PeakRSS:
+    """Peak resident memory (MB) of this process while the block runs (sampled every 50 ms);
+    on a GPU, torch's max allocated memory instead."""
+
+    def __enter__(self):
+        import threading
+
+        import psutil
+
+        self.cuda = torch.cuda.is_available()
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+        self.proc = psutil.Process()
+        self.peak = self.proc.memory_info().rss
+        self._stop = threading.Event()
+
+        def sample():
+            while not self._stop.wait(0.05):
+                self.peak = max(self.peak, self.proc.memory_info().rss)
+        self._t = threading.Thread(target=sample, daemon=True)
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+        self.mb = (torch.cuda.max_memory_allocated() if self.cuda else self.peak) / 2**20
+        return False
+
+
+def run_method(name: str, p, tokenizer, train_set: list[dict], validation: list[dict], test_set: list[dict],
+               out_dir: str | Path, check: str = "auto", precision: str = "fp32", callbacks=()) -> dict:
+    """Train one method under the shared budget and measure everything the results table shows.
+
+    Returns a row: trainable_params, trainable_pct, seconds, tokens_per_second, peak_mem_mb, eval_loss,
+    task_score, adapter_mb, mergeable, merge_max_abs_diff, ppl_general, log_history, outputs, status.
+    A method that cannot run here returns status "skipped: needs ..." and no numbers.
+    """
+    import gc
+
+    from . import corpora, evaluate, models
+
+    method = METHODS[name]
+    missing = method.needs()
+    if missing:
+        return {"status": f"skipped: needs {missing}", "mergeable": method.mergeable, "note": method.note}
+    base, _ = models.load_model(p.model, p.device, tokenizer=tokenizer)
+    model = prepare(name, base, p)
+    trainable, total = models.count_params(model)
+    with PeakRSS() as mem:
+        res = train.sft(model, tokenizer, train_set, validation, p, callbacks=callbacks,
+                        learning_rate=learning_rate(method, p), max_steps=p.max_steps)
+    model = res.trainer.model
+    folder = save(model, Path(out_dir) / name, name)
+    row = {"status": "ok", "note": method.note, "trainable_params": trainable, "trainable_pct": 100 * trainable / total,
+           "seconds": res.seconds, "tokens_per_second": res.tokens_per_second, "peak_mem_mb": mem.mb,
+           "eval_loss": res.eval_loss, "adapter_mb": folder_mb(folder), "mergeable": method.mergeable,
+           "merge_max_abs_diff": None, "learning_rate": learning_rate(method, p),
+           "log_history": [r for r in res.log_history if "loss" in r]}
+    ev = evaluate.evaluate_model(model, tokenizer, test_set, check, precision, p.max_new_tokens, p.eval_batch_size,
+                                 probe=False)
+    row.update(task_score=ev["task_score"], outputs=ev["outputs"], passed=ev["passed"],
+               ppl_general=evaluate.perplexity(model, tokenizer, corpora.GENERAL_TEXT, precision=precision))
+    if method.mergeable and hasattr(model, "peft_config"):
+        merged, row["merge_max_abs_diff"] = merge_check(model, tokenizer, [r["prompt"] + r["completion"] for r in test_set[:4]])
+        del merged
+    del model, base, res
+    gc.collect()
+    return row
+
+
+def compare(a: str, b: str, rows: dict) -> dict:
+    """Method ``a`` against reference ``b`` (task score gap, trainable share) with a sentence saying it."""
+    if a not in rows or b not in rows:
+        return {"sentence": f"cannot compare {a} with {b}: {', '.join(m for m in (a, b) if m not in rows)} did not run"}
+    ra, rb = rows[a], rows[b]
+    gap = ra["task_score"] - rb["task_score"]
+    close = abs(gap) <= 0.1 or gap > 0
+    small = ra["trainable_pct"] < 2.0
+    sentence = (f"{a}: task score {ra['task_score']:.2f} with {ra['trainable_pct']:.2f}% of the weights trained; "
+                f"{b}: {rb['task_score']:.2f} with {rb['trainable_pct']:.2f}%. Gap {gap:+.2f}: " +
+                ("within 0.1 (or better)" if close else "more than 0.1 behind") +
+                (f", at under 2% trainable parameters." if small else
+                 f", but at {ra['trainable_pct']:.2f}% trainable parameters, not under 2%."))
+    return {f"{a}_task_score": ra["task_score"], f"{b}_task_score": rb["task_score"],
+            f"{a}_trainable_pct": ra["trainable_pct"], "gap": gap, "within_0_1": close, "under_2pct": small,
+            "sentence": sentence}
+
+
+def trunk_and_branches(base_loader: Callable, tokenizer, adapters: dict[str, Path], tests: dict[str, list[dict]],
+                       precision: str, max_new_tokens: int, batch_size: int, weights: list[float],
+                       merged_dir: str | Path) -> dict:
+    """Load several saved LoRA adapters on one base, score each (and none, and a weighted mix) on every task,
+    merge the first into a standalone model and check that it reloads with plain transformers.
+
+    ``adapters`` and ``tests`` are in the same order: adapter i is meant for task i.
+    """
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from . import evaluate, models
+
+    names, tasks = list(adapters), list(tests)
+    model = PeftModel.from_pretrained(base_loader(), adapters[names[0]], adapter_name=names[0])
+    for n in names[1:]:
+        model.load_adapter(adapters[n], adapter_name=n)
+    model.eval()
+
+    def score_all() -> dict[str, float]:
+        return {t: evaluate.evaluate_model(model, tokenizer, recs, "auto", precision, max_new_tokens, batch_size,
+                                           probe=False)["task_score"] for t, recs in tests.items()}
+
+    scores = {}
+    for n in names:
+        model.set_adapter(n)
+        scores[n] = score_all()
+    with model.disable_adapter():
+        scores["base (adapters off)"] = score_all()
+    if weights:
+        model.add_weighted_adapter(names, weights, adapter_name="combined", combination_type="linear")
+        model.set_adapter("combined")
+        scores[f"combined {weights}"] = score_all()
+
+    # one prompt per task, every adapter's reply
+    samples = []
+    for t in tasks:
+        prompt = tests[t][0]["prompt"]
+        row = {"task": t, "prompt": tests[t][0]["messages"][-2]["content"]}
+        for n in [*names, *(["combined"] if weights else [])]:
+            model.set_adapter(n)
+            row[n] = evaluate.generate(model, tokenizer, [prompt], max_new_tokens, precision=precision)[0]
+        with model.disable_adapter():
+            row["base"] = evaluate.generate(model, tokenizer, [prompt], max_new_tokens, precision=precision)[0]
+        samples.append(row)
+
+    # merge adapter 0 into a standalone model; it must reload with plain transformers and give the same logits
+    model.set_adapter(names[0])
+    import copy
+
+    merged = copy.deepcopy(model).merge_and_unload(adapter_names=[names[0]])
+    models.save(merged, tokenizer, merged_dir)
+    reloaded = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
+    texts = [tests[t][0]["prompt"] for t in tasks]
+    side, tokenizer.padding_side = tokenizer.padding_side, "right"
+    enc = tokenizer(texts, return_tensors="pt", padding=True)
+    tokenizer.padding_side = side
+    with torch.no_grad():
+        diff = float((model(**enc).logits - reloaded(**enc).logits).abs()[enc["attention_mask"].bool()].max())
+    del merged, reloaded
+
+    own = [scores[n][t] for n, t in zip(names, tasks)]
+    beats = all(scores[n][t] > max(scores[m][t] for m in names if m != n) for n, t in zip(names, tasks))
+    ok = beats and min(own) >= 0.5 and diff < 1e-3
+    sentence = (" ".join(f"Adapter {n} scores {scores[n][t]:.2f} on its task {t}." for n, t in zip(names, tasks)) +
+                f" Each adapter {'beats' if beats else 'does not beat'} the other on its own task; the merged copy of "
+                f"{names[0]} reloads with plain transformers, max |logit diff| {diff:.2e}. "
+                f"adapter_switch_ok = {ok}.")
+    model.set_adapter(names[0])
+    return {"scores": scores, "samples": samples, "merged_reload_max_abs_diff": diff, "ok": ok,
+            "sentence": sentence, "model": model}

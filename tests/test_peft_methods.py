@@ -1,0 +1,81 @@
+"""Every row of the method table on tiny-llama: forward, backward, one optimizer step changes only the
+trainable parameters, save, reload gives identical outputs, merge (where mergeable) gives the same logits."""
+import copy
+
+import pytest
+import torch
+
+from nbft import models, params, peft_methods
+
+P = params.PEFTParams(model="tiny-llama", lora_r=4, lora_alpha=8, num_virtual_tokens=4, adapter_bottleneck=8,
+                      freeze_top_n=1)
+TEXTS = ["The capital of France is Paris.", "Two plus two is four, said the teacher."]
+
+
+def base_loader():
+    return models.load_model("tiny-llama", "cpu")[0]
+
+
+@pytest.fixture(scope="module")
+def batch(tiny):
+    _, tok = tiny
+    tok.padding_side = "right"
+    enc = tok(TEXTS, return_tensors="pt", padding=True)
+    tok.padding_side = "left"
+    enc["labels"] = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
+    return enc
+
+
+RUNNABLE = [n for n, m in peft_methods.METHODS.items() if not m.needs()]
+MISSING = [n for n, m in peft_methods.METHODS.items() if m.needs()]
+
+
+@pytest.mark.parametrize("name", RUNNABLE)
+def test_method_trains_saves_reloads_merges(name, tiny, batch, tmp_path):
+    base, tok = tiny
+    model = peft_methods.prepare(name, copy.deepcopy(base), P)
+    model.train()
+    trainable = {n for n, t in model.named_parameters() if t.requires_grad}
+    assert trainable, "nothing to train"
+    n_train, n_total = models.count_params(model)
+    assert 0 < n_train <= n_total
+    before = {n: t.detach().clone() for n, t in model.named_parameters()}
+    loss = model(**batch).loss
+    assert torch.isfinite(loss)
+    loss.backward()
+    torch.optim.AdamW([t for t in model.parameters() if t.requires_grad], lr=1e-2).step()
+    changed = {n for n, t in model.named_parameters() if not torch.equal(t, before[n])}
+    assert changed and changed <= trainable, f"frozen tensors changed: {sorted(changed - trainable)[:3]}"
+
+    model.eval()
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        logits = model(**inputs).logits
+    folder = peft_methods.save(model, tmp_path / name, name)
+    assert peft_methods.folder_mb(folder) > 0
+    reloaded = peft_methods.reload(name, base_loader, folder, P)
+    with torch.no_grad():
+        assert torch.allclose(reloaded(**inputs).logits, logits, atol=1e-5), "reload changed the outputs"
+
+    if peft_methods.METHODS[name].mergeable and hasattr(model, "peft_config"):
+        merged, diff = peft_methods.merge_check(model, tok, TEXTS)
+        assert not hasattr(merged, "peft_config") and diff < 1e-3, diff
+
+
+@pytest.mark.parametrize("name", MISSING or ["(none)"])
+def test_methods_that_cannot_run_here_say_why(name, tiny):
+    if name == "(none)":
+        return  # everything runs on this machine (a GPU with bitsandbytes)
+    with pytest.raises(RuntimeError, match=f"{name} needs .*(CUDA GPU|bitsandbytes)"):
+        peft_methods.prepare(name, copy.deepcopy(tiny[0]), P)
+
+
+def test_at_least_twelve_methods_and_unknown_name():
+    assert len(peft_methods.METHODS) >= 13
+    with pytest.raises(ValueError, match="did you mean 'lora'"):
+        peft_methods.prepare("lorra", None, P)
+
+
+def test_learning_rate_rule_covers_every_family():
+    for m in peft_methods.METHODS.values():
+        assert peft_methods.learning_rate(m, P) > 0
