@@ -24,7 +24,7 @@ from . import train
 @dataclass(frozen=True)
 class Method:
     name: str
-    family: str  # full | partial | reparam | prompt | adapter — one learning rate per family
+    family: str  # full | partial | reparam | lycoris | vector | bias | prompt | adapter: one learning rate each
     prepare: Callable  # (model, p) -> model ready to train (peft-wrapped or grads set)
     mergeable: bool  # the update folds into the base weights (merge_and_unload)
     needs: Callable[[], str] = lambda: ""  # what is missing to run it here ("" = nothing)
@@ -179,7 +179,7 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("lora", "reparam", _peft(_lora()), True, note="low-rank update on every linear"),
     Method("dora", "reparam", _peft(_lora(use_dora=True)), True, note="LoRA with a learned magnitude"),
     Method("rslora", "reparam", _peft(_lora(use_rslora=True)), True, note="LoRA scaled by alpha/sqrt(r)"),
-    Method("loha", "reparam", _peft(_loha), True, note="low-rank Hadamard product"),
+    Method("loha", "lycoris", _peft(_loha), True, note="low-rank Hadamard product"),
     Method("vera", "vector", _peft(_vera), True, note="frozen shared random matrices, trained scaling vectors"),
     Method("ia3", "vector", _peft(_ia3), True, note="learned rescaling of keys, values and MLP activations"),
     Method("prompt_tuning", "prompt", _peft(_prompt), False, note="soft prompt of virtual tokens"),
@@ -194,7 +194,8 @@ METHODS: dict[str, Method] = {m.name: m for m in [
 def learning_rate(method: Method, p) -> float:
     """The learning-rate rule: one rate per family (parameters of PEFTParams)."""
     return {"full": p.full_learning_rate, "partial": p.freeze_learning_rate, "reparam": p.learning_rate,
-            "vector": p.vector_learning_rate, "bias": p.vector_learning_rate, "prompt": p.prompt_learning_rate,
+            "lycoris": p.lycoris_learning_rate, "vector": p.vector_learning_rate, "bias": p.bias_learning_rate,
+            "prompt": p.prompt_learning_rate,
             "adapter": p.adapter_learning_rate}[method.family]
 
 
@@ -220,17 +221,15 @@ def trainable_state(model) -> dict[str, torch.Tensor]:
 
 
 def save(model, folder: str | Path, name: str) -> Path:
-    """Save what the method trained: peft adapters with save_pretrained, others as a safetensors file
-    of the trainable tensors (bottleneck adapters, bias) or the whole model (full, freeze)."""
+    """Save what the method trained: peft adapters and the full model with save_pretrained, others
+    (freeze, bottleneck adapters) as one safetensors file of the tensors that trained."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    if hasattr(model, "peft_config"):
+    if hasattr(model, "peft_config") or name == "full":
         model.save_pretrained(folder)
-    elif name in ("full", "freeze"):
-        model.save_pretrained(folder)
-    else:
+    else:  # freeze, bottleneck adapters: just the tensors that trained
         save_file(trainable_state(model), str(folder / "trainable.safetensors"))
     return folder
 
@@ -244,7 +243,7 @@ def reload(name: str, base_loader: Callable, folder: str | Path, p):
         from peft import PeftModel
 
         return PeftModel.from_pretrained(base_loader(), folder).eval()
-    if name in ("full", "freeze"):
+    if name == "full":
         from transformers import AutoModelForCausalLM
 
         return AutoModelForCausalLM.from_pretrained(folder).eval()
@@ -261,14 +260,18 @@ def folder_mb(folder: str | Path) -> float:
 
 @torch.no_grad()
 def merge_check(model, tokenizer, texts: list[str]) -> tuple[object, float]:
-    """Merge a peft model into its base; return (merged model, max |logit difference|) on ``texts``."""
+    """Merge a peft model into its base; return (merged model, max |logit difference|) on ``texts``.
+
+    Both sides run in fp32 on a copy: TRL keeps adapter weights in bf16 when training with bf16, and the
+    unmerged bf16 side path alone differs from fp32 by ~1 logit; what is measured here is the merge itself.
+    """
     import copy
 
-    model.eval()
-    enc = tokenizer(texts, return_tensors="pt", padding=True).to(next(model.parameters()).device)
-    before = model(**enc).logits.float()
-    merged = copy.deepcopy(model).merge_and_unload().eval()
-    after = merged(**enc).logits.float()
+    work = copy.deepcopy(model).float().eval()
+    enc = tokenizer(texts, return_tensors="pt", padding=True).to(next(work.parameters()).device)
+    before = work(**enc).logits
+    merged = work.merge_and_unload().eval()
+    after = merged(**enc).logits
     mask = enc["attention_mask"].bool()
     return merged, float((before - after).abs()[mask].max())
 

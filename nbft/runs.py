@@ -248,7 +248,8 @@ def write_status(run_dir: Path, **fields: Any) -> dict:
 
 
 #: stage -> metric shown by ``nbft list``
-HEADLINE = {"01_data_prep": ["n_train"], "02_sft": ["task_score_before", "task_score_after"]}
+HEADLINE = {"01_data_prep": ["n_train"], "02_sft": ["task_score_before", "task_score_after"],
+            "03_peft": ["n_methods_ok", "adapter_switch_ok"]}
 
 
 def list_runs(root: Path | None = None) -> list[dict]:
