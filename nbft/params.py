@@ -304,7 +304,10 @@ def parse_profile(path: str | Path) -> dict[str, dict[str, Any]]:
 
 
 def _parse_set(item: str, profile: dict[str, dict[str, Any]]) -> None:
-    """Apply one ``--set [section.]key=value`` override in place."""
+    """Apply one ``--set [section.]key=value`` override in place.
+
+    A bare key goes to the common section if it is common, else to every stage that has it.
+    """
     if "=" not in item:
         raise ParamError(f"--set {item!r}: expected key=value")
     key, raw = item.split("=", 1)
@@ -315,23 +318,22 @@ def _parse_set(item: str, profile: dict[str, dict[str, Any]]) -> None:
         value = raw
     if "." in key and key.split(".", 1)[0] in [COMMON, *STAGES]:
         sec, name = key.split(".", 1)
-    else:
+        owners = [sec]
+    else:  # a bare key: the common section, else every stage that has it
         name = key
         owners = [COMMON] if name in common_names() else [s for s in STAGES if name in field_names(STAGES[s])]
         if not owners:
             every = sorted({n for s in STAGES.values() for n in field_names(s)})
             raise ParamError(f"--set {key}: unknown parameter{_closest(name, every)}")
-        if len(owners) > 1:
-            raise ParamError(f"--set {key}: ambiguous, it belongs to {', '.join(owners)}; write e.g. {owners[0]}.{name}=...")
-        sec = owners[0]
-    cls = Common if sec == COMMON else STAGES[sec]
-    hints = typing.get_type_hints(cls)
-    if name not in hints or (sec != COMMON and name in common_names()):
-        valid = field_names(cls) if sec == COMMON else [k for k in field_names(cls) if k not in common_names()]
-        raise ParamError(f"--set {key}: unknown parameter for {sec}{_closest(name, valid)}")
-    if isinstance(value, int) and not isinstance(value, bool) and hints[name] is str:
-        value = raw  # e.g. --set run_name=2024
-    profile.setdefault(sec, {})[name] = check_value("", value, hints[name], where=f"--set {key}")
+    for sec in owners:
+        cls = Common if sec == COMMON else STAGES[sec]
+        hints = typing.get_type_hints(cls)
+        if name not in hints or (sec != COMMON and name in common_names()):
+            valid = field_names(cls) if sec == COMMON else [k for k in field_names(cls) if k not in common_names()]
+            raise ParamError(f"--set {key}: unknown parameter for {sec}{_closest(name, valid)}")
+        v = raw if isinstance(value, int) and not isinstance(value, bool) and hints[name] is str else value  # run_name=2024
+        profile.setdefault(sec, {})[name] = check_value("", v, hints[name], where=f"--set {key}")
+        check_choice(cls, name, profile[sec][name], where=f"--set {key}: ")
 
 
 def resolve(path: str | Path | None = None, sets: list[str] | None = None) -> dict[str, Any]:

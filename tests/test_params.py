@@ -152,3 +152,9 @@ def test_default_profile_is_what_nbft_params_defaults_prints(root, capsys):
 
     assert cli.main(["params", "--defaults"]) == 0
     assert capsys.readouterr().out == (root / "params" / "default.yaml").read_text()
+
+
+def test_bare_set_key_applies_to_every_stage_that_has_it():
+    r = P.resolve(None, ["batch_size=2", "02_sft.epochs=3"])
+    assert r["02_sft"].batch_size == 2 and r["03_peft"].batch_size == 2
+    assert r["02_sft"].epochs == 3.0 and r["03_peft"].epochs == P.PEFTParams().epochs
