@@ -188,6 +188,11 @@ def sft(model, tokenizer, train: list[dict], validation: list[dict], p, peft_con
         trainer.train()
         seconds = time.perf_counter() - t0
         eval_loss = trainer.evaluate()["eval_loss"] if validation else None
+    # accelerate wraps forward in a bf16 autocast for mixed-precision training; take it off so later
+    # calls run in the precision the caller asks for (nbft.evaluate's ``precision``), not silently in bf16
+    from accelerate.utils import extract_model_from_parallel
+
+    extract_model_from_parallel(trainer.model, keep_fp32_wrapper=False)
     trainer.model.eval()
     tokenizer.padding_side = "left"
     logs = [r for r in trainer.state.log_history if "num_tokens" in r and "eval_loss" not in r]

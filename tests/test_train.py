@@ -136,3 +136,19 @@ def test_save_tuned_lora_merges_to_a_plain_model(tiny, tmp_path):
     model.eval()
     with torch.no_grad():
         assert torch.allclose(model(**ids).logits, merged(**ids).logits, atol=1e-4)
+
+
+def test_trained_model_is_not_left_under_autocast(tiny):
+    """accelerate wraps forward in bf16 autocast for mixed precision; sft() must take that off."""
+    base, tok = tiny
+    model = copy.deepcopy(base)
+    prep = data.prepare(params.DataPrepParams(model="tiny-llama", n_examples=24), tok)
+    p = params.SFTParams(model="tiny-llama", precision="bf16", device="cpu", max_length=64)
+    res = train.sft(model, tok, prep.splits["train"][:8], [], p, max_steps=1)
+    assert "_original_forward" not in res.trainer.model.__dict__
+    ids = tok("hello world", return_tensors="pt")
+    with torch.no_grad():
+        out = res.trainer.model(**ids).logits
+        ref = torch.nn.functional.linear(res.trainer.model.model(**ids).last_hidden_state,
+                                         res.trainer.model.lm_head.weight)
+    assert out.dtype == torch.float32 and torch.allclose(out, ref, atol=1e-5)
