@@ -188,16 +188,33 @@ def sft(model, tokenizer, train: list[dict], validation: list[dict], p, peft_con
         trainer.train()
         seconds = time.perf_counter() - t0
         eval_loss = trainer.evaluate()["eval_loss"] if validation else None
-    # accelerate wraps forward in a bf16 autocast for mixed-precision training; take it off so later
-    # calls run in the precision the caller asks for (nbft.evaluate's ``precision``), not silently in bf16
-    from accelerate.utils import extract_model_from_parallel
-
-    extract_model_from_parallel(trainer.model, keep_fp32_wrapper=False)
+    remove_autocast_wrappers(trainer.model)
     trainer.model.eval()
     tokenizer.padding_side = "left"
     logs = [r for r in trainer.state.log_history if "num_tokens" in r and "eval_loss" not in r]
     tokens = int(logs[-1]["num_tokens"]) if logs else 0  # TRL counts the non-padding tokens trained on
     return TrainResult(trainer, seconds, tokens, eval_loss, list(trainer.state.log_history))
+
+
+def remove_autocast_wrappers(model) -> int:
+    """Undo accelerate's mixed-precision forward wrappers, on the model and any submodule.
+
+    For bf16 training accelerate replaces ``forward`` on the prepared model (with peft: on the inner
+    transformers model too) by an autocast-wrapped copy. Left in place, every later call runs in bf16
+    whatever the caller asks for: evaluation at fp32 is silently bf16, and a merged model compared with
+    its adapter differs by nothing at all. Returns how many wrappers were removed.
+    """
+    import inspect
+
+    n = 0
+    for module in model.modules():
+        fwd = module.__dict__.get("forward")
+        if fwd is not None and hasattr(fwd, "__wrapped__"):
+            if inspect.unwrap(getattr(fwd, "__func__", fwd)) is inspect.unwrap(type(module).forward):
+                del module.__dict__["forward"]
+                module.__dict__.pop("_original_forward", None)
+                n += 1
+    return n
 
 
 def finetune(model, tokenizer, train: list[dict], validation: list[dict], p, scope: str = "lora",

@@ -152,3 +152,17 @@ def test_trained_model_is_not_left_under_autocast(tiny):
         ref = torch.nn.functional.linear(res.trainer.model.model(**ids).last_hidden_state,
                                          res.trainer.model.lm_head.weight)
     assert out.dtype == torch.float32 and torch.allclose(out, ref, atol=1e-5)
+
+
+def test_lora_trained_in_bf16_merges_exactly_in_fp32(tiny):
+    """After bf16 training no submodule keeps an autocast forward: merged == adapter in fp32."""
+    from nbft import peft_methods
+
+    base, tok = tiny
+    prep = data.prepare(params.DataPrepParams(model="tiny-llama", n_examples=24), tok)
+    p = params.PEFTParams(model="tiny-llama", lora_r=4, lora_alpha=8, precision="bf16", device="cpu")
+    model = peft_methods.prepare("lora", copy.deepcopy(base), p)
+    res = train.sft(model, tok, prep.splits["train"][:16], [], p, max_steps=3, learning_rate=1e-2)
+    assert not any("forward" in m.__dict__ for m in res.trainer.model.modules())
+    _, diff = peft_methods.merge_check(res.trainer.model, tok, ["hello there friend", "the capital of France"])
+    assert 0 < diff < 1e-4  # the adapter changed the model, and the merge reproduces it
