@@ -10,3 +10,5 @@ import warnings as _warnings
 # gradient checkpointing; peft ignores position ids of prompt-learning methods by design).
 _warnings.filterwarnings("ignore", message=r".*is deprecated and will be removed in v6.*", category=FutureWarning)
 _warnings.filterwarnings("ignore", message=r"Position ids are not supported for parameter efficient tuning.*")
+# peft BEFT on Llama (no biases): the bitfit row already says it is not mergeable.
+_warnings.filterwarnings("ignore", message=r"Detected that the base layer has no bias term.*")
