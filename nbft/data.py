@@ -89,7 +89,9 @@ def read_file(path: str | Path) -> list[tuple[str, dict]]:
 
 
 def is_file_spec(dataset: str) -> bool:
-    return dataset.endswith(FILE_SUFFIXES) or "/" in dataset and Path(dataset).exists() or dataset.startswith((".", "/", "~"))
+    """A local file (by suffix, by a path-like start, or an existing path) rather than 'demo' or a hub name."""
+    return (dataset.endswith(FILE_SUFFIXES) or dataset.startswith((".", "/", "~"))
+            or ("/" in dataset and Path(dataset).exists()))
 
 
 def load_raw(dataset: str, seed: int = 0, n_examples: int = 320, hf_split: str = "train",

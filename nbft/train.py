@@ -16,7 +16,6 @@ Scopes (what trains) and modes (on what) of supervised fine-tuning:
 from __future__ import annotations
 
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -174,20 +173,16 @@ def sft(model, tokenizer, train: list[dict], validation: list[dict], p, peft_con
     if mode == "continued_pretraining":
         overrides.setdefault("completion_only_loss", False)
     args = sft_config(p, output_dir, **overrides)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*deprecated and will be removed in v6.*")
-        trainer = SFTTrainer(model=model, args=args, train_dataset=to_dataset(train, mode),
-                             eval_dataset=to_dataset(validation, mode) if validation else None,
-                             processing_class=tokenizer, peft_config=peft_config, callbacks=list(callbacks))
+    trainer = SFTTrainer(model=model, args=args, train_dataset=to_dataset(train, mode),
+                         eval_dataset=to_dataset(validation, mode) if validation else None,
+                         processing_class=tokenizer, peft_config=peft_config, callbacks=list(callbacks))
     from transformers import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # raw log dicts drown a notebook; log_history keeps them
     t0 = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*deprecated and will be removed in v6.*")
-        trainer.train()
-        seconds = time.perf_counter() - t0
-        eval_loss = trainer.evaluate()["eval_loss"] if validation else None
+    trainer.train()
+    seconds = time.perf_counter() - t0
+    eval_loss = trainer.evaluate()["eval_loss"] if validation else None
     remove_autocast_wrappers(trainer.model)
     trainer.model.eval()
     tokenizer.padding_side = "left"
