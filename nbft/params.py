@@ -146,11 +146,54 @@ class PEFTParams(Common):
     n_eval: int = _f(32, "score at most this many held-out test prompts (0: all)")
 
 
+@dataclass
+class RLHFParams(Common):
+    """04_rlhf: preferences -> reward model -> online RL against it; DPO as the RL-free path."""
+
+    policy: str = _f("auto", "starting policy: auto (this run's 02_sft merged model if there is one, else the model) "
+                     "| base (the model) | a folder")
+    preferences: str = _f("builtin", "'builtin' (the policy's own samples ranked by the rule, plus template pairs) "
+                          "or a JSONL file of prompt/chosen/rejected")
+    heldout_fraction: float = _f(0.25, "built-in prompts: share of topics held out for evaluation")
+    max_train_prompts: int = _f(0, "use at most this many training prompts for pairs and RL (0: all)")
+    samples_per_prompt: int = _f(4, "sampled replies per prompt when building pairs")
+    pair_margin: float = _f(0.15, "keep a pair only if the rule scores chosen this much above rejected")
+    pairs_per_prompt: int = _f(2, "at most this many sampled pairs per prompt (widest score gaps first)")
+    template_pairs: int = _f(1, "per prompt, pair the best sample against this many template-broken copies (0: none)")
+    temperature: float = _f(1.0, "sampling temperature (pair building and RL)")
+    max_new_tokens: int = _f(48, "reply length for sampling, RL and evaluation")
+    max_length: int = _f(192, "truncate prompt+reply to this many tokens in reward-model and DPO training")
+    lora_r: int = _f(16, "LoRA rank (reward model, RL and DPO policies)")
+    lora_alpha: int = _f(32, "LoRA scaling numerator")
+    lora_target: str = _f("q_proj,k_proj,v_proj,o_proj", "modules LoRA wraps: all-linear or a comma-separated list "
+                          "(attention only: fewer adapters, faster sampling)")
+    rm_scope: str = _f("lora", "reward model trains: lora (adapters + head) | full", ("lora", "full"))
+    rm_learning_rate: float = _f(5e-4, "reward model learning rate")
+    rm_epochs: float = _f(1.0, "reward model passes over the training pairs")
+    rm_batch_size: int = _f(8, "pairs per reward-model step")
+    policy_scope: str = _f("lora", "RL and DPO train: lora (reference: the adapter switched off) | full (reference: a reloaded copy)",
+                           ("lora", "full"))
+    rl_algo: str = _f("grpo", "online RL: grpo | rloo (both TRL; no PPOTrainer in TRL 1.16)", ("grpo", "rloo"))
+    rl_steps: int = _f(20, "RL optimizer steps")
+    rl_prompts_per_step: int = _f(4, "prompts per RL step")
+    num_generations: int = _f(4, "sampled replies per prompt per RL step (the group)")
+    rl_learning_rate: float = _f(2e-4, "RL learning rate")
+    kl_beta: float = _f(0.05, "KL penalty weight to the reference policy")
+    rule_reward_weight: float = _f(0.0, "add the rule as a second RL reward with this weight (0: the judge stays unseen)")
+    preference_loss: str = _f("dpo", "RL-free path: dpo | ipo | kto", ("dpo", "ipo", "kto"))
+    dpo_learning_rate: float = _f(2e-4, "DPO learning rate")
+    dpo_beta: float = _f(0.1, "DPO beta (strength of the implicit KL to the reference)")
+    dpo_epochs: float = _f(1.0, "DPO passes over the training pairs")
+    dpo_batch_size: int = _f(8, "pairs per DPO step")
+    eval_batch_size: int = _f(32, "prompts per generation batch")
+
+
 #: notebook stem -> its parameter dataclass, in pipeline order.
 STAGES: dict[str, type] = {
     "01_data_prep": DataPrepParams,
     "02_sft": SFTParams,
     "03_peft": PEFTParams,
+    "04_rlhf": RLHFParams,
 }
 COMMON = "common"
 

@@ -84,13 +84,24 @@ def example_browser(splits: dict[str, list[dict]]):
 
 # ---------------------------------------------------------------- training monitor
 
-def training_monitor(title: str = "training", every_s: float = 2.0):
-    """A TrainerCallback that draws loss, learning rate and tokens per second in place.
+#: the panels a training monitor draws: (log key, axis label).
+SFT_PANELS = (("loss", "train loss"), ("lr", "learning rate"), ("tokens_per_s", "tokens / s"))
+RL_PANELS = (("reward", "mean reward (reward model)"), ("kl", "KL to the reference"),
+             ("completions/mean_length", "completion length (tokens)"))
+PREFERENCE_PANELS = (("loss", "train loss"), ("rewards/accuracies", "pairs ranked right (batch)"),
+                     ("rewards/margins", "reward margin chosen - rejected"))
 
-    The figure is redrawn at most every ``every_s`` seconds and once at the end, so
-    the executed notebook keeps the final curve.
+
+def training_monitor(title: str = "training", every_s: float = 2.0, panels=SFT_PANELS):
+    """A TrainerCallback that draws the logged curves in place (loss, learning rate, tokens/s by default).
+
+    ``panels``: (log key, label) pairs, e.g. ``RL_PANELS`` for GRPO/RLOO. The figure is redrawn
+    at most every ``every_s`` seconds and once at the end, so the executed notebook keeps the
+    final curves; ``.rows`` keeps every logged step.
     """
     from transformers import TrainerCallback
+
+    keys = [k for k, _ in panels]
 
     class Monitor(TrainerCallback):
         def __init__(self):
@@ -105,11 +116,12 @@ def training_monitor(title: str = "training", every_s: float = 2.0):
 
         def on_log(self, args, state, control, logs=None, **kw):
             logs = logs or {}
-            if "loss" in logs:
+            if any(k in logs for k in keys if k not in ("lr", "tokens_per_s")):
                 t = time.perf_counter() - self.t0
                 tokens = logs.get("num_tokens") or state.num_input_tokens_seen or 0
-                self.rows.append({"step": state.global_step, "loss": logs["loss"], "lr": logs.get("learning_rate"),
-                                  "t": t, "tokens": tokens, "tokens_per_s": tokens / t if t else 0.0})
+                self.rows.append({**{k: v for k, v in logs.items() if isinstance(v, (int, float))},
+                                  "step": state.global_step, "lr": logs.get("learning_rate"), "t": t,
+                                  "tokens": tokens, "tokens_per_s": tokens / t if t else 0.0})
                 if time.perf_counter() - self.last > every_s:
                     self.draw(state)
 
@@ -121,9 +133,9 @@ def training_monitor(title: str = "training", every_s: float = 2.0):
             if self.handle is None or not self.rows:
                 return
             last = self.rows[-1]
+            now = ", ".join(f"{label.split(' (')[0]} {last[k]:.3g}" for k, label in panels[:1] if last.get(k) is not None)
             fig = plot_curves(self.rows, title=f"{title} — step {state.global_step}/{state.max_steps}"
-                              + (" (done)" if final else "") + f" — loss {last['loss']:.3f}, "
-                              f"{last['tokens_per_s']:.0f} tokens/s")
+                              + (" (done)" if final else "") + (f" — {now}" if now else ""), panels=panels)
             self.handle.update(fig)
             plt.close(fig)
 
@@ -136,17 +148,15 @@ def _status_html(title, text):
     return HTML(f"<b>{_esc(title)}</b>: {_esc(text)}")
 
 
-def plot_curves(rows: list[dict], title: str = "training"):
-    """Loss, learning rate and throughput against step."""
-    fig, axes = plt.subplots(1, 3, figsize=(11, 3))
-    steps = [r["step"] for r in rows]
+def plot_curves(rows: list[dict], title: str = "training", panels=SFT_PANELS):
+    """One panel per (key, label) against step."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(11, 3))
     fig.suptitle(title, fontsize=10)
-    for ax, key, label, color in [(axes[0], "loss", "train loss", "tab:blue"),
-                                  (axes[1], "lr", "learning rate", "tab:orange"),
-                                  (axes[2], "tokens_per_s", "tokens / s", "tab:green")]:
-        vals = [r.get(key) for r in rows]
-        if all(v is not None for v in vals):
-            ax.plot(steps, vals, color=color, marker="." if key == "loss" else None)
+    colors = ["tab:blue", "tab:orange", "tab:green", "tab:red"]
+    for ax, (key, label), color in zip(axes, panels, colors):
+        pts = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
+        if pts:
+            ax.plot(*zip(*pts), color=color, marker="." if len(pts) < 60 else None)
         ax.set_xlabel("step")
         ax.set_ylabel(label)
     fig.tight_layout()
@@ -257,3 +267,48 @@ def adapter_playground(model, tokenizer, adapters: list[str], prompts: list[str]
     box = W.VBox([W.HBox([pick, go]), text, out])
     _display(box)
     return box
+
+
+# ---------------------------------------------------------------- policies side by side
+
+def _verdict_cell(label: str, r: dict) -> str:
+    score = r.get("rule", 0.0)
+    color = "#c8f7c5" if score == 1.0 else "#fdf1c4" if score >= 0.5 else "#f7c5c5"
+    failed = [k for k, v in r.get("checks", {}).items() if v < 1.0]
+    reward = f", reward {r['reward']:+.2f}" if r.get("reward") is not None else ""
+    return (f"<td style='vertical-align:top;background:{color}'><b>{_esc(label)}</b> — rule {score:.2f}{reward}"
+            f"<pre style='white-space:pre-wrap'>{_esc(r['reply'])}</pre>"
+            f"<small>{'fails: ' + _esc(', '.join(failed)) if failed else 'passes every check'}</small></td>")
+
+
+def sample_browser(rows: list[dict], policies: list[str]):
+    """Pick a held-out prompt: each policy's reply with the rule's verdict (and failed checks) and its reward.
+
+    ``rows``: [{"prompt": str, <policy>: {"reply", "rule", "checks", "reward"}}].
+    """
+    import ipywidgets as W
+
+    def view(i):
+        r = rows[i]
+        cells = "".join(_verdict_cell(name, r[name]) for name in policies)
+        return (f"<pre style='white-space:pre-wrap;background:#f4f4f4'>{_esc(r['prompt'])}</pre>"
+                f"<table style='width:100%;table-layout:fixed'><tr>{cells}</tr></table>")
+
+    pick = W.IntSlider(min=0, max=max(0, len(rows) - 1), value=0, description="prompt", continuous_update=False)
+    out = W.HTML(view(0) if rows else "")
+    pick.observe(lambda ch: setattr(out, "value", view(ch["new"])), "value")
+    box = W.VBox([pick, out])
+    _display(box)
+    return box
+
+
+def histogram(series: dict[str, list[float]], title: str, xlabel: str):
+    """Overlaid histograms, one per named series (e.g. reward of chosen vs rejected replies)."""
+    fig, ax = plt.subplots(figsize=(5.5, 3))
+    for name, vals in series.items():
+        ax.hist(vals, bins=20, alpha=0.55, label=f"{name} (n={len(vals)})")
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(xlabel)
+    ax.legend()
+    fig.tight_layout()
+    return fig

@@ -5,6 +5,7 @@ each bad-input test checks that it leaves that earlier run untouched.
 """
 import hashlib
 import json
+import math
 import os
 import subprocess
 import sys
@@ -105,6 +106,17 @@ def test_smoke_metrics(smoke_run):
     assert pe["methods"]["lora"]["trainable_pct"] < pe["methods"]["freeze"]["trainable_pct"]
     assert isinstance(pe["adapter_switch_ok"], bool) and pe["merged_reload_max_abs_diff"] < 1e-3
     assert len(pe["adapter_scores"]) == 4  # two adapters, adapters off, the weighted combination
+    # issue 5: RLHF — every required number, in range; the policy started from this run's SFT model
+    r = m["04_rlhf"]
+    for k in ["rm_accuracy", "rm_accuracy_train", "winrate_rl_vs_sft", "winrate_dpo_vs_sft",
+              "rule_score_sft", "rule_score_rl", "rule_score_dpo"]:
+        assert 0 <= r[k] <= 1, k
+    for k in ["rl_mean_reward_before", "rl_mean_reward_after", "dpo_mean_reward"]:
+        assert math.isfinite(r[k]), k
+    assert r["rl_kl"] > -1e-3 and r["n_pairs_train"] > 0 and r["n_pairs_heldout"] > 0
+    assert r["n_heldout_prompts"] >= 40 and r["policy_start"].startswith("this run's SFT model")
+    assert set(r["mean_words"]) == set(r["pass_rate"]) == {"sft", "rl", "dpo"}
+    assert all(v > 0 for v in r["seconds"].values())
 
 
 def test_smoke_artifacts(smoke_run):
@@ -120,6 +132,13 @@ def test_smoke_artifacts(smoke_run):
     sft = run / "artifacts" / "02_sft"
     assert (sft / "adapter" / "adapter_model.safetensors").is_file() and (sft / "card.md").is_file()
     assert (sft / "merged" / "model.safetensors").is_file() and (sft / "merged" / "config.json").is_file()
+    rl = run / "artifacts" / "04_rlhf"
+    for folder in ("reward_model", "rl_policy", "dpo_policy"):
+        assert (rl / folder / "model.safetensors").is_file() and (rl / folder / "config.json").is_file(), folder
+    assert json.loads((rl / "reward_model" / "config.json").read_text())["num_labels"] == 1
+    n_pairs = sum(1 for _ in open(rl / "pairs" / "pairs_train.jsonl"))
+    assert n_pairs == json.loads((run / "metrics.json").read_text())["04_rlhf"]["n_pairs_train"]
+    assert (rl / "card.md").is_file()
     card = json.loads((sft / "card.json").read_text())
     assert card["parameters"]["scope"] == "lora" and "task_score_after" in card["metrics"]
 

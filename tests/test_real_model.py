@@ -51,3 +51,17 @@ def test_perplexity_of_plain_english_is_low(smol):
     model, tok, _ = smol
     ppl = evaluate.perplexity(model, tok, ["The sun rises in the east and sets in the west."])
     assert 1 < ppl < 100
+
+
+def test_sampled_replies_give_the_rule_something_to_rank(smol):
+    """RLHF's pair builder needs variety: sampled replies of the real model differ in rule score."""
+    from nbft import rlhf
+
+    model, tok, _ = smol
+    prompts = rlhf.rlhf_prompts(0)["heldout"][:6]
+    samples = rlhf.sample_replies(model, tok, prompts, n=3, max_new_tokens=32, precision="bf16", seed=0)
+    assert all(len(s) == 3 and all(r.strip() for r in s) for s in samples)
+    pairs = rlhf.build_pairs(prompts, samples, margin=0.15, templates=False)
+    assert len(pairs) >= 2
+    scores = [rlhf.rule_score(q, r) for q, s in zip(prompts, samples) for r in s]
+    assert 0 < min(scores) < max(scores) <= 1

@@ -1,0 +1,631 @@
+"""RLHF: a programmatic judge, preference pairs, a reward model, online RL against it, and DPO.
+
+The InstructGPT recipe at lab scale, thin over TRL:
+
+| step              | here                                                   | TRL                        |
+|-------------------|--------------------------------------------------------|----------------------------|
+| target behaviour  | ``RULE``: a rubric of checks a program scores (0..1)   | -                          |
+| preference pairs  | the policy's own samples ranked by the rule, plus      | -                          |
+|                   | rejected variants made by templates; or user JSONL     |                            |
+| reward model      | sequence-classification head on the starting policy    | ``RewardTrainer``          |
+| online RL         | GRPO or RLOO, reward = the reward model, KL to the     | ``GRPOTrainer`` /          |
+|                   | reference (the starting policy)                        | ``RLOOTrainer``            |
+| RL-free path      | DPO (or IPO, or KTO on the pairs split into singles)   | ``DPOTrainer``/``KTOTrainer`` |
+
+The rule is the judge. By default training never sees it: the reward model learns it from
+ranked pairs, RL optimizes the reward model, and the rule scores held-out prompts at the end.
+(``rule_reward_weight > 0`` adds the rule as a second reward in RL; then the rule is no longer
+an unseen judge, and the notebook says so.)
+
+The behaviour the rule asks for: **a concise, complete, plain-prose answer on the topic of the
+question** — one or two sentences (5 to 30 words) that end properly, start with a capital, are
+words rather than numbers or symbols, contain no markdown list or code, do not repeat themselves,
+and mention something from the question. When a reply is a JSON object with an ``answer`` field
+(the format the SFT stage teaches on the demo data) the rule reads that field: the format stays,
+the content is judged.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from . import data, models
+
+# ---------------------------------------------------------------- the rule (the judge)
+
+_STOP = set("""a an the and or but if of to in on at by for with about from into over under is are was were be been
+being do does did doing have has had what which who whom whose why how when where this that these those it its i me my
+you your we our they them their he she his her can could should would will shall may might must one some any give tell
+explain describe name please short sentence word words good best very much many more most use used using get make
+thing things""".split())
+
+
+def answer_text(reply: str) -> str:
+    """The part of a reply the rule judges: a JSON object's ``answer`` field, else the reply."""
+    s = reply.strip()
+    if s.startswith("{"):
+        try:
+            obj = json.loads(s)
+            if isinstance(obj, dict) and isinstance(obj.get("answer"), str):
+                return obj["answer"].strip()
+        except json.JSONDecodeError:
+            m = re.search(r'"answer"\s*:\s*"([^"]*)', s)  # truncated JSON: judge what is there
+            if m:
+                return m.group(1).strip()
+    return s
+
+
+def _words(s: str) -> list[str]:
+    return re.findall(r"\S+", s)
+
+
+def _content(s: str) -> set[str]:
+    return {w[:5] for w in re.findall(r"[a-z]+", s.lower()) if len(w) >= 4 and w not in _STOP}
+
+
+def _check_complete(prompt: str, reply: str, ans: str) -> float:
+    """Ends like a finished sentence (not cut off); a JSON reply must parse."""
+    if reply.strip().startswith("{"):
+        try:
+            json.loads(reply.strip())
+        except json.JSONDecodeError:
+            return 0.0
+    return 1.0 if re.search(r"[.!?][\"')\]]*$", ans) else 0.0
+
+
+def _check_length(prompt: str, reply: str, ans: str) -> float:
+    """5 to 30 words: 1; shorter: words/5; longer: falls to 0 at 60 words."""
+    n = len(_words(ans))
+    if n < 5:
+        return n / 5
+    return 1.0 if n <= 30 else max(0.0, 1 - (n - 30) / 30)
+
+
+def _check_prose(prompt: str, reply: str, ans: str) -> float:
+    """Words, not numbers or symbols (>= 80% alphabetic tokens), and starts with a capital letter."""
+    toks = _words(ans)
+    if not toks:
+        return 0.0
+    alpha = sum(bool(re.fullmatch(r"[\"'(]*[A-Za-z][A-Za-z'’-]*[.,;:!?\"')]*", t)) for t in toks) / len(toks)
+    return min(1.0, alpha / 0.8) * (1.0 if ans[0].isupper() else 0.5)
+
+
+def _check_plain(prompt: str, reply: str, ans: str) -> float:
+    """No markdown: no list or heading lines, no bold, no code fences."""
+    if re.search(r"(^|\n)\s*([-*#>]|\d+[.)])\s", ans) or "**" in ans or "```" in ans:
+        return 0.0
+    return 1.0
+
+
+def _check_no_repeat(prompt: str, reply: str, ans: str) -> float:
+    """Distinct word trigrams: 1 at >= 90%, else that share."""
+    w = [x.lower() for x in _words(ans)]
+    grams = [tuple(w[i:i + 3]) for i in range(len(w) - 2)]
+    if not grams:
+        return 1.0
+    ratio = len(set(grams)) / len(grams)
+    return 1.0 if ratio >= 0.9 else ratio
+
+
+def _check_on_topic(prompt: str, reply: str, ans: str) -> float:
+    """Mentions a content word of the question (first five letters match)."""
+    return 1.0 if _content(prompt) & _content(ans) else 0.0
+
+
+#: the rubric: name -> check(prompt, reply, answer_text) -> 0..1. The rule score is their mean.
+RULE: dict[str, Callable[[str, str, str], float]] = {
+    "complete": _check_complete,
+    "length": _check_length,
+    "prose": _check_prose,
+    "plain": _check_plain,
+    "no_repeat": _check_no_repeat,
+    "on_topic": _check_on_topic,
+}
+
+
+def rule_checks(prompt: str, reply: str) -> dict[str, float]:
+    ans = answer_text(reply)
+    return {name: float(check(prompt, reply, ans)) for name, check in RULE.items()}
+
+
+def rule_score(prompt: str, reply: str) -> float:
+    """The judge: mean of the rubric's checks, 0..1 (1: every check passes)."""
+    checks = rule_checks(prompt, reply)
+    return sum(checks.values()) / len(checks)
+
+
+def rule_reward(prompts, completions, **_) -> list[float]:
+    """The rule as a TRL reward function (conversational or plain prompts)."""
+    def text(x):
+        return x[-1]["content"] if isinstance(x, list) else x
+    return [rule_score(text(p), text(c)) for p, c in zip(prompts, completions)]
+
+
+def describe_rule() -> list[dict]:
+    return [{"check": name, "asks for": (fn.__doc__ or "").strip()} for name, fn in RULE.items()]
+
+
+# ---------------------------------------------------------------- prompts
+
+_THINGS = ["a volcano", "a rainbow", "a bicycle", "a compass", "photosynthesis", "a thermometer", "the moon",
+           "a library", "a bridge", "a battery", "a telescope", "a glacier", "a desert", "bread", "cheese", "a piano",
+           "an umbrella", "a lighthouse", "a microscope", "a windmill", "a calendar", "a museum", "an orchestra",
+           "a passport", "a vaccine", "a magnet", "a satellite", "a recipe", "a forest", "an island", "a river",
+           "a hospital", "a newspaper", "a camera", "a clock", "a map", "a harbour", "a castle", "a farm", "a pencil",
+           "a kettle", "a tent", "a helmet", "a ladder", "a candle", "a mirror", "a tunnel", "a dictionary",
+           "an airport", "a garden", "a fountain", "a violin", "a printer", "a thunderstorm", "an earthquake",
+           "a comet", "a coral reef", "a beehive", "a train", "a submarine"]
+_ANIMALS = ["cats", "dogs", "bees", "whales", "owls", "penguins", "horses", "frogs", "ants", "dolphins", "eagles",
+            "elephants", "rabbits", "bats", "turtles", "wolves"]
+_ACTIVITIES = ["sleeping better", "learning a language", "saving money", "running", "cooking rice", "studying",
+               "public speaking", "gardening", "writing an email", "reading more books", "drinking enough water",
+               "learning to swim", "keeping a plant alive", "packing for a trip", "taking notes", "staying focused"]
+_TEMPLATES = {
+    "thing": ["What is {x}?", "Explain what {x} is.", "What is {x} used for?", "How does {x} work?",
+              "Why do people need {x}?", "Tell me about {x}."],
+    "animal": ["Why do {x} live in groups?", "What do {x} eat?", "Where do {x} live?", "Tell me something about {x}."],
+    "activity": ["Give me one tip for {x}.", "How can I get better at {x}?", "Why is {x} worth the effort?",
+                 "What is the first step in {x}?"],
+}
+
+
+def rlhf_prompts(seed: int = 0, heldout_fraction: float = 0.25) -> dict[str, list[str]]:
+    """Built-in prompts, split by topic: held-out prompts ask about topics no training prompt mentions."""
+    rng = random.Random(seed)
+    out = {"train": [], "heldout": []}
+    for kind, topics in (("thing", _THINGS), ("animal", _ANIMALS), ("activity", _ACTIVITIES)):
+        topics = list(topics)
+        rng.shuffle(topics)
+        n_held = max(1, round(len(topics) * heldout_fraction))
+        for i, x in enumerate(topics):
+            part = "heldout" if i < n_held else "train"
+            for t in rng.sample(_TEMPLATES[kind], 2):  # two phrasings per topic
+                out[part].append(t.format(x=x))
+    for part in out:
+        rng.shuffle(out[part])
+    return out
+
+
+# ---------------------------------------------------------------- preference pairs
+
+def _messages(prompt: str | list) -> list[dict]:
+    return prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+
+
+def _user_text(prompt: str | list) -> str:
+    return next((m["content"] for m in reversed(_messages(prompt)) if m["role"] == "user"), "")
+
+
+def sample_replies(model, tokenizer, prompts: list[str], n: int, max_new_tokens: int = 48, temperature: float = 1.0,
+                   precision: str = "fp32", batch_size: int = 32, seed: int = 0) -> list[list[str]]:
+    """``n`` sampled replies per prompt (chat template), in batches."""
+    from . import evaluate
+
+    rendered = [data.render_prompt(_messages(p), tokenizer) for p in prompts]
+    flat = evaluate.generate(model, tokenizer, [r for r in rendered for _ in range(n)], max_new_tokens=max_new_tokens,
+                             batch_size=batch_size, precision=precision, do_sample=True, temperature=temperature,
+                             top_k=0, seed=seed)
+    return [flat[i * n:(i + 1) * n] for i in range(len(prompts))]
+
+
+def _truncate(ans: str) -> str:
+    w = _words(ans)
+    return " ".join(w[: max(1, (2 * len(w)) // 3)]).rstrip(".!?") if len(w) > 2 else ans.rstrip(".!?")
+
+
+def _with_answer(reply: str, new_answer: str) -> str:
+    """Replace the judged answer, keeping a JSON wrapper when there is one."""
+    s = reply.strip()
+    if s.startswith("{"):
+        try:
+            obj = json.loads(s)
+            if isinstance(obj, dict) and "answer" in obj:
+                obj["answer"] = new_answer
+                return json.dumps(obj)
+        except json.JSONDecodeError:
+            pass
+    return new_answer
+
+
+#: template variants that break one check each: name -> answer -> worse answer.
+DEGRADE: dict[str, Callable[[str], str]] = {
+    "truncated": _truncate,
+    "repeated": lambda a: " ".join([a] * 3),
+    "markdown_list": lambda a: "Here are the key points:\n- " + "\n- ".join(s.strip() for s in re.split(r"(?<=[.!?])\s+", a) if s.strip()),
+    "rambling": lambda a: a + " " + "It is also worth saying that there is a lot more to it, and many people have "
+                         "different opinions about it, so it depends on many things and on who you ask, really.",
+    "bare": lambda a: (_words(a) or ["ok"])[-1].strip(".!?").lower(),
+}
+
+
+def build_pairs(prompts: list[str], samples: list[list[str]], margin: float = 0.15, templates: bool = True,
+                seed: int = 0, pairs_per_prompt: int = 3, templates_per_prompt: int = 2) -> list[dict]:
+    """Preference pairs from sampled replies ranked by the rule, plus template-degraded rejections.
+
+    From samples: per prompt, up to ``pairs_per_prompt`` pairs of distinct replies whose rule scores
+    differ by at least ``margin``, widest gaps first (the best against the worst comes first). From
+    templates: the best reply against up to ``templates_per_prompt`` copies of it broken in one way each
+    (cut off, repeated, turned into a markdown list, padded with filler, reduced to one word), when the
+    copy scores at least ``margin`` lower. Each pair: prompt, chosen, rejected, both scores, source.
+    """
+    rng = random.Random(seed)
+    pairs = []
+    for prompt, replies in zip(prompts, samples):
+        uniq = list(dict.fromkeys(r for r in replies if r.strip()))
+        scored = sorted(((rule_score(prompt, r), r) for r in uniq), key=lambda x: -x[0])
+        if not scored:
+            continue
+        cands = [(hi, lo) for i, hi in enumerate(scored) for lo in scored[i + 1:] if hi[0] - lo[0] >= margin]
+        cands.sort(key=lambda c: -(c[0][0] - c[1][0]))
+        for (s_hi, good), (s_lo, bad) in cands[:pairs_per_prompt]:
+            pairs.append(dict(prompt=prompt, chosen=good, rejected=bad, chosen_score=s_hi, rejected_score=s_lo,
+                              source="samples"))
+        if templates:
+            s_hi, best = scored[0]
+            for name in rng.sample(list(DEGRADE), min(templates_per_prompt, len(DEGRADE))):
+                bad = _with_answer(best, DEGRADE[name](answer_text(best)))
+                s_bad = rule_score(prompt, bad)
+                if s_hi - s_bad >= margin:
+                    pairs.append(dict(prompt=prompt, chosen=best, rejected=bad, chosen_score=s_hi,
+                                      rejected_score=s_bad, source=f"template:{name}"))
+    return pairs
+
+
+def load_pairs(path: str | Path) -> list[dict]:
+    """User preference pairs: JSONL with ``prompt``, ``chosen``, ``rejected``.
+
+    Each field is a string, or chat messages (a list of {role, content}); a conversational
+    ``chosen``/``rejected`` is the assistant turn(s). Errors name the file, line and field.
+    """
+    pairs = []
+    for where, rec in data.read_file(path):
+        for key in ("prompt", "chosen", "rejected"):
+            if key not in rec:
+                raise data.DataError(f"{where}: missing field '{key}' (preference pairs need prompt, chosen, rejected)")
+            v = rec[key]
+            if isinstance(v, list):
+                data._check_messages(v, where, key)
+            elif not isinstance(v, str) or not v.strip():
+                raise data.DataError(f"{where}: field '{key}' must be a non-empty string or a list of messages")
+        prompt = rec["prompt"] if isinstance(rec["prompt"], str) else rec["prompt"]
+        text = lambda v: v if isinstance(v, str) else v[-1]["content"]
+        pairs.append(dict(prompt=prompt, chosen=text(rec["chosen"]), rejected=text(rec["rejected"]),
+                          chosen_score=rule_score(_user_text(prompt), text(rec["chosen"])),
+                          rejected_score=rule_score(_user_text(prompt), text(rec["rejected"])), source=where))
+    if not pairs:
+        raise data.DataError(f"{path}: no preference pairs")
+    return pairs
+
+
+def to_preference_dataset(pairs: list[dict]):
+    """Pairs -> TRL's conversational preference form (prompt messages, chosen/rejected assistant turns)."""
+    import datasets
+
+    return datasets.Dataset.from_list([
+        {"prompt": _messages(p["prompt"]), "chosen": [{"role": "assistant", "content": p["chosen"]}],
+         "rejected": [{"role": "assistant", "content": p["rejected"]}]} for p in pairs])
+
+
+def to_unpaired_dataset(pairs: list[dict]):
+    """Pairs -> KTO's unpaired form: each chosen reply labelled desirable, each rejected undesirable."""
+    import datasets
+
+    rows = []
+    for p in pairs:
+        rows.append({"prompt": _messages(p["prompt"]), "completion": [{"role": "assistant", "content": p["chosen"]}],
+                     "label": True})
+        rows.append({"prompt": _messages(p["prompt"]), "completion": [{"role": "assistant", "content": p["rejected"]}],
+                     "label": False})
+    return datasets.Dataset.from_list(rows)
+
+
+# ---------------------------------------------------------------- shared trainer settings
+
+def _common_args(p, output_dir, learning_rate: float, **overrides) -> dict:
+    device = models.pick_device(p.device)
+    precision = models.pick_precision(p.precision, device)
+    kw: dict[str, Any] = dict(
+        output_dir=str(output_dir), learning_rate=learning_rate, lr_scheduler_type="linear", warmup_steps=0.05,
+        bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=device == "cpu", logging_steps=1,
+        eval_strategy="no", save_strategy="no", report_to="none", disable_tqdm=True, seed=p.seed, data_seed=p.seed,
+        dataloader_pin_memory=False, gradient_checkpointing=None, activation_checkpointing=False,
+    )
+    kw.update(overrides)
+    return kw
+
+
+def policy_lora(p, task_type: str = "CAUSAL_LM"):
+    from peft import LoraConfig
+
+    target = p.lora_target if p.lora_target == "all-linear" else [t.strip() for t in p.lora_target.split(",") if t.strip()]
+    return LoraConfig(r=p.lora_r, lora_alpha=p.lora_alpha, lora_dropout=0.0, target_modules=target, task_type=task_type)
+
+
+def _finish(trainer) -> Any:
+    from .train import remove_autocast_wrappers
+
+    remove_autocast_wrappers(trainer.model)
+    trainer.model.eval()
+    return trainer.model
+
+
+@dataclass
+class Trained:
+    model: Any
+    seconds: float
+    log_history: list[dict]
+
+
+def _train(trainer) -> Trained:
+    import time
+
+    from transformers import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+    t0 = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - t0
+    return Trained(_finish(trainer), seconds, list(trainer.state.log_history))
+
+
+def _tmpdir():
+    import tempfile
+
+    return tempfile.TemporaryDirectory(prefix="nbft-rlhf-")
+
+
+# ---------------------------------------------------------------- reward model
+
+def load_reward_base(folder: str | Path, tokenizer, device: str = "cpu"):
+    """A sequence-classification model (one output: the reward) on top of a causal LM folder."""
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(0)  # the new head is random
+    model = AutoModelForSequenceClassification.from_pretrained(str(folder), num_labels=1, dtype=torch.float32)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model.to(device)
+
+
+def train_reward_model(model, tokenizer, pairs: list[dict], p, callbacks=()) -> Trained:
+    """TRL RewardTrainer (Bradley-Terry loss on chosen vs rejected), LoRA + head or every weight."""
+    import datasets
+    from trl import RewardConfig, RewardTrainer
+
+    if not pairs:
+        raise ValueError("no training pairs for the reward model: lower pair_margin, sample more replies per prompt, "
+                         "or give a preferences file")
+    datasets.disable_progress_bars()
+    with _tmpdir() as tmp:
+        args = RewardConfig(**_common_args(
+            p, tmp, p.rm_learning_rate, num_train_epochs=p.rm_epochs, per_device_train_batch_size=p.rm_batch_size,
+            max_length=p.max_length, center_rewards_coefficient=0.01))
+        trainer = RewardTrainer(model=model, args=args, train_dataset=to_preference_dataset(pairs),
+                                processing_class=tokenizer, callbacks=list(callbacks),
+                                peft_config=policy_lora(p, "SEQ_CLS") if p.rm_scope == "lora" else None)
+        return _train(trainer)
+
+
+@torch.no_grad()
+def reward_scores(rm, tokenizer, prompts: list, replies: list[str], batch_size: int = 16,
+                  precision: str = "fp32") -> list[float]:
+    """The reward model's score of each (prompt, reply), with the chat template as in training."""
+    from .evaluate import _precision_ctx
+
+    rm.eval()
+    texts = [tokenizer.apply_chat_template(_messages(pr) + [{"role": "assistant", "content": r}], tokenize=False)
+             for pr, r in zip(prompts, replies)]
+    side, tokenizer.padding_side = tokenizer.padding_side, "right"
+    out = []
+    try:
+        device = next(rm.parameters()).device
+        for i in range(0, len(texts), batch_size):
+            enc = tokenizer(texts[i:i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False,
+                            truncation=True, max_length=512).to(device)
+            with _precision_ctx(rm, precision):
+                out += rm(**enc).logits[:, 0].float().tolist()
+    finally:
+        tokenizer.padding_side = side
+    return out
+
+
+def pair_accuracy(rm, tokenizer, pairs: list[dict], precision: str = "fp32") -> tuple[float, list[float], list[float]]:
+    """Share of pairs the reward model ranks like the rule (chosen above rejected); and both score lists."""
+    prompts = [q["prompt"] for q in pairs]
+    chosen = reward_scores(rm, tokenizer, prompts, [q["chosen"] for q in pairs], precision=precision)
+    rejected = reward_scores(rm, tokenizer, prompts, [q["rejected"] for q in pairs], precision=precision)
+    acc = sum(c > r for c, r in zip(chosen, rejected)) / max(1, len(pairs))
+    return acc, chosen, rejected
+
+
+# ---------------------------------------------------------------- online RL (GRPO / RLOO)
+
+RL_ALGOS = ("grpo", "rloo")
+
+
+def train_rl(policy, tokenizer, prompts: list[str], reward_model, p, callbacks=()) -> Trained:
+    """GRPO or RLOO against the reward model, KL penalty ``beta`` to the reference.
+
+    With LoRA (``policy_scope='lora'``) the reference is the same model with the adapter switched
+    off; with ``full`` TRL reloads it from the policy's folder (``config._name_or_path``).
+    """
+    import datasets
+
+    if p.rl_algo not in RL_ALGOS:
+        raise ValueError(f"rl_algo: {p.rl_algo!r} is not one of {', '.join(RL_ALGOS)}")
+    if p.rl_algo == "grpo":
+        from trl import GRPOConfig as Config, GRPOTrainer as Trainer
+    else:
+        from trl import RLOOConfig as Config, RLOOTrainer as Trainer
+    datasets.disable_progress_bars()
+    reward_funcs: list = [reward_model]
+    processing = [tokenizer]
+    weights = [1.0]
+    if p.rule_reward_weight > 0:
+        reward_funcs.append(rule_reward)
+        processing.append(None)
+        weights.append(p.rule_reward_weight)
+    with _tmpdir() as tmp:
+        args = Config(**_common_args(
+            p, tmp, p.rl_learning_rate, max_steps=p.rl_steps,
+            per_device_train_batch_size=p.rl_prompts_per_step * p.num_generations,
+            num_generations=p.num_generations, max_completion_length=p.max_new_tokens, temperature=p.temperature,
+            top_k=0, beta=p.kl_beta, reward_weights=weights, steps_per_generation=1, num_iterations=1,
+            log_completions=False, shuffle_dataset=True))
+        dataset = datasets.Dataset.from_list([{"prompt": _messages(q)} for q in prompts])
+        trainer = Trainer(model=policy, reward_funcs=reward_funcs, args=args, train_dataset=dataset,
+                          processing_class=tokenizer, reward_processing_classes=processing,
+                          callbacks=list(callbacks),
+                          peft_config=policy_lora(p) if p.policy_scope == "lora" else None)
+        return _train(trainer)
+
+
+# ---------------------------------------------------------------- DPO and friends
+
+PREFERENCE_LOSSES = ("dpo", "ipo", "kto")
+
+
+def train_preference(policy, tokenizer, pairs: list[dict], p, callbacks=()) -> Trained:
+    """The RL-free path: DPO (sigmoid loss), IPO, or KTO (pairs split into desirable/undesirable singles)."""
+    import datasets
+
+    if p.preference_loss not in PREFERENCE_LOSSES:
+        raise ValueError(f"preference_loss: {p.preference_loss!r} is not one of {', '.join(PREFERENCE_LOSSES)}")
+    datasets.disable_progress_bars()
+    peft_config = policy_lora(p) if p.policy_scope == "lora" else None
+    with _tmpdir() as tmp:
+        common = _common_args(p, tmp, p.dpo_learning_rate, num_train_epochs=p.dpo_epochs,
+                              per_device_train_batch_size=p.dpo_batch_size, max_length=p.max_length, beta=p.dpo_beta)
+        if p.preference_loss == "kto":
+            from trl import KTOConfig, KTOTrainer
+
+            trainer = KTOTrainer(model=policy, args=KTOConfig(**common), train_dataset=to_unpaired_dataset(pairs),
+                                 processing_class=tokenizer, callbacks=list(callbacks), peft_config=peft_config)
+        else:
+            from trl import DPOConfig, DPOTrainer
+
+            loss = {"dpo": "sigmoid", "ipo": "ipo"}[p.preference_loss]
+            trainer = DPOTrainer(model=policy, args=DPOConfig(**common, loss_type=[loss]),
+                                 train_dataset=to_preference_dataset(pairs), processing_class=tokenizer,
+                                 callbacks=list(callbacks), peft_config=peft_config)
+        return _train(trainer)
+
+
+# ---------------------------------------------------------------- evaluation by the judge
+
+def distinct_trigrams(text: str) -> float:
+    w = [x.lower() for x in _words(text)]
+    grams = [tuple(w[i:i + 3]) for i in range(len(w) - 2)]
+    return len(set(grams)) / len(grams) if grams else 1.0
+
+
+def judge(prompts: list[str], replies: list[str]) -> dict:
+    """Rule scores, per-check pass rates, and reward-hacking signals (length, repetition)."""
+    checks = [rule_checks(q, r) for q, r in zip(prompts, replies)]
+    scores = [sum(c.values()) / len(c) for c in checks]
+    n = max(1, len(replies))
+    return {
+        "rule_score": sum(scores) / n,
+        "scores": scores,
+        "pass_rate": sum(s == 1.0 for s in scores) / n,
+        "checks": {k: sum(c[k] for c in checks) / n for k in RULE},
+        "mean_words": sum(len(_words(answer_text(r))) for r in replies) / n,
+        "distinct_trigrams": sum(distinct_trigrams(r) for r in replies) / n,
+    }
+
+
+def win_rate(scores: list[float], baseline: list[float]) -> float:
+    """Share of prompts where a policy's reply scores above the baseline's (ties count half)."""
+    wins = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(scores, baseline))
+    return wins / max(1, len(scores))
+
+
+def bootstrap_ci(values: list[float], n: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """95% bootstrap interval of the mean."""
+    if not values:
+        return (math.nan, math.nan)
+    rng = random.Random(seed)
+    means = sorted(sum(rng.choice(values) for _ in values) / len(values) for _ in range(n))
+    return means[int(0.025 * n)], means[int(0.975 * n) - 1]
+
+
+def last_mean(log_history: list[dict], key: str, frac: float = 0.25) -> float | None:
+    """Mean of ``key`` over the last ``frac`` of the logged steps."""
+    vals = [r[key] for r in log_history if key in r]
+    if not vals:
+        return None
+    k = max(1, int(len(vals) * frac))
+    return sum(vals[-k:]) / k
+
+
+# ---------------------------------------------------------------- where the policy starts
+
+def starting_policy(run, p) -> tuple[str, str]:
+    """(model spec or folder, in words): ``auto`` takes this run's 02_sft merged model when there is one."""
+    if p.policy == "auto":
+        up = run.upstream("02_sft")
+        if up is not None and (up / "merged" / "config.json").is_file():
+            return str(up / "merged"), "this run's SFT model (02_sft, merged)"
+        return p.model, f"the model itself ({p.model}): this run has no 02_sft model"
+    if p.policy == "base":
+        return p.model, f"the model itself ({p.model})"
+    if not (Path(p.policy) / "config.json").is_file():
+        raise ValueError(f"policy: {p.policy!r} is not auto, base, or a model folder (no config.json there)")
+    return p.policy, f"the folder {p.policy}"
+
+
+def model_folder(spec: str) -> str:
+    """A folder loadable with from_pretrained (built-in names are resolved and built once)."""
+    return models.resolve(spec).path
+
+
+def save_policy(model, tokenizer, folder: str | Path) -> Path:
+    """Merge a LoRA policy (if any) into a standalone copy and save it."""
+    import copy
+
+    merged = copy.deepcopy(model).merge_and_unload() if hasattr(model, "peft_config") else model
+    return models.save(merged, tokenizer, folder)
+
+
+def first_mean(log_history: list[dict], key: str, frac: float = 0.25) -> float | None:
+    """Mean of ``key`` over the first ``frac`` of the logged steps."""
+    vals = [r[key] for r in log_history if key in r]
+    if not vals:
+        return None
+    k = max(1, int(len(vals) * frac))
+    return sum(vals[:k]) / k
+
+
+def findings(m: dict, rm_bar: float = 0.85) -> list[str]:
+    """One sentence per result, worded by the numbers (whichever way they go)."""
+    out = []
+    acc = m["rm_accuracy"]
+    out.append(f"The reward model ranks {acc:.0%} of {m['n_pairs_heldout']} held-out pairs the way the rule does "
+               f"({'at or above' if acc >= rm_bar else 'below'} the {rm_bar:.0%} bar; {m['rm_accuracy_train']:.0%} "
+               f"on its {m['n_pairs_train']} training pairs).")
+    before, after = m["rl_mean_reward_before"], m["rl_mean_reward_after"]
+    out.append(f"{m['rl_algo'].upper()} {'raised' if after > before else 'did not raise'} the reward model's mean score "
+               f"on held-out prompts: {before:+.2f} -> {after:+.2f}, at a final KL of {m['rl_kl']:.4f} to the start.")
+    for name, key in (("RL", "rl"), (m["preference_loss"].upper(), "dpo")):
+        score, base, win = m[f"rule_score_{key}"], m["rule_score_sft"], m[f"winrate_{key}_vs_sft"]
+        verdict = "beats" if win > 0.5 else "ties" if win == 0.5 else "does not beat"
+        out.append(f"Judged by the rule on {m['n_heldout_prompts']} held-out prompts, {name} {verdict} the SFT start: "
+                   f"rule score {base:.2f} -> {score:.2f}, win rate {win:.2f}.")
+    words, tri = m["mean_words"], m["distinct_trigrams"]
+    for key, name in (("rl", "RL"), ("dpo", m["preference_loss"].upper())):
+        grew = words[key] > 1.5 * max(words["sft"], 1)
+        rep = tri[key] < 0.9
+        if grew or rep:
+            out.append(f"Hacking check, {name}: replies average {words[key]:.1f} words (SFT {words['sft']:.1f}) and "
+                       f"{tri[key]:.0%} distinct trigrams" + (" — longer" if grew else "") +
+                       (" — repetitive" if rep else "") + "; read the side-by-side samples.")
+        else:
+            out.append(f"Hacking check, {name}: no sign of length or repetition hacking ({words[key]:.1f} words vs SFT "
+                       f"{words['sft']:.1f}; {tri[key]:.0%} distinct trigrams).")
+    return out

@@ -1,0 +1,208 @@
+"""nbft.rlhf: the rule, prompts, pairs, and each TRL trainer for a step or two on tiny-llama."""
+import json
+
+import pytest
+import torch
+
+from nbft import data, models, params, rlhf
+
+GOOD = "A volcano is a mountain where molten rock from inside the Earth comes out."
+Q = "What is a volcano?"
+
+
+# ---------------------------------------------------------------- the rule
+
+@pytest.mark.parametrize("reply, failing", [
+    (GOOD, set()),
+    (json.dumps({"topic": "science", "answer": GOOD}), set()),  # JSON wrapper: the answer field is judged
+    ('{"topic": "science", "answer": "lava"}', {"complete", "length", "prose", "on_topic"}),
+    ('{"topic": "science", "answer": "A volcano is a mountain that', {"complete"}),  # cut-off JSON
+    (" ".join([GOOD] * 3), {"length", "no_repeat"}),
+    ("Here are the key facts about volcanoes:\n- hot\n- tall.", {"plain"}),
+    ("That is a good question, and many people ask it.", {"on_topic"}),
+    ("volcano 42 17 99 3 8 12.", {"prose"}),
+    ("A volcano " + "is a tall mountain made of many layers of rock and ash " * 5 + "indeed.", {"length", "no_repeat"}),
+])
+def test_rule_checks_fail_exactly_where_expected(reply, failing):
+    checks = rlhf.rule_checks(Q, reply)
+    assert set(checks) == set(rlhf.RULE)
+    assert {k for k, v in checks.items() if v < 1.0} == failing
+    score = rlhf.rule_score(Q, reply)
+    assert 0.0 <= score <= 1.0 and (score == 1.0) == (not failing)
+
+
+def test_answer_text_reads_json_answers():
+    assert rlhf.answer_text('{"topic": "x", "answer": "Yes it is."}') == "Yes it is."
+    assert rlhf.answer_text('{"topic": "x", "answer": "Cut of') == "Cut of"
+    assert rlhf.answer_text("plain reply") == "plain reply"
+    assert rlhf.rule_reward([[{"role": "user", "content": Q}]], [[{"role": "assistant", "content": GOOD}]]) == [1.0]
+
+
+def test_prompts_hold_out_whole_topics():
+    a, b = rlhf.rlhf_prompts(0), rlhf.rlhf_prompts(0)
+    assert a == b and len(a["train"]) > 100 and len(a["heldout"]) >= 40
+    topics = lambda qs: {t for t in rlhf._THINGS + rlhf._ANIMALS + rlhf._ACTIVITIES for q in qs if t in q}
+    assert not topics(a["train"]) & topics(a["heldout"])
+    assert rlhf.rlhf_prompts(1)["heldout"] != a["heldout"]
+
+
+def test_build_pairs_ranks_by_the_rule_with_margin():
+    prompts = [Q, "What do owls eat?"]
+    samples = [[GOOD, "lava", '{"answer": "hot"}', GOOD],
+               ["Owls eat mice, insects and small birds that they catch at night.", "mice", "Owls"]]
+    pairs = rlhf.build_pairs(prompts, samples, margin=0.15, pairs_per_prompt=2, templates_per_prompt=2)
+    sampled = [q for q in pairs if q["source"] == "samples"]
+    assert 0 < len(sampled) <= 4 and any(q["source"].startswith("template:") for q in pairs)
+    for q in pairs:
+        assert q["chosen_score"] >= q["rejected_score"] + 0.15
+        assert q["chosen_score"] == rlhf.rule_score(q["prompt"], q["chosen"])
+        assert q["rejected_score"] == rlhf.rule_score(q["prompt"], q["rejected"])
+        assert q["chosen"] != q["rejected"]
+    assert sampled[0]["chosen"] == GOOD and sampled[0]["rejected_score"] == min(rlhf.rule_score(Q, s) for s in samples[0])
+    assert rlhf.build_pairs(prompts, samples, margin=2.0, templates=False) == []
+
+
+def test_load_pairs_plain_chat_and_errors(tmp_path):
+    f = tmp_path / "prefs.jsonl"
+    f.write_text(json.dumps({"prompt": Q, "chosen": GOOD, "rejected": "lava"}) + "\n"
+                 + json.dumps({"prompt": [{"role": "user", "content": Q}],
+                               "chosen": [{"role": "assistant", "content": GOOD}],
+                               "rejected": [{"role": "assistant", "content": "lava"}]}) + "\n")
+    pairs = rlhf.load_pairs(f)
+    assert [q["chosen"] for q in pairs] == [GOOD, GOOD] and pairs[0]["chosen_score"] == 1.0
+    ds = rlhf.to_preference_dataset(pairs)
+    assert ds[1]["prompt"] == [{"role": "user", "content": Q}] and ds[0]["rejected"][0]["content"] == "lava"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": Q, "chosen": GOOD, "rejected": "x"}) + "\n" + json.dumps({"prompt": Q, "chosen": GOOD}) + "\n")
+    with pytest.raises(data.DataError, match=r"bad.jsonl line 2: missing field 'rejected'"):
+        rlhf.load_pairs(bad)
+    bad.write_text('{"prompt": "q", "chosen": "a", "rejected": "b"}\n{oops\n')
+    with pytest.raises(data.DataError, match=r"bad.jsonl line 2: malformed JSON"):
+        rlhf.load_pairs(bad)
+    bad.write_text(json.dumps({"prompt": Q, "chosen": "", "rejected": "b"}) + "\n")
+    with pytest.raises(data.DataError, match=r"line 1: field 'chosen' must be a non-empty string"):
+        rlhf.load_pairs(bad)
+
+
+def test_judge_win_rate_and_ci():
+    j = rlhf.judge([Q, Q], [GOOD, "lava"])
+    assert j["scores"][0] == 1.0 and j["pass_rate"] == 0.5 and 0 < j["rule_score"] < 1
+    assert rlhf.win_rate([1.0, 0.5, 0.2], [0.5, 0.5, 0.9]) == pytest.approx(0.5)
+    lo, hi = rlhf.bootstrap_ci([0.0, 1.0] * 20)
+    assert 0.3 < lo < 0.5 < hi < 0.7
+
+
+def test_findings_follow_the_numbers():
+    m = dict(rm_accuracy=0.9, rm_accuracy_train=0.95, n_pairs_heldout=50, n_pairs_train=200, rl_algo="grpo",
+             preference_loss="dpo", rl_mean_reward_before=-1.0, rl_mean_reward_after=0.5, rl_kl=0.01,
+             rule_score_sft=0.5, rule_score_rl=0.8, rule_score_dpo=0.4, winrate_rl_vs_sft=0.8, winrate_dpo_vs_sft=0.3,
+             n_heldout_prompts=40, mean_words={"sft": 2, "rl": 12, "dpo": 2}, distinct_trigrams={"sft": 1, "rl": 1, "dpo": 0.5})
+    text = " ".join(rlhf.findings(m))
+    assert "at or above the 85% bar" in text and "GRPO raised" in text
+    assert "RL beats the SFT start" in text and "DPO does not beat the SFT start" in text
+    assert "longer" in text and "repetitive" in text
+    m.update(rm_accuracy=0.6, rl_mean_reward_after=-2.0)
+    text = " ".join(rlhf.findings(m))
+    assert "below the 85% bar" in text and "GRPO did not raise" in text
+
+
+# ---------------------------------------------------------------- trainers on tiny-llama
+
+def _p(**kw):
+    base = dict(model="tiny-llama", lora_r=4, lora_alpha=8, max_length=64, max_new_tokens=8, rm_batch_size=4,
+                rl_steps=2, rl_prompts_per_step=2, num_generations=2, dpo_batch_size=4, precision="fp32")
+    return params.RLHFParams(**{**base, **kw})
+
+
+def _pairs(n=8):
+    return [dict(prompt=f"What is item {i}?", chosen=f"Item {i} is a small thing that people use every day.",
+                 rejected="x", chosen_score=1.0, rejected_score=0.2, source="test") for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def tiny_folder():
+    return rlhf.model_folder("tiny-llama")
+
+
+def test_reward_model_learns_a_separable_preference(tiny_folder):
+    tok = models.load_tokenizer(tiny_folder)
+    rm = rlhf.load_reward_base(tiny_folder, tok)
+    pairs = _pairs(16)
+    before = rlhf.pair_accuracy(rm, tok, pairs)[0]
+    run = rlhf.train_reward_model(rm, tok, pairs, _p(rm_epochs=4.0, rm_learning_rate=5e-3, rm_scope="full"))
+    acc, chosen, rejected = rlhf.pair_accuracy(run.model, tok, pairs)
+    assert acc == 1.0 and min(chosen) > max(rejected), (before, acc)
+    assert any("loss" in r for r in run.log_history)
+
+
+def test_reward_model_lora_trains_head_and_adapters(tiny_folder):
+    tok = models.load_tokenizer(tiny_folder)
+    rm = rlhf.load_reward_base(tiny_folder, tok)
+    run = rlhf.train_reward_model(rm, tok, _pairs(4), _p())
+    names = [n for n, q in run.model.named_parameters() if q.requires_grad]
+    assert any("lora_" in n for n in names) and any("score" in n for n in names)
+    assert not any("embed_tokens" in n for n in names)
+    with pytest.raises(ValueError, match="no training pairs"):
+        rlhf.train_reward_model(rm, tok, [], _p())
+
+
+@pytest.mark.parametrize("algo", rlhf.RL_ALGOS)
+def test_online_rl_runs_against_a_reward_model(tiny_folder, algo):
+    tok = models.load_tokenizer(tiny_folder)
+    rm = rlhf.load_reward_base(tiny_folder, tok)
+    policy, _ = models.load_model(tiny_folder, "cpu", tokenizer=tok)
+    before = {n: q.detach().clone() for n, q in policy.named_parameters()}
+    run = rlhf.train_rl(policy, tok, [q["prompt"] for q in _pairs(4)], rm, _p(rl_algo=algo, rl_learning_rate=1e-2))
+    steps = [r for r in run.log_history if "reward" in r]
+    assert len(steps) == 2 and all("kl" in r for r in steps)
+    assert hasattr(run.model, "peft_config") and not run.model.training
+    for n, q in run.model.get_base_model().named_parameters():  # the base weights stay; adapters moved
+        if "lora_" not in n:
+            assert torch.equal(q, before[n.replace("base_layer.", "")]), n
+    assert any(not torch.all(q == 0) for n, q in run.model.named_parameters() if "lora_B" in n)
+
+
+def test_online_rl_can_add_the_rule_as_reward(tiny_folder):
+    tok = models.load_tokenizer(tiny_folder)
+    rm = rlhf.load_reward_base(tiny_folder, tok)
+    policy, _ = models.load_model(tiny_folder, "cpu", tokenizer=tok)
+    run = rlhf.train_rl(policy, tok, [q["prompt"] for q in _pairs(4)], rm, _p(rule_reward_weight=1.0, rl_steps=1))
+    assert any("rewards/rule_reward/mean" in r for r in run.log_history)
+
+
+@pytest.mark.parametrize("loss", rlhf.PREFERENCE_LOSSES)
+def test_preference_losses_train_a_lora_policy(tiny_folder, loss, tmp_path):
+    tok = models.load_tokenizer(tiny_folder)
+    policy, _ = models.load_model(tiny_folder, "cpu", tokenizer=tok)
+    run = rlhf.train_preference(policy, tok, _pairs(8), _p(preference_loss=loss, dpo_epochs=1.0))
+    assert any("loss" in r for r in run.log_history) and hasattr(run.model, "peft_config")
+    saved = rlhf.save_policy(run.model, tok, tmp_path / "policy")
+    plain = models.load_model(str(saved), "cpu", tokenizer=tok)[0]
+    assert not hasattr(plain, "peft_config")
+    ids = tok(["What is item 1?"], return_tensors="pt")
+    with torch.no_grad():
+        diff = (plain(**ids).logits - run.model(**ids).logits).abs().max().item()
+    assert diff < 1e-3
+
+
+def test_bad_algorithm_names():
+    with pytest.raises(ValueError, match="rl_algo: 'ppo' is not one of grpo, rloo"):
+        rlhf.train_rl(None, None, [], None, type("P", (), {"rl_algo": "ppo"})())
+    with pytest.raises(ValueError, match="preference_loss: 'orpo' is not one of dpo, ipo, kto"):
+        rlhf.train_preference(None, None, [], type("P", (), {"preference_loss": "orpo"})())
+
+
+def test_starting_policy(runs_dir, tmp_path):
+    from nbft import runs
+
+    p = _p(run_name="r1")
+    run = runs.open_run(p, "04_rlhf")
+    spec, words = rlhf.starting_policy(run, p)
+    assert spec == "tiny-llama" and "no 02_sft model" in words
+    merged = run.path / "artifacts" / "02_sft" / "merged"
+    merged.mkdir(parents=True)
+    (merged / "config.json").write_text("{}")
+    assert rlhf.starting_policy(run, p)[0] == str(merged)
+    assert rlhf.starting_policy(run, _p(run_name="r1", policy="base"))[0] == "tiny-llama"
+    with pytest.raises(ValueError, match="not auto, base, or a model folder"):
+        rlhf.starting_policy(run, _p(policy=str(tmp_path / "nowhere")))
