@@ -169,12 +169,12 @@ class RLHFParams(Common):
                           "(attention only: fewer adapters, faster sampling)")
     rm_scope: str = _f("lora", "reward model trains: lora (adapters + head) | full", ("lora", "full"))
     rm_learning_rate: float = _f(5e-4, "reward model learning rate")
-    rm_epochs: float = _f(1.0, "reward model passes over the training pairs")
+    rm_epochs: float = _f(2.0, "reward model passes over the training pairs")
     rm_batch_size: int = _f(8, "pairs per reward-model step")
     policy_scope: str = _f("lora", "RL and DPO train: lora (reference: the adapter switched off) | full (reference: a reloaded copy)",
                            ("lora", "full"))
     rl_algo: str = _f("grpo", "online RL: grpo | rloo (both TRL; no PPOTrainer in TRL 1.16)", ("grpo", "rloo"))
-    rl_steps: int = _f(20, "RL optimizer steps")
+    rl_steps: int = _f(16, "RL optimizer steps")
     rl_prompts_per_step: int = _f(4, "prompts per RL step")
     num_generations: int = _f(4, "sampled replies per prompt per RL step (the group)")
     rl_learning_rate: float = _f(2e-4, "RL learning rate")
@@ -188,12 +188,49 @@ class RLHFParams(Common):
     eval_batch_size: int = _f(32, "prompts per generation batch")
 
 
+@dataclass
+class RAGParams(Common):
+    """05_rag_vs_ft: injecting facts no model can know — retrieval vs fine-tuning vs both."""
+
+    knowledge_base: str = _f("builtin", "'builtin' (a generated invented world) or your documents: a folder of .txt/.md "
+                        "files or a .jsonl of {title, text}")
+    questions: str = _f("", "with your documents: a .jsonl of {question, answer, options, doc_id} (builtin: generated)")
+    n_questions: int = _f(120, "ask at most this many questions, spread over fact types (0: all)")
+    chunk_words: int = _f(48, "retrieval: words per chunk (chunks end at sentence boundaries where they can)")
+    overlap_words: int = _f(8, "retrieval: words shared by neighbouring chunks")
+    index: str = _f("hnsw", "faiss index the RAG methods use: flat (exact) | ivf | hnsw", ("flat", "ivf", "hnsw"))
+    compare_indexes: list[str] = _f(["flat", "ivf", "hnsw"], "index types measured side by side (recall, latency)")
+    top_k: int = _f(3, "passages put in the prompt")
+    recall_ks: list[int] = _f([1, 3, 5], "k values for recall@k of the gold chunk")
+    few_shot: int = _f(4, "in-context examples for few_shot (general knowledge: they teach the answer format only)")
+    scope: str = _f("full", "fine-tuning on the documents trains: lora | freeze | full", ("lora", "freeze", "full"))
+    epochs: float = _f(3.0, "passes over the documents (and paraphrases) when fine-tuning")
+    learning_rate: float = _f(5e-4, "learning rate for lora")
+    freeze_learning_rate: float = _f(3e-4, "learning rate for freeze")
+    full_learning_rate: float = _f(5e-5, "learning rate for full fine-tuning")
+    batch_size: int = _f(8, "sequences per optimizer step")
+    grad_accum: int = _f(1, "gradient accumulation steps")
+    max_length: int = _f(256, "truncate training sequences to this many tokens")
+    lora_r: int = _f(16, "LoRA rank")
+    lora_alpha: int = _f(32, "LoRA scaling numerator")
+    lora_dropout: float = _f(0.05, "dropout on the LoRA input")
+    lora_target: str = _f("all-linear", "modules LoRA wraps: all-linear or a comma-separated list")
+    freeze_top_n: int = _f(4, "freeze scope: top transformer blocks that train")
+    freeze_train_head: bool = _f(False, "freeze scope: also train the output head")
+    gradient_checkpointing: bool = _f(False, "trade compute for memory (slower on CPU)")
+    paraphrases: int = _f(4, "ft_paraphrase: K paraphrases of every fact added to the documents")
+    paraphrase_sweep: list[int] = _f([1], "more K values for the paraphrase curve (0 and paraphrases are always in it)")
+    max_new_tokens: int = _f(16, "answer length for open questions")
+    eval_batch_size: int = _f(16, "prompts per generation batch")
+
+
 #: notebook stem -> its parameter dataclass, in pipeline order.
 STAGES: dict[str, type] = {
     "01_data_prep": DataPrepParams,
     "02_sft": SFTParams,
     "03_peft": PEFTParams,
     "04_rlhf": RLHFParams,
+    "05_rag_vs_ft": RAGParams,
 }
 COMMON = "common"
 

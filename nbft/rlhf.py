@@ -387,8 +387,15 @@ def load_reward_base(folder: str | Path, tokenizer, device: str = "cpu"):
     """A sequence-classification model (one output: the reward) on top of a causal LM folder."""
     from transformers import AutoModelForSequenceClassification
 
+    from transformers.utils import logging as hf_logging
+
     torch.manual_seed(0)  # the new head is random
-    model = AutoModelForSequenceClassification.from_pretrained(str(folder), num_labels=1, dtype=torch.float32)
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the load report would list the new head as "missing": expected here
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(str(folder), num_labels=1, dtype=torch.float32)
+    finally:
+        hf_logging.set_verbosity(level)
     model.config.pad_token_id = tokenizer.pad_token_id
     return model.to(device)
 
@@ -409,7 +416,10 @@ def train_reward_model(model, tokenizer, pairs: list[dict], p, callbacks=()) -> 
         trainer = RewardTrainer(model=model, args=args, train_dataset=to_preference_dataset(pairs),
                                 processing_class=tokenizer, callbacks=list(callbacks),
                                 peft_config=policy_lora(p, "SEQ_CLS") if p.rm_scope == "lora" else None)
-        return _train(trainer)
+        out = _train(trainer)
+    if hasattr(out.model, "merge_and_unload"):  # a scorer from here on: fold the adapter in (no per-call LoRA cost)
+        out.model = out.model.merge_and_unload().eval()
+    return out
 
 
 @torch.no_grad()
@@ -464,6 +474,8 @@ def train_rl(policy, tokenizer, prompts: list[str], reward_model, p, callbacks=(
     else:
         from trl import RLOOConfig as Config, RLOOTrainer as Trainer
     datasets.disable_progress_bars()
+    if models.pick_precision(p.precision, models.pick_device(p.device)) == "bf16":
+        reward_model.to(torch.bfloat16)  # in place: it scores every sampled reply; bf16 matmuls are ~4x faster on CPU
     reward_funcs: list = [reward_model]
     processing = [tokenizer]
     weights = [1.0]

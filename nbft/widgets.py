@@ -312,3 +312,36 @@ def histogram(series: dict[str, list[float]], title: str, xlabel: str):
     ax.legend()
     fig.tight_layout()
     return fig
+
+
+# ---------------------------------------------------------------- retrieval
+
+def _inspect_html(r: dict) -> str:
+    hits = "".join(
+        f"<tr style='background:{'#c8f7c5' if h['gold'] else 'white'}'><td>{h['score']:.3f}</td>"
+        f"<td>{_esc(h['id'])}{' (gold)' if h['gold'] else ''}</td>"
+        f"<td style='white-space:pre-wrap'>{_esc(h['text'])}</td></tr>" for h in r["hits"])
+    answers = "".join(
+        f"<tr style='background:{'#c8f7c5' if a['ok'] else '#f7c5c5'}'><td>{_esc(m)}</td>"
+        f"<td>{'right' if a['ok'] else 'wrong'}</td><td style='white-space:pre-wrap'>{_esc(a['reply'])}</td></tr>"
+        for m, a in r["methods"].items())
+    return (f"<div><b>question:</b> {_esc(r['question'])} &nbsp; <b>answer:</b> {_esc(r['answer'])}</div>"
+            f"<div style='margin-top:6px'><b>retrieved</b></div><table><tr><th>score</th><th>chunk</th><th>text</th></tr>"
+            f"{hits}</table><div style='margin-top:6px'><b>answers</b></div>"
+            f"<table><tr><th>method</th><th></th><th>reply</th></tr>{answers}</table>")
+
+
+def retrieval_inspector(rows: list[dict]):
+    """Pick a question: retrieved chunks with scores (gold marked) and each method's answer, right or wrong.
+
+    ``rows``: [{"question", "answer", "hits": [{"id", "text", "score", "gold"}], "methods": {name: {"reply", "ok"}}}].
+    """
+    import ipywidgets as W
+
+    pick = W.Dropdown(options=[(f"{i}: {r['question']}", i) for i, r in enumerate(rows)], value=0,
+                      description="question", layout=W.Layout(width="90%"))
+    out = W.HTML(_inspect_html(rows[0]) if rows else "")
+    pick.observe(lambda ch: setattr(out, "value", _inspect_html(rows[ch["new"]])), "value")
+    box = W.VBox([pick, out])
+    _display(box)
+    return box

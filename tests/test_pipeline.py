@@ -174,7 +174,8 @@ GOOD = {"instruction": "Say hi", "output": "Hello there, friend."}
 
 
 @pytest.mark.parametrize("case", ["unknown_key", "wrong_type", "missing_file", "malformed_jsonl",
-                                  "missing_field", "unknown_model", "existing_name"])
+                                  "missing_field", "unknown_model", "existing_name", "bad_preferences",
+                                  "bad_policy"])
 def test_bad_input_fails_before_running_and_touches_nothing(case, smoke_run, tmp_path, capsys):
     _, run = smoke_run
     before = snapshot(run.parent)
@@ -189,6 +190,10 @@ def test_bad_input_fails_before_running_and_touches_nothing(case, smoke_run, tmp
                           ["mf.jsonl line 2", "'output'"]),
         "unknown_model": (["--set", "model=no-such-model"], ["cannot resolve model 'no-such-model'", "Tried"]),
         "existing_name": (["--name", "smoke"], ["already exists", "never overwritten"]),
+        "bad_preferences": (["--set", "preferences=" + jsonl(tmp_path / "prefs.jsonl", [
+            {"prompt": "Hi?", "chosen": "Hello there.", "rejected": "x"}, {"prompt": "Hi?", "chosen": "Hello."}])],
+            ["prefs.jsonl line 2", "missing field 'rejected'"]),
+        "bad_policy": (["--set", f"policy={tmp_path}/no-model"], ["04_rlhf.policy", "no-model"]),
     }[case]
     cwd = os.getcwd()
     os.chdir(ROOT)

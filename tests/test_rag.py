@@ -5,21 +5,7 @@ import numpy as np
 import pytest
 
 from nbft import corpora, rag
-
-
-def world_questions(world: dict) -> list[tuple[str, str, str]]:
-    """(question, gold document id, answer) about each entity of ``corpora.invented_world``."""
-    qs = []
-    for t in world["towns"]:
-        qs += [(f"Which river is {t['name']} on?", t["name"], t["river"]),
-               (f"When was {t['name']} founded?", t["name"], str(t["founded"]))]
-    for o in world["orgs"]:
-        qs += [(f"How many members does the {o['name']} have?", o["name"], str(o["members"])),
-               (f"In which town was the {o['name']} established?", o["name"], o["town"])]
-    for p in world["people"]:
-        qs += [(f"When was {p['name']} born?", p["name"], str(p["born"])),
-               (f"What did {p['name']} invent?", p["name"], p["invention"])]
-    return qs
+from nbft.knowledge import world_questions
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -135,13 +135,17 @@ def test_reward_model_learns_a_separable_preference(tiny_folder):
     assert any("loss" in r for r in run.log_history)
 
 
-def test_reward_model_lora_trains_head_and_adapters(tiny_folder):
+def test_reward_model_lora_trains_head_and_adapters_then_merges(tiny_folder):
     tok = models.load_tokenizer(tiny_folder)
+    fresh = dict(rlhf.load_reward_base(tiny_folder, tok).named_parameters())
     rm = rlhf.load_reward_base(tiny_folder, tok)
-    run = rlhf.train_reward_model(rm, tok, _pairs(4), _p())
-    names = [n for n, q in run.model.named_parameters() if q.requires_grad]
-    assert any("lora_" in n for n in names) and any("score" in n for n in names)
-    assert not any("embed_tokens" in n for n in names)
+    run = rlhf.train_reward_model(rm, tok, _pairs(4), _p(rm_learning_rate=1e-2))
+    assert not hasattr(run.model, "peft_config")  # merged: a plain scorer
+    after = dict(run.model.named_parameters())
+    assert set(after) == set(fresh)
+    changed = {n for n in fresh if not torch.equal(fresh[n], after[n])}
+    assert "score.weight" in changed and any("q_proj" in n for n in changed)
+    assert not any("embed_tokens" in n or "mlp" in n for n in changed)  # LoRA on attention only (lora_target)
     with pytest.raises(ValueError, match="no training pairs"):
         rlhf.train_reward_model(rm, tok, [], _p())
 
