@@ -46,9 +46,14 @@ def _absolutize_paths(resolved: dict) -> None:
     """Relative data paths are relative to where ``nbft run`` was started; notebooks run elsewhere."""
     from . import data
 
+    keep = {"policy": ("auto", "base"), "preferences": ("builtin",), "knowledge_base": ("builtin",), "questions": ("",)}
     for p in resolved.values():
         if hasattr(p, "dataset") and data.is_file_spec(p.dataset):
             p.dataset = str(Path(p.dataset).expanduser().resolve())
+        for key, special in keep.items():
+            v = getattr(p, key, None)
+            if v is not None and v not in special:
+                setattr(p, key, str(Path(v).expanduser().resolve()))
 
 
 def preflight(resolved: dict, stages: list[str]) -> None:

@@ -200,7 +200,7 @@ class RAGParams(Common):
     overlap_words: int = _f(8, "retrieval: words shared by neighbouring chunks")
     index: str = _f("hnsw", "faiss index the RAG methods use: flat (exact) | ivf | hnsw", ("flat", "ivf", "hnsw"))
     compare_indexes: list[str] = _f(["flat", "ivf", "hnsw"], "index types measured side by side (recall, latency)")
-    top_k: int = _f(3, "passages put in the prompt")
+    top_k: int = _f(1, "passages put in the prompt")
     recall_ks: list[int] = _f([1, 3, 5], "k values for recall@k of the gold chunk")
     few_shot: int = _f(4, "in-context examples for few_shot (general knowledge: they teach the answer format only)")
     scope: str = _f("full", "fine-tuning on the documents trains: lora | freeze | full", ("lora", "freeze", "full"))
@@ -220,7 +220,7 @@ class RAGParams(Common):
     gradient_checkpointing: bool = _f(False, "trade compute for memory (slower on CPU)")
     paraphrases: int = _f(4, "ft_paraphrase: K paraphrases of every fact added to the documents")
     paraphrase_sweep: list[int] = _f([1], "more K values for the paraphrase curve (0 and paraphrases are always in it)")
-    max_new_tokens: int = _f(16, "answer length for open questions")
+    max_new_tokens: int = _f(32, "answer length for open questions (the reader often restates the passage first)")
     eval_batch_size: int = _f(16, "prompts per generation batch")
 
 

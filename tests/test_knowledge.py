@@ -428,3 +428,37 @@ def test_load_questions(tmp_path):
         knowledge.load_questions(write_lines(tmp_path / "q.json", ["{}"]))
     with pytest.raises(DataError, match="questions file not found"):
         knowledge.load_questions(tmp_path / "missing.jsonl")
+
+
+# ---------------------------------------------------------------- the notebook's helpers
+
+def test_select_spreads_over_types_and_is_deterministic():
+    facts = knowledge.world_facts(corpora.invented_world(seed=0), seed=0)
+    a, b = knowledge.select(facts, 26, seed=0), knowledge.select(facts, 26, seed=0)
+    assert a == b and len(a) == 26 and len(set(a)) == 26
+    types = {f.type for f in facts}
+    assert {f.type for f in a} == types  # 13 types, two each
+    assert knowledge.select(facts, 0) == list(facts)
+
+
+def test_ask_scores_both_forms(tiny):
+    model, tok = tiny
+    facts = knowledge.world_facts(corpora.invented_world(seed=0), seed=0)[:6]
+    r = knowledge.ask(model, tok, facts, max_new_tokens=4, batch_size=4)
+    assert r["n_open"] == r["n_mc"] == 6 and len(r["outputs"]) == len(r["open_ok"]) == len(r["mc_ok"]) == 6
+    assert r["mc"] == sum(r["mc_ok"]) / 6 and r["open"] == sum(r["open_ok"]) / 6
+    assert all(0 <= c < 4 for c in r["mc_choice"])
+    assert [c == f.gold_index for c, f in zip(r["mc_choice"], facts)] == r["mc_ok"]
+    ctx = [[f.statement] for f in facts]
+    with_ctx = knowledge.ask(model, tok, facts, contexts=ctx, max_new_tokens=4, batch_size=4)
+    assert len(with_ctx["outputs"]) == 6
+
+
+def test_findings_follow_the_numbers():
+    acc = {"base": {"open": 0.0, "mc": 0.3}, "ft": {"open": 0.05, "mc": 0.35}, "ft_paraphrase": {"open": 0.1, "mc": 0.4},
+           "rag": {"open": 0.8, "mc": 0.9}, "rag_ft": {"open": 0.7, "mc": 0.85}}
+    text = " ".join(knowledge.findings(acc, {0: 0.05, 2: 0.1}, {3: 0.95}, 3))
+    assert "Retrieval wins" in text and "Paraphrases help" in text and "is not better than RAG alone" in text
+    acc["ft_paraphrase"]["open"], acc["rag"]["open"] = 0.01, 0.05
+    text = " ".join(knowledge.findings(acc, {0: 0.05, 2: 0.01}, {3: 0.95}, 3))
+    assert "Retrieval does not win" in text and "Paraphrases do not help" in text and "is better than RAG alone" in text

@@ -117,6 +117,18 @@ def test_smoke_metrics(smoke_run):
     assert r["n_heldout_prompts"] >= 40 and r["policy_start"].startswith("this run's SFT model")
     assert set(r["mean_words"]) == set(r["pass_rate"]) == {"sft", "rl", "dpo"}
     assert all(v > 0 for v in r["seconds"].values())
+    # issue 6: retrieval vs fine-tuning — every method in both forms, recall, latency, the paraphrase curve
+    k = m["05_rag_vs_ft"]
+    smoke_rag = params.resolve(SMOKE)["05_rag_vs_ft"]
+    assert set(k["acc"]) == {"base", "few_shot", "ft", "ft_paraphrase", "rag", "rag_ft"}
+    for method, a in k["acc"].items():
+        assert set(a) == {"open", "mc"} and all(0 <= v <= 1 for v in a.values()), method
+    assert k["n_questions"] == smoke_rag.n_questions
+    assert set(k["recall_at_k"]) == {str(x) for x in smoke_rag.recall_ks}
+    assert k["indexes"]["flat"]["recall@3"] >= 0.9  # the real MiniLM embedder, even in the smoke run
+    assert all(0 <= v <= 1 for v in k["recall_at_k"].values()) and 0 < k["retrieval_ms_p50"] < 1000
+    assert set(k["paraphrase_curve"]) == {str(x) for x in [0, smoke_rag.paraphrases, *smoke_rag.paraphrase_sweep]}
+    assert len(k["findings"]) >= 4
 
 
 def test_smoke_artifacts(smoke_run):
@@ -139,6 +151,8 @@ def test_smoke_artifacts(smoke_run):
     n_pairs = sum(1 for _ in open(rl / "pairs" / "pairs_train.jsonl"))
     assert n_pairs == json.loads((run / "metrics.json").read_text())["04_rlhf"]["n_pairs_train"]
     assert (rl / "card.md").is_file()
+    idx = run / "artifacts" / "05_rag_vs_ft" / "index"
+    assert all((idx / f).is_file() for f in ("index.faiss", "chunks.jsonl", "meta.json"))
     card = json.loads((sft / "card.json").read_text())
     assert card["parameters"]["scope"] == "lora" and "task_score_after" in card["metrics"]
 
@@ -175,7 +189,7 @@ GOOD = {"instruction": "Say hi", "output": "Hello there, friend."}
 
 @pytest.mark.parametrize("case", ["unknown_key", "wrong_type", "missing_file", "malformed_jsonl",
                                   "missing_field", "unknown_model", "existing_name", "bad_preferences",
-                                  "bad_policy"])
+                                  "bad_policy", "documents_without_questions"])
 def test_bad_input_fails_before_running_and_touches_nothing(case, smoke_run, tmp_path, capsys):
     _, run = smoke_run
     before = snapshot(run.parent)
@@ -194,6 +208,7 @@ def test_bad_input_fails_before_running_and_touches_nothing(case, smoke_run, tmp
             {"prompt": "Hi?", "chosen": "Hello there.", "rejected": "x"}, {"prompt": "Hi?", "chosen": "Hello."}])],
             ["prefs.jsonl line 2", "missing field 'rejected'"]),
         "bad_policy": (["--set", f"policy={tmp_path}/no-model"], ["04_rlhf.policy", "no-model"]),
+        "documents_without_questions": (["--set", f"knowledge_base={tmp_path}"], ["05_rag_vs_ft.questions", "need a questions file"]),
     }[case]
     cwd = os.getcwd()
     os.chdir(ROOT)
