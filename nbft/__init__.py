@@ -1,6 +1,6 @@
 """nbft: the helper package behind the nbft notebooks.
 
-Flat modules, one per concern: params, models, data, corpora, train, peft_methods, rlhf, rag,
+Flat modules, one per concern: params, models, data, corpora, train, peft_methods, rlhf, rag, knowledge,
 evaluate, widgets, runs, cli.
 """
 __version__ = "0.1.0"

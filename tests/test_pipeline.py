@@ -147,7 +147,8 @@ def test_smoke_artifacts(smoke_run):
     rl = run / "artifacts" / "04_rlhf"
     for folder in ("reward_model", "rl_policy", "dpo_policy"):
         assert (rl / folder / "model.safetensors").is_file() and (rl / folder / "config.json").is_file(), folder
-    assert json.loads((rl / "reward_model" / "config.json").read_text())["num_labels"] == 1
+    rm_config = json.loads((rl / "reward_model" / "config.json").read_text())
+    assert rm_config["architectures"] == ["LlamaForSequenceClassification"] and len(rm_config["id2label"]) == 1
     n_pairs = sum(1 for _ in open(rl / "pairs" / "pairs_train.jsonl"))
     assert n_pairs == json.loads((run / "metrics.json").read_text())["04_rlhf"]["n_pairs_train"]
     assert (rl / "card.md").is_file()
