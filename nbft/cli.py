@@ -69,15 +69,12 @@ def preflight(resolved: dict, stages: list[str]) -> None:
             raise data.DataError(f"{dp.dataset}: no records")
         data.normalize(raw, dp.data_format)
     rl = resolved.get("04_rlhf")
-    if "04_rlhf" in stages and rl.preferences != "builtin":
+    if "04_rlhf" in stages:
         from . import rlhf
 
-        rlhf.load_pairs(rl.preferences)  # names file, line and field
-    if "04_rlhf" in stages and rl.policy not in ("auto", "base"):
-        from pathlib import Path as _P
-
-        if not (_P(rl.policy) / "config.json").is_file():
-            raise models.ModelError(f"04_rlhf.policy: {rl.policy!r} is not auto, base, or a model folder")
+        rlhf.check_policy(rl.policy)
+        if rl.preferences != "builtin":
+            rlhf.load_pairs(rl.preferences)  # names file, line and field
     kp = resolved.get("05_rag_vs_ft")
     if "05_rag_vs_ft" in stages and kp.knowledge_base != "builtin":
         from . import knowledge

@@ -852,3 +852,30 @@ def findings(acc: dict, paraphrase_curve: dict, recall_at_k: dict, top_k: int) -
         out.append(f"RAG on the fine-tuned model is {'better' if better else 'not better'} than RAG alone: open "
                    f"{acc['rag_ft']['open']:.2f} vs {acc['rag']['open']:.2f} (paper: not better).")
     return out
+
+
+def gold_chunks(chunks: Sequence, facts: Sequence[Fact]) -> list[set[str]]:
+    """Per fact, the ids of the chunks of its document that contain the answer (else the document id)."""
+    return [{c.id for c in chunks if c.doc_id == f.doc_id and check_open(c.text, f.answer)} or {f.doc_id}
+            for f in facts]
+
+
+def accuracy_rows(results: dict[str, dict]) -> list[dict]:
+    """Method x question form, with 95% Wilson intervals (``results[name]`` as ``ask`` returns it)."""
+    rows = []
+    for name, r in results.items():
+        lo_o, hi_o = wilson_ci(sum(r["open_ok"]), r["n_open"])
+        lo_m, hi_m = wilson_ci(sum(r["mc_ok"]), r["n_mc"])
+        rows.append({"method": name, "open": r["open"], "open 95% CI": f"{lo_o:.2f}-{hi_o:.2f}",
+                     "multiple choice": r["mc"], "mc 95% CI": f"{lo_m:.2f}-{hi_m:.2f}"})
+    return rows
+
+
+def inspect_rows(facts: Sequence[Fact], retrieved: Sequence, gold: Sequence[set], results: dict[str, dict],
+                 n_hits: int = 3) -> list[dict]:
+    """Rows for ``widgets.retrieval_inspector``: each question's hits (gold marked) and every method's answer."""
+    return [{"question": f.question, "answer": f.answer,
+             "hits": [{"id": c.id, "text": c.text, "score": s, "gold": c.id in gold[i] or c.doc_id in gold[i]}
+                      for c, s in retrieved[i][:n_hits]],
+             "methods": {m: {"reply": r["outputs"][i], "ok": r["open_ok"][i]} for m, r in results.items()}}
+            for i, f in enumerate(facts)]

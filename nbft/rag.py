@@ -519,3 +519,24 @@ def rag_prompt(question: str, passages: Sequence, instruction: str = RAG_INSTRUC
         parts.append("\n\n".join(texts))
     parts.append(f"Question: {question}")
     return "\n\n".join(parts)
+
+
+def compare_indexes(chunks: Sequence[Chunk], vectors, queries: Sequence[str], gold: Sequence, kinds: Sequence[str],
+                    ks: Sequence[int], latency_k: int = 5, n_latency: int = 100) -> tuple[list[dict], dict[str, Retriever]]:
+    """Build each index kind over the same vectors: recall@k of ``gold`` for every k, single-query latency
+    (p50/p95, embedding and search separately, on the first ``n_latency`` queries) and build time.
+    Returns the table rows and the retrievers by kind."""
+    import time
+
+    rows, retrievers = [], {}
+    model = embedder()
+    for kind in dict.fromkeys(kinds):
+        t0 = time.perf_counter()
+        retrievers[kind] = build_retriever(chunks, kind, vectors=vectors, model=model)
+        build_s = time.perf_counter() - t0
+        hits = retrievers[kind].search(list(queries), k=max(ks))
+        lat = latency_ms(retrievers[kind], list(queries)[:n_latency], k=latency_k)
+        rows.append({"index": kind, **{f"recall@{k}": recall_at_k(hits, gold, k) for k in ks},
+                     "p50 ms": p50(lat.total_ms), "p95 ms": p95(lat.total_ms),
+                     "embed p50 ms": p50(lat.embed_ms), "search p50 ms": p50(lat.search_ms), "build s": build_s})
+    return rows, retrievers

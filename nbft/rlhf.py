@@ -37,6 +37,7 @@ from typing import Any, Callable
 import torch
 
 from . import data, models
+from .train import finish, lora_config, run_trainer, trainer_args
 
 # ---------------------------------------------------------------- the rule (the judge)
 
@@ -68,6 +69,13 @@ def _words(s: str) -> list[str]:
 
 def _content(s: str) -> set[str]:
     return {w[:5] for w in re.findall(r"[a-z]+", s.lower()) if len(w) >= 4 and w not in _STOP}
+
+
+def distinct_trigrams(text: str) -> float:
+    """Share of distinct word trigrams (1.0 for fewer than three words)."""
+    w = [x.lower() for x in _words(text)]
+    grams = [tuple(w[i:i + 3]) for i in range(len(w) - 2)]
+    return len(set(grams)) / len(grams) if grams else 1.0
 
 
 def _check_complete(prompt: str, reply: str, ans: str) -> float:
@@ -106,11 +114,7 @@ def _check_plain(prompt: str, reply: str, ans: str) -> float:
 
 def _check_no_repeat(prompt: str, reply: str, ans: str) -> float:
     """Distinct word trigrams: 1 at >= 90%, else that share."""
-    w = [x.lower() for x in _words(ans)]
-    grams = [tuple(w[i:i + 3]) for i in range(len(w) - 2)]
-    if not grams:
-        return 1.0
-    ratio = len(set(grams)) / len(grams)
+    ratio = distinct_trigrams(ans)
     return 1.0 if ratio >= 0.9 else ratio
 
 
@@ -328,34 +332,6 @@ def to_unpaired_dataset(pairs: list[dict]):
 
 # ---------------------------------------------------------------- shared trainer settings
 
-def _common_args(p, output_dir, learning_rate: float, **overrides) -> dict:
-    device = models.pick_device(p.device)
-    precision = models.pick_precision(p.precision, device)
-    kw: dict[str, Any] = dict(
-        output_dir=str(output_dir), learning_rate=learning_rate, lr_scheduler_type="linear", warmup_steps=0.05,
-        bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=device == "cpu", logging_steps=1,
-        eval_strategy="no", save_strategy="no", report_to="none", disable_tqdm=True, seed=p.seed, data_seed=p.seed,
-        dataloader_pin_memory=False, gradient_checkpointing=None, activation_checkpointing=False,
-    )
-    kw.update(overrides)
-    return kw
-
-
-def policy_lora(p, task_type: str = "CAUSAL_LM"):
-    from peft import LoraConfig
-
-    target = p.lora_target if p.lora_target == "all-linear" else [t.strip() for t in p.lora_target.split(",") if t.strip()]
-    return LoraConfig(r=p.lora_r, lora_alpha=p.lora_alpha, lora_dropout=0.0, target_modules=target, task_type=task_type)
-
-
-def _finish(trainer) -> Any:
-    from .train import remove_autocast_wrappers
-
-    remove_autocast_wrappers(trainer.model)
-    trainer.model.eval()
-    return trainer.model
-
-
 @dataclass
 class Trained:
     model: Any
@@ -364,15 +340,8 @@ class Trained:
 
 
 def _train(trainer) -> Trained:
-    import time
-
-    from transformers import PrinterCallback
-
-    trainer.remove_callback(PrinterCallback)
-    t0 = time.perf_counter()
-    trainer.train()
-    seconds = time.perf_counter() - t0
-    return Trained(_finish(trainer), seconds, list(trainer.state.log_history))
+    seconds = run_trainer(trainer)
+    return Trained(finish(trainer.model), seconds, list(trainer.state.log_history))
 
 
 def _tmpdir():
@@ -410,12 +379,12 @@ def train_reward_model(model, tokenizer, pairs: list[dict], p, callbacks=()) -> 
                          "or give a preferences file")
     datasets.disable_progress_bars()
     with _tmpdir() as tmp:
-        args = RewardConfig(**_common_args(
-            p, tmp, p.rm_learning_rate, num_train_epochs=p.rm_epochs, per_device_train_batch_size=p.rm_batch_size,
+        args = RewardConfig(**trainer_args(
+            p, tmp, learning_rate=p.rm_learning_rate, num_train_epochs=p.rm_epochs, per_device_train_batch_size=p.rm_batch_size,
             max_length=p.max_length, center_rewards_coefficient=0.01))
         trainer = RewardTrainer(model=model, args=args, train_dataset=to_preference_dataset(pairs),
                                 processing_class=tokenizer, callbacks=list(callbacks),
-                                peft_config=policy_lora(p, "SEQ_CLS") if p.rm_scope == "lora" else None)
+                                peft_config=lora_config(p, "SEQ_CLS") if p.rm_scope == "lora" else None)
         out = _train(trainer)
     if hasattr(out.model, "merge_and_unload"):  # a scorer from here on: fold the adapter in (no per-call LoRA cost)
         out.model = out.model.merge_and_unload().eval()
@@ -484,8 +453,8 @@ def train_rl(policy, tokenizer, prompts: list[str], reward_model, p, callbacks=(
         processing.append(None)
         weights.append(p.rule_reward_weight)
     with _tmpdir() as tmp:
-        args = Config(**_common_args(
-            p, tmp, p.rl_learning_rate, max_steps=p.rl_steps,
+        args = Config(**trainer_args(
+            p, tmp, learning_rate=p.rl_learning_rate, max_steps=p.rl_steps,
             per_device_train_batch_size=p.rl_prompts_per_step * p.num_generations,
             num_generations=p.num_generations, max_completion_length=p.max_new_tokens, temperature=p.temperature,
             top_k=0, beta=p.kl_beta, reward_weights=weights, steps_per_generation=1, num_iterations=1,
@@ -494,7 +463,7 @@ def train_rl(policy, tokenizer, prompts: list[str], reward_model, p, callbacks=(
         trainer = Trainer(model=policy, reward_funcs=reward_funcs, args=args, train_dataset=dataset,
                           processing_class=tokenizer, reward_processing_classes=processing,
                           callbacks=list(callbacks),
-                          peft_config=policy_lora(p) if p.policy_scope == "lora" else None)
+                          peft_config=lora_config(p) if p.policy_scope == "lora" else None)
         return _train(trainer)
 
 
@@ -510,9 +479,9 @@ def train_preference(policy, tokenizer, pairs: list[dict], p, callbacks=()) -> T
     if p.preference_loss not in PREFERENCE_LOSSES:
         raise ValueError(f"preference_loss: {p.preference_loss!r} is not one of {', '.join(PREFERENCE_LOSSES)}")
     datasets.disable_progress_bars()
-    peft_config = policy_lora(p) if p.policy_scope == "lora" else None
+    peft_config = lora_config(p) if p.policy_scope == "lora" else None
     with _tmpdir() as tmp:
-        common = _common_args(p, tmp, p.dpo_learning_rate, num_train_epochs=p.dpo_epochs,
+        common = trainer_args(p, tmp, learning_rate=p.dpo_learning_rate, num_train_epochs=p.dpo_epochs,
                               per_device_train_batch_size=p.dpo_batch_size, max_length=p.max_length, beta=p.dpo_beta)
         if p.preference_loss == "kto":
             from trl import KTOConfig, KTOTrainer
@@ -530,12 +499,6 @@ def train_preference(policy, tokenizer, pairs: list[dict], p, callbacks=()) -> T
 
 
 # ---------------------------------------------------------------- evaluation by the judge
-
-def distinct_trigrams(text: str) -> float:
-    w = [x.lower() for x in _words(text)]
-    grams = [tuple(w[i:i + 3]) for i in range(len(w) - 2)]
-    return len(set(grams)) / len(grams) if grams else 1.0
-
 
 def judge(prompts: list[str], replies: list[str]) -> dict:
     """Rule scores, per-check pass rates, and reward-hacking signals (length, repetition)."""
@@ -558,6 +521,28 @@ def win_rate(scores: list[float], baseline: list[float]) -> float:
     return wins / max(1, len(scores))
 
 
+def summary_rows(judged: dict[str, dict], baseline: str = "sft") -> list[dict]:
+    """One row per policy: rule score with CI, pass rate, reward-model mean, win rate vs ``baseline``, hacking signals.
+
+    ``judged[name]``: ``judge`` output plus ``"reward"`` (the reward model's score per reply).
+    """
+    rows = []
+    for name, j in judged.items():
+        lo, hi = bootstrap_ci(j["scores"])
+        rows.append({"policy": name, "rule score": j["rule_score"], "95% CI": f"{lo:.2f}-{hi:.2f}",
+                     "passes every check": j["pass_rate"], "reward model": sum(j["reward"]) / len(j["reward"]),
+                     "win rate vs " + baseline: win_rate(j["scores"], judged[baseline]["scores"]),
+                     "mean words": j["mean_words"], "distinct trigrams": j["distinct_trigrams"]})
+    return rows
+
+
+def browse_rows(prompts: list[str], replies: dict[str, list[str]], judged: dict[str, dict]) -> list[dict]:
+    """Per prompt, each policy's reply with its rule score, failed checks and reward (for ``widgets.sample_browser``)."""
+    return [{"prompt": q, **{n: {"reply": replies[n][i], "rule": judged[n]["scores"][i], "reward": judged[n]["reward"][i],
+                               "checks": rule_checks(q, replies[n][i])} for n in replies}}
+            for i, q in enumerate(prompts)]
+
+
 def bootstrap_ci(values: list[float], n: int = 1000, seed: int = 0) -> tuple[float, float]:
     """95% bootstrap interval of the mean."""
     if not values:
@@ -567,13 +552,14 @@ def bootstrap_ci(values: list[float], n: int = 1000, seed: int = 0) -> tuple[flo
     return means[int(0.025 * n)], means[int(0.975 * n) - 1]
 
 
-def last_mean(log_history: list[dict], key: str, frac: float = 0.25) -> float | None:
-    """Mean of ``key`` over the last ``frac`` of the logged steps."""
+def log_mean(log_history: list[dict], key: str, frac: float = 0.25, first: bool = False) -> float | None:
+    """Mean of ``key`` over the last (or ``first``) ``frac`` of the logged steps; None if never logged."""
     vals = [r[key] for r in log_history if key in r]
     if not vals:
         return None
     k = max(1, int(len(vals) * frac))
-    return sum(vals[-k:]) / k
+    window = vals[:k] if first else vals[-k:]
+    return sum(window) / k
 
 
 # ---------------------------------------------------------------- where the policy starts
@@ -587,9 +573,14 @@ def starting_policy(run, p) -> tuple[str, str]:
         return p.model, f"the model itself ({p.model}): this run has no 02_sft model"
     if p.policy == "base":
         return p.model, f"the model itself ({p.model})"
-    if not (Path(p.policy) / "config.json").is_file():
-        raise ValueError(f"policy: {p.policy!r} is not auto, base, or a model folder (no config.json there)")
+    check_policy(p.policy)
     return p.policy, f"the folder {p.policy}"
+
+
+def check_policy(policy: str) -> None:
+    """``policy`` is auto, base, or a model folder; raises ValueError naming the parameter otherwise."""
+    if policy not in ("auto", "base") and not (Path(policy) / "config.json").is_file():
+        raise ValueError(f"04_rlhf.policy: {policy!r} is not auto, base, or a model folder (no config.json there)")
 
 
 def model_folder(spec: str) -> str:
@@ -603,15 +594,6 @@ def save_policy(model, tokenizer, folder: str | Path) -> Path:
 
     merged = copy.deepcopy(model).merge_and_unload() if hasattr(model, "peft_config") else model
     return models.save(merged, tokenizer, folder)
-
-
-def first_mean(log_history: list[dict], key: str, frac: float = 0.25) -> float | None:
-    """Mean of ``key`` over the first ``frac`` of the logged steps."""
-    vals = [r[key] for r in log_history if key in r]
-    if not vals:
-        return None
-    k = max(1, int(len(vals) * frac))
-    return sum(vals[:k]) / k
 
 
 def findings(m: dict, rm_bar: float = 0.85) -> list[str]:

@@ -24,11 +24,12 @@ from . import models
 
 
 def lora_config(p, task_type: str = "CAUSAL_LM"):
+    """LoraConfig from any parameters with lora_r, lora_alpha, lora_target (and lora_dropout, else 0)."""
     from peft import LoraConfig
 
     target = p.lora_target if p.lora_target == "all-linear" else [t.strip() for t in p.lora_target.split(",") if t.strip()]
-    return LoraConfig(r=p.lora_r, lora_alpha=p.lora_alpha, lora_dropout=p.lora_dropout, target_modules=target,
-                      task_type=task_type)
+    return LoraConfig(r=p.lora_r, lora_alpha=p.lora_alpha, lora_dropout=getattr(p, "lora_dropout", 0.0),
+                      target_modules=target, task_type=task_type)
 
 
 SCOPES = ("lora", "freeze", "full")
@@ -90,24 +91,16 @@ def learning_rate_for(p, scope: str) -> float:
     return {"lora": p.learning_rate, "freeze": p.freeze_learning_rate, "full": p.full_learning_rate}[scope]
 
 
-def sft_config(p, output_dir: str | Path, **overrides):
-    """SFTConfig from SFTParams: CPU-aware precision, no checkpoints, logs every step."""
-    from trl import SFTConfig
-
+def trainer_args(p, output_dir: str | Path, **overrides) -> dict[str, Any]:
+    """Arguments every nbft trainer config shares (SFT, reward, GRPO/RLOO, DPO/KTO): CPU-aware precision,
+    linear schedule, no checkpoints, logs every step, seeded; ``overrides`` win."""
     device = models.pick_device(p.device)
     precision = models.pick_precision(p.precision, device)
     kwargs: dict[str, Any] = dict(
         output_dir=str(output_dir),
-        num_train_epochs=p.epochs,
-        per_device_train_batch_size=p.batch_size,
-        per_device_eval_batch_size=p.batch_size,
-        gradient_accumulation_steps=p.grad_accum,
-        learning_rate=p.learning_rate,
         lr_scheduler_type="linear",
         warmup_steps=0.05,
-        max_length=p.max_length,
-        completion_only_loss=True,  # prompt/completion data: loss on the response only
-        activation_checkpointing=p.gradient_checkpointing,  # TRL turns it on by default: slower on CPU
+        activation_checkpointing=getattr(p, "gradient_checkpointing", False),  # TRL turns it on by default: slower on CPU
         gradient_checkpointing=None,  # deprecated alias in transformers 5
         bf16=precision == "bf16",
         fp16=precision == "fp16",
@@ -122,7 +115,39 @@ def sft_config(p, output_dir: str | Path, **overrides):
         dataloader_pin_memory=False,
     )
     kwargs.update(overrides)
-    return SFTConfig(**kwargs)
+    return kwargs
+
+
+def sft_config(p, output_dir: str | Path, **overrides):
+    """SFTConfig from SFTParams (see ``trainer_args``)."""
+    from trl import SFTConfig
+
+    return SFTConfig(**trainer_args(p, output_dir, **{
+        "num_train_epochs": p.epochs,
+        "per_device_train_batch_size": p.batch_size,
+        "per_device_eval_batch_size": p.batch_size,
+        "gradient_accumulation_steps": p.grad_accum,
+        "learning_rate": p.learning_rate,
+        "max_length": p.max_length,
+        "completion_only_loss": True,  # prompt/completion data: loss on the response only
+        **overrides}))
+
+
+def run_trainer(trainer) -> float:
+    """``trainer.train()`` without the raw log dicts on the console (``log_history`` keeps them); seconds taken."""
+    from transformers import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+    t0 = time.perf_counter()
+    trainer.train()
+    return time.perf_counter() - t0
+
+
+def finish(model):
+    """After training: take accelerate's autocast wrappers off and switch to eval mode; returns the model."""
+    remove_autocast_wrappers(model)
+    model.eval()
+    return model
 
 
 def to_dataset(records: list[dict], mode: str = "instruction"):
@@ -176,15 +201,9 @@ def sft(model, tokenizer, train: list[dict], validation: list[dict], p, peft_con
     trainer = SFTTrainer(model=model, args=args, train_dataset=to_dataset(train, mode),
                          eval_dataset=to_dataset(validation, mode) if validation else None,
                          processing_class=tokenizer, peft_config=peft_config, callbacks=list(callbacks))
-    from transformers import PrinterCallback
-
-    trainer.remove_callback(PrinterCallback)  # raw log dicts drown a notebook; log_history keeps them
-    t0 = time.perf_counter()
-    trainer.train()
-    seconds = time.perf_counter() - t0
+    seconds = run_trainer(trainer)
     eval_loss = trainer.evaluate()["eval_loss"] if validation else None
-    remove_autocast_wrappers(trainer.model)
-    trainer.model.eval()
+    finish(trainer.model)
     tokenizer.padding_side = "left"
     logs = [r for r in trainer.state.log_history if "num_tokens" in r and "eval_loss" not in r]
     tokens = int(logs[-1]["num_tokens"]) if logs else 0  # TRL counts the non-padding tokens trained on

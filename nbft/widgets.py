@@ -17,6 +17,17 @@ def _display(obj, **kw):
     return display(obj, **kw)
 
 
+def _browse(pick, view):
+    """A picker widget above an HTML pane showing ``view(pick.value)``, redrawn when the pick changes."""
+    import ipywidgets as W
+
+    out = W.HTML(view(pick.value))
+    pick.observe(lambda ch: setattr(out, "value", view(ch["new"])), "value")
+    box = W.VBox([pick, out])
+    _display(box)
+    return box
+
+
 def _esc(s) -> str:
     return html.escape(str(s))
 
@@ -180,12 +191,7 @@ def compare_browser(rows: list[dict], labels=("before", "after")):
         return (f"<pre style='white-space:pre-wrap;background:#f4f4f4'>{_esc(r['prompt'])}</pre>"
                 f"<table style='width:100%'><tr>{''.join(cols)}</tr></table>")
 
-    pick = W.IntSlider(min=0, max=len(rows) - 1, value=0, description="prompt", continuous_update=False)
-    out = W.HTML(view(0))
-    pick.observe(lambda ch: setattr(out, "value", view(ch["new"])), "value")
-    box = W.VBox([pick, out])
-    _display(box)
-    return box
+    return _browse(W.IntSlider(min=0, max=len(rows) - 1, value=0, description="prompt", continuous_update=False), view)
 
 
 # ---------------------------------------------------------------- tables that fill in
@@ -233,12 +239,8 @@ def method_browser(results: dict[str, dict], prompts: list[str]):
     import ipywidgets as W
 
     names = list(results)
-    pick = W.Dropdown(options=names, value=names[0], description="method")
-    out = W.HTML(_method_html(names[0], results[names[0]], prompts))
-    pick.observe(lambda ch: setattr(out, "value", _method_html(ch["new"], results[ch["new"]], prompts)), "value")
-    box = W.VBox([pick, out])
-    _display(box)
-    return box
+    return _browse(W.Dropdown(options=names, value=names[0], description="method"),
+                   lambda name: _method_html(name, results[name], prompts))
 
 
 def adapter_playground(model, tokenizer, adapters: list[str], prompts: list[str], precision: str = "fp32"):
@@ -294,12 +296,8 @@ def sample_browser(rows: list[dict], policies: list[str]):
         return (f"<pre style='white-space:pre-wrap;background:#f4f4f4'>{_esc(r['prompt'])}</pre>"
                 f"<table style='width:100%;table-layout:fixed'><tr>{cells}</tr></table>")
 
-    pick = W.IntSlider(min=0, max=max(0, len(rows) - 1), value=0, description="prompt", continuous_update=False)
-    out = W.HTML(view(0) if rows else "")
-    pick.observe(lambda ch: setattr(out, "value", view(ch["new"])), "value")
-    box = W.VBox([pick, out])
-    _display(box)
-    return box
+    return _browse(W.IntSlider(min=0, max=max(0, len(rows) - 1), value=0, description="prompt",
+                               continuous_update=False), view if rows else lambda i: "")
 
 
 def histogram(series: dict[str, list[float]], title: str, xlabel: str):
@@ -338,10 +336,6 @@ def retrieval_inspector(rows: list[dict]):
     """
     import ipywidgets as W
 
-    pick = W.Dropdown(options=[(f"{i}: {r['question']}", i) for i, r in enumerate(rows)], value=0,
-                      description="question", layout=W.Layout(width="90%"))
-    out = W.HTML(_inspect_html(rows[0]) if rows else "")
-    pick.observe(lambda ch: setattr(out, "value", _inspect_html(rows[ch["new"]])), "value")
-    box = W.VBox([pick, out])
-    _display(box)
-    return box
+    return _browse(W.Dropdown(options=[(f"{i}: {r['question']}", i) for i, r in enumerate(rows)], value=0,
+                              description="question", layout=W.Layout(width="90%")),
+                   lambda i: _inspect_html(rows[i]))

@@ -230,3 +230,17 @@ def test_rag_prompt_is_plain_passages_then_question(world):
     assert hits[0][0].text in short and hits[1][0].text not in short
     assert rag.rag_prompt("Q?", ["p1", rag.Chunk("d", 0, "p2")], instruction="") == "p1\n\np2\n\nQuestion: Q?"
     assert rag.rag_prompt("Q?", []) == f"{rag.RAG_INSTRUCTION}\n\nQuestion: Q?"
+
+
+def test_compare_indexes_on_the_fictional_world(world):
+    from nbft import knowledge
+
+    facts = knowledge.world_facts(world["world"], seed=0)[:30]
+    gold = knowledge.gold_chunks(world["chunks"], facts)
+    assert all(g for g in gold)
+    rows, retrievers = rag.compare_indexes(world["chunks"], world["vectors"], [f.question for f in facts], gold,
+                                           ["flat", "hnsw", "flat"], [1, 3], latency_k=3, n_latency=5)
+    assert [r["index"] for r in rows] == ["flat", "hnsw"] and set(retrievers) == {"flat", "hnsw"}
+    for r in rows:
+        assert 0 <= r["recall@1"] <= r["recall@3"] <= 1 and r["p50 ms"] > 0 and r["search p50 ms"] >= 0
+    assert rows[0]["recall@3"] >= 0.8  # exact search over the real MiniLM embeddings

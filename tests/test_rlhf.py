@@ -210,3 +210,16 @@ def test_starting_policy(runs_dir, tmp_path):
     assert rlhf.starting_policy(run, _p(run_name="r1", policy="base"))[0] == "tiny-llama"
     with pytest.raises(ValueError, match="not auto, base, or a model folder"):
         rlhf.starting_policy(run, _p(policy=str(tmp_path / "nowhere")))
+
+
+def test_log_mean_and_summary_rows():
+    log = [{"kl": 0.0}, {"loss": 1.0}, {"kl": 0.2}, {"kl": 0.4}, {"kl": 0.6}]
+    assert rlhf.log_mean(log, "kl", 0.5) == pytest.approx(0.5) and rlhf.log_mean(log, "kl", 0.5, first=True) == pytest.approx(0.1)
+    assert rlhf.log_mean(log, "reward") is None
+    judged = {"sft": {**rlhf.judge([Q, Q], ["lava", "lava"]), "reward": [0.0, 0.0]},
+              "rl": {**rlhf.judge([Q, Q], [GOOD, "lava"]), "reward": [1.0, 0.0]}}
+    rows = {r["policy"]: r for r in rlhf.summary_rows(judged)}
+    assert rows["sft"]["win rate vs sft"] == 0.5 and rows["rl"]["win rate vs sft"] == 0.75
+    assert rows["rl"]["reward model"] == 0.5 and rows["rl"]["passes every check"] == 0.5
+    browse = rlhf.browse_rows([Q, Q], {"sft": ["lava", "lava"], "rl": [GOOD, "lava"]}, judged)
+    assert browse[0]["rl"]["rule"] == 1.0 and browse[0]["sft"]["checks"]["complete"] == 0.0
