@@ -203,6 +203,8 @@ def cmd_list(args) -> int:
 
 def cmd_params(args) -> int:
     """Resolved parameters as YAML, each line with its help text (``--defaults``: the dataclass defaults)."""
+    if args.sync_notebooks:
+        return sync_notebooks()
     try:
         resolved = P.resolve(None if args.defaults else args.params, [] if args.defaults else args.set)
     except P.ParamError as e:
@@ -225,6 +227,26 @@ def cmd_params(args) -> int:
     return 0
 
 
+def sync_notebooks() -> int:
+    """Rewrite the ``parameters`` cell of every stage notebook from its dataclass (after a field changes)."""
+    import nbformat
+
+    for stage in P.STAGES:
+        path = notebooks_dir() / f"{stage}.ipynb"
+        nb = nbformat.read(path, as_version=4)
+        cells = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+        if len(cells) != 1:
+            print(f"nbft params: error: {path}: expected one cell tagged 'parameters', found {len(cells)}",
+                  file=sys.stderr)
+            return EXIT_BAD_INPUT
+        source = P.parameters_cell(stage)
+        if cells[0].source != source:
+            cells[0].source = source
+            nbformat.write(nb, path)
+            print(f"updated {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="nbft", description="Jupyter-native fine-tuning lab")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -243,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     pp.add_argument("--params", default="params/default.yaml")
     pp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     pp.add_argument("--defaults", action="store_true", help="the dataclass defaults (how params/default.yaml is made)")
+    pp.add_argument("--sync-notebooks", action="store_true",
+                    help="rewrite each notebook's parameters cell from its dataclass")
     pp.set_defaults(fn=cmd_params)
     args = ap.parse_args(argv)
     return args.fn(args)

@@ -698,10 +698,11 @@ def mc_loglik(model, tokenizer, prompts: Sequence[str], options: Sequence[Sequen
 
     ``prompts``: rendered prompts (``open_prompt``); ``options[i]``: the candidate replies
     to ``prompts[i]``. Prompt and option are tokenized separately (no special tokens added)
-    and concatenated, as generation would continue the prompt. All (prompt, option) pairs
-    are sorted by length and run ``batch_size`` at a time, right-padded, one forward pass
-    per batch, logits kept only from the earliest option position on. Returns, per prompt,
-    one float per option (higher: more likely).
+    and concatenated, as generation would continue the prompt. Each prompt is read once:
+    ``batch_size`` prompts at a time (sorted by length, left-padded) fill a key/value cache,
+    which is copied once per option; the options (right-padded) then continue from it, each
+    with its true positions. So a 4-option question costs one prompt pass, not four.
+    Returns, per prompt, one float per option (higher: more likely).
     """
     import torch
 
@@ -710,45 +711,53 @@ def mc_loglik(model, tokenizer, prompts: Sequence[str], options: Sequence[Sequen
     if len(prompts) != len(options):
         raise ValueError(f"{len(prompts)} prompts for {len(options)} option lists")
     p_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    pairs = []
+    o_ids: list[list[list[int]]] = []
     for i, opts in enumerate(options):
         if not p_ids[i]:
             raise ValueError(f"prompt {i} is empty: an option needs a prompt to continue")
+        o_ids.append([])
         for j, o in enumerate(opts):
-            o_ids = tokenizer(str(o), add_special_tokens=False)["input_ids"]
-            if not o_ids:
+            ids = tokenizer(str(o), add_special_tokens=False)["input_ids"]
+            if not ids:
                 raise ValueError(f"option {j} of prompt {i} is empty")
-            pairs.append((i, j, o_ids))
+            o_ids[i].append(ids)
     out = [[0.0] * len(opts) for opts in options]
-    if not pairs:
+    todo = sorted((i for i in range(len(prompts)) if o_ids[i]), key=lambda i: len(p_ids[i]))
+    if not todo:
         return out
     model.eval()
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    pairs.sort(key=lambda t: (len(p_ids[t[0]]) + len(t[2]), len(p_ids[t[0]])))
-    with torch.no_grad():
-        for s in range(0, len(pairs), batch_size):
-            batch = pairs[s:s + batch_size]
-            seqs = [p_ids[i] + o for i, _, o in batch]
-            width = max(len(x) for x in seqs)
-            ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(seqs), width), dtype=torch.long)
-            for r, x in enumerate(seqs):
-                ids[r, :len(x)] = torch.tensor(x)
-                mask[r, :len(x)] = 1
-            first = min(len(p_ids[i]) for i, _, _ in batch) - 1  # earliest position predicting an option token
-            keep = width - first
-            ids, mask = ids.to(device), mask.to(device)
-            with _precision_ctx(model, precision):
-                try:
-                    logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
-                except TypeError:  # a model without logits_to_keep: all positions
-                    logits = model(input_ids=ids, attention_mask=mask).logits
-            logits = logits[:, -keep:].float()  # from the end: also right for prepended virtual tokens
-            for r, (i, j, o) in enumerate(batch):
-                start = len(p_ids[i]) - 1 - first
-                lp = torch.log_softmax(logits[r, start:start + len(o)], dim=-1)
-                out[i][j] = float(lp.gather(1, torch.tensor(o, device=lp.device)[:, None]).sum())
+
+    def padded(seqs, left):
+        width = max(len(x) for x in seqs)
+        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for r, x in enumerate(seqs):
+            cols = slice(width - len(x), width) if left else slice(0, len(x))
+            ids[r, cols], mask[r, cols] = torch.tensor(x), 1
+        return ids.to(device), mask.to(device)
+
+    with torch.no_grad(), _precision_ctx(model, precision):
+        for s in range(0, len(todo), batch_size):
+            batch = todo[s:s + batch_size]
+            ids, mask = padded([p_ids[i] for i in batch], left=True)
+            pos = (mask.cumsum(-1) - 1).clamp(min=0)
+            first = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+            cache, last = first.past_key_values, first.logits[:, -1].float()
+            rows = [(b, j) for b, i in enumerate(batch) for j in range(len(o_ids[i]))]
+            pick = torch.tensor([b for b, _ in rows], device=device)
+            cache.batch_select_indices(pick)
+            opt = [o_ids[batch[b]][j] for b, j in rows]
+            o_tok, o_mask = padded(opt, left=False)
+            o_pos = mask.sum(-1)[pick][:, None] + torch.arange(o_tok.shape[1], device=device)
+            logits = model(input_ids=o_tok, attention_mask=torch.cat([mask[pick], o_mask], 1), position_ids=o_pos,
+                           past_key_values=cache, use_cache=True).logits.float()
+            # option token t is predicted by the prompt's last position (t = 0) or option position t - 1
+            pred = torch.log_softmax(torch.cat([last[pick][:, None], logits[:, :-1]], 1), dim=-1)
+            lp = pred.gather(2, o_tok[:, :, None])[:, :, 0] * o_mask
+            for r, (b, j) in enumerate(rows):
+                out[batch[b]][j] = float(lp[r].sum())
     return out
 
 

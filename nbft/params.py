@@ -198,6 +198,9 @@ class RAGParams(Common):
     n_questions: int = _f(120, "ask at most this many questions, spread over fact types (0: all)")
     chunk_words: int = _f(48, "retrieval: words per chunk (chunks end at sentence boundaries where they can)")
     overlap_words: int = _f(8, "retrieval: words shared by neighbouring chunks")
+    embed_precision: str = _f("auto", "query embedder precision: auto (bf16 where the CPU supports it: ~5 instead of "
+                              "~9 ms per query) | fp32 | bf16; documents are always embedded in fp32",
+                              ("auto", "fp32", "bf16"))
     index: str = _f("hnsw", "faiss index the RAG methods use: flat (exact) | ivf | hnsw", ("flat", "ivf", "hnsw"))
     compare_indexes: list[str] = _f(["flat", "ivf", "hnsw"], "index types measured side by side (recall, latency)")
     top_k: int = _f(1, "passages put in the prompt")
@@ -249,6 +252,14 @@ def defaults(stage: str) -> dict[str, Any]:
 
 def help_text(cls: type) -> dict[str, str]:
     return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
+
+
+def parameters_cell(stage: str) -> str:
+    """The source of a notebook's ``parameters`` cell: one ``name = default  # help`` line per field,
+    in dataclass order (``nbft params --sync-notebooks`` writes it into notebooks/)."""
+    cls = STAGES[stage]
+    return "\n".join(f"{f.name} = {getattr(cls(), f.name)!r}  # {f.metadata.get('help', '')}"
+                     for f in dataclasses.fields(cls))
 
 
 # ---------------------------------------------------------------- type checks

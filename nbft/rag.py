@@ -64,6 +64,17 @@ MIN_POINTS_PER_LIST = 39  # faiss k-means wants at least this many training poin
 _EMBEDDERS: dict[tuple[str, str], Any] = {}
 
 
+#: ``precision`` values (as the notebooks' ``precision`` parameter spells them) -> torch dtype names.
+PRECISION_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def embed_dtype(precision: str = "auto", device: str = "cpu") -> str:
+    """The embedder dtype for a precision name: auto (bf16 where the hardware supports it) | fp32 | bf16 | fp16."""
+    from .models import pick_precision
+
+    return PRECISION_DTYPES[pick_precision(precision, device)]
+
+
 def embedder(device: str = "cpu", dtype: str = "float32"):
     """all-MiniLM-L6-v2 as a ``SentenceTransformer``, from the installed package, never the hub.
 
@@ -71,7 +82,7 @@ def embedder(device: str = "cpu", dtype: str = "float32"):
     "bfloat16" halves the weight bytes read per query: single queries ~5 instead of ~9 ms on
     2 CPU cores, cosine to the float32 embedding > 0.9999 (index built in float32 is fine).
     """
-    if dtype not in ("float32", "bfloat16", "float16"):
+    if dtype not in PRECISION_DTYPES.values():
         raise ValueError(f"dtype: {dtype!r}; choose float32, bfloat16 or float16")
     key = (str(device), dtype)
     if key not in _EMBEDDERS:
@@ -522,14 +533,16 @@ def rag_prompt(question: str, passages: Sequence, instruction: str = RAG_INSTRUC
 
 
 def compare_indexes(chunks: Sequence[Chunk], vectors, queries: Sequence[str], gold: Sequence, kinds: Sequence[str],
-                    ks: Sequence[int], latency_k: int = 5, n_latency: int = 100) -> tuple[list[dict], dict[str, Retriever]]:
+                    ks: Sequence[int], latency_k: int = 5, n_latency: int = 100,
+                    model=None) -> tuple[list[dict], dict[str, Retriever]]:
     """Build each index kind over the same vectors: recall@k of ``gold`` for every k, single-query latency
     (p50/p95, embedding and search separately, on the first ``n_latency`` queries) and build time.
-    Returns the table rows and the retrievers by kind."""
+    ``model`` embeds the queries (default: ``embedder()``, float32). Returns the table rows and the
+    retrievers by kind."""
     import time
 
     rows, retrievers = [], {}
-    model = embedder()
+    model = model if model is not None else embedder()
     for kind in dict.fromkeys(kinds):
         t0 = time.perf_counter()
         retrievers[kind] = build_retriever(chunks, kind, vectors=vectors, model=model)

@@ -20,6 +20,7 @@ def parameters_cell(root, stage):
 @pytest.mark.parametrize("stage", list(P.STAGES))
 def test_parameters_cell_mirrors_dataclass(root, stage):
     src = parameters_cell(root, stage)
+    assert src == P.parameters_cell(stage), f"{stage}: run `nbft params --sync-notebooks`"
     tree = ast.parse(src)
     cell = {}
     for node in tree.body:

@@ -4,7 +4,7 @@ import random
 import numpy as np
 import pytest
 
-from nbft import corpora, rag
+from nbft import corpora, models, rag
 from nbft.knowledge import world_questions
 
 
@@ -101,6 +101,10 @@ def test_embeddings_are_normalized_deterministic_and_match_sentence_transformers
     assert bf16.dtype == np.float32 and ((bf16 * a).sum(1) > 0.999).all()
     with pytest.raises(ValueError, match="int4"):
         rag.embedder(dtype="int4")
+    assert [rag.embed_dtype(x) for x in ("fp32", "bf16", "fp16")] == ["float32", "bfloat16", "float16"]
+    assert rag.embed_dtype("auto") == ("bfloat16" if models.cpu_supports_bf16() else "float32")
+    with pytest.raises(models.ModelError, match="precision"):
+        rag.embed_dtype("int8")
     # meaning, not noise: a text is nearer to its own paraphrase than to another entity's text
     p = rag.embed(["The town of Zufenlo lies on the Belwen river.", world["docs"][0]["text"], world["docs"][-1]["text"]])
     assert world["docs"][0]["title"] == "Zufenlo" and p[0] @ p[1] > p[0] @ p[2] + 0.2
@@ -244,3 +248,7 @@ def test_compare_indexes_on_the_fictional_world(world):
     for r in rows:
         assert 0 <= r["recall@1"] <= r["recall@3"] <= 1 and r["p50 ms"] > 0 and r["search p50 ms"] >= 0
     assert rows[0]["recall@3"] >= 0.8  # exact search over the real MiniLM embeddings
+    bf16 = rag.embedder(dtype="bfloat16")  # queries may come from another embedder than the documents
+    rows16, r16 = rag.compare_indexes(world["chunks"], world["vectors"], [f.question for f in facts], gold,
+                                      ["flat"], [1, 3], latency_k=3, n_latency=5, model=bf16)
+    assert r16["flat"].embedder() is bf16 and abs(rows16[0]["recall@3"] - rows[0]["recall@3"]) <= 0.05
