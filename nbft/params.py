@@ -227,6 +227,15 @@ class RAGParams(Common):
     eval_batch_size: int = _f(16, "prompts per generation batch")
 
 
+@dataclass
+class ReportParams(Common):
+    """99_report: the story of one run, or a comparison of several (two profiles, the points of a sweep)."""
+
+    compare_runs: list[str] = _f([], "runs to report: names under runs/ or run folders; empty: this run (in a "
+                                     "pipeline) or else the newest run with metrics")
+    stages: list[str] = _f([], "stages to show (empty: every stage the runs recorded)")
+
+
 #: notebook stem -> its parameter dataclass, in pipeline order.
 STAGES: dict[str, type] = {
     "01_data_prep": DataPrepParams,
@@ -234,6 +243,7 @@ STAGES: dict[str, type] = {
     "03_peft": PEFTParams,
     "04_rlhf": RLHFParams,
     "05_rag_vs_ft": RAGParams,
+    "99_report": ReportParams,
 }
 COMMON = "common"
 

@@ -17,25 +17,42 @@ def _display(obj, **kw):
     return display(obj, **kw)
 
 
-def _browse(pick, view):
-    """A picker widget above an HTML pane showing ``view(pick.value)``, redrawn when the pick changes."""
+STATIC_NOTE = ("<p><small><i>Static copy of an interactive dashboard (the first item): open the notebook in "
+               "Jupyter, or its HTML report in a browser with JavaScript, to pick others.</i></small></p>")
+
+
+def show_widget(widget, static_html: str):
+    """Display ``widget`` with ``static_html`` in the same output, as its text/html fallback.
+
+    Jupyter shows the widget; a viewer without a widget renderer (GitHub, nbviewer without
+    state, an HTML report read with JavaScript off) shows the static copy instead, so a
+    report reads the same everywhere. Returns the widget.
+    """
+    bundle = dict(widget._repr_mimebundle_())
+    bundle["text/html"] = static_html
+    _display(bundle, raw=True)
+    return widget
+
+
+def _browse(pick, view, static: str | None = None):
+    """A picker widget above an HTML pane showing ``view(pick.value)``, redrawn when the pick changes.
+    Its static fallback: ``static``, or the first view."""
     import ipywidgets as W
 
     out = W.HTML(view(pick.value))
     pick.observe(lambda ch: setattr(out, "value", view(ch["new"])), "value")
-    box = W.VBox([pick, out])
-    _display(box)
-    return box
+    return show_widget(W.VBox([pick, out]), static if static is not None else STATIC_NOTE + out.value)
 
 
 def _esc(s) -> str:
     return html.escape(str(s))
 
 
-def html_table(rows: list[dict], columns: list[str] | None = None, max_chars: int = 400, pass_cols=()) -> str:
-    """A plain HTML table; boolean columns in ``pass_cols`` are colored pass/fail."""
+def html_table(rows: list[dict], columns: list[str] | None = None, max_chars: int = 400, pass_cols=(),
+               caption: str = "") -> str:
+    """A plain HTML table; boolean columns in ``pass_cols`` are colored pass/fail; ``caption`` names it."""
     if not rows:
-        return "<p><i>(no rows)</i></p>"
+        return f"<p><i>{_esc(caption) + ': ' if caption else ''}(no rows)</i></p>"
     columns = columns or list(rows[0])
     head = "".join(f"<th style='text-align:left'>{_esc(c)}</th>" for c in columns)
     body = []
@@ -52,7 +69,8 @@ def html_table(rows: list[dict], columns: list[str] | None = None, max_chars: in
                     text = text[:max_chars] + "…"
                 cells.append(f"<td style='text-align:left;white-space:pre-wrap;font-family:monospace'>{text}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    cap = f"<caption style='text-align:left;font-weight:bold'>{_esc(caption)}</caption>" if caption else ""
+    return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
 def show_table(rows: list[dict], columns: list[str] | None = None, **kw) -> None:
@@ -88,9 +106,7 @@ def example_browser(splits: dict[str, list[dict]]):
 
     split_dd.observe(refresh, "value")
     idx.observe(refresh, "value")
-    box = W.VBox([W.HBox([split_dd, idx]), out])
-    _display(box)
-    return box
+    return show_widget(W.VBox([W.HBox([split_dd, idx]), out]), STATIC_NOTE + out.value)
 
 
 # ---------------------------------------------------------------- training monitor
@@ -194,6 +210,16 @@ def compare_browser(rows: list[dict], labels=("before", "after")):
     return _browse(W.IntSlider(min=0, max=len(rows) - 1, value=0, description="prompt", continuous_update=False), view)
 
 
+def table_browser(tables: dict[str, list[dict]], label: str = "table"):
+    """Pick a name: its table (e.g. one comparison table per stage). Static copy: every table."""
+    import ipywidgets as W
+
+    names = list(tables)
+    return _browse(W.Dropdown(options=names, value=names[0] if names else None, description=label),
+                   lambda name: html_table(tables.get(name, []), caption=name or ""),
+                   static="".join(html_table(t, caption=n) for n, t in tables.items()))
+
+
 # ---------------------------------------------------------------- tables that fill in
 
 def live_table(columns: list[str]):
@@ -266,9 +292,9 @@ def adapter_playground(model, tokenizer, adapters: list[str], prompts: list[str]
         out.value = f"<pre style='white-space:pre-wrap'>{_esc(reply)}</pre>"
 
     go.on_click(run)
-    box = W.VBox([W.HBox([pick, go]), text, out])
-    _display(box)
-    return box
+    return show_widget(W.VBox([W.HBox([pick, go]), text, out]),
+                       "<p><i>Adapter playground: generates with a live kernel, so it works in Jupyter only. "
+                       f"Adapters: {_esc(', '.join(pick.options[1:]))}.</i></p>")
 
 
 # ---------------------------------------------------------------- policies side by side

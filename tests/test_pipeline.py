@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from nbft import cli, params
+from html.parser import HTMLParser
+
+from nbft import cli, params, report
 
 pytestmark = pytest.mark.notebook
 ROOT = Path(__file__).resolve().parents[1]
@@ -167,9 +169,139 @@ def test_smoke_reports_read_as_reports(smoke_run):
         assert sum(c["cell_type"] == "markdown" for c in nb["cells"]) >= 5
         html = (run / f"{stage}.html").read_text()
         assert "data:image/png;base64" in html, f"{stage}: figures must be embedded in the HTML"
+        assert report.external_urls(html) == [], f"{stage}: the report must load nothing from a network"
+        if any("application/vnd.jupyter.widget-view+json" in o.get("data", {})
+               for c in nb["cells"] for o in c.get("outputs", [])):
+            assert 'type="application/vnd.jupyter.widget-state+json"' in html, f"{stage}: widget state embedded"
+            assert "nbft-static-fallback" in html, f"{stage}: static copies of its widgets"
+    index = (run / "index.html").read_text()
+    for stage in params.STAGES:
+        assert f"href='{stage}.html'" in index
+    assert "acc.rag.open = <b>" in index and report.external_urls(index) == []
     # 02_sft used 01's splits from the same run
     sft = (run / "02_sft.ipynb").read_text()
     assert "01_data_prep artifacts in this run" in sft
+
+
+class Tables(HTMLParser):
+    """Every <table> in an HTML fragment: caption -> rows (dicts keyed by the header cells)."""
+
+    def __init__(self):
+        super().__init__()
+        self.tables, self.cell, self.row, self.caption, self.head, self.rows = {}, None, None, "", [], []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "table":
+            self.caption, self.head, self.rows = "", [], []
+        elif tag in ("td", "th", "caption"):
+            self.cell = ""
+        elif tag == "tr":
+            self.row = []
+
+    def handle_data(self, data):
+        if self.cell is not None:
+            self.cell += data
+
+    def handle_endtag(self, tag):
+        if tag == "caption":
+            self.caption, self.cell = self.cell, None
+        elif tag == "th":
+            self.head.append(self.cell)
+            self.cell = None
+        elif tag == "td":
+            self.row.append(self.cell)
+            self.cell = None
+        elif tag == "tr" and self.row:
+            self.rows.append(dict(zip(self.head, self.row)))
+            self.row = None
+        elif tag == "table":
+            self.tables[self.caption] = self.rows
+
+
+def flat_metrics(d, prefix=""):
+    """metrics.json flattened the way a reader would: nested keys dotted, rows and findings left out."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flat_metrics(v, f"{prefix}{k}."))
+        elif isinstance(v, list):
+            if k != "findings" and not any(isinstance(x, (dict, list)) for x in v):
+                out[prefix + k] = v
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def same(cell: str, value) -> bool:
+    if isinstance(value, bool) or value is None:
+        return cell == str(value)
+    if isinstance(value, (int, float)):
+        if math.isnan(value):
+            return cell == "nan"
+        return abs(float(cell) - value) <= 5e-4 * abs(value) + 1e-12  # written to 4 significant digits
+    if isinstance(value, list):
+        return len(cell.split(", ")) == len(value) and all(same(c, v) for c, v in zip(cell.split(", "), value))
+    return cell == str(value)
+
+
+def test_report_tables_equal_metrics_json(smoke_run):
+    _, run = smoke_run
+    metrics = json.loads((run / "metrics.json").read_text())
+    nb = json.loads((run / "99_report.ipynb").read_text())
+    parser = Tables()
+    for c in nb["cells"]:
+        for o in c.get("outputs", []):
+            html = o.get("data", {}).get("text/html")
+            if html:
+                parser.feed("".join(html))
+    stages = [s for s in params.STAGES if s != "99_report"]
+    assert metrics["99_report"]["stages"] == stages and metrics["99_report"]["compare_runs"] == ["smoke"]
+    for s in stages:
+        rows, expected = parser.tables[s], flat_metrics(metrics[s])
+        assert [r["metric"] for r in rows] == list(expected), s
+        for r in rows:
+            assert same(r["smoke"], expected[r["metric"]]), (s, r, expected[r["metric"]])
+    key = parser.tables["key figures"]
+    assert {r["stage"] for r in key} == set(stages)
+    for r in key:
+        assert same(r["value"], flat_metrics(metrics[r["stage"]])[r["metric"]]), r
+
+
+def test_sweep_two_values_two_runs_one_comparison_report(smoke_run, capsys):
+    _, run = smoke_run
+    root = run.parent
+    before = snapshot(root)
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        bad = cli.main(["sweep", "--params", SMOKE, "--grid", "01_data_prep.n_exampels=48,64", "--no-progress"])
+        assert bad == cli.EXIT_BAD_INPUT and "did you mean 'n_examples'" in capsys.readouterr().err
+        assert snapshot(root) == before  # nothing ran, nothing written
+        rc = cli.main(["sweep", "--params", SMOKE, "--grid", "01_data_prep.n_examples=48,64", "--only", "01_data_prep",
+                       "--name", "sw", "--no-progress"])
+    finally:
+        os.chdir(cwd)
+    assert rc == 0
+    points = sorted(d.name for d in root.glob("sw__*"))
+    assert points == ["sw__n_examples-48", "sw__n_examples-64"]
+    assert [params.resolve(root / p / "params.yaml")["01_data_prep"].n_examples for p in points] == [48, 64]
+    raw = [json.loads((root / p / "metrics.json").read_text())["01_data_prep"]["n_raw"] for p in points]
+    assert raw[0] < raw[1]  # the parameter took effect
+    sweep = root / "sw"
+    assert json.loads((sweep / "sweep.json").read_text())["grid"] == {"01_data_prep.n_examples": ["48", "64"]}
+    for f in ("99_report.ipynb", "99_report.html", "index.html"):
+        assert (sweep / f).is_file(), f
+    nb = json.loads((sweep / "99_report.ipynb").read_text())
+    parser = Tables()
+    for c in nb["cells"]:
+        for o in c.get("outputs", []):
+            if o.get("data", {}).get("text/html"):
+                parser.feed("".join(o["data"]["text/html"]))
+    assert parser.tables["parameters that differ"] == [
+        {"parameter": "01_data_prep.n_examples", points[0]: "48", points[1]: "64"}]
+    rows = {r["metric"]: r for r in parser.tables["01_data_prep"]}
+    assert [rows["n_raw"][p] for p in points] == [str(r) for r in raw]
+    assert report.external_urls((sweep / "99_report.html").read_text()) == []
 
 
 def test_list_shows_the_run(smoke_run, capsys):

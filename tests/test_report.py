@@ -1,0 +1,121 @@
+"""Reports: external-URL scan, metric tables, run selection, the run index page."""
+import json
+import os
+
+import pytest
+import yaml
+
+from nbft import report
+
+
+@pytest.mark.parametrize("html, expected", [
+    ("<script src='https://cdn.example/x.js'></script>", ["https://cdn.example/x.js"]),
+    ('<script src="//unpkg.com/a.js"></script>', ["//unpkg.com/a.js"]),
+    ('<link rel="stylesheet" href="http://x/y.css">', ["http://x/y.css"]),
+    ("<style>@import url('https://fonts.googleapis.com/css?f=R');</style>", ["https://fonts.googleapis.com/css?f=R"]),
+    ("<style>.a{background:url(https://x/i.png)}</style>", ["https://x/i.png"]),
+    ("<img src=https://x/i.png>", ["https://x/i.png"]),
+    # not fetched: a plain link, a canonical link, a commented-out import, inline data, a local file
+    ("<a href='https://example.com'>docs</a><link rel='canonical' href='https://x'>", []),
+    ("<style>/* @import url('https://fonts.googleapis.com/css'); */ .a{}</style>", []),
+    ("<script>var u = 'https://cdn.jsdelivr.net/npm/';</script><img src='data:image/png;base64,AA'>", []),
+    ("<script src='embed.js'></script>", []),
+])
+def test_external_urls(html, expected):
+    assert report.external_urls(html) == expected
+
+
+METRICS = {"01_data_prep": {"n_train": 10, "n_by_task": {"json_qa": 6, "uppercase": 4}},
+           "05_rag_vs_ft": {"acc": {"rag": {"open": 0.8125, "mc": 0.95}, "ft": {"open": 0.0, "mc": 0.25}},
+                            "recall_at_k": {"1": 1.0}, "retrieval_ms_p50": 4.5512, "n_questions": 120,
+                            "findings": ["words"], "rows": [{"a": 1}], "ks": [1, 3]}}
+
+
+def test_flatten_and_tables():
+    flat = report.flatten(METRICS["05_rag_vs_ft"])
+    assert flat == {"acc.rag.open": 0.8125, "acc.rag.mc": 0.95, "acc.ft.open": 0.0, "acc.ft.mc": 0.25,
+                    "recall_at_k.1": 1.0, "retrieval_ms_p50": 4.5512, "n_questions": 120, "ks": [1, 3]}
+    assert report.headline("05_rag_vs_ft", METRICS["05_rag_vs_ft"]) == {
+        "acc.rag.open": 0.8125, "acc.ft.open": 0.0, "retrieval_ms_p50": 4.5512, "n_questions": 120}
+    assert report.headline("unknown", {"a": 1, "b": {"c": 2}}) == {"a": 1, "b.c": 2}
+    assert [report.fmt(v) for v in (0.123456, 3, True, None, [1, 0.5], "x")] == ["0.1235", "3", "True", "None",
+                                                                                  "1, 0.5", "x"]
+    rows = report.compare_table({"r1": METRICS, "r2": {"01_data_prep": {"n_train": 12, "extra": 1.5}}}, "01_data_prep")
+    assert rows == [{"metric": "n_train", "r1": "10", "r2": "12"},
+                    {"metric": "n_by_task.json_qa", "r1": "6", "r2": ""},
+                    {"metric": "n_by_task.uppercase", "r1": "4", "r2": ""},
+                    {"metric": "extra", "r1": "", "r2": "1.5"}]
+    assert report.is_number("0.5") and not report.is_number("True") and not report.is_number("1, 2")
+
+
+def test_params_diff_lists_only_what_differs():
+    a = {"common": {"seed": 0, "run_name": "a"}, "02_sft": {"epochs": 1.0, "lrs": [1, 2]}}
+    b = {"common": {"seed": 0, "run_name": "b"}, "02_sft": {"epochs": 2.0, "lrs": [1, 2]}}
+    assert report.params_diff({"a": a, "b": b}) == [{"parameter": "02_sft.epochs", "a": "1", "b": "2"}]
+    assert report.params_diff({"a": a}) == []
+
+
+def make_run(root, name, metrics, stages=("01_data_prep",)):
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "metrics.json").write_text(json.dumps(metrics))
+    (d / "params.yaml").write_text(yaml.safe_dump({"common": {"seed": 0}}))
+    (d / "status.json").write_text(json.dumps({"state": "ok", "stages": {s: "ok" for s in stages},
+                                               "seconds": {s: 12.3 for s in stages}}))
+    for s in stages:
+        (d / f"{s}.html").write_text("<html></html>")
+    return d
+
+
+def test_resolve_runs(runs_dir, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no run with metrics"):
+        report.resolve_runs([])
+    a = make_run(runs_dir, "alpha-1", METRICS)
+    b = make_run(runs_dir, "beta-2", METRICS)
+    os.utime(a / "metrics.json", (1, 1))
+    assert report.resolve_runs([]) == [b]  # the newest
+    assert report.resolve_runs([], current=a) == [a]
+    assert report.resolve_runs(["alpha-1", str(b)]) == [a.resolve(), b.resolve()]
+    with pytest.raises(FileNotFoundError, match="did you mean 'alpha-1'"):
+        report.resolve_runs(["alpha1"])
+    loaded = report.load_runs([a, b])
+    assert list(loaded) == ["alpha-1", "beta-2"] and loaded["alpha-1"]["metrics"] == METRICS
+    assert report.report_stages(loaded) == ["01_data_prep", "05_rag_vs_ft"]
+    assert report.report_stages(loaded, ["05_rag_vs_ft"]) == ["05_rag_vs_ft"]
+    with pytest.raises(ValueError, match="02_sft not recorded"):
+        report.report_stages(loaded, ["02_sft"])
+    assert report.stage_links(loaded, ["01_data_prep"], runs_dir) == [
+        {"run": "alpha-1", "stage": "01_data_prep", "report": "alpha-1/01_data_prep.html"},
+        {"run": "beta-2", "stage": "01_data_prep", "report": "beta-2/01_data_prep.html"}]
+
+
+def test_index_links_every_stage_with_headline_metrics(runs_dir):
+    d = make_run(runs_dir, "r", METRICS, stages=("01_data_prep", "05_rag_vs_ft"))
+    page = report.write_index(d).read_text()
+    assert "href='01_data_prep.html'" in page and "href='05_rag_vs_ft.html'" in page
+    assert "acc.rag.open = <b>0.8125</b>" in page and "n_train = <b>10</b>" in page and "12 s" in page
+    assert report.external_urls(page) == [] and "<script" not in page
+
+
+def test_vendored_files_are_checked(monkeypatch, tmp_path):
+    monkeypatch.setenv("NBFT_CACHE", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="nbft vendor"):
+        report.vendor(fetch=False)
+
+    class Fake:
+        def __init__(self, *a, **k):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            return False
+
+        def read(self):
+            return b"not the pinned tarball"
+
+    monkeypatch.setattr(report.urllib.request, "urlopen", Fake)
+    with pytest.raises(OSError, match="does not match the pinned"):
+        report.vendor()
+    assert not any(tmp_path.rglob("*.js"))  # nothing unverified is kept
