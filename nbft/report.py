@@ -361,8 +361,16 @@ def write_index(run_dir: str | Path) -> Path:
         secs = status.get("seconds", {}).get(s)
         rows.append(f"<tr><td>{link}</td><td>{html.escape(str(status.get('stages', {}).get(s, '')))}</td>"
                     f"<td>{'' if secs is None else f'{secs:.0f} s'}</td><td>{heads}</td></tr>")
-    extra = "".join(f"<li><a href='{f}'>{f}</a></li>" for f in ("params.yaml", "metrics.json", "env.json")
+    extra = "".join(f"<li><a href='{f}'>{f}</a></li>" for f in ("params.yaml", "metrics.json", "env.json", "sweep.json")
                     if (run_dir / f).exists())
+    sweep = runs.read_json(run_dir / "sweep.json", None)
+    if sweep:  # a sweep's folder: its points, each run's own index
+        points = "".join(
+            f"<tr><td><a href='../{html.escape(pt['run'])}/index.html'>{html.escape(pt['run'])}</a></td>"
+            f"<td>{html.escape(', '.join(f'{k}={v}' for k, v in pt['values'].items()))}</td>"
+            f"<td>{'ok' if pt['exit_code'] == 0 else 'failed'}</td></tr>" for pt in sweep.get("points", []))
+        extra += ("</ul><h2>Sweep points</h2><table><thead><tr><th>run</th><th>values</th><th>result</th></tr></thead>"
+                  f"<tbody>{points}</tbody></table><ul>")
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>nbft run {html.escape(run_dir.name)}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:70em}} table{{border-collapse:collapse}}

@@ -26,12 +26,12 @@ def show_widget(widget, static_html: str):
 
     Jupyter shows the widget; a viewer without a widget renderer (GitHub, nbviewer without
     state, an HTML report read with JavaScript off) shows the static copy instead, so a
-    report reads the same everywhere. Returns the widget.
+    report reads the same everywhere. Returns None, like every dashboard here: a widget
+    returned as a cell's last value would be displayed a second time.
     """
     bundle = dict(widget._repr_mimebundle_())
     bundle["text/html"] = static_html
     _display(bundle, raw=True)
-    return widget
 
 
 def _browse(pick, view, static: str | None = None):
@@ -41,7 +41,7 @@ def _browse(pick, view, static: str | None = None):
 
     out = W.HTML(view(pick.value))
     pick.observe(lambda ch: setattr(out, "value", view(ch["new"])), "value")
-    return show_widget(W.VBox([pick, out]), static if static is not None else STATIC_NOTE + out.value)
+    show_widget(W.VBox([pick, out]), static if static is not None else STATIC_NOTE + out.value)
 
 
 def _esc(s) -> str:
@@ -106,7 +106,7 @@ def example_browser(splits: dict[str, list[dict]]):
 
     split_dd.observe(refresh, "value")
     idx.observe(refresh, "value")
-    return show_widget(W.VBox([W.HBox([split_dd, idx]), out]), STATIC_NOTE + out.value)
+    show_widget(W.VBox([W.HBox([split_dd, idx]), out]), STATIC_NOTE + out.value)
 
 
 # ---------------------------------------------------------------- training monitor
@@ -292,7 +292,7 @@ def adapter_playground(model, tokenizer, adapters: list[str], prompts: list[str]
         out.value = f"<pre style='white-space:pre-wrap'>{_esc(reply)}</pre>"
 
     go.on_click(run)
-    return show_widget(W.VBox([W.HBox([pick, go]), text, out]),
+    show_widget(W.VBox([W.HBox([pick, go]), text, out]),
                        "<p><i>Adapter playground: generates with a live kernel, so it works in Jupyter only. "
                        f"Adapters: {_esc(', '.join(pick.options[1:]))}.</i></p>")
 

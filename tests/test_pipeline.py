@@ -302,6 +302,8 @@ def test_sweep_two_values_two_runs_one_comparison_report(smoke_run, capsys):
     rows = {r["metric"]: r for r in parser.tables["01_data_prep"]}
     assert [rows["n_raw"][p] for p in points] == [str(r) for r in raw]
     assert report.external_urls((sweep / "99_report.html").read_text()) == []
+    index = (sweep / "index.html").read_text()
+    assert all(f"href='../{p}/index.html'" in index for p in points) and "href='99_report.html'" in index
 
 
 def test_list_shows_the_run(smoke_run, capsys):
