@@ -152,6 +152,7 @@ HEADLINE = {
     "03_peft": ["n_methods_ok", "adapter_switch_ok", "lora_vs_full.lora_task_score", "lora_vs_full.full_task_score"],
     "04_rlhf": ["rm_accuracy", "winrate_rl_vs_sft", "winrate_dpo_vs_sft", "rl_kl"],
     "05_rag_vs_ft": ["acc.rag.open", "acc.ft.open", "acc.ft_paraphrase.open", "retrieval_ms_p50", "n_questions"],
+    "99_report": ["compare_runs", "n_tables"],
 }
 
 
@@ -351,8 +352,7 @@ def write_index(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     metrics = runs.read_json(run_dir / "metrics.json", {}) or {}
     status = runs.read_json(run_dir / "status.json", {}) or {}
-    names = [s for s in list(STAGES) + ["99_report"]
-             if s in metrics or (run_dir / f"{s}.html").exists() or s in status.get("stages", {})]
+    names = [s for s in STAGES if s in metrics or (run_dir / f"{s}.html").exists() or s in status.get("stages", {})]
     rows = []
     for s in names:
         link = (f"<a href='{html.escape(s)}.html'>{html.escape(s)}</a>" if (run_dir / f"{s}.html").exists()

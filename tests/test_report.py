@@ -90,9 +90,13 @@ def test_resolve_runs(runs_dir, tmp_path):
 
 
 def test_index_links_every_stage_with_headline_metrics(runs_dir):
-    d = make_run(runs_dir, "r", METRICS, stages=("01_data_prep", "05_rag_vs_ft"))
+    d = make_run(runs_dir, "r", {**METRICS, "99_report": {"compare_runs": ["r"], "n_tables": 2}},
+                 stages=("01_data_prep", "05_rag_vs_ft", "99_report"))
     page = report.write_index(d).read_text()
-    assert "href='01_data_prep.html'" in page and "href='05_rag_vs_ft.html'" in page
+    for stage in ("01_data_prep", "05_rag_vs_ft", "99_report"):
+        assert page.count(f"href='{stage}.html'") == 1, stage
+    assert page.index("01_data_prep.html") < page.index("05_rag_vs_ft.html") < page.index("99_report.html")
+    assert "compare_runs = <b>r</b>" in page
     assert "acc.rag.open = <b>0.8125</b>" in page and "n_train = <b>10</b>" in page and "12 s" in page
     assert report.external_urls(page) == [] and "<script" not in page
 
