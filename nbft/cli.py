@@ -221,17 +221,17 @@ def cmd_run(args) -> int:
     return execute(resolved, stages, run_dir, args.progress, args.verbose)
 
 
-def parse_grid(specs: list[str]) -> list[tuple[str, list[str]]]:
-    """``["key=v1,v2", ...]`` -> [(key, [v1, v2]), ...]; each value is later parsed like ``--set``."""
-    grid = []
+def parse_grid(specs: list[str]) -> dict[str, list[str]]:
+    """``["key=v1,v2", ...]`` -> {key: [v1, v2], ...}; each value is later parsed like ``--set``."""
+    grid: dict[str, list[str]] = {}
     for spec in specs:
         key, sep, values = spec.partition("=")
-        vals = [v.strip() for v in values.split(",") if v.strip()]
-        if not sep or not key.strip() or not vals:
+        key, vals = key.strip(), [v.strip() for v in values.split(",") if v.strip()]
+        if not sep or not key or not vals:
             raise P.ParamError(f"--grid {spec!r}: expected key=value1,value2")
-        if key.strip() in [k for k, _ in grid]:
-            raise P.ParamError(f"--grid {key.strip()}: given twice")
-        grid.append((key.strip(), vals))
+        if key in grid:
+            raise P.ParamError(f"--grid {key}: given twice")
+        grid[key] = vals
     return grid
 
 
@@ -249,12 +249,11 @@ def cmd_sweep(args) -> int:
         if not grid:
             raise P.ParamError("--grid: give at least one key=value1,value2")
         sweep_dir = runs.unique_run_dir(args.name, prefix=(Path(args.params).stem if args.params else "default") + "-sweep")
-        points = [dict(zip([k for k, _ in grid], combo)) for combo in itertools.product(*[v for _, v in grid])]
-        planned = []
-        for point in points:  # validate every point before anything runs
-            sets = args.set + [f"{k}={v}" for k, v in point.items()]
-            planned.append((point, _prepare(args.params, sets, args.only, _point_name(sweep_dir.name, point))))
-        names = [plan[2].name for _, plan in planned]
+        # every point is validated (parameters, inputs, a free run name) before anything runs
+        planned = [(point, *_prepare(args.params, args.set + [f"{k}={v}" for k, v in point.items()], args.only,
+                                     _point_name(sweep_dir.name, point)))
+                   for point in (dict(zip(grid, combo)) for combo in itertools.product(*grid.values()))]
+        names = [run_dir.name for *_, run_dir in planned]
         if len(set(names)) != len(names):
             raise P.ParamError(f"--grid: two points give the same run name ({', '.join(names)})")
         report_params = P.resolve(args.params, args.set)["99_report"]
@@ -262,21 +261,21 @@ def cmd_sweep(args) -> int:
         print(f"nbft sweep: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
-    print(f"nbft sweep: {len(points)} runs over {', '.join(k for k, _ in grid)} -> {sweep_dir}", flush=True)
+    print(f"nbft sweep: {len(planned)} runs over {', '.join(grid)} -> {sweep_dir}", flush=True)
     codes = {}
-    for n, (point, (resolved, stages, run_dir)) in enumerate(planned, 1):
-        label = f"nbft sweep [{n}/{len(points)}] " + " ".join(f"{k}={v}" for k, v in point.items())
+    for n, (point, resolved, stages, run_dir) in enumerate(planned, 1):
+        label = f"nbft sweep [{n}/{len(planned)}] " + " ".join(f"{k}={v}" for k, v in point.items())
         codes[run_dir.name] = execute(resolved, stages, run_dir, args.progress, args.verbose, label=label)
-    done = [run_dir for _, (_, _, run_dir) in planned if (run_dir / "metrics.json").exists()]
     sweep_dir.mkdir(parents=True)
     (sweep_dir / "sweep.json").write_text(json.dumps({
-        "grid": dict(grid), "params": args.params, "set": args.set, "only": args.only,
-        "points": [{"run": plan[2].name, "values": point, "exit_code": codes[plan[2].name]}
-                   for point, plan in planned]}, indent=2) + "\n")
+        "grid": grid, "params": args.params, "set": args.set, "only": args.only,
+        "points": [{"run": run_dir.name, "values": point, "exit_code": codes[run_dir.name]}
+                   for point, *_, run_dir in planned]}, indent=2) + "\n")
+    done = [run_dir.name for *_, run_dir in planned if (run_dir / "metrics.json").exists()]
     if not done:
         print("nbft sweep: no run recorded any metrics; no comparison report", file=sys.stderr)
         return EXIT_FAILED
-    report_params.compare_runs = [d.name for d in done]
+    report_params.compare_runs = done
     code = execute({"99_report": report_params}, ["99_report"], sweep_dir, args.progress, args.verbose,
                    label="nbft sweep: comparison report")
     print(f"nbft sweep: comparison report {sweep_dir / '99_report.html'}, index {sweep_dir / 'index.html'}")

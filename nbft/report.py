@@ -145,7 +145,8 @@ def external_urls(text: str) -> list[str]:
 
 # ---------------------------------------------------------------- metric tables
 
-#: stage -> the metrics its index row and 99_report's key figures show first (in this order).
+#: stage -> its headline metrics, in order: the run's index.html, 99_report's key figures and ``nbft list``
+#: (the first two) show these.
 HEADLINE = {
     "01_data_prep": ["n_raw", "n_train", "n_validation", "n_test"],
     "02_sft": ["task_score_before", "task_score_after", "ppl_general_before", "ppl_general_after", "train_seconds"],
@@ -198,13 +199,11 @@ def stage_table(metrics: dict) -> list[dict]:
     return [{"metric": k, "value": fmt(v)} for k, v in flatten(metrics).items()]
 
 
-def compare_table(runs_metrics: dict[str, dict], stage: str, keys: list[str] | None = None) -> list[dict]:
-    """Metric x run for one stage: rows {"metric", <run>: value, ...}; only metrics some run has."""
+def compare_table(runs_metrics: dict[str, dict], stage: str) -> list[dict]:
+    """Metric x run for one stage: rows {"metric", <run>: value or "" where that run lacks it}."""
     flats = {name: flatten(m.get(stage, {})) for name, m in runs_metrics.items()}
-    if keys is None:
-        keys = list(dict.fromkeys(k for f in flats.values() for k in f))
-    return [{"metric": k, **{name: fmt(f.get(k, "")) if k in f else "" for name, f in flats.items()}}
-            for k in keys if any(k in f for f in flats.values())]
+    keys = dict.fromkeys(k for f in flats.values() for k in f)
+    return [{"metric": k, **{name: fmt(f[k]) if k in f else "" for name, f in flats.items()}} for k in keys]
 
 
 def params_diff(params_by_run: dict[str, dict]) -> list[dict]:
@@ -282,8 +281,7 @@ def report_stages(loaded: dict[str, dict], only=()) -> list[str]:
 
 
 def key_figures(loaded: dict[str, dict], stages) -> list[dict]:
-    """One row per stage: the headline metrics of every run side by side ("metric (run)" columns
-    when there are several runs)."""
+    """Rows {"stage", "run", "metric", "value"}: each stage's headline metrics for every run."""
     rows = []
     for s in stages:
         for name, r in loaded.items():
@@ -339,10 +337,6 @@ def stage_links(loaded: dict[str, dict], stages, base: str | Path) -> list[dict]
 
 # ---------------------------------------------------------------- the run's index page
 
-def _cell(v) -> str:
-    return html.escape(fmt(v))
-
-
 def write_index(run_dir: str | Path) -> Path:
     """``runs/<run>/index.html``: a plain page (no script) linking every stage report of the run,
     its status, time and headline metrics, and the parameters used."""
@@ -357,7 +351,7 @@ def write_index(run_dir: str | Path) -> Path:
     for s in names:
         link = (f"<a href='{html.escape(s)}.html'>{html.escape(s)}</a>" if (run_dir / f"{s}.html").exists()
                 else html.escape(s))
-        heads = "<br>".join(f"{html.escape(k)} = <b>{_cell(v)}</b>" for k, v in headline(s, metrics.get(s, {})).items())
+        heads = "<br>".join(f"{html.escape(k)} = <b>{html.escape(fmt(v))}</b>" for k, v in headline(s, metrics.get(s, {})).items())
         secs = status.get("seconds", {}).get(s)
         rows.append(f"<tr><td>{link}</td><td>{html.escape(str(status.get('stages', {}).get(s, '')))}</td>"
                     f"<td>{'' if secs is None else f'{secs:.0f} s'}</td><td>{heads}</td></tr>")

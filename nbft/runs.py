@@ -247,12 +247,11 @@ def write_status(run_dir: Path, **fields: Any) -> dict:
     return status
 
 
-#: stage -> metric shown by ``nbft list``
-HEADLINE = {"01_data_prep": ["n_train"], "02_sft": ["task_score_before", "task_score_after"],
-            "03_peft": ["n_methods_ok", "adapter_switch_ok"]}
+def list_runs(root: Path | None = None, per_stage: int = 2) -> list[dict]:
+    """One row per run folder: name, state, stages recorded and the first ``per_stage`` headline
+    metrics of each stage (``report.HEADLINE``, as in the run's index.html)."""
+    from .report import headline
 
-
-def list_runs(root: Path | None = None) -> list[dict]:
     root = root or runs_root()
     rows = []
     if not root.is_dir():
@@ -260,8 +259,7 @@ def list_runs(root: Path | None = None) -> list[dict]:
     for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         status = read_json(d / "status.json", {})
         metrics = read_json(d / "metrics.json", {})
-        head = {f"{s}.{k}": metrics[s][k] for s, keys in HEADLINE.items() for k in keys
-                if k in metrics.get(s, {})}
+        head = {f"{s}.{k}": v for s, m in metrics.items() for k, v in list(headline(s, m).items())[:per_stage]}
         rows.append({"name": d.name, "state": status.get("state", "notebook" if metrics else "empty"),
                      "stages": ",".join(metrics), "metrics": head, "path": str(d)})
     return rows

@@ -207,7 +207,7 @@ def compare_browser(rows: list[dict], labels=("before", "after")):
         return (f"<pre style='white-space:pre-wrap;background:#f4f4f4'>{_esc(r['prompt'])}</pre>"
                 f"<table style='width:100%'><tr>{''.join(cols)}</tr></table>")
 
-    return _browse(W.IntSlider(min=0, max=len(rows) - 1, value=0, description="prompt", continuous_update=False), view)
+    _browse(W.IntSlider(min=0, max=len(rows) - 1, value=0, description="prompt", continuous_update=False), view)
 
 
 def table_browser(tables: dict[str, list[dict]], label: str = "table"):
@@ -215,7 +215,7 @@ def table_browser(tables: dict[str, list[dict]], label: str = "table"):
     import ipywidgets as W
 
     names = list(tables)
-    return _browse(W.Dropdown(options=names, value=names[0] if names else None, description=label),
+    _browse(W.Dropdown(options=names, value=names[0] if names else None, description=label),
                    lambda name: html_table(tables.get(name, []), caption=name or ""),
                    static="".join(html_table(t, caption=n) for n, t in tables.items()))
 
@@ -265,7 +265,7 @@ def method_browser(results: dict[str, dict], prompts: list[str]):
     import ipywidgets as W
 
     names = list(results)
-    return _browse(W.Dropdown(options=names, value=names[0], description="method"),
+    _browse(W.Dropdown(options=names, value=names[0], description="method"),
                    lambda name: _method_html(name, results[name], prompts))
 
 
@@ -293,8 +293,8 @@ def adapter_playground(model, tokenizer, adapters: list[str], prompts: list[str]
 
     go.on_click(run)
     show_widget(W.VBox([W.HBox([pick, go]), text, out]),
-                       "<p><i>Adapter playground: generates with a live kernel, so it works in Jupyter only. "
-                       f"Adapters: {_esc(', '.join(pick.options[1:]))}.</i></p>")
+                "<p><i>Adapter playground: generates with a live kernel, so it works in Jupyter only. "
+                f"Adapters: {_esc(', '.join(pick.options[1:]))}.</i></p>")
 
 
 # ---------------------------------------------------------------- policies side by side
@@ -322,7 +322,7 @@ def sample_browser(rows: list[dict], policies: list[str]):
         return (f"<pre style='white-space:pre-wrap;background:#f4f4f4'>{_esc(r['prompt'])}</pre>"
                 f"<table style='width:100%;table-layout:fixed'><tr>{cells}</tr></table>")
 
-    return _browse(W.IntSlider(min=0, max=max(0, len(rows) - 1), value=0, description="prompt",
+    _browse(W.IntSlider(min=0, max=max(0, len(rows) - 1), value=0, description="prompt",
                                continuous_update=False), view if rows else lambda i: "")
 
 
@@ -362,6 +362,6 @@ def retrieval_inspector(rows: list[dict]):
     """
     import ipywidgets as W
 
-    return _browse(W.Dropdown(options=[(f"{i}: {r['question']}", i) for i, r in enumerate(rows)], value=0,
+    _browse(W.Dropdown(options=[(f"{i}: {r['question']}", i) for i, r in enumerate(rows)], value=0,
                               description="question", layout=W.Layout(width="90%")),
                    lambda i: _inspect_html(rows[i]))

@@ -218,8 +218,20 @@ class Tables(HTMLParser):
             self.tables[self.caption] = self.rows
 
 
+def notebook_tables(path) -> dict:
+    """caption -> rows of every HTML table in an executed notebook's outputs (static copies included)."""
+    parser = Tables()
+    for c in json.loads(Path(path).read_text())["cells"]:
+        for o in c.get("outputs", []):
+            if o.get("data", {}).get("text/html"):
+                parser.feed("".join(o["data"]["text/html"]))
+    return parser.tables
+
+
 def flat_metrics(d, prefix=""):
-    """metrics.json flattened the way a reader would: nested keys dotted, rows and findings left out."""
+    """metrics.json flattened the way a reader would: nested keys dotted, rows and findings left out.
+    Written here on purpose, not taken from nbft.report.flatten, so the test does not check the report
+    against itself."""
     out = {}
     for k, v in d.items():
         if isinstance(v, dict):
@@ -247,21 +259,15 @@ def same(cell: str, value) -> bool:
 def test_report_tables_equal_metrics_json(smoke_run):
     _, run = smoke_run
     metrics = json.loads((run / "metrics.json").read_text())
-    nb = json.loads((run / "99_report.ipynb").read_text())
-    parser = Tables()
-    for c in nb["cells"]:
-        for o in c.get("outputs", []):
-            html = o.get("data", {}).get("text/html")
-            if html:
-                parser.feed("".join(html))
+    tables = notebook_tables(run / "99_report.ipynb")
     stages = [s for s in params.STAGES if s != "99_report"]
     assert metrics["99_report"]["stages"] == stages and metrics["99_report"]["compare_runs"] == ["smoke"]
     for s in stages:
-        rows, expected = parser.tables[s], flat_metrics(metrics[s])
+        rows, expected = tables[s], flat_metrics(metrics[s])
         assert [r["metric"] for r in rows] == list(expected), s
         for r in rows:
             assert same(r["smoke"], expected[r["metric"]]), (s, r, expected[r["metric"]])
-    key = parser.tables["key figures"]
+    key = tables["key figures"]
     assert {r["stage"] for r in key} == set(stages)
     for r in key:
         assert same(r["value"], flat_metrics(metrics[r["stage"]])[r["metric"]]), r
@@ -291,15 +297,10 @@ def test_sweep_two_values_two_runs_one_comparison_report(smoke_run, capsys):
     assert json.loads((sweep / "sweep.json").read_text())["grid"] == {"01_data_prep.n_examples": ["48", "64"]}
     for f in ("99_report.ipynb", "99_report.html", "index.html"):
         assert (sweep / f).is_file(), f
-    nb = json.loads((sweep / "99_report.ipynb").read_text())
-    parser = Tables()
-    for c in nb["cells"]:
-        for o in c.get("outputs", []):
-            if o.get("data", {}).get("text/html"):
-                parser.feed("".join(o["data"]["text/html"]))
-    assert parser.tables["parameters that differ"] == [
+    tables = notebook_tables(sweep / "99_report.ipynb")
+    assert tables["parameters that differ"] == [
         {"parameter": "01_data_prep.n_examples", points[0]: "48", points[1]: "64"}]
-    rows = {r["metric"]: r for r in parser.tables["01_data_prep"]}
+    rows = {r["metric"]: r for r in tables["01_data_prep"]}
     assert [rows["n_raw"][p] for p in points] == [str(r) for r in raw]
     assert report.external_urls((sweep / "99_report.html").read_text()) == []
     index = (sweep / "index.html").read_text()

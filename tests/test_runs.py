@@ -49,10 +49,14 @@ def test_list_runs(runs_dir):
     d = runs_dir / "r1"
     d.mkdir(parents=True)
     runs.write_status(d, state="ok")
-    runs.record_metrics(d, "02_sft", {"task_score_after": 0.9})
+    runs.record_metrics(d, "02_sft", {"task_score_after": 0.9, "eval_loss": 1.2})
+    runs.record_metrics(d, "05_rag_vs_ft", {"n_questions": 120, "retrieval_ms_p50": 4.5,
+                                            "acc": {"rag": {"open": 0.8}, "ft": {"open": 0.1}}})
     rows = runs.list_runs()
     assert rows[0]["name"] == "r1" and rows[0]["state"] == "ok"
-    assert rows[0]["metrics"] == {"02_sft.task_score_after": 0.9}
+    # the first two headline metrics of each stage, in the headline order
+    assert rows[0]["metrics"] == {"02_sft.task_score_after": 0.9, "05_rag_vs_ft.acc.rag.open": 0.8,
+                                  "05_rag_vs_ft.acc.ft.open": 0.1}
 
 
 def test_card(tmp_path):
