@@ -28,10 +28,9 @@ def main() -> None:
           f"cpu bf16: {models.cpu_supports_bf16()}")
     for precision in args.precisions:
         for scope in args.scopes:
-            model, _ = models.load_model(args.model, "cpu", tokenizer=tok)
             p = params.SFTParams(model=args.model, precision=precision, device="cpu", epochs=1.0)
-            res = train.finetune(model, tok, examples, [], p, scope=scope)
-            trainable, total = models.count_params(res.trainer.model)
+            with train.trained(p, tok, examples, scope=scope) as res:
+                trainable, total = models.count_params(res.model)
             print(f"train  {scope:<6} {precision}: {res.tokens_per_second:7.1f} tokens/s "
                   f"({res.seconds:.1f} s, {100 * trainable / total:.2f}% trainable)", flush=True)
     model, _ = models.load_model(args.model, "cpu", tokenizer=tok)

@@ -1,15 +1,17 @@
 """nbft: the helper package behind the nbft notebooks.
 
-Flat modules, one per concern: params, models, data, corpora, train, peft_methods, rlhf, rag, knowledge,
-evaluate, widgets, runs, cli.
+Core (no stage knowledge): params, tasks, corpora, models, data, train, evaluate, runs, export, report,
+widgets, cli. One module per stage, owning its glue and its findings: sft (02), peft (03), rlhf (04),
+knowledge + rag (05). docs/architecture.md has the map.
+
+Importing nbft changes no global state; a notebook's setup cell calls ``nbft.setup(stage, globals())``.
 """
 __version__ = "0.1.0"
 
-import warnings as _warnings
 
-# Library-internal deprecations a notebook reader cannot act on (transformers 5 renamed
-# gradient checkpointing; peft ignores position ids of prompt-learning methods by design).
-_warnings.filterwarnings("ignore", message=r".*is deprecated and will be removed in v6.*", category=FutureWarning)
-_warnings.filterwarnings("ignore", message=r"Position ids are not supported for parameter efficient tuning.*")
-# peft BEFT on Llama (no biases): the bitfit row already says it is not mergeable.
-_warnings.filterwarnings("ignore", message=r"Detected that the base layer has no bias term.*")
+def setup(stage: str, namespace: dict):
+    """Validate the notebook's parameters, seed, open the run folder, pick device and precision, print a
+    header; returns ``(p, run)``. See :func:`nbft.runs.setup`."""
+    from .runs import setup as _setup
+
+    return _setup(stage, namespace)

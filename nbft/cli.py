@@ -46,64 +46,44 @@ def _stage_names(only: list[str] | None) -> list[str]:
     return [s for s in P.STAGES if s in out]
 
 
+#: (stage, parameter) -> the values that are names, not paths; any other value is a path to make absolute.
+PATH_PARAMETERS = {("04_rlhf", "policy"): ("auto", "base"), ("04_rlhf", "preferences"): ("builtin",),
+                   ("05_rag_vs_ft", "knowledge_base"): ("builtin",), ("05_rag_vs_ft", "questions"): ("",)}
+
+
 def _absolutize_paths(resolved: dict) -> None:
     """Relative data paths are relative to where ``nbft run`` was started; notebooks run elsewhere."""
     from . import data
 
-    keep = {"policy": ("auto", "base"), "preferences": ("builtin",), "knowledge_base": ("builtin",), "questions": ("",)}
-    for p in resolved.values():
-        if hasattr(p, "dataset") and data.is_file_spec(p.dataset):
-            p.dataset = str(Path(p.dataset).expanduser().resolve())
-        for key, special in keep.items():
-            v = getattr(p, key, None)
-            if v is not None and v not in special:
-                setattr(p, key, str(Path(v).expanduser().resolve()))
-        if getattr(p, "compare_runs", None):  # run folders given as paths; bare names stay names under runs/
-            p.compare_runs = [str(Path(r).expanduser().resolve()) if Path(r).expanduser().is_dir() else r
-                              for r in p.compare_runs]
+    dp = resolved["01_data_prep"]
+    if data.is_file_spec(dp.dataset):
+        dp.dataset = str(Path(dp.dataset).expanduser().resolve())
+    for (stage, key), names in PATH_PARAMETERS.items():
+        value = getattr(resolved[stage], key)
+        if value not in names:
+            setattr(resolved[stage], key, str(Path(value).expanduser().resolve()))
+    rp = resolved["99_report"]  # run folders given as paths; bare names stay names under runs/
+    rp.compare_runs = [str(Path(r).expanduser().resolve()) if Path(r).expanduser().is_dir() else r
+                       for r in rp.compare_runs]
 
 
 def preflight(resolved: dict, stages: list[str]) -> None:
-    """Check what can be checked before any notebook runs: model spec, data file."""
-    from . import data, models
+    """Check what can be checked before any notebook runs: the model spec, then each stage's own inputs
+    (its module's ``check_inputs``: data files, preference pairs, documents and questions, runs to compare)."""
+    from . import data, knowledge, models, report, rlhf
 
-    first = resolved[stages[0]]
-    models.resolve(first.model)
-    dp = resolved["01_data_prep"]
-    if "01_data_prep" in stages and data.is_file_spec(dp.dataset):
-        raw = data.load_raw(dp.dataset, dp.seed, dp.n_examples, dp.hf_split)
-        if not raw:
-            raise data.DataError(f"{dp.dataset}: no records")
-        data.normalize(raw, dp.data_format)
-    rl = resolved.get("04_rlhf")
-    if "04_rlhf" in stages:
-        from . import rlhf
-
-        rlhf.check_policy(rl.policy)
-        if rl.preferences != "builtin":
-            rlhf.load_pairs(rl.preferences)  # names file, line and field
-    rp = resolved.get("99_report")
-    if "99_report" in stages and rp.compare_runs:
-        from . import report
-
-        try:
-            report.resolve_runs(rp.compare_runs)
-        except FileNotFoundError as e:
-            raise P.ParamError(f"99_report.{e}") from None
-    kp = resolved.get("05_rag_vs_ft")
-    if "05_rag_vs_ft" in stages and kp.knowledge_base != "builtin":
-        from . import knowledge
-
-        if not kp.questions:
-            raise data.DataError("05_rag_vs_ft.questions: your documents need a questions file "
-                                 "(JSONL of question, answer, options, doc_id)")
-        knowledge.load_questions(kp.questions, knowledge.user_documents(kp.knowledge_base))
+    checks = {"01_data_prep": data.check_inputs, "04_rlhf": rlhf.check_inputs,
+              "05_rag_vs_ft": knowledge.check_inputs, "99_report": report.check_inputs}
+    models.resolve(resolved[stages[0]].model)
+    for stage in stages:
+        if stage in checks:
+            checks[stage](resolved[stage])
 
 
 def _export_html(nb_path: Path) -> Path:
-    from . import report
+    from . import export
 
-    return report.export_html(nb_path)
+    return export.export_html(nb_path)
 
 
 def _fmt(v, depth: int = 0) -> str:
@@ -283,10 +263,10 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_vendor(args) -> int:
-    from . import report
+    from . import export
 
     try:
-        for package, path in report.vendor().items():
+        for package, path in export.vendor().items():
             print(f"{package}: {path}")
     except OSError as e:
         print(f"nbft vendor: error: {e}", file=sys.stderr)
@@ -315,18 +295,10 @@ def cmd_params(args) -> int:
     except P.ParamError as e:
         print(f"nbft params: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    helps = {**P.help_text(P.Common), **{k: v for c in P.STAGES.values() for k, v in P.help_text(c).items()}}
-    out = []
-    if args.defaults:
-        out += ["# The main job: the real default model (SmolLM2-135M-Instruct) on CPU.",
-                "# Every parameter with its default (generated: nbft params --defaults > params/default.yaml).", ""]
-    for line in P.to_yaml(resolved).splitlines():
-        key = line.strip().split(":", 1)[0]
-        if not line.startswith(" ") and out and out[-1] != "":
-            out.append("")
-        out.append(f"{line}  # {helps[key]}" if line.startswith("  ") and key in helps else line)
+    header = ["# The main job: the real default model (SmolLM2-135M-Instruct) on CPU.",
+              "# Every parameter with its default (generated: nbft params --defaults > params/default.yaml).", ""]
     try:
-        print("\n".join(out))
+        print("\n".join(header if args.defaults else []) + P.to_yaml(resolved, comments=True), end="")
     except BrokenPipeError:
         pass
     return 0

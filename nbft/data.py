@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from . import params, tasks
+
 FILE_SUFFIXES = (".jsonl", ".json", ".csv")
 FORMATS = ("alpaca", "messages", "sharegpt", "prompt_completion", "text")
 TEMPLATES = ("chat", "alpaca")
@@ -38,7 +40,8 @@ class DataError(ValueError):
 
 # ---------------------------------------------------------------- loading
 
-def _read_jsonl(path: Path) -> list[tuple[str, dict]]:
+def read_jsonl(path: str | Path) -> list[tuple[str, dict]]:
+    """Records of a JSONL file as (location, record) pairs; errors name the file and line."""
     out = []
     with open(path, encoding="utf-8") as f:
         for i, line in enumerate(f, 1):
@@ -82,7 +85,7 @@ def read_file(path: str | Path) -> list[tuple[str, dict]]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
-    readers = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv}
+    readers = {".jsonl": read_jsonl, ".json": _read_json, ".csv": _read_csv}
     if path.suffix not in readers:
         raise DataError(f"{path}: unsupported file type {path.suffix!r} (use {', '.join(FILE_SUFFIXES)})")
     return readers[path.suffix](path)
@@ -98,10 +101,8 @@ def load_raw(dataset: str, seed: int = 0, n_examples: int = 320, hf_split: str =
              demo_tasks: list[str] | tuple = ("json_qa",)) -> list[tuple[str, dict]]:
     """Raw records from 'demo', a local file or a Hugging Face dataset name."""
     if dataset == "demo":
-        from . import corpora
-
         try:
-            recs = corpora.demo_dataset(n_examples, seed, demo_tasks)
+            recs = tasks.demo_dataset(n_examples, seed, demo_tasks)
         except ValueError as e:
             raise DataError(str(e)) from None
         return [(f"demo record {i}", r) for i, r in enumerate(recs)]
@@ -151,7 +152,8 @@ def _require(rec: dict, fields: Iterable[str], fmt: str, where: str) -> None:
                         f"for {fmt} format (record has: {', '.join(sorted(rec)) or 'nothing'})")
 
 
-def _check_messages(msgs: Any, where: str, key: str) -> list[dict]:
+def check_messages(msgs: Any, where: str, key: str) -> list[dict]:
+    """A non-empty list of {role, content} messages (``where`` and ``key`` name it in errors)."""
     if not isinstance(msgs, list) or not msgs:
         raise DataError(f"{where}: field '{key}' must be a non-empty list of messages")
     for j, m in enumerate(msgs):
@@ -169,7 +171,7 @@ def normalize_record(rec: dict, where: str, fmt: str = "auto") -> dict:
     if fmt == "text":
         return {"text": str(rec["text"])}
     if fmt == "messages":
-        msgs = _check_messages(rec["messages"], where, "messages")
+        msgs = check_messages(rec["messages"], where, "messages")
     elif fmt == "sharegpt":
         conv = rec["conversations"]
         if not isinstance(conv, list) or not conv:
@@ -189,8 +191,8 @@ def normalize_record(rec: dict, where: str, fmt: str = "auto") -> dict:
         msgs = [{"role": "user", "content": user}, {"role": "assistant", "content": str(rec["output"])}]
     else:  # prompt_completion, plain strings or message lists
         p, c = rec["prompt"], rec["completion"]
-        msgs = (_check_messages(p, where, "prompt") if isinstance(p, list) else [{"role": "user", "content": str(p)}])
-        msgs += (_check_messages(c, where, "completion") if isinstance(c, list) else [{"role": "assistant", "content": str(c)}])
+        msgs = (check_messages(p, where, "prompt") if isinstance(p, list) else [{"role": "user", "content": str(p)}])
+        msgs += (check_messages(c, where, "completion") if isinstance(c, list) else [{"role": "assistant", "content": str(c)}])
     if msgs[-1]["role"] != "assistant":
         raise DataError(f"{where}: the last message must be the assistant's reply (got role {msgs[-1]['role']!r})")
     out = {"messages": msgs, "reference": str(rec.get("reference", msgs[-1]["content"]))}
@@ -243,8 +245,14 @@ def dedup(records: list[dict]) -> tuple[list[dict], int]:
     return out, len(records) - len(out)
 
 
-def _reply(rec: dict) -> str:
+def reply_of(rec: dict) -> str:
+    """The text a record trains the model to produce: its raw text, or the last (assistant) message."""
     return rec.get("text") or rec["messages"][-1]["content"]
+
+
+def off_format(rec: dict) -> bool:
+    """The record names a task check and its own reply fails it (the demo's planted off-format replies)."""
+    return rec.get("check") in tasks.CHECKS and not tasks.passes(reply_of(rec).strip(), rec)
 
 
 FILTERS = {
@@ -262,12 +270,10 @@ def quality_filter(rendered: list[dict], tokenizer, min_tokens: int, max_tokens:
     Returns kept records (with ``n_tokens``) and {filter: number removed}, each record
     counted under the first filter that removes it (see ``FILTERS``).
     """
-    from .evaluate import TASK_CHECKS
-
     removed = {k: 0 for k in FILTERS}
     kept = []
     for r in rendered:
-        reply = _reply(r).strip()
+        reply = reply_of(r).strip()
         if not reply or ("messages" in r and not any(m["content"].strip() for m in r["messages"][:-1])):
             removed["empty"] += 1
             continue
@@ -278,7 +284,7 @@ def quality_filter(rendered: list[dict], tokenizer, min_tokens: int, max_tokens:
         if n > max_tokens:
             removed["too_long"] += 1
             continue
-        if check_format and r.get("check") in TASK_CHECKS and not TASK_CHECKS[r["check"]](reply, r["reference"]):
+        if check_format and off_format(r):
             removed["off_format"] += 1
             continue
         kept.append({**r, "n_tokens": n})
@@ -342,59 +348,73 @@ def prepare(p, tokenizer) -> Prepared:
     return Prepared(split(kept, p.validation_fraction, p.test_fraction, p.seed), len(raw), n_dup, removed)
 
 
+def findings(n_raw: int, n_removed_duplicates: int, removed_by_filter: dict[str, int], splits: dict[str, list[dict]],
+             stats: dict[str, dict]) -> list[str]:
+    """01_data_prep's findings: what cleaning removed and what is left, in numbers."""
+    kept = sum(len(v) for v in splits.values())
+    removed = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in removed_by_filter.items() if v) or "nothing"
+    out = [f"{n_raw} raw records -> {kept} examples: {n_removed_duplicates} duplicates removed, "
+           f"{sum(removed_by_filter.values())} by the quality filters ({removed})."]
+    out.append("Splits: " + ", ".join(f"{s} {len(v)}" for s, v in splits.items())
+               + (f"; the median training example has {stats['train']['median']} tokens "
+                  f"(95th percentile {stats['train']['p95']}, longest {stats['train']['max']})."
+                  if stats.get("train", {}).get("n") else "."))
+    by_task: dict[str, int] = {}
+    for r in splits.get("train", []):
+        by_task[r.get("task", "(none)")] = by_task.get(r.get("task", "(none)"), 0) + 1
+    if len(by_task) > 1:
+        out.append("Training mix: " + ", ".join(f"{t} {n}" for t, n in by_task.items()) + ".")
+    return out
+
+
+def check_inputs(p: params.DataPrepParams) -> None:
+    """Before any notebook runs: a data file is read and every record normalized (errors name file, line, field)."""
+    if is_file_spec(p.dataset):
+        raw = load_raw(p.dataset, p.seed, p.n_examples, p.hf_split)
+        if not raw:
+            raise DataError(f"{p.dataset}: no records")
+        normalize(raw, p.data_format)
+
+
 def for_stage(run, p, tokenizer) -> tuple[dict[str, list[dict]], str]:
     """The prepared splits a downstream notebook trains on, and where they came from.
 
     In a pipeline run, 01_data_prep's saved splits; on its own, the same chain run
     here with 01_data_prep's defaults (and this notebook's common parameters).
     """
-    from . import params
-
     up = run.upstream("01_data_prep")
     if up is not None and (up / "train.jsonl").is_file():
         return load_splits(up), f"01_data_prep artifacts in this run ({up})"
-    prepared = prepare(data_params_for(p), tokenizer)
+    prepared = prepare(data_params_for(run, p), tokenizer)
     return prepared.splits, "built here with 01_data_prep's default parameters (no 01_data_prep in this run)"
 
 
-def data_params_for(p):
-    """01_data_prep's parameters as used by this run: its params.yaml if the runner wrote one, else defaults."""
-    from . import params
-
-    common = {k: getattr(p, k) for k in params.common_names()}
-    return params.DataPrepParams(**common)
-
-
-def unfiltered_pool(p, tokenizer, exclude_prompts: set[str]) -> list[dict]:
-    """The raw data rendered as it is (no dedup, no filters), minus held-out prompts.
-
-    The other arm of a "clean vs unfiltered data" comparison on the same budget.
-    """
-    dp = data_params_for(p)
-    raw = load_raw(dp.dataset, dp.seed, dp.n_examples, dp.hf_split, dp.demo_tasks)
-    recs = [render(r, tokenizer, dp.template) for r in normalize(raw, dp.data_format)]
-    excluded = {_norm_prompt({"prompt": x}) for x in exclude_prompts}
-    out = []
-    for r in recs:
-        if _norm_prompt(r) not in excluded:
-            out.append({**r, "n_tokens": len(tokenizer(r["prompt"] + r["completion"], add_special_tokens=False)["input_ids"])})
-    return out
+def data_params_for(run, p) -> params.DataPrepParams:
+    """The 01_data_prep parameters behind this run's data: the ones 01_data_prep recorded in its data card
+    when it ran in this run folder, else its defaults with this stage's common parameters (``p``)."""
+    up = run.upstream("01_data_prep")
+    card_file = up / "data_card.json" if up is not None else None
+    if card_file is not None and card_file.is_file():
+        card = json.loads(card_file.read_text(encoding="utf-8"))
+        if isinstance(card.get("parameters"), dict):
+            return params.build("01_data_prep", card["parameters"], where=f"{card_file}: ")
+    return params.DataPrepParams(**{k: getattr(p, k) for k in params.common_names()})
 
 
-def sample_unfiltered(p, tokenizer, exclude_prompts: set[str], n: int, seed: int = 0) -> tuple[list[dict], int]:
-    """``n`` records drawn from :func:`unfiltered_pool`, and how many of them a filter would drop."""
-    from .evaluate import TASK_CHECKS
+def data_card(p: params.DataPrepParams, splits: dict[str, list[dict]], n_removed_duplicates: int,
+              removed_by_filter: dict[str, int]) -> dict:
+    """01_data_prep's card: what was made and every parameter it was made with (later stages read them)."""
+    import dataclasses
 
-    pool = unfiltered_pool(p, tokenizer, exclude_prompts)
-    picked = [pool[i] for i in sorted(random.Random(seed).sample(range(len(pool)), min(n, len(pool))))]
-    def bad(r):
-        reply = _reply(r).strip()
-        return not reply or (r.get("check") in TASK_CHECKS and not TASK_CHECKS[r["check"]](reply, r["reference"]))
-    return picked, sum(map(bad, picked))
+    return {"dataset": p.dataset, "demo_tasks": p.demo_tasks, "template": p.template, "model": p.model,
+            "seed": p.seed, **{f"n_{s}": len(recs) for s, recs in splits.items()},
+            "n_removed_duplicates": n_removed_duplicates, "removed_by_filter": removed_by_filter,
+            "parameters": dataclasses.asdict(p)}
 
 
-def _norm_prompt(r: dict) -> str:
-    return re.sub(r"\s+", " ", r["prompt"]).strip().lower()
+def normalized_prompt(rec: dict) -> str:
+    """A rendered prompt compared case- and whitespace-insensitively (how held-out prompts are kept out)."""
+    return re.sub(r"\s+", " ", rec["prompt"]).strip().lower()
 
 
 def save_splits(splits: dict[str, list[dict]], folder: str | Path, card: dict | None = None) -> Path:
@@ -413,4 +433,4 @@ def save_splits(splits: dict[str, list[dict]], folder: str | Path, card: dict | 
 
 def load_splits(folder: str | Path) -> dict[str, list[dict]]:
     folder = Path(folder)
-    return {name: [rec for _, rec in _read_jsonl(folder / f"{name}.jsonl")] for name in SPLITS}
+    return {name: [rec for _, rec in read_jsonl(folder / f"{name}.jsonl")] for name in SPLITS}

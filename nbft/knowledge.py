@@ -1,4 +1,4 @@
-"""Knowledge injection (notebook 05): facts no model can know, questions about them, scoring.
+"""Stage 05_rag_vs_ft, knowledge injection: facts no model can know, questions about them, scoring.
 
 A small-scale reproduction of Ovadia et al. 2023, "Fine-Tuning or Retrieval? Comparing
 Knowledge Injection in LLMs": base / few-shot / fine-tuning on the documents / fine-tuning
@@ -54,7 +54,6 @@ entity made of one paraphrase of each of its facts.
 """
 from __future__ import annotations
 
-import json
 import math
 import random
 import re
@@ -62,8 +61,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from . import rag
-from .data import DataError, _read_jsonl
+from . import corpora, data, evaluate, models, rag, tasks
+from .data import DataError
+from .tasks import normalize
+
+#: The lines the written findings draw (recorded as ``thresholds`` in metrics.json).
+THRESHOLDS = {
+    "reader_share": 0.5,   # rag answers at least this share of what retrieval put in reach: "most" of the gap is retrieval
+    "retrieval_ok": 0.9,   # recall@top_k at or above this: what is left of the gap is reading, not retrieval
+}
 
 N_OPTIONS = 4
 DOC_SUFFIXES = (".txt", ".md")
@@ -354,8 +360,6 @@ def _values(world: dict, ft: FactType) -> list[str]:
 
 def _sort_pool(world: dict, sort: str) -> list[str]:
     """Every value of one sort in the world (the distractor fallback of a small world)."""
-    from . import corpora
-
     pools = {
         "year": [str(t["founded"]) for t in world.get("towns", [])] + [str(o["founded"]) for o in world.get("orgs", [])]
         + [str(p["born"]) for p in world.get("people", [])],
@@ -363,8 +367,8 @@ def _sort_pool(world: dict, sort: str) -> list[str]:
         "river": [t["river"] for t in world.get("towns", [])],
         "population": [_format_answer("population", t["population"]) for t in world.get("towns", [])],
         "count": [str(o["members"]) for o in world.get("orgs", [])],
-        "trade": list(corpora._TRADES),
-        "role": list(corpora._ROLES),
+        "trade": list(corpora.TRADES),
+        "role": list(corpora.ROLES),
         "org": [o["name"] for o in world.get("orgs", [])],
         "invention": [p["invention"] for p in world.get("people", [])],
     }
@@ -433,8 +437,6 @@ def world_facts(world: dict, per_entity: int | None = None, seed: int = 0, types
 
 def world_docs(world: dict) -> list[dict]:
     """``corpora.world_documents`` with an "id" (the title, which facts' ``doc_id`` name)."""
-    from . import corpora
-
     return [{"id": d["title"], **d} for d in corpora.world_documents(world)]
 
 
@@ -478,6 +480,11 @@ def paraphrase_corpus(documents: Sequence[dict | str], facts: Sequence[Fact], k:
     return texts
 
 
+def training_texts(documents: Sequence[dict | str], facts: Sequence[Fact], k: int, seed: int = 0) -> list[dict]:
+    """``paraphrase_corpus`` as continued-pretraining records (``{"text"}``), what ``train.trained`` takes."""
+    return [{"text": t} for t in paraphrase_corpus(documents, facts, k, seed)]
+
+
 # ---------------------------------------------------------------- user documents and questions
 
 def _text_document(path: Path, doc_id: str) -> dict:
@@ -496,7 +503,7 @@ def _text_document(path: Path, doc_id: str) -> dict:
 
 def _jsonl_documents(path: Path) -> list[dict]:
     docs, first_line = [], {}
-    for where, rec in _read_jsonl(path):
+    for where, rec in data.read_jsonl(path):
         if "text" not in rec:
             raise DataError(f"{where}: missing required field 'text' (record has: {', '.join(sorted(rec)) or 'nothing'})")
         if not isinstance(rec["text"], str) or not rec["text"].strip():
@@ -573,7 +580,7 @@ def load_questions(path: str | Path, documents: Sequence[dict] | None = None) ->
         raise DataError(f"{path}: questions must be a .jsonl file (one JSON object per line)")
     ids = None if documents is None else {str(d.get("id", i)) for i, d in enumerate(documents)}
     out = []
-    for where, rec in _read_jsonl(path):
+    for where, rec in data.read_jsonl(path):
         question = _scalar(rec, "question", where, True)
         answer = _scalar(rec, "answer", where, True)
         doc_id = _scalar(rec, "doc_id", where, False) or ""
@@ -622,62 +629,22 @@ def open_prompt(question: str | Fact, tokenizer, context: Sequence | None = None
     ``FEW_SHOT``), their user turns in the no-context form. Also the prompt ``mc_loglik``
     scores options after.
     """
-    from .data import render_prompt
-
     question = question.question if isinstance(question, Fact) else str(question)
     messages = []
     for q, a in shots:
         messages += [{"role": "user", "content": _user_turn(q)}, {"role": "assistant", "content": str(a)}]
     messages.append({"role": "user", "content": _user_turn(question, context, max_words)})
-    return render_prompt(messages, tokenizer, "chat")
+    return data.render_prompt(messages, tokenizer, "chat")
 
 
 # ---------------------------------------------------------------- scoring
 
-_THOUSANDS = re.compile(r"(?<=\d)[,\u00a0\u202f\u2009](?=\d{3}(?!\d))")
-_PUNCT = re.compile(r"[^\w\s]|_")
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-_FENCE = re.compile(r"```(?:json)?\s*(.*?)\s*```", re.S)
-
-
-def normalize(text) -> str:
-    """Lowercase; thousands separators dropped ("45,000" -> "45000"); other punctuation
-    becomes a space (so "1597." and "Zufenlo's" keep their words); articles dropped; spaces
-    collapsed."""
-    s = _THOUSANDS.sub("", str(text)).lower()
-    s = _PUNCT.sub(" ", s)
-    s = _ARTICLES.sub(" ", s)
-    return " ".join(s.split())
-
-
-def reply_answer(output: str) -> str:
-    """The answer in a reply: a JSON object's "answer" field (also inside a ``` fence), a
-    bare JSON string or number, else the reply itself."""
-    s = str(output).strip()
-    m = _FENCE.fullmatch(s)
-    s = m.group(1) if m else s
-    try:
-        obj = json.loads(s)
-    except ValueError:
-        return str(output)
-    if isinstance(obj, dict):
-        return str(obj["answer"]) if "answer" in obj else str(output)
-    if isinstance(obj, (str, int, float)) and not isinstance(obj, bool):
-        return str(obj)
-    return str(output)
-
-
 def check_open(output: str, answer: str, mode: str = "contains") -> bool:
-    """Is ``answer`` in the reply? "contains": the normalized answer appears as whole words in
-    the normalized reply (so "1234" is not in "12345"); "exact": the two are equal."""
-    ref, out = normalize(answer), normalize(reply_answer(output))
-    if not ref:
-        return False
-    if mode == "exact":
-        return out == ref
-    if mode == "contains":
-        return f" {ref} " in f" {out} "
-    raise ValueError(f"mode {mode!r}: use 'contains' or 'exact'")
+    """Is ``answer`` in the reply (``tasks.answer_of``)? "contains": the normalized answer appears as whole words in
+    the normalized reply (so "1234" is not in "12345"); "exact": the two are equal (``tasks.CHECKS``)."""
+    if mode not in ("contains", "exact"):
+        raise ValueError(f"mode {mode!r}: use 'contains' or 'exact'")
+    return tasks.CHECKS[mode](output, answer)
 
 
 def _answer(f) -> str:
@@ -705,8 +672,6 @@ def mc_loglik(model, tokenizer, prompts: Sequence[str], options: Sequence[Sequen
     Returns, per prompt, one float per option (higher: more likely).
     """
     import torch
-
-    from .evaluate import _precision_ctx
 
     if len(prompts) != len(options):
         raise ValueError(f"{len(prompts)} prompts for {len(options)} option lists")
@@ -738,7 +703,7 @@ def mc_loglik(model, tokenizer, prompts: Sequence[str], options: Sequence[Sequen
             ids[r, cols], mask[r, cols] = torch.tensor(x), 1
         return ids.to(device), mask.to(device)
 
-    with torch.no_grad(), _precision_ctx(model, precision):
+    with torch.no_grad(), models.autocast(model, precision):
         for s in range(0, len(todo), batch_size):
             batch = todo[s:s + batch_size]
             ids, mask = padded([p_ids[i] for i in batch], left=True)
@@ -796,8 +761,6 @@ def ask(model, tokenizer, facts: Sequence[Fact], contexts: Sequence | None = Non
         max_new_tokens: int = 16, batch_size: int = 16, precision: str = "fp32") -> dict:
     """Ask every question open (greedy, scored by ``score_open``) and, where it has options, as
     multiple choice (``mc_loglik`` after the same prompt). ``contexts[i]``: passages for question i."""
-    from . import evaluate
-
     prompts = [open_prompt(f, tokenizer, context=contexts[i] if contexts is not None else None, shots=shots)
                for i, f in enumerate(facts)]
     outputs = evaluate.generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
@@ -842,9 +805,11 @@ def findings(acc: dict, paraphrase_curve: dict, recall_at_k: dict, top_k: int) -
                    f"alone (paper: retrieval wins by a wide margin).")
         rk = recall_at_k.get(top_k)
         if rk is not None:
+            t = THRESHOLDS
             out.append(f"Retrieval put the gold chunk in the top {top_k} for {rk:.0%} of questions; the reader "
-                       f"answered {acc['rag']['open']:.2f}, so {'most' if acc['rag']['open'] >= 0.5 * rk else 'much'} "
-                       f"of the gap to 1.0 is {'retrieval' if rk < 0.9 else 'reading'}.")
+                       f"answered {acc['rag']['open']:.2f}, so "
+                       f"{'most' if acc['rag']['open'] >= t['reader_share'] * rk else 'much'} "
+                       f"of the gap to 1.0 is {'retrieval' if rk < t['retrieval_ok'] else 'reading'}.")
     if "ft" in acc and "base" in acc:
         d = acc["ft"]["mc"] - acc["base"]["mc"]
         out.append(f"Fine-tuning on the documents moved multiple choice {acc['base']['mc']:.2f} -> {acc['ft']['mc']:.2f} "
@@ -888,3 +853,12 @@ def inspect_rows(facts: Sequence[Fact], retrieved: Sequence, gold: Sequence[set]
                       for c, s in retrieved[i][:n_hits]],
              "methods": {m: {"reply": r["outputs"][i], "ok": r["open_ok"][i]} for m, r in results.items()}}
             for i, f in enumerate(facts)]
+
+
+def check_inputs(p) -> None:
+    """Before any notebook runs: your documents parse, and so do their questions (file, line, field)."""
+    if p.knowledge_base != "builtin":
+        if not p.questions:
+            raise DataError("05_rag_vs_ft.questions: your documents need a questions file "
+                            "(JSONL of question, answer, options, doc_id)")
+        load_questions(p.questions, user_documents(p.knowledge_base))

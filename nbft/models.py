@@ -9,6 +9,7 @@ Specs:
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -207,6 +208,29 @@ def pick_precision(precision: str = "auto", device: str = "cpu") -> str:
     return precision
 
 
+def autocast(model, precision: str):
+    """bf16 autocast (CPU or GPU) when asked for and the weights are fp32, fp16 autocast on a GPU; else a no-op.
+
+    The inference-side twin of the trainers' mixed precision: ``with models.autocast(model, "bf16"): model(...)``.
+    """
+    device_type = next(model.parameters()).device.type
+    if precision == "bf16" and next(model.parameters()).dtype == torch.float32:
+        return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
+    if precision == "fp16" and device_type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.float16)
+    return torch.autocast(device_type=device_type, enabled=False)
+
+
+@contextlib.contextmanager
+def padding_side(tokenizer, side: str):
+    """Pad on ``side`` ("left" for generation, "right" for scoring) inside the block; restore it after."""
+    before, tokenizer.padding_side = tokenizer.padding_side, side
+    try:
+        yield tokenizer
+    finally:
+        tokenizer.padding_side = before
+
+
 # ---------------------------------------------------------------- loading
 
 def prepare_tokenizer(tok):
@@ -264,6 +288,34 @@ def load(spec: str, device: str = "auto", dtype: torch.dtype = torch.float32, tr
     tok = load_tokenizer(spec, trust_remote_code)
     model, src = load_model(spec, device, dtype, trust_remote_code, tokenizer=tok)
     return model, tok, src
+
+
+def release(model) -> None:
+    """Free a model's memory now, even if a name still points to it: its weights move to the meta device (a later
+    call on it fails loudly instead of running), then garbage is collected. Models that cannot move
+    (4-bit/8-bit bitsandbytes) are only dropped from here."""
+    import gc
+
+    if model is not None:
+        try:
+            model.to("meta")
+        except (ValueError, RuntimeError, NotImplementedError, TypeError):
+            pass
+    gc.collect()
+
+
+@contextlib.contextmanager
+def loaded(spec: str, device: str = "auto", tokenizer=None, dtype: torch.dtype = torch.float32):
+    """A fresh model for the block, released (``release``) when the block ends::
+
+        with models.loaded(p.model, p.device, tokenizer) as model:
+            base = evaluate.evaluate_model(model, tokenizer, test)
+    """
+    model, _ = load_model(spec, device, dtype, tokenizer=tokenizer)
+    try:
+        yield model
+    finally:
+        release(model)
 
 
 def count_params(model) -> tuple[int, int]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,15 +31,38 @@ class ParamError(ValueError):
     """A parameter file, override or notebook parameter is invalid."""
 
 
-def _f(default, help: str, choices: tuple = ()):
-    """A dataclass field with help text (shown by ``nbft params``) and, optionally, its valid values."""
+def _f(default=dataclasses.MISSING, help: str = "", choices: tuple = ()):
+    """A dataclass field with help text (shown by ``nbft params``) and, optionally, its valid values.
+
+    In a stage dataclass that redeclares a field of one of its groups only to change the default,
+    ``help`` and ``choices`` may be left out: :func:`params_dataclass` takes them from the group.
+    """
     meta = {"help": help, "choices": tuple(choices)}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
     return field(default=default, metadata=meta)
 
 
-@dataclass
+def params_dataclass(cls):
+    """``@dataclass``, and a redeclared field without help text keeps its group's help and choices
+    (the way TRL's configs redeclare a ``TrainingArguments`` field to change its default)."""
+    inherited = {}
+    for base in reversed(cls.__mro__[1:]):
+        inherited.update(getattr(base, "__dataclass_fields__", {}))
+    for name in cls.__dict__.get("__annotations__", {}):
+        f = cls.__dict__.get(name)
+        if isinstance(f, dataclasses.Field) and not f.metadata.get("help") and name in inherited:
+            base_meta = inherited[name].metadata
+            f.metadata = types.MappingProxyType({**base_meta, **{k: v for k, v in f.metadata.items() if v}})
+    return dataclass(cls)
+
+
+# ---------------------------------------------------------------- field groups
+# Small bases the stage dataclasses compose (as TRL composes ModelConfig and SFTConfig). Field names
+# stay flat for Papermill and YAML; a function that needs one group takes any parameters object
+# that has it (a stage dataclass is-a group) and reads only that group's fields.
+
+@params_dataclass
 class Common:
     """Shared by every notebook (the ``common`` section of a profile)."""
 
@@ -50,7 +74,50 @@ class Common:
     run_name: str = _f("", "run folder name under runs/; empty: a new timestamped run")
 
 
-@dataclass
+@params_dataclass
+class TrainArgs:
+    """The training loop: passes, batch, sequence length (``train.sft_config``)."""
+
+    epochs: float = _f(1.0, "passes over the training data")
+    batch_size: int = _f(8, "examples per optimizer step (per device)")
+    grad_accum: int = _f(1, "gradient accumulation steps")
+    max_length: int = _f(256, "truncate training sequences to this many tokens")
+    gradient_checkpointing: bool = _f(False, "trade compute for memory (slower on CPU)")
+
+
+@params_dataclass
+class ScopeArgs:
+    """What trains and at which rate: one learning rate per scope (``train.apply_scope``, ``train.learning_rate_for``)."""
+
+    learning_rate: float = _f(5e-4, "peak learning rate for lora (linear decay)")
+    freeze_learning_rate: float = _f(3e-4, "peak learning rate for freeze")
+    full_learning_rate: float = _f(2e-5, "peak learning rate for full fine-tuning")
+    freeze_top_n: int = _f(4, "freeze scope: how many top transformer blocks train (the rest stay frozen)")
+    freeze_train_head: bool = _f(False, "freeze scope: also train the output head (tied to the input embedding here)")
+
+
+@params_dataclass
+class LoraArgs:
+    """LoRA adapters (``train.lora_config``)."""
+
+    lora_r: int = _f(16, "LoRA rank")
+    lora_alpha: int = _f(32, "LoRA scaling numerator: the update is scaled by alpha over r")
+    lora_dropout: float = _f(0.05, "dropout on the LoRA input")
+    lora_target: str = _f("all-linear", "modules LoRA wraps: all-linear or a comma-separated list")
+
+
+@params_dataclass
+class EvalArgs:
+    """Evaluation by generation on held-out items (``evaluate.generate``)."""
+
+    max_new_tokens: int = _f(48, "generation length for evaluation")
+    eval_batch_size: int = _f(16, "prompts per generation batch")
+    n_eval: int = _f(0, "score at most this many held-out items (0: all)")
+
+
+# ---------------------------------------------------------------- one dataclass per notebook
+
+@params_dataclass
 class DataPrepParams(Common):
     """01_data_prep: raw data -> clean, templated, split datasets."""
 
@@ -71,29 +138,20 @@ class DataPrepParams(Common):
     test_fraction: float = _f(0.15, "fraction of examples held out for testing")
 
 
-@dataclass
-class SFTParams(Common):
+TASK_CHECK_CHOICES = ("auto", "json_answer", "exact", "contains")
+
+
+@params_dataclass
+class SFTParams(EvalArgs, LoraArgs, ScopeArgs, TrainArgs, Common):
     """02_sft: supervised fine-tuning — modes, scopes, data size and quality, and what it costs."""
 
+    epochs: float = _f(1.0, "passes over the training split (every instruction run of the stage uses the same budget)")
+    n_eval: int = _f(0, "score at most this many held-out test prompts (0: all)")
     mode: str = _f("instruction", "main run: instruction (prompt/response, loss on responses) | "
                    "continued_pretraining (raw domain text, loss on every token)", ("instruction", "continued_pretraining"))
     scope: str = _f("lora", "main run trains: lora (adapters) | freeze (top freeze_top_n blocks) | full (every weight)",
                     ("lora", "freeze", "full"))
-    lora_r: int = _f(16, "LoRA rank")
-    lora_alpha: int = _f(32, "LoRA scaling numerator: the update is scaled by alpha over r")
-    lora_dropout: float = _f(0.05, "dropout on the LoRA input")
-    lora_target: str = _f("all-linear", "modules LoRA wraps: all-linear or a comma-separated list")
-    freeze_top_n: int = _f(4, "freeze scope: how many top transformer blocks train (the rest stay frozen)")
-    freeze_train_head: bool = _f(False, "freeze scope: also train the output head (tied to the input embedding here)")
-    learning_rate: float = _f(5e-4, "peak learning rate for lora (linear decay)")
-    freeze_learning_rate: float = _f(3e-4, "peak learning rate for freeze")
-    full_learning_rate: float = _f(2e-5, "peak learning rate for full fine-tuning")
-    epochs: float = _f(1.0, "passes over the training split (every instruction run of the stage uses the same budget)")
-    batch_size: int = _f(8, "examples per optimizer step (per device)")
-    grad_accum: int = _f(1, "gradient accumulation steps")
-    max_length: int = _f(256, "truncate training sequences to this many tokens")
     max_train_examples: int = _f(0, "train on at most this many examples (0: all)")
-    gradient_checkpointing: bool = _f(False, "trade compute for memory (slower on CPU)")
     compare_scopes: list[str] = _f(["lora", "freeze", "full"], "scopes trained side by side in instruction mode "
                                    "on the same data and budget ([] to skip)")
     sweep_sizes: list[int] = _f([16, 64], "data-size sweep: LoRA on the first N clean examples, each for as many "
@@ -103,34 +161,29 @@ class SFTParams(Common):
     cpt_scope: str = _f("full", "continued pretraining trains this scope", ("lora", "freeze", "full"))
     cpt_epochs: float = _f(2.0, "continued pretraining: passes over the domain documents")
     task_check: str = _f("auto", "programmatic check for the task score: auto (the data's own), json_answer, exact, contains",
-                         ("auto", "json_answer", "exact", "contains"))
-    max_new_tokens: int = _f(48, "generation length for evaluation")
-    eval_batch_size: int = _f(16, "prompts per generation batch")
-    n_eval: int = _f(0, "score at most this many held-out test prompts (0: all)")
+                         TASK_CHECK_CHOICES)
 
 
-@dataclass
-class PEFTParams(Common):
+@params_dataclass
+class PEFTParams(EvalArgs, LoraArgs, ScopeArgs, TrainArgs, Common):
     """03_peft: every method on the same task, data, seed and budget; many adapters on one base."""
 
+    epochs: float = _f(1.0, "upper bound on passes over the data (max_steps decides)")
+    batch_size: int = _f(4)
+    learning_rate: float = _f(5e-4, "learning rate, family reparam (lora, dora, rslora, qlora)")
+    freeze_learning_rate: float = _f(3e-4, "learning rate, family partial (freeze)")
+    full_learning_rate: float = _f(2e-5, "learning rate, family full")
+    lora_r: int = _f(8, "rank for lora, dora, rslora (loha uses half)")
+    lora_alpha: int = _f(16)
+    max_new_tokens: int = _f(32)
+    n_eval: int = _f(32, "score at most this many held-out test prompts (0: all)")
     methods: list[str] = _f(["full", "freeze", "bitfit", "lora", "dora", "rslora", "loha", "vera", "ia3",
                              "prompt_tuning", "prefix_tuning", "p_tuning", "bottleneck_adapter", "qlora"],
-                            "rows of nbft.peft_methods.METHODS to train, in table order")
+                            "rows of nbft.peft.METHODS to train, in table order")
     max_steps: int = _f(24, "optimizer steps per method (the shared budget)")
-    batch_size: int = _f(4, "examples per optimizer step")
-    grad_accum: int = _f(1, "gradient accumulation steps")
-    max_length: int = _f(256, "truncate training sequences to this many tokens")
-    epochs: float = _f(1.0, "upper bound on passes over the data (max_steps decides)")
-    gradient_checkpointing: bool = _f(False, "trade compute for memory (slower on CPU)")
-    lora_r: int = _f(8, "rank for lora, dora, rslora (loha uses half)")
-    lora_alpha: int = _f(16, "LoRA scaling numerator")
-    lora_dropout: float = _f(0.05, "dropout on the LoRA input")
+    max_train_examples: int = _f(0, "train on at most this many examples (0: all)")
     num_virtual_tokens: int = _f(16, "prompt, prefix and p-tuning: virtual tokens")
     adapter_bottleneck: int = _f(32, "bottleneck adapter width")
-    freeze_top_n: int = _f(4, "freeze: top transformer blocks that train")
-    full_learning_rate: float = _f(2e-5, "learning rate, family full")
-    freeze_learning_rate: float = _f(3e-4, "learning rate, family partial (freeze)")
-    learning_rate: float = _f(5e-4, "learning rate, family reparam (lora, dora, rslora, qlora)")
     lycoris_learning_rate: float = _f(2e-3, "learning rate, family lycoris (loha)")
     vector_learning_rate: float = _f(1e-2, "learning rate, family vector (vera, ia3)")
     bias_learning_rate: float = _f(5e-3, "learning rate, family bias (bitfit)")
@@ -140,33 +193,31 @@ class PEFTParams(Common):
                           ("sort_numbers", "uppercase", "count_items", "reverse_list"))
     n_second_task: int = _f(96, "examples of the second task (built-in demo)")
     combine_weights: list[float] = _f([0.5, 0.5], "weights of the two adapters in the weighted combination ([] to skip)")
-    task_check: str = _f("auto", "programmatic check for the task score", ("auto", "json_answer", "exact", "contains"))
-    max_new_tokens: int = _f(32, "generation length for evaluation")
-    eval_batch_size: int = _f(16, "prompts per generation batch")
-    n_eval: int = _f(32, "score at most this many held-out test prompts (0: all)")
+    task_check: str = _f("auto", "programmatic check for the task score", TASK_CHECK_CHOICES)
 
 
-@dataclass
-class RLHFParams(Common):
+@params_dataclass
+class RLHFParams(EvalArgs, LoraArgs, Common):
     """04_rlhf: preferences -> reward model -> online RL against it; DPO as the RL-free path."""
 
+    lora_dropout: float = _f(0.0)
+    lora_target: str = _f("q_proj,k_proj,v_proj,o_proj", "modules LoRA wraps: all-linear or a comma-separated list "
+                          "(attention only: fewer adapters, faster sampling)")
+    max_new_tokens: int = _f(48, "reply length for sampling, RL and evaluation")
+    eval_batch_size: int = _f(32)
+    n_eval: int = _f(0, "judge at most this many held-out prompts (0: all)")
     policy: str = _f("auto", "starting policy: auto (this run's 02_sft merged model if there is one, else the model) "
                      "| base (the model) | a folder")
     preferences: str = _f("builtin", "'builtin' (the policy's own samples ranked by the rule, plus template pairs) "
                           "or a JSONL file of prompt/chosen/rejected")
     heldout_fraction: float = _f(0.25, "built-in prompts: share of topics held out for evaluation")
-    max_train_prompts: int = _f(0, "use at most this many training prompts for pairs and RL (0: all)")
+    max_train_examples: int = _f(0, "use at most this many training prompts for pairs and RL (0: all)")
     samples_per_prompt: int = _f(4, "sampled replies per prompt when building pairs")
     pair_margin: float = _f(0.15, "keep a pair only if the rule scores chosen this much above rejected")
     pairs_per_prompt: int = _f(2, "at most this many sampled pairs per prompt (widest score gaps first)")
     template_pairs: int = _f(1, "per prompt, pair the best sample against this many template-broken copies (0: none)")
     temperature: float = _f(1.0, "sampling temperature (pair building and RL)")
-    max_new_tokens: int = _f(48, "reply length for sampling, RL and evaluation")
     max_length: int = _f(192, "truncate prompt+reply to this many tokens in reward-model and DPO training")
-    lora_r: int = _f(16, "LoRA rank (reward model, RL and DPO policies)")
-    lora_alpha: int = _f(32, "LoRA scaling numerator")
-    lora_target: str = _f("q_proj,k_proj,v_proj,o_proj", "modules LoRA wraps: all-linear or a comma-separated list "
-                          "(attention only: fewer adapters, faster sampling)")
     rm_scope: str = _f("lora", "reward model trains: lora (adapters + head) | full", ("lora", "full"))
     rm_learning_rate: float = _f(5e-4, "reward model learning rate")
     rm_epochs: float = _f(2.0, "reward model passes over the training pairs")
@@ -185,17 +236,20 @@ class RLHFParams(Common):
     dpo_beta: float = _f(0.1, "DPO beta (strength of the implicit KL to the reference)")
     dpo_epochs: float = _f(1.0, "DPO passes over the training pairs")
     dpo_batch_size: int = _f(8, "pairs per DPO step")
-    eval_batch_size: int = _f(32, "prompts per generation batch")
 
 
-@dataclass
-class RAGParams(Common):
+@params_dataclass
+class RAGParams(EvalArgs, LoraArgs, ScopeArgs, TrainArgs, Common):
     """05_rag_vs_ft: injecting facts no model can know — retrieval vs fine-tuning vs both."""
 
+    epochs: float = _f(3.0, "passes over the documents (and paraphrases) when fine-tuning")
+    batch_size: int = _f(8, "sequences per optimizer step")
+    full_learning_rate: float = _f(5e-5)
+    max_new_tokens: int = _f(32, "answer length for open questions (the reader often restates the passage first)")
+    n_eval: int = _f(120, "ask at most this many questions, spread over fact types (0: all)")
     knowledge_base: str = _f("builtin", "'builtin' (a generated invented world) or your documents: a folder of .txt/.md "
                         "files or a .jsonl of {title, text}")
     questions: str = _f("", "with your documents: a .jsonl of {question, answer, options, doc_id} (builtin: generated)")
-    n_questions: int = _f(120, "ask at most this many questions, spread over fact types (0: all)")
     chunk_words: int = _f(48, "retrieval: words per chunk (chunks end at sentence boundaries where they can)")
     overlap_words: int = _f(8, "retrieval: words shared by neighbouring chunks")
     embed_precision: str = _f("auto", "query embedder precision: auto (bf16 where the CPU supports it: ~5 instead of "
@@ -207,27 +261,11 @@ class RAGParams(Common):
     recall_ks: list[int] = _f([1, 3, 5], "k values for recall@k of the gold chunk")
     few_shot: int = _f(4, "in-context examples for few_shot (general knowledge: they teach the answer format only)")
     scope: str = _f("full", "fine-tuning on the documents trains: lora | freeze | full", ("lora", "freeze", "full"))
-    epochs: float = _f(3.0, "passes over the documents (and paraphrases) when fine-tuning")
-    learning_rate: float = _f(5e-4, "learning rate for lora")
-    freeze_learning_rate: float = _f(3e-4, "learning rate for freeze")
-    full_learning_rate: float = _f(5e-5, "learning rate for full fine-tuning")
-    batch_size: int = _f(8, "sequences per optimizer step")
-    grad_accum: int = _f(1, "gradient accumulation steps")
-    max_length: int = _f(256, "truncate training sequences to this many tokens")
-    lora_r: int = _f(16, "LoRA rank")
-    lora_alpha: int = _f(32, "LoRA scaling numerator")
-    lora_dropout: float = _f(0.05, "dropout on the LoRA input")
-    lora_target: str = _f("all-linear", "modules LoRA wraps: all-linear or a comma-separated list")
-    freeze_top_n: int = _f(4, "freeze scope: top transformer blocks that train")
-    freeze_train_head: bool = _f(False, "freeze scope: also train the output head")
-    gradient_checkpointing: bool = _f(False, "trade compute for memory (slower on CPU)")
     paraphrases: int = _f(4, "ft_paraphrase: K paraphrases of every fact added to the documents")
     paraphrase_sweep: list[int] = _f([1], "more K values for the paraphrase curve (0 and paraphrases are always in it)")
-    max_new_tokens: int = _f(32, "answer length for open questions (the reader often restates the passage first)")
-    eval_batch_size: int = _f(16, "prompts per generation batch")
 
 
-@dataclass
+@params_dataclass
 class ReportParams(Common):
     """99_report: the story of one run, or a comparison of several (two profiles, the points of a sweep)."""
 
@@ -450,13 +488,28 @@ def resolve(path: str | Path | None = None, sets: list[str] | None = None) -> di
     return out
 
 
-def to_yaml(resolved: dict[str, Any]) -> str:
-    """The resolved parameters as a profile (common section + per-stage fields)."""
+def to_yaml(resolved: dict[str, Any], comments: bool = False) -> str:
+    """The resolved parameters as a profile (common section + per-stage fields).
+
+    ``comments``: each line ends with its help text, looked up by (section, key) — a key that
+    several stages share (``epochs``, ``max_new_tokens``) is described the way its own stage means it.
+    """
     first = next(iter(resolved.values()))
     doc: dict[str, Any] = {COMMON: {k: getattr(first, k) for k in common_names()}}
     for stage, p in resolved.items():
         doc[stage] = {k: v for k, v in dataclasses.asdict(p).items() if k not in common_names()}
-    return yaml.dump(doc, Dumper=_Dumper, sort_keys=False, width=200)
+    if not comments:
+        return yaml.dump(doc, Dumper=_Dumper, sort_keys=False, width=200)
+    out = []
+    for section, body in doc.items():
+        helps = help_text(Common if section == COMMON else type(resolved[section]))
+        if out:
+            out.append("")
+        out.append(f"{section}:")
+        for key, value in body.items():
+            line = yaml.dump({key: value}, Dumper=_Dumper, sort_keys=False, width=200).rstrip("\n")
+            out.append(f"  {line}  # {helps[key]}")
+    return "\n".join(out) + "\n"
 
 
 class _Dumper(yaml.SafeDumper):

@@ -21,8 +21,8 @@ The behaviour the rule asks for: **a concise, complete, plain-prose answer on th
 question** — one or two sentences (5 to 30 words) that end properly, start with a capital, are
 words rather than numbers or symbols, contain no markdown list or code, do not repeat themselves,
 and mention something from the question. When a reply is a JSON object with an ``answer`` field
-(the format the SFT stage teaches on the demo data) the rule reads that field: the format stays,
-the content is judged.
+(the format the SFT stage teaches on the demo data) the rule reads that field (``tasks.answer_of``, the
+parser every stage uses): the format stays, the content is judged.
 """
 from __future__ import annotations
 
@@ -30,14 +30,22 @@ import json
 import math
 import random
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
-from . import data, models
-from .train import finish, lora_config, run_trainer, trainer_args
+from . import data, evaluate, models, tasks, train
+from .tasks import answer_of
+from .train import lora_config, trainer_args
+
+#: The lines the written findings draw (recorded as ``thresholds`` in metrics.json).
+THRESHOLDS = {
+    "rm_accuracy": 0.85,   # held-out pairs ranked like the rule: the reward model's bar
+    "win": 0.5,            # win rate above this: a policy "beats" the SFT start
+    "longer": 1.5,         # mean answer words above this times the SFT start's: "longer" (a hacking sign)
+    "repetitive": 0.9,     # distinct word trigrams below this share: "repetitive" (a hacking sign)
+}
 
 # ---------------------------------------------------------------- the rule (the judge)
 
@@ -46,21 +54,6 @@ being do does did doing have has had what which who whom whose why how when wher
 you your we our they them their he she his her can could should would will shall may might must one some any give tell
 explain describe name please short sentence word words good best very much many more most use used using get make
 thing things""".split())
-
-
-def answer_text(reply: str) -> str:
-    """The part of a reply the rule judges: a JSON object's ``answer`` field, else the reply."""
-    s = reply.strip()
-    if s.startswith("{"):
-        try:
-            obj = json.loads(s)
-            if isinstance(obj, dict) and isinstance(obj.get("answer"), str):
-                return obj["answer"].strip()
-        except json.JSONDecodeError:
-            m = re.search(r'"answer"\s*:\s*"([^"]*)', s)  # truncated JSON: judge what is there
-            if m:
-                return m.group(1).strip()
-    return s
 
 
 def _words(s: str) -> list[str]:
@@ -135,7 +128,7 @@ RULE: dict[str, Callable[[str, str, str], float]] = {
 
 
 def rule_checks(prompt: str, reply: str) -> dict[str, float]:
-    ans = answer_text(reply)
+    ans = answer_of(reply)
     return {name: float(check(prompt, reply, ans)) for name, check in RULE.items()}
 
 
@@ -210,8 +203,6 @@ def _user_text(prompt: str | list) -> str:
 def sample_replies(model, tokenizer, prompts: list[str], n: int, max_new_tokens: int = 48, temperature: float = 1.0,
                    precision: str = "fp32", batch_size: int = 32, seed: int = 0) -> list[list[str]]:
     """``n`` sampled replies per prompt (chat template), in batches."""
-    from . import evaluate
-
     rendered = [data.render_prompt(_messages(p), tokenizer) for p in prompts]
     flat = evaluate.generate(model, tokenizer, [r for r in rendered for _ in range(n)], max_new_tokens=max_new_tokens,
                              batch_size=batch_size, precision=precision, do_sample=True, temperature=temperature,
@@ -222,20 +213,6 @@ def sample_replies(model, tokenizer, prompts: list[str], n: int, max_new_tokens:
 def _truncate(ans: str) -> str:
     w = _words(ans)
     return " ".join(w[: max(1, (2 * len(w)) // 3)]).rstrip(".!?") if len(w) > 2 else ans.rstrip(".!?")
-
-
-def _with_answer(reply: str, new_answer: str) -> str:
-    """Replace the judged answer, keeping a JSON wrapper when there is one."""
-    s = reply.strip()
-    if s.startswith("{"):
-        try:
-            obj = json.loads(s)
-            if isinstance(obj, dict) and "answer" in obj:
-                obj["answer"] = new_answer
-                return json.dumps(obj)
-        except json.JSONDecodeError:
-            pass
-    return new_answer
 
 
 #: template variants that break one check each: name -> answer -> worse answer.
@@ -274,7 +251,7 @@ def build_pairs(prompts: list[str], samples: list[list[str]], margin: float = 0.
         if templates:
             s_hi, best = scored[0]
             for name in rng.sample(list(DEGRADE), min(templates_per_prompt, len(DEGRADE))):
-                bad = _with_answer(best, DEGRADE[name](answer_text(best)))
+                bad = tasks.with_answer(best, DEGRADE[name](answer_of(best)))
                 s_bad = rule_score(prompt, bad)
                 if s_hi - s_bad >= margin:
                     pairs.append(dict(prompt=prompt, chosen=best, rejected=bad, chosen_score=s_hi,
@@ -295,7 +272,7 @@ def load_pairs(path: str | Path) -> list[dict]:
                 raise data.DataError(f"{where}: missing field '{key}' (preference pairs need prompt, chosen, rejected)")
             v = rec[key]
             if isinstance(v, list):
-                data._check_messages(v, where, key)
+                data.check_messages(v, where, key)
             elif not isinstance(v, str) or not v.strip():
                 raise data.DataError(f"{where}: field '{key}' must be a non-empty string or a list of messages")
         prompt = rec["prompt"] if isinstance(rec["prompt"], str) else rec["prompt"]
@@ -330,26 +307,6 @@ def to_unpaired_dataset(pairs: list[dict]):
     return datasets.Dataset.from_list(rows)
 
 
-# ---------------------------------------------------------------- shared trainer settings
-
-@dataclass
-class Trained:
-    model: Any
-    seconds: float
-    log_history: list[dict]
-
-
-def _train(trainer) -> Trained:
-    seconds = run_trainer(trainer)
-    return Trained(finish(trainer.model), seconds, list(trainer.state.log_history))
-
-
-def _tmpdir():
-    import tempfile
-
-    return tempfile.TemporaryDirectory(prefix="nbft-rlhf-")
-
-
 # ---------------------------------------------------------------- reward model
 
 def load_reward_base(folder: str | Path, tokenizer, device: str = "cpu"):
@@ -369,7 +326,7 @@ def load_reward_base(folder: str | Path, tokenizer, device: str = "cpu"):
     return model.to(device)
 
 
-def train_reward_model(model, tokenizer, pairs: list[dict], p, callbacks=()) -> Trained:
+def train_reward_model(model, tokenizer, pairs: list[dict], p, callbacks=()) -> train.TrainResult:
     """TRL RewardTrainer (Bradley-Terry loss on chosen vs rejected), LoRA + head or every weight."""
     import datasets
     from trl import RewardConfig, RewardTrainer
@@ -378,14 +335,14 @@ def train_reward_model(model, tokenizer, pairs: list[dict], p, callbacks=()) -> 
         raise ValueError("no training pairs for the reward model: lower pair_margin, sample more replies per prompt, "
                          "or give a preferences file")
     datasets.disable_progress_bars()
-    with _tmpdir() as tmp:
+    with train.scratch_dir() as tmp:
         args = RewardConfig(**trainer_args(
             p, tmp, learning_rate=p.rm_learning_rate, num_train_epochs=p.rm_epochs, per_device_train_batch_size=p.rm_batch_size,
             max_length=p.max_length, center_rewards_coefficient=0.01))
         trainer = RewardTrainer(model=model, args=args, train_dataset=to_preference_dataset(pairs),
                                 processing_class=tokenizer, callbacks=list(callbacks),
                                 peft_config=lora_config(p, "SEQ_CLS") if p.rm_scope == "lora" else None)
-        out = _train(trainer)
+        out = train.fit(trainer)
     if hasattr(out.model, "merge_and_unload"):  # a scorer from here on: fold the adapter in (no per-call LoRA cost)
         out.model = out.model.merge_and_unload().eval()
     return out
@@ -395,22 +352,17 @@ def train_reward_model(model, tokenizer, pairs: list[dict], p, callbacks=()) -> 
 def reward_scores(rm, tokenizer, prompts: list, replies: list[str], batch_size: int = 16,
                   precision: str = "fp32") -> list[float]:
     """The reward model's score of each (prompt, reply), with the chat template as in training."""
-    from .evaluate import _precision_ctx
-
     rm.eval()
     texts = [tokenizer.apply_chat_template(_messages(pr) + [{"role": "assistant", "content": r}], tokenize=False)
              for pr, r in zip(prompts, replies)]
-    side, tokenizer.padding_side = tokenizer.padding_side, "right"
     out = []
-    try:
-        device = next(rm.parameters()).device
+    device = next(rm.parameters()).device
+    with models.padding_side(tokenizer, "right"):
         for i in range(0, len(texts), batch_size):
             enc = tokenizer(texts[i:i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False,
                             truncation=True, max_length=512).to(device)
-            with _precision_ctx(rm, precision):
+            with models.autocast(rm, precision):
                 out += rm(**enc).logits[:, 0].float().tolist()
-    finally:
-        tokenizer.padding_side = side
     return out
 
 
@@ -428,7 +380,7 @@ def pair_accuracy(rm, tokenizer, pairs: list[dict], precision: str = "fp32") -> 
 RL_ALGOS = ("grpo", "rloo")
 
 
-def train_rl(policy, tokenizer, prompts: list[str], reward_model, p, callbacks=()) -> Trained:
+def train_rl(policy, tokenizer, prompts: list[str], reward_model, p, callbacks=()) -> train.TrainResult:
     """GRPO or RLOO against the reward model, KL penalty ``beta`` to the reference.
 
     With LoRA (``policy_scope='lora'``) the reference is the same model with the adapter switched
@@ -452,7 +404,7 @@ def train_rl(policy, tokenizer, prompts: list[str], reward_model, p, callbacks=(
         reward_funcs.append(rule_reward)
         processing.append(None)
         weights.append(p.rule_reward_weight)
-    with _tmpdir() as tmp:
+    with train.scratch_dir() as tmp:
         args = Config(**trainer_args(
             p, tmp, learning_rate=p.rl_learning_rate, max_steps=p.rl_steps,
             per_device_train_batch_size=p.rl_prompts_per_step * p.num_generations,
@@ -464,7 +416,7 @@ def train_rl(policy, tokenizer, prompts: list[str], reward_model, p, callbacks=(
                           processing_class=tokenizer, reward_processing_classes=processing,
                           callbacks=list(callbacks),
                           peft_config=lora_config(p) if p.policy_scope == "lora" else None)
-        return _train(trainer)
+        return train.fit(trainer)
 
 
 # ---------------------------------------------------------------- DPO and friends
@@ -472,7 +424,7 @@ def train_rl(policy, tokenizer, prompts: list[str], reward_model, p, callbacks=(
 PREFERENCE_LOSSES = ("dpo", "ipo", "kto")
 
 
-def train_preference(policy, tokenizer, pairs: list[dict], p, callbacks=()) -> Trained:
+def train_preference(policy, tokenizer, pairs: list[dict], p, callbacks=()) -> train.TrainResult:
     """The RL-free path: DPO (sigmoid loss), IPO, or KTO (pairs split into desirable/undesirable singles)."""
     import datasets
 
@@ -480,7 +432,7 @@ def train_preference(policy, tokenizer, pairs: list[dict], p, callbacks=()) -> T
         raise ValueError(f"preference_loss: {p.preference_loss!r} is not one of {', '.join(PREFERENCE_LOSSES)}")
     datasets.disable_progress_bars()
     peft_config = lora_config(p) if p.policy_scope == "lora" else None
-    with _tmpdir() as tmp:
+    with train.scratch_dir() as tmp:
         common = trainer_args(p, tmp, learning_rate=p.dpo_learning_rate, num_train_epochs=p.dpo_epochs,
                               per_device_train_batch_size=p.dpo_batch_size, max_length=p.max_length, beta=p.dpo_beta)
         if p.preference_loss == "kto":
@@ -495,7 +447,7 @@ def train_preference(policy, tokenizer, pairs: list[dict], p, callbacks=()) -> T
             trainer = DPOTrainer(model=policy, args=DPOConfig(**common, loss_type=[loss]),
                                  train_dataset=to_preference_dataset(pairs), processing_class=tokenizer,
                                  callbacks=list(callbacks), peft_config=peft_config)
-        return _train(trainer)
+        return train.fit(trainer)
 
 
 # ---------------------------------------------------------------- evaluation by the judge
@@ -510,7 +462,7 @@ def judge(prompts: list[str], replies: list[str]) -> dict:
         "scores": scores,
         "pass_rate": sum(s == 1.0 for s in scores) / n,
         "checks": {k: sum(c[k] for c in checks) / n for k in RULE},
-        "mean_words": sum(len(_words(answer_text(r))) for r in replies) / n,
+        "mean_words": sum(len(_words(answer_of(r))) for r in replies) / n,
         "distinct_trigrams": sum(distinct_trigrams(r) for r in replies) / n,
     }
 
@@ -590,31 +542,36 @@ def model_folder(spec: str) -> str:
 
 def save_policy(model, tokenizer, folder: str | Path) -> Path:
     """Merge a LoRA policy (if any) into a standalone copy and save it."""
-    import copy
-
-    merged = copy.deepcopy(model).merge_and_unload() if hasattr(model, "peft_config") else model
-    return models.save(merged, tokenizer, folder)
+    return models.save(train.merged_copy(model), tokenizer, folder)
 
 
-def findings(m: dict, rm_bar: float = 0.85) -> list[str]:
-    """One sentence per result, worded by the numbers (whichever way they go)."""
+def check_inputs(p) -> None:
+    """Before any notebook runs: the starting policy exists and a preferences file parses (file, line, field)."""
+    check_policy(p.policy)
+    if p.preferences != "builtin":
+        load_pairs(p.preferences)
+
+
+def findings(m: dict) -> list[str]:
+    """One sentence per result, worded by the numbers (whichever way they go) and ``THRESHOLDS``."""
+    t = THRESHOLDS
     out = []
     acc = m["rm_accuracy"]
     out.append(f"The reward model ranks {acc:.0%} of {m['n_pairs_heldout']} held-out pairs the way the rule does "
-               f"({'at or above' if acc >= rm_bar else 'below'} the {rm_bar:.0%} bar; {m['rm_accuracy_train']:.0%} "
-               f"on its {m['n_pairs_train']} training pairs).")
+               f"({'at or above' if acc >= t['rm_accuracy'] else 'below'} the {t['rm_accuracy']:.0%} bar; "
+               f"{m['rm_accuracy_train']:.0%} on its {m['n_pairs_train']} training pairs).")
     before, after = m["rl_mean_reward_before"], m["rl_mean_reward_after"]
     out.append(f"{m['rl_algo'].upper()} {'raised' if after > before else 'did not raise'} the reward model's mean score "
                f"on held-out prompts: {before:+.2f} -> {after:+.2f}, at a final KL of {m['rl_kl']:.4f} to the start.")
     for name, key in (("RL", "rl"), (m["preference_loss"].upper(), "dpo")):
         score, base, win = m[f"rule_score_{key}"], m["rule_score_sft"], m[f"winrate_{key}_vs_sft"]
-        verdict = "beats" if win > 0.5 else "ties" if win == 0.5 else "does not beat"
-        out.append(f"Judged by the rule on {m['n_heldout_prompts']} held-out prompts, {name} {verdict} the SFT start: "
+        verdict = "beats" if win > t["win"] else "ties" if win == t["win"] else "does not beat"
+        out.append(f"Judged by the rule on {m['n_eval']} held-out prompts, {name} {verdict} the SFT start: "
                    f"rule score {base:.2f} -> {score:.2f}, win rate {win:.2f}.")
     words, tri = m["mean_words"], m["distinct_trigrams"]
     for key, name in (("rl", "RL"), ("dpo", m["preference_loss"].upper())):
-        grew = words[key] > 1.5 * max(words["sft"], 1)
-        rep = tri[key] < 0.9
+        grew = words[key] > t["longer"] * max(words["sft"], 1)
+        rep = tri[key] < t["repetitive"]
         if grew or rep:
             out.append(f"Hacking check, {name}: replies average {words[key]:.1f} words (SFT {words['sft']:.1f}) and "
                        f"{tri[key]:.0%} distinct trigrams" + (" — longer" if grew else "") +

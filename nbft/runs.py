@@ -117,10 +117,12 @@ def read_json(path: Path, default: Any = None) -> Any:
 
 @dataclass
 class Run:
-    """One run folder, seen from one stage (notebook)."""
+    """One run folder, seen from one stage (notebook), with the device and precision that stage runs at."""
 
     path: Path
     stage: str
+    device: str = "cpu"
+    precision: str = "fp32"
 
     @property
     def artifacts(self) -> Path:
@@ -156,6 +158,8 @@ def open_run(p, stage: str) -> Run:
     In a pipeline, ``nbft run`` has made ``runs/<run_name>``; a notebook run on its own
     (empty ``run_name``) gets a new ``runs/<timestamp>-<stage>``. Records env.json if absent.
     """
+    from . import models
+
     if p.run_name:
         path = runs_root() / p.run_name
     else:
@@ -163,7 +167,40 @@ def open_run(p, stage: str) -> Run:
     path.mkdir(parents=True, exist_ok=True)
     if not (path / "env.json").exists():
         write_env(path, p)
-    return Run(path, stage)
+    device = models.pick_device(p.device)
+    return Run(path, stage, device, models.pick_precision(p.precision, device))
+
+
+#: Library messages a notebook reader cannot act on: transformers 5 renamed gradient checkpointing; peft
+#: ignores position ids of prompt-learning methods by design; peft BEFT on Llama (no biases) — the bitfit
+#: row already says it is not mergeable. Silenced by ``setup`` (inside a notebook), never on import.
+QUIET_WARNINGS = (
+    (r".*is deprecated and will be removed in v6.*", FutureWarning),
+    (r"Position ids are not supported for parameter efficient tuning.*", Warning),
+    (r"Detected that the base layer has no bias term.*", Warning),
+)
+
+
+def setup(stage: str, namespace: dict) -> tuple[Any, Run]:
+    """Every notebook's setup cell: validate the parameters the ``parameters`` cell (or Papermill) put in
+    ``namespace``, seed everything, open the run folder, pick device and precision, print a header.
+
+    Returns ``(p, run)``: the stage's parameter dataclass and its :class:`Run` (``run.device``, ``run.precision``)::
+
+        p, run = nbft.setup("02_sft", globals())
+    """
+    import warnings
+
+    from . import params
+
+    for message, category in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
+    p = params.from_namespace(stage, namespace)
+    seed_everything(p.seed)
+    run = open_run(p, stage)
+    print(f"{stage}: run folder {run.path}\nmodel: {p.model}   device: {run.device}   precision: {run.precision}"
+          f"   seed: {p.seed}")
+    return p, run
 
 
 # ---------------------------------------------------------------- environment capture
@@ -247,11 +284,47 @@ def write_status(run_dir: Path, **fields: Any) -> dict:
     return status
 
 
+#: stage -> its headline metrics, in order: the run's index.html, 99_report's key figures and ``nbft list``
+#: (the first two) show these.
+HEADLINE = {
+    "01_data_prep": ["n_raw", "n_train", "n_validation", "n_test"],
+    "02_sft": ["task_score_before", "task_score_after", "ppl_general_before", "ppl_general_after", "train_seconds"],
+    "03_peft": ["n_methods_ok", "adapter_switch_ok", "lora_vs_full.lora_task_score", "lora_vs_full.full_task_score"],
+    "04_rlhf": ["rm_accuracy", "winrate_rl_vs_sft", "winrate_dpo_vs_sft", "rl_kl"],
+    "05_rag_vs_ft": ["acc.rag.open", "acc.ft.open", "acc.ft_paraphrase.open", "retrieval_ms_p50", "n_questions"],
+    "99_report": ["compare_runs", "n_tables"],
+}
+
+
+def flatten(metrics: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested metrics as dotted keys with scalar values (``{"acc": {"rag": {"open": .8}}}`` ->
+    ``{"acc.rag.open": .8}``); lists of scalars are kept whole, lists of rows are left out
+    (99_report shows those as their own tables), and so are the findings (sentences)."""
+    out: dict[str, Any] = {}
+    for k, v in metrics.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        elif isinstance(v, list):
+            if all(not isinstance(x, (dict, list)) for x in v) and k != "findings":
+                out[key] = v
+        else:
+            out[key] = v
+    return out
+
+
+def headline(stage: str, metrics: dict) -> dict[str, Any]:
+    """The stage's headline metrics that are present (``HEADLINE``); else its first scalar ones."""
+    flat = flatten(metrics)
+    keys = [k for k in HEADLINE.get(stage, []) if k in flat]
+    if not keys:
+        keys = [k for k, v in flat.items() if isinstance(v, (int, float, bool, str))][:4]
+    return {k: flat[k] for k in keys}
+
+
 def list_runs(root: Path | None = None, per_stage: int = 2) -> list[dict]:
     """One row per run folder: name, state, stages recorded and the first ``per_stage`` headline
-    metrics of each stage (``report.HEADLINE``, as in the run's index.html)."""
-    from .report import headline
-
+    metrics of each stage (``HEADLINE``, as in the run's index.html)."""
     root = root or runs_root()
     rows = []
     if not root.is_dir():

@@ -12,28 +12,36 @@ Scopes (what trains) and modes (on what) of supervised fine-tuning:
 |-----------------------|-----------------------------------|------------------|
 | instruction           | prompt/completion pairs           | the completion   |
 | continued_pretraining | raw text                          | every token      |
+
+Parameters come in groups (``nbft.params``): a function documents the groups it reads — ``Common``
+(device, precision, seed), ``TrainArgs`` (the loop), ``ScopeArgs`` (scope and rates), ``LoraArgs`` —
+and takes any parameters object that has them (every stage dataclass that composes the group).
 """
 from __future__ import annotations
 
+import contextlib
+import math
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from . import models
 
-
-def lora_config(p, task_type: str = "CAUSAL_LM"):
-    """LoraConfig from any parameters with lora_r, lora_alpha, lora_target (and lora_dropout, else 0)."""
-    from peft import LoraConfig
-
-    target = p.lora_target if p.lora_target == "all-linear" else [t.strip() for t in p.lora_target.split(",") if t.strip()]
-    return LoraConfig(r=p.lora_r, lora_alpha=p.lora_alpha, lora_dropout=getattr(p, "lora_dropout", 0.0),
-                      target_modules=target, task_type=task_type)
-
-
 SCOPES = ("lora", "freeze", "full")
 MODES = ("instruction", "continued_pretraining")
+
+
+def lora_config(lora, task_type: str = "CAUSAL_LM", **extra):
+    """LoraConfig from a ``LoraArgs`` group (lora_r, lora_alpha, lora_dropout, lora_target); ``extra`` goes to peft
+    (``use_dora=True``, ``use_rslora=True``, ...)."""
+    from peft import LoraConfig
+
+    target = lora.lora_target if lora.lora_target == "all-linear" else [
+        t.strip() for t in lora.lora_target.split(",") if t.strip()]
+    return LoraConfig(r=lora.lora_r, lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout,
+                      target_modules=target, task_type=task_type, **extra)
 
 
 def blocks(model):
@@ -53,7 +61,7 @@ def _final_norm(model):
 
 
 def apply_scope(model, scope: str, freeze_top_n: int = 4, freeze_train_head: bool = False):
-    """Set ``requires_grad`` for ``full`` or ``freeze``; ``lora`` is left to peft (see ``peft_config_for``).
+    """Set ``requires_grad`` for ``full`` or ``freeze``; ``lora`` is left to peft (see ``lora_config``).
 
     ``freeze``: only the top ``freeze_top_n`` blocks (capped at the model's depth) and the final
     norm train, plus the output head if ``freeze_train_head`` (with tied embeddings that is the
@@ -79,28 +87,27 @@ def apply_scope(model, scope: str, freeze_top_n: int = 4, freeze_train_head: boo
     return model
 
 
-def steps_for(n_examples: int, p, epochs: float | None = None) -> int:
-    """Optimizer steps of a run over ``n_examples`` (what the Trainer will do)."""
-    import math
-
-    per_epoch = math.ceil(n_examples / p.batch_size) // p.grad_accum or 1
-    return max(1, math.ceil(per_epoch * (p.epochs if epochs is None else epochs)))
+def steps_for(n_examples: int, loop, epochs: float | None = None) -> int:
+    """Optimizer steps of a run over ``n_examples`` with a ``TrainArgs`` group (what the Trainer will do)."""
+    per_epoch = math.ceil(n_examples / loop.batch_size) // loop.grad_accum or 1
+    return max(1, math.ceil(per_epoch * (loop.epochs if epochs is None else epochs)))
 
 
-def learning_rate_for(p, scope: str) -> float:
-    return {"lora": p.learning_rate, "freeze": p.freeze_learning_rate, "full": p.full_learning_rate}[scope]
+def learning_rate_for(rates, scope: str) -> float:
+    """The learning rate of a scope, from a ``ScopeArgs`` group."""
+    return {"lora": rates.learning_rate, "freeze": rates.freeze_learning_rate, "full": rates.full_learning_rate}[scope]
 
 
-def trainer_args(p, output_dir: str | Path, **overrides) -> dict[str, Any]:
-    """Arguments every nbft trainer config shares (SFT, reward, GRPO/RLOO, DPO/KTO): CPU-aware precision,
-    linear schedule, no checkpoints, logs every step, seeded; ``overrides`` win."""
-    device = models.pick_device(p.device)
-    precision = models.pick_precision(p.precision, device)
+def trainer_args(common, output_dir: str | Path, gradient_checkpointing: bool = False, **overrides) -> dict[str, Any]:
+    """Arguments every nbft trainer config shares (SFT, reward, GRPO/RLOO, DPO/KTO), from the ``Common`` group:
+    CPU-aware precision, linear schedule, no checkpoints, logs every step, seeded; ``overrides`` win."""
+    device = models.pick_device(common.device)
+    precision = models.pick_precision(common.precision, device)
     kwargs: dict[str, Any] = dict(
         output_dir=str(output_dir),
         lr_scheduler_type="linear",
         warmup_steps=0.05,
-        activation_checkpointing=getattr(p, "gradient_checkpointing", False),  # TRL turns it on by default: slower on CPU
+        activation_checkpointing=gradient_checkpointing,  # TRL turns it on by default: slower on CPU
         gradient_checkpointing=None,  # deprecated alias in transformers 5
         bf16=precision == "bf16",
         fp16=precision == "fp16",
@@ -110,37 +117,34 @@ def trainer_args(p, output_dir: str | Path, **overrides) -> dict[str, Any]:
         save_strategy="no",
         report_to="none",
         disable_tqdm=True,
-        seed=p.seed,
-        data_seed=p.seed,
+        seed=common.seed,
+        data_seed=common.seed,
         dataloader_pin_memory=False,
     )
     kwargs.update(overrides)
     return kwargs
 
 
-def sft_config(p, output_dir: str | Path, **overrides):
-    """SFTConfig from SFTParams (see ``trainer_args``)."""
+def sft_config(p, output_dir: str | Path, learning_rate: float, **overrides):
+    """SFTConfig from the ``Common`` and ``TrainArgs`` groups of ``p`` (see ``trainer_args``)."""
     from trl import SFTConfig
 
-    return SFTConfig(**trainer_args(p, output_dir, **{
+    return SFTConfig(**trainer_args(p, output_dir, p.gradient_checkpointing, **{
         "num_train_epochs": p.epochs,
         "per_device_train_batch_size": p.batch_size,
         "per_device_eval_batch_size": p.batch_size,
         "gradient_accumulation_steps": p.grad_accum,
-        "learning_rate": p.learning_rate,
+        "learning_rate": learning_rate,
         "max_length": p.max_length,
         "completion_only_loss": True,  # prompt/completion data: loss on the response only
         **overrides}))
 
 
-def run_trainer(trainer) -> float:
-    """``trainer.train()`` without the raw log dicts on the console (``log_history`` keeps them); seconds taken."""
-    from transformers import PrinterCallback
-
-    trainer.remove_callback(PrinterCallback)
-    t0 = time.perf_counter()
-    trainer.train()
-    return time.perf_counter() - t0
+@contextlib.contextmanager
+def scratch_dir():
+    """A temporary folder for a trainer's own files (nothing of it is kept: save what you keep)."""
+    with tempfile.TemporaryDirectory(prefix="nbft-trainer-") as tmp:
+        yield Path(tmp)
 
 
 def finish(model):
@@ -148,6 +152,47 @@ def finish(model):
     remove_autocast_wrappers(model)
     model.eval()
     return model
+
+
+@dataclass
+class TrainResult:
+    """A finished training run: the trained ``model`` (eval mode), its ``trainer``, the time it took,
+    the tokens it trained on, the eval loss (if it had validation data) and the log history."""
+
+    model: Any
+    trainer: Any
+    seconds: float
+    steps: int = 0
+    train_tokens: int = 0
+    eval_loss: float | None = None
+    log_history: list[dict] = field(default_factory=list)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.train_tokens / self.seconds if self.seconds else float("nan")
+
+    def release(self) -> None:
+        """Free the trained model (``models.release``: also through any other name that points to it) and the
+        trainer with its optimizer state; the numbers stay."""
+        model, self.model, self.trainer = self.model, None, None
+        models.release(model)
+
+
+def fit(trainer, evaluate: bool = False) -> TrainResult:
+    """``trainer.train()`` for any TRL/transformers trainer, without the raw log dicts on the console
+    (``log_history`` keeps them); then the model cleaned up for inference (``finish``) and, with
+    ``evaluate``, the eval loss."""
+    from transformers import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+    t0 = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - t0
+    eval_loss = trainer.evaluate()["eval_loss"] if evaluate else None
+    logs = [r for r in trainer.state.log_history if "num_tokens" in r and "eval_loss" not in r]
+    tokens = int(logs[-1]["num_tokens"]) if logs else 0  # TRL counts the non-padding tokens trained on
+    return TrainResult(finish(trainer.model), trainer, seconds, trainer.state.global_step, tokens, eval_loss,
+                       list(trainer.state.log_history))
 
 
 def to_dataset(records: list[dict], mode: str = "instruction"):
@@ -159,36 +204,16 @@ def to_dataset(records: list[dict], mode: str = "instruction"):
     return datasets.Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in records])
 
 
-@dataclass
-class TrainResult:
-    trainer: Any
-    seconds: float
-    train_tokens: int
-    eval_loss: float | None
-    log_history: list[dict] = field(default_factory=list)
-
-    @property
-    def tokens_per_second(self) -> float:
-        return self.train_tokens / self.seconds if self.seconds else float("nan")
-
-
-def sft(model, tokenizer, train: list[dict], validation: list[dict], p, peft_config=None, callbacks=(),
-        mode: str = "instruction", output_dir: str | Path | None = None, **overrides) -> TrainResult:
-    """Supervised fine-tuning with TRL's SFTTrainer.
+def sft(model, tokenizer, train: list[dict], validation: list[dict], p, learning_rate: float, peft_config=None,
+        callbacks=(), mode: str = "instruction", **overrides) -> TrainResult:
+    """Supervised fine-tuning with TRL's SFTTrainer (``p``: the ``Common`` and ``TrainArgs`` groups).
 
     ``instruction`` mode: rendered prompt/completion records, loss on completions only.
     ``continued_pretraining``: ``{"text"}`` records, loss on every token.
-    ``model`` is trained in place (wrapped by peft when ``peft_config`` is given:
-    use ``result.trainer.model``). Leaves the model in eval mode. Nothing is written to
-    disk unless ``output_dir`` is given (the trainer's scratch folder is temporary);
-    save what you keep with :func:`save_tuned`.
+    ``model`` is trained in place (wrapped by peft when ``peft_config`` is given: use
+    ``result.model``), left in eval mode. Nothing is written to disk (the trainer's folder is
+    temporary); save what you keep with :func:`save_tuned`.
     """
-    import tempfile
-
-    if output_dir is None:
-        with tempfile.TemporaryDirectory(prefix="nbft-trainer-") as tmp:
-            return sft(model, tokenizer, train, validation, p, peft_config, callbacks, mode, tmp, **overrides)
-
     import datasets
     from trl import SFTTrainer
 
@@ -197,17 +222,12 @@ def sft(model, tokenizer, train: list[dict], validation: list[dict], p, peft_con
     datasets.disable_progress_bars()  # per-map bars drown the notebook; the monitor shows progress
     if mode == "continued_pretraining":
         overrides.setdefault("completion_only_loss", False)
-    args = sft_config(p, output_dir, **overrides)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=to_dataset(train, mode),
-                         eval_dataset=to_dataset(validation, mode) if validation else None,
-                         processing_class=tokenizer, peft_config=peft_config, callbacks=list(callbacks))
-    seconds = run_trainer(trainer)
-    eval_loss = trainer.evaluate()["eval_loss"] if validation else None
-    finish(trainer.model)
-    tokenizer.padding_side = "left"
-    logs = [r for r in trainer.state.log_history if "num_tokens" in r and "eval_loss" not in r]
-    tokens = int(logs[-1]["num_tokens"]) if logs else 0  # TRL counts the non-padding tokens trained on
-    return TrainResult(trainer, seconds, tokens, eval_loss, list(trainer.state.log_history))
+    with scratch_dir() as tmp, models.padding_side(tokenizer, tokenizer.padding_side):
+        trainer = SFTTrainer(model=model, args=sft_config(p, tmp, learning_rate, **overrides),
+                             train_dataset=to_dataset(train, mode),
+                             eval_dataset=to_dataset(validation, mode) if validation else None,
+                             processing_class=tokenizer, peft_config=peft_config, callbacks=list(callbacks))
+        return fit(trainer, evaluate=bool(validation))
 
 
 def remove_autocast_wrappers(model) -> int:
@@ -233,19 +253,53 @@ def remove_autocast_wrappers(model) -> int:
 
 def finetune(model, tokenizer, train: list[dict], validation: list[dict], p, scope: str = "lora",
              mode: str = "instruction", callbacks=(), **overrides) -> TrainResult:
-    """``sft`` with a scope: LoRA adapters, top-N blocks, or every weight; the scope's learning rate."""
+    """``sft`` with a scope (``p``: ``Common``, ``TrainArgs``, ``ScopeArgs``, ``LoraArgs``): LoRA adapters,
+    top-N blocks, or every weight, at the scope's learning rate."""
     apply_scope(model, scope if scope != "lora" else "full", p.freeze_top_n, p.freeze_train_head)
-    peft_config = lora_config(p) if scope == "lora" else None
     overrides.setdefault("learning_rate", learning_rate_for(p, scope))
-    return sft(model, tokenizer, train, validation, p, peft_config=peft_config, callbacks=callbacks, mode=mode,
-               **overrides)
+    return sft(model, tokenizer, train, validation, p, peft_config=lora_config(p) if scope == "lora" else None,
+               callbacks=callbacks, mode=mode, **overrides)
 
 
-def save_tuned(model, tokenizer, folder: str | Path, scope: str) -> dict[str, Path]:
-    """Save a tuned model for later stages: the adapter (lora) or the model, plus a merged standalone copy.
+@contextlib.contextmanager
+def trained(p, tokenizer, train: list[dict], validation: list[dict] = (), scope: str = "lora",
+            mode: str = "instruction", model=None, prepare: Callable | None = None, callbacks=(), **overrides):
+    """Fresh model -> train -> (use it in the block) -> free it.
 
-    Returns {"adapter"|"model": path, "merged": path}. The merged folder loads with plain
-    ``AutoModelForCausalLM.from_pretrained``.
+    Loads a fresh copy of ``p.model`` (or trains ``model`` if one is given), trains it with ``scope``
+    (``finetune``), or, with ``prepare``, makes it trainable with ``prepare(model)`` and trains that
+    (``sft``; pass ``learning_rate``). Yields the ``TrainResult``; when the block ends the model is
+    released (``TrainResult.release``), so a loop of runs holds one model at a time::
+
+        with train.trained(p, tokenizer, examples, scope="full") as r:
+            score = evaluate.evaluate_model(r.model, tokenizer, test)["task_score"]
+    """
+    if model is None:
+        model, _ = models.load_model(p.model, p.device, tokenizer=tokenizer)
+    if prepare is not None:
+        result = sft(prepare(model), tokenizer, train, list(validation), p, callbacks=callbacks, mode=mode, **overrides)
+    else:
+        result = finetune(model, tokenizer, train, list(validation), p, scope=scope, mode=mode, callbacks=callbacks,
+                          **overrides)
+    del model
+    try:
+        yield result
+    finally:
+        result.release()
+
+
+def merged_copy(model):
+    """A standalone copy of a peft model with its adapter folded in (the model itself if it has none)."""
+    import copy
+
+    return copy.deepcopy(model).merge_and_unload() if hasattr(model, "peft_config") else model
+
+
+def save_tuned(model, tokenizer, folder: str | Path) -> dict[str, Path]:
+    """Save a tuned model for later stages: the adapter (peft) or the model, plus a merged standalone copy.
+
+    Returns {"adapter": path, "merged": path} (no adapter for a plain model). The merged folder loads with
+    plain ``AutoModelForCausalLM.from_pretrained``.
     """
     folder = Path(folder)
     out = {}
@@ -254,13 +308,7 @@ def save_tuned(model, tokenizer, folder: str | Path, scope: str) -> dict[str, Pa
         model.save_pretrained(adapter)
         tokenizer.save_pretrained(adapter)
         out["adapter"] = adapter
-        import copy
-
-        merged_model = copy.deepcopy(model).merge_and_unload()
-    else:
-        merged_model = model
-    merged = models.save(merged_model, tokenizer, folder / "merged")
-    out["merged"] = merged
-    if merged_model is not model:
-        del merged_model
+    merged = merged_copy(model)
+    out["merged"] = models.save(merged, tokenizer, folder / "merged")
+    del merged
     return out

@@ -48,9 +48,9 @@ def offline_page(browser: Browser, page: Path):
 
 
 def test_report_renders_widgets_offline_from_embedded_state(executed):
-    page = report.export_html(executed)
+    page = export.export_html(executed)
     text = page.read_text()
-    assert report.external_urls(text) == []
+    assert export.external_urls(text) == []
     assert 'type="application/vnd.jupyter.widget-state+json"' in text and "nbft-static-fallback" in text
     with Browser(NO_NETWORK) as b:
         offline_page(b, page)
@@ -71,9 +71,9 @@ def test_report_without_a_renderer_shows_the_static_copies(executed, tmp_path, m
     monkeypatch.setattr(report, "vendor", unavailable)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        page = report.export_html(executed, tmp_path / "static.html")
+        page = export.export_html(executed, tmp_path / "static.html")
     assert any("static copies only" in str(w.message) for w in caught)
-    assert report.external_urls(page.read_text()) == []
+    assert export.external_urls(page.read_text()) == []
     with Browser(NO_NETWORK) as b:
         offline_page(b, page)
         time.sleep(2)

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from nbft import corpora, data, evaluate, params
+from nbft import data, params, tasks
 
 REPLY = {"role": "assistant", "content": "Paris"}
 USER = {"role": "user", "content": "Capital of France?"}
@@ -126,12 +126,12 @@ def test_split_rejects_bad_fractions():
         data.split([{}], 0.6, 0.5, 0)
 
 
-ALL_TASKS = list(corpora.DEMO_TASKS)
+ALL_TASKS = list(tasks.TASKS)
 
 
 def test_demo_is_deterministic_and_seeded():
-    assert corpora.demo_dataset(100, seed=0) == corpora.demo_dataset(100, seed=0)
-    assert corpora.demo_dataset(100, seed=0) != corpora.demo_dataset(100, seed=1)
+    assert tasks.demo_dataset(100, seed=0) == tasks.demo_dataset(100, seed=0)
+    assert tasks.demo_dataset(100, seed=0) != tasks.demo_dataset(100, seed=1)
 
 
 def test_demo_too_large_or_unknown_task_is_an_error():
@@ -141,38 +141,27 @@ def test_demo_too_large_or_unknown_task_is_an_error():
         data.load_raw("demo", demo_tasks=["json_qa", "poetry"])
 
 
-@pytest.mark.parametrize("tasks", [["json_qa"], ALL_TASKS], ids=["single-task", "multi-task"])
-def test_prepare_removes_every_planted_problem(tokenizer, tasks):
+@pytest.mark.parametrize("names", [["json_qa"], ALL_TASKS], ids=["single-task", "multi-task"])
+def test_prepare_removes_every_planted_problem(tokenizer, names):
     n = 150
-    prep = data.prepare(params.DataPrepParams(model="tiny-llama", n_examples=n, demo_tasks=tasks), tokenizer)
+    prep = data.prepare(params.DataPrepParams(model="tiny-llama", n_examples=n, demo_tasks=names), tokenizer)
     assert prep.n_removed_duplicates == n // 25
-    n_json = n // len(tasks) + (n % len(tasks) > 0)
+    n_json = n // len(names) + (n % len(names) > 0)
     assert prep.removed_by_filter == {"empty": 3, "too_short": 3, "too_long": 3, "off_format": n_json // 10}
     assert sum(prep.counts().values()) == n - n_json // 10
     allrecs = [r for s in data.SPLITS for r in prep.splits[s]]
     # every kept reply passes its own task's check, and every task is represented
-    assert all(evaluate.TASK_CHECKS[r["check"]](r["messages"][-1]["content"], r["reference"]) for r in allrecs)
-    assert {r["task"] for r in allrecs} == set(tasks)
+    assert all(tasks.passes(r["messages"][-1]["content"], r) for r in allrecs)
+    assert {r["task"] for r in allrecs} == set(names)
     train_prompts = {r["prompt"] for r in prep.splits["train"]}
     assert not train_prompts & {r["prompt"] for r in prep.splits["test"]}
 
 
 def test_multi_task_uses_several_phrasings_per_task():
-    recs = corpora.demo_dataset(200, 0, ["sort_numbers", "uppercase"])
+    recs = tasks.demo_dataset(200, 0, ["sort_numbers", "uppercase"])
     for task in ("sort_numbers", "uppercase"):
         firsts = {r["messages"][0]["content"].split(":")[0] for r in recs if r.get("task") == task}
         assert len(firsts) >= 3, (task, firsts)
-
-
-def test_unfiltered_sample_keeps_junk_but_not_held_out_prompts(tokenizer):
-    p = params.SFTParams(model="tiny-llama")
-    prep = data.prepare(data.data_params_for(p), tokenizer)
-    held = {r["prompt"] for r in prep.splits["test"]}
-    pool = data.unfiltered_pool(p, tokenizer, held)
-    assert not held & {r["prompt"] for r in pool}
-    assert not {q.lower() for q in held} & {r["prompt"].lower() for r in pool}  # near-duplicates too
-    sample, n_bad = data.sample_unfiltered(p, tokenizer, held, 200, seed=0)
-    assert len(sample) == 200 and n_bad > 0
 
 
 def test_save_and_load_splits(tmp_path):

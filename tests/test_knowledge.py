@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 
-from nbft import corpora, knowledge, rag
+from nbft import corpora, knowledge, rag, tasks
 from nbft.data import DataError
 from nbft.knowledge import Fact
 
@@ -34,7 +34,7 @@ def facts(world):
 
 
 def words(s):
-    return f" {knowledge.normalize(s)} "
+    return f" {tasks.normalize(s)} "
 
 
 def has(text, part):
@@ -72,9 +72,9 @@ def test_mc_options_are_the_answer_and_three_distinct_distractors_of_the_same_at
     positions = collections.Counter()
     for f in facts:
         assert len(f.options) == knowledge.N_OPTIONS and f.options[f.gold_index] == f.answer
-        normed = [knowledge.normalize(o) for o in f.options]
+        normed = [tasks.normalize(o) for o in f.options]
         assert len(set(normed)) == 4, f  # no duplicate option, no distractor equal to the answer
-        assert knowledge.normalize(f.answer) not in {knowledge.normalize(d) for d in f.distractors}
+        assert tasks.normalize(f.answer) not in {tasks.normalize(d) for d in f.distractors}
         key = {"town": "towns", "organisation": "orgs", "person": "people"}[f.kind]
         others = {str(e[f.attribute]) if f.attribute != "population" else f"{e['population']:,}"
                   for e in world[key] if e["name"] != f.entity}

@@ -159,3 +159,58 @@ def test_bare_set_key_applies_to_every_stage_that_has_it():
     r = P.resolve(None, ["batch_size=2", "02_sft.epochs=3"])
     assert r["02_sft"].batch_size == 2 and r["03_peft"].batch_size == 2
     assert r["02_sft"].epochs == 3.0 and r["03_peft"].epochs == P.PEFTParams().epochs
+
+
+def test_default_profile_comments_are_each_stages_own_help(root):
+    """Bug: help was merged by field name only, so the last stage's wording described every stage's key
+    (02_sft.scope read "fine-tuning on the documents trains", 03_peft.epochs "passes over the documents")."""
+    section, seen = None, 0
+    for line in (root / "params" / "default.yaml").read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        if not line.startswith(" "):
+            section = line.rstrip(":")
+            continue
+        key, comment = line.strip().split(":", 1)[0], line.split("  # ", 1)[1]
+        cls = P.Common if section == P.COMMON else P.STAGES[section]
+        assert comment == P.help_text(cls)[key], (section, key, comment)
+        seen += 1
+    assert seen == len(P.common_names()) + sum(len(P.field_names(c)) - len(P.common_names()) for c in P.STAGES.values())
+
+
+GROUPS = [P.TrainArgs, P.ScopeArgs, P.LoraArgs, P.EvalArgs]
+#: a stage's own field that shares a group field's name, with its own meaning (TRL's name for the same limit)
+OWN = {("04_rlhf", "max_length")}
+
+
+@pytest.mark.parametrize("group", GROUPS, ids=lambda g: g.__name__)
+def test_a_group_field_comes_only_from_its_group(group):
+    """A stage has a group's fields only by composing the group (so a function that takes the group can rely on
+    every field), and a stage that redeclares one only to change its default keeps the group's help."""
+    names = P.field_names(group)
+    for stage, cls in P.STAGES.items():
+        mine = [n for n in names if n in P.field_names(cls) and (stage, n) not in OWN]
+        if issubclass(cls, group):
+            assert mine == names, stage
+        else:
+            assert not mine, f"{stage} declares {mine} without composing {group.__name__}"
+    for cls in P.STAGES.values():
+        for n in names:
+            if issubclass(cls, group):
+                assert P.help_text(cls)[n], (cls.__name__, n)
+
+
+def test_redeclared_default_keeps_the_groups_help():
+    assert P.PEFTParams().batch_size == 4 and P.TrainArgs().batch_size == 8
+    assert P.help_text(P.PEFTParams)["batch_size"] == P.help_text(P.TrainArgs)["batch_size"]
+    assert P.RLHFParams().lora_dropout == 0.0 and P.help_text(P.RLHFParams)["lora_dropout"] == "dropout on the LoRA input"
+    assert P.help_text(P.RAGParams)["epochs"] != P.help_text(P.PEFTParams)["epochs"]  # redeclared with its own help
+
+
+def test_functions_take_groups_not_getattr_defaults(root):
+    """No nbft function reads a parameter off a stage dataclass with a fallback (the reason fields were copied)."""
+    import re
+
+    hits = [f"{f.name}: {line.strip()}" for f in (root / "nbft").glob("*.py")
+            for line in f.read_text().splitlines() if re.search(r"getattr\(p, ['\"]", line)]
+    assert not hits, hits

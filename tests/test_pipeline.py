@@ -15,7 +15,7 @@ import pytest
 
 from html.parser import HTMLParser
 
-from nbft import cli, params, report
+from nbft import cli, export, params, report
 
 pytestmark = pytest.mark.notebook
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,11 +88,11 @@ def test_smoke_metrics(smoke_run):
     assert len(s["findings"]) >= 5
     # issue 4: one row per method, the table's columns, adapters on one base
     pe = m["03_peft"]
-    from nbft import peft_methods
+    from nbft import peft
 
     smoke_peft = params.resolve(SMOKE)["03_peft"]
     assert list(pe["methods"]) == smoke_peft.methods
-    runnable = [k for k in smoke_peft.methods if not peft_methods.METHODS[k].needs()]
+    runnable = [k for k in smoke_peft.methods if not peft.METHODS[k].needs()]
     assert pe["n_methods_ok"] == len(runnable) >= 13
     for k, row in pe["methods"].items():
         if k not in runnable:
@@ -116,7 +116,7 @@ def test_smoke_metrics(smoke_run):
     for k in ["rl_mean_reward_before", "rl_mean_reward_after", "dpo_mean_reward"]:
         assert math.isfinite(r[k]), k
     assert r["rl_kl"] > -1e-3 and r["n_pairs_train"] > 0 and r["n_pairs_heldout"] > 0
-    assert r["n_heldout_prompts"] >= 40 and r["policy_start"].startswith("this run's SFT model")
+    assert r["n_eval"] >= 40 and r["policy_start"].startswith("this run's SFT model")
     assert set(r["mean_words"]) == set(r["pass_rate"]) == {"sft", "rl", "dpo"}
     assert all(v > 0 for v in r["seconds"].values())
     # issue 6: retrieval vs fine-tuning — every method in both forms, recall, latency, the paraphrase curve
@@ -125,12 +125,39 @@ def test_smoke_metrics(smoke_run):
     assert set(k["acc"]) == {"base", "few_shot", "ft", "ft_paraphrase", "rag", "rag_ft"}
     for method, a in k["acc"].items():
         assert set(a) == {"open", "mc"} and all(0 <= v <= 1 for v in a.values()), method
-    assert k["n_questions"] == smoke_rag.n_questions
+    assert k["n_questions"] == k["n_eval"] == smoke_rag.n_eval
     assert set(k["recall_at_k"]) == {str(x) for x in smoke_rag.recall_ks}
     assert k["indexes"]["flat"]["recall@3"] >= 0.9  # the real MiniLM embedder, even in the smoke run
     assert all(0 <= v <= 1 for v in k["recall_at_k"].values()) and 0 < k["retrieval_ms_p50"] < 1000
     assert set(k["paraphrase_curve"]) == {str(x) for x in [0, smoke_rag.paraphrases, *smoke_rag.paraphrase_sweep]}
     assert len(k["findings"]) >= 4
+
+
+def test_every_stage_records_findings_and_what_they_mean(smoke_run):
+    """Bug: only 02 and 05 recorded findings (04 printed them, 03 had a sentence), so 99_report's "findings the
+    stages wrote" was incomplete. Every stage records them, with the thresholds they were worded by, and the
+    same names for how much it trained on and scored."""
+    _, run = smoke_run
+    m = json.loads((run / "metrics.json").read_text())
+    for stage in params.STAGES:
+        findings = m[stage].get("findings")
+        assert findings and all(isinstance(f, str) and len(f) > 20 for f in findings), stage
+    for stage in ("02_sft", "03_peft", "04_rlhf", "05_rag_vs_ft"):
+        assert m[stage]["thresholds"] and all(isinstance(v, (int, float)) for v in m[stage]["thresholds"].values())
+        assert m[stage]["n_train"] > 0 and m[stage]["n_eval"] > 0, stage
+    report_text = (run / "99_report.ipynb").read_text()
+    for stage in params.STAGES:
+        if stage != "99_report":
+            assert f"[smoke · {stage}]" in report_text, stage
+
+
+def test_unfiltered_arm_comes_from_the_data_01_cleaned(smoke_run):
+    """Bug: 02's clean-vs-unfiltered arm drew from the default json_qa demo even when 01 ran another mix."""
+    _, run = smoke_run
+    m = json.loads((run / "metrics.json").read_text())
+    tasks_01 = set(params.resolve(SMOKE)["01_data_prep"].demo_tasks)
+    drawn = set(m["02_sft"]["quality_comparison"]["unfiltered_tasks"])
+    assert drawn <= tasks_01 and len(drawn) > 1, (drawn, tasks_01)
 
 
 def test_smoke_artifacts(smoke_run):
@@ -169,7 +196,7 @@ def test_smoke_reports_read_as_reports(smoke_run):
         assert sum(c["cell_type"] == "markdown" for c in nb["cells"]) >= 5
         html = (run / f"{stage}.html").read_text()
         assert "data:image/png;base64" in html, f"{stage}: figures must be embedded in the HTML"
-        assert report.external_urls(html) == [], f"{stage}: the report must load nothing from a network"
+        assert export.external_urls(html) == [], f"{stage}: the report must load nothing from a network"
         if any("application/vnd.jupyter.widget-view+json" in o.get("data", {})
                for c in nb["cells"] for o in c.get("outputs", [])):
             assert 'type="application/vnd.jupyter.widget-state+json"' in html, f"{stage}: widget state embedded"
@@ -177,7 +204,7 @@ def test_smoke_reports_read_as_reports(smoke_run):
     index = (run / "index.html").read_text()
     for stage in params.STAGES:
         assert f"href='{stage}.html'" in index
-    assert "acc.rag.open = <b>" in index and report.external_urls(index) == []
+    assert "acc.rag.open = <b>" in index and export.external_urls(index) == []
     # 02_sft used 01's splits from the same run
     sft = (run / "02_sft.ipynb").read_text()
     assert "01_data_prep artifacts in this run" in sft
@@ -302,7 +329,7 @@ def test_sweep_two_values_two_runs_one_comparison_report(smoke_run, capsys):
         {"parameter": "01_data_prep.n_examples", points[0]: "48", points[1]: "64"}]
     rows = {r["metric"]: r for r in tables["01_data_prep"]}
     assert [rows["n_raw"][p] for p in points] == [str(r) for r in raw]
-    assert report.external_urls((sweep / "99_report.html").read_text()) == []
+    assert export.external_urls((sweep / "99_report.html").read_text()) == []
     index = (sweep / "index.html").read_text()
     assert all(f"href='../{p}/index.html'" in index for p in points) and "href='99_report.html'" in index
 
@@ -391,6 +418,6 @@ def test_plain_papermill_works(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run,) = (tmp_path / "runs").iterdir()
     m = json.loads((run / "metrics.json").read_text())["02_sft"]
-    assert m["n_test"] == 4 and "task_score_after" in m
+    assert m["n_eval"] == 4 and "task_score_after" in m
     assert set(m["scope_comparison"]) == {"lora", "full"} and m["quality_comparison"] == {}
     assert "built here with 01_data_prep's default parameters" in out.read_text()

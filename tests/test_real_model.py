@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from nbft import data, evaluate, models, params
+from nbft import data, evaluate, models, params, tasks
 
 pytestmark = pytest.mark.real_model
 
@@ -43,7 +43,7 @@ def test_base_model_does_not_already_show_the_demo_behaviour(smol):
     prep = data.prepare(params.DataPrepParams(n_examples=120), tok)
     test = prep.splits["test"][:12]
     outs = evaluate.generate(model, tok, [r["prompt"] for r in test], max_new_tokens=32, precision="bf16")
-    score, _ = evaluate.score(outs, [r["reference"] for r in test], "json_answer")
+    score, _, _ = tasks.score_records(outs, test, "json_answer")
     assert score <= 0.2, outs
 
 

@@ -5,7 +5,7 @@ import os
 import pytest
 import yaml
 
-from nbft import report
+from nbft import export, report, runs
 
 
 @pytest.mark.parametrize("html, expected", [
@@ -22,7 +22,7 @@ from nbft import report
     ("<script src='embed.js'></script>", []),
 ])
 def test_external_urls(html, expected):
-    assert report.external_urls(html) == expected
+    assert export.external_urls(html) == expected
 
 
 METRICS = {"01_data_prep": {"n_train": 10, "n_by_task": {"json_qa": 6, "uppercase": 4}},
@@ -32,12 +32,12 @@ METRICS = {"01_data_prep": {"n_train": 10, "n_by_task": {"json_qa": 6, "uppercas
 
 
 def test_flatten_and_tables():
-    flat = report.flatten(METRICS["05_rag_vs_ft"])
+    flat = runs.flatten(METRICS["05_rag_vs_ft"])
     assert flat == {"acc.rag.open": 0.8125, "acc.rag.mc": 0.95, "acc.ft.open": 0.0, "acc.ft.mc": 0.25,
                     "recall_at_k.1": 1.0, "retrieval_ms_p50": 4.5512, "n_questions": 120, "ks": [1, 3]}
-    assert report.headline("05_rag_vs_ft", METRICS["05_rag_vs_ft"]) == {
+    assert runs.headline("05_rag_vs_ft", METRICS["05_rag_vs_ft"]) == {
         "acc.rag.open": 0.8125, "acc.ft.open": 0.0, "retrieval_ms_p50": 4.5512, "n_questions": 120}
-    assert report.headline("unknown", {"a": 1, "b": {"c": 2}}) == {"a": 1, "b.c": 2}
+    assert runs.headline("unknown", {"a": 1, "b": {"c": 2}}) == {"a": 1, "b.c": 2}
     assert [report.fmt(v) for v in (0.123456, 3, True, None, [1, 0.5], "x")] == ["0.1235", "3", "True", "None",
                                                                                   "1, 0.5", "x"]
     rows = report.compare_table({"r1": METRICS, "r2": {"01_data_prep": {"n_train": 12, "extra": 1.5}}}, "01_data_prep")
@@ -98,13 +98,13 @@ def test_index_links_every_stage_with_headline_metrics(runs_dir):
     assert page.index("01_data_prep.html") < page.index("05_rag_vs_ft.html") < page.index("99_report.html")
     assert "compare_runs = <b>r</b>" in page
     assert "acc.rag.open = <b>0.8125</b>" in page and "n_train = <b>10</b>" in page and "12 s" in page
-    assert report.external_urls(page) == [] and "<script" not in page
+    assert export.external_urls(page) == [] and "<script" not in page
 
 
 def test_vendored_files_are_checked(monkeypatch, tmp_path):
     monkeypatch.setenv("NBFT_CACHE", str(tmp_path))
     with pytest.raises(FileNotFoundError, match="nbft vendor"):
-        report.vendor(fetch=False)
+        export.vendor(fetch=False)
 
     class Fake:
         def __init__(self, *a, **k):
@@ -119,7 +119,7 @@ def test_vendored_files_are_checked(monkeypatch, tmp_path):
         def read(self):
             return b"not the pinned tarball"
 
-    monkeypatch.setattr(report.urllib.request, "urlopen", Fake)
+    monkeypatch.setattr(export.urllib.request, "urlopen", Fake)
     with pytest.raises(OSError, match="does not match the pinned"):
-        report.vendor()
+        export.vendor()
     assert not any(tmp_path.rglob("*.js"))  # nothing unverified is kept

@@ -31,10 +31,7 @@ def test_rule_checks_fail_exactly_where_expected(reply, failing):
     assert 0.0 <= score <= 1.0 and (score == 1.0) == (not failing)
 
 
-def test_answer_text_reads_json_answers():
-    assert rlhf.answer_text('{"topic": "x", "answer": "Yes it is."}') == "Yes it is."
-    assert rlhf.answer_text('{"topic": "x", "answer": "Cut of') == "Cut of"
-    assert rlhf.answer_text("plain reply") == "plain reply"
+def test_rule_reward_reads_the_answer():
     assert rlhf.rule_reward([[{"role": "user", "content": Q}]], [[{"role": "assistant", "content": GOOD}]]) == [1.0]
 
 
@@ -96,7 +93,7 @@ def test_findings_follow_the_numbers():
     m = dict(rm_accuracy=0.9, rm_accuracy_train=0.95, n_pairs_heldout=50, n_pairs_train=200, rl_algo="grpo",
              preference_loss="dpo", rl_mean_reward_before=-1.0, rl_mean_reward_after=0.5, rl_kl=0.01,
              rule_score_sft=0.5, rule_score_rl=0.8, rule_score_dpo=0.4, winrate_rl_vs_sft=0.8, winrate_dpo_vs_sft=0.3,
-             n_heldout_prompts=40, mean_words={"sft": 2, "rl": 12, "dpo": 2}, distinct_trigrams={"sft": 1, "rl": 1, "dpo": 0.5})
+             n_eval=40, mean_words={"sft": 2, "rl": 12, "dpo": 2}, distinct_trigrams={"sft": 1, "rl": 1, "dpo": 0.5})
     text = " ".join(rlhf.findings(m))
     assert "at or above the 85% bar" in text and "GRPO raised" in text
     assert "RL beats the SFT start" in text and "DPO does not beat the SFT start" in text

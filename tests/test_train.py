@@ -14,8 +14,9 @@ def test_lora_sft_trains_only_adapters(tiny, tmp_path):
     p = params.SFTParams(model="tiny-llama", epochs=2.0, batch_size=4, lora_r=4, lora_alpha=8, max_length=96,
                          learning_rate=1e-2, precision="fp32")
     prep = data.prepare(params.DataPrepParams(model="tiny-llama", n_examples=40), tok)
-    res = train.sft(model, tok, prep.splits["train"], prep.splits["validation"], p, peft_config=train.lora_config(p))
-    tuned = res.trainer.model
+    res = train.sft(model, tok, prep.splits["train"], prep.splits["validation"], p, learning_rate=p.learning_rate,
+                    peft_config=train.lora_config(p))
+    tuned = res.model
     trainable, total = models.count_params(tuned)
     names = [n for n, p in tuned.named_parameters() if p.requires_grad]
     assert names and all("lora_" in n for n in names)
@@ -39,9 +40,9 @@ def test_lora_config_targets():
 
 
 def test_sft_config_follows_precision():
-    cfg = train.sft_config(params.SFTParams(precision="fp32", device="cpu"), "/tmp/x")
+    cfg = train.sft_config(params.SFTParams(precision="fp32", device="cpu"), "/tmp/x", 1e-3)
     assert not cfg.bf16 and cfg.use_cpu and not cfg.activation_checkpointing and not cfg.gradient_checkpointing
-    assert train.sft_config(params.SFTParams(precision="bf16", device="cpu"), "/tmp/x").bf16
+    assert train.sft_config(params.SFTParams(precision="bf16", device="cpu"), "/tmp/x", 1e-3).bf16
 
 
 def _block_params(model, i):
@@ -102,7 +103,7 @@ def test_finetune_full_and_freeze_change_only_trainable(tiny, tmp_path):
     model = copy.deepcopy(base)
     before = {n: q.detach().clone() for n, q in model.named_parameters()}
     res = train.finetune(model, tok, prep.splits["train"], [], p, scope="freeze")
-    changed = {n for n, q in res.trainer.model.named_parameters() if not torch.equal(q, before[n])}
+    changed = {n for n, q in res.model.named_parameters() if not torch.equal(q, before[n])}
     assert changed and all(n.startswith("model.layers.1.") or n == "model.norm.weight" for n in changed)
 
 
@@ -116,7 +117,7 @@ def test_continued_pretraining_lowers_domain_loss(tiny, tmp_path):
                          full_learning_rate=3e-3)
     before = evaluate.perplexity(model, tok, [d["text"] for d in docs])
     res = train.finetune(model, tok, docs, [], p, scope="full", mode="continued_pretraining")
-    assert evaluate.perplexity(res.trainer.model, tok, [d["text"] for d in docs]) < before
+    assert evaluate.perplexity(res.model, tok, [d["text"] for d in docs]) < before
 
 
 def test_save_tuned_lora_merges_to_a_plain_model(tiny, tmp_path):
@@ -129,7 +130,7 @@ def test_save_tuned_lora_merges_to_a_plain_model(tiny, tmp_path):
     for n, q in model.named_parameters():
         if "lora_B" in n:
             torch.nn.init.normal_(q, std=0.02)
-    saved = train.save_tuned(model, tok, tmp_path, "lora")
+    saved = train.save_tuned(model, tok, tmp_path)
     assert (saved["adapter"] / "adapter_model.safetensors").is_file()
     merged = AutoModelForCausalLM.from_pretrained(saved["merged"])
     ids = tok("hello there", return_tensors="pt")
@@ -144,25 +145,24 @@ def test_trained_model_is_not_left_under_autocast(tiny):
     model = copy.deepcopy(base)
     prep = data.prepare(params.DataPrepParams(model="tiny-llama", n_examples=24), tok)
     p = params.SFTParams(model="tiny-llama", precision="bf16", device="cpu", max_length=64)
-    res = train.sft(model, tok, prep.splits["train"][:8], [], p, max_steps=1)
-    assert "_original_forward" not in res.trainer.model.__dict__
+    res = train.sft(model, tok, prep.splits["train"][:8], [], p, learning_rate=1e-3, max_steps=1)
+    assert "_original_forward" not in res.model.__dict__
     ids = tok("hello world", return_tensors="pt")
     with torch.no_grad():
-        out = res.trainer.model(**ids).logits
-        ref = torch.nn.functional.linear(res.trainer.model.model(**ids).last_hidden_state,
-                                         res.trainer.model.lm_head.weight)
+        out = res.model(**ids).logits
+        ref = torch.nn.functional.linear(res.model.model(**ids).last_hidden_state, res.model.lm_head.weight)
     assert out.dtype == torch.float32 and torch.allclose(out, ref, atol=1e-5)
 
 
 def test_lora_trained_in_bf16_merges_exactly_in_fp32(tiny):
     """After bf16 training no submodule keeps an autocast forward: merged == adapter in fp32."""
-    from nbft import peft_methods
+    from nbft import peft
 
     base, tok = tiny
     prep = data.prepare(params.DataPrepParams(model="tiny-llama", n_examples=24), tok)
     p = params.PEFTParams(model="tiny-llama", lora_r=4, lora_alpha=8, precision="bf16", device="cpu")
-    model = peft_methods.prepare("lora", copy.deepcopy(base), p)
+    model = peft.prepare("lora", copy.deepcopy(base), p)
     res = train.sft(model, tok, prep.splits["train"][:16], [], p, max_steps=3, learning_rate=1e-2)
-    assert not any("forward" in m.__dict__ for m in res.trainer.model.modules())
-    _, diff = peft_methods.merge_check(res.trainer.model, tok, ["hello there friend", "the capital of France"])
+    assert not any("forward" in m.__dict__ for m in res.model.modules())
+    _, diff = peft.merge_check(res.model, tok, ["hello there friend", "the capital of France"])
     assert 0 < diff < 1e-4  # the adapter changed the model, and the merge reproduces it

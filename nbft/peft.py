@@ -1,4 +1,4 @@
-"""Fine-tuning methods as a table: one row per method; adding a method is adding a row.
+"""Stage 03_peft: fine-tuning methods as a table — one row per method; adding a method is adding a row.
 
 Each row says how to make a base model trainable with the method (``prepare``), the
 learning rate of its family, whether its update can be merged into the base weights,
@@ -10,6 +10,7 @@ attention and the MLP of every block, in :class:`BottleneckAdapter` below.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,16 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from . import train
+from . import corpora, data, evaluate, models, params, train
+
+#: The lines the written findings draw (recorded as ``thresholds`` in metrics.json).
+THRESHOLDS = {
+    "within": 0.1,            # a method's task score within this of the reference (or above): "within"
+    "small_pct": 2.0,         # trainable share under this percent: "a tiny fraction"
+    "learned_margin": 0.1,    # task score above the base model's + this: the method learned the task
+    "forgot_ratio": 1.5,      # general-text perplexity above this times the base's: "wrecked general text"
+    "merge_tolerance": 1e-3,  # max |logit diff| of a merged copy that still counts as the same model
+}
 
 
 @dataclass(frozen=True)
@@ -44,10 +54,7 @@ def _peft(config_fn):
 
 def _lora(**kw):
     def cfg(p):
-        from peft import LoraConfig
-
-        return LoraConfig(r=p.lora_r, lora_alpha=p.lora_alpha, lora_dropout=p.lora_dropout,
-                          target_modules="all-linear", task_type="CAUSAL_LM", **kw)
+        return train.lora_config(p, "CAUSAL_LM", **kw)
     return cfg
 
 
@@ -101,7 +108,7 @@ def _full(model, p):
 
 
 def _freeze(model, p):
-    return train.apply_scope(model, "freeze", p.freeze_top_n)
+    return train.apply_scope(model, "freeze", p.freeze_top_n, p.freeze_train_head)
 
 
 def _qlora_needs() -> str:
@@ -316,55 +323,92 @@ def run_method(name: str, p, tokenizer, train_set: list[dict], validation: list[
     task_score, adapter_mb, mergeable, merge_max_abs_diff, ppl_general, log_history, outputs, status.
     A method that cannot run here returns status "skipped: needs ..." and no numbers.
     """
-    import gc
-
-    from . import corpora, evaluate, models
-
     method = METHODS[name]
     missing = method.needs()
     if missing:
         return {"status": f"skipped: needs {missing}", "mergeable": method.mergeable, "note": method.note}
-    base, _ = models.load_model(p.model, p.device, tokenizer=tokenizer)
-    model = prepare(name, base, p)
-    trainable, total = models.count_params(model)
-    with PeakRSS() as mem:
-        res = train.sft(model, tokenizer, train_set, validation, p, callbacks=callbacks,
-                        learning_rate=learning_rate(method, p), max_steps=p.max_steps)
-    model = res.trainer.model
-    folder = save(model, Path(out_dir) / name, name)
-    row = {"status": "ok", "note": method.note, "trainable_params": trainable, "trainable_pct": 100 * trainable / total,
-           "seconds": res.seconds, "tokens_per_second": res.tokens_per_second, "peak_mem_mb": mem.mb,
-           "eval_loss": res.eval_loss, "adapter_mb": folder_mb(folder), "mergeable": method.mergeable,
-           "merge_max_abs_diff": None, "learning_rate": learning_rate(method, p),
-           "log_history": [r for r in res.log_history if "loss" in r]}
-    ev = evaluate.evaluate_model(model, tokenizer, test_set, check, precision, p.max_new_tokens, p.eval_batch_size,
-                                 probe=False)
-    row.update(task_score=ev["task_score"], outputs=ev["outputs"], passed=ev["passed"],
-               ppl_general=evaluate.perplexity(model, tokenizer, corpora.GENERAL_TEXT, precision=precision))
-    if method.mergeable and hasattr(model, "peft_config"):
-        merged, row["merge_max_abs_diff"] = merge_check(model, tokenizer, [r["prompt"] + r["completion"] for r in test_set[:4]])
-        del merged
-    del model, base, res
-    gc.collect()
+    with contextlib.ExitStack() as stack:  # the trained model is freed when the row is measured
+        with PeakRSS() as mem:
+            res = stack.enter_context(train.trained(
+                p, tokenizer, train_set, validation, prepare=lambda m: prepare(name, m, p), callbacks=callbacks,
+                learning_rate=learning_rate(method, p), max_steps=p.max_steps))
+        model = res.model
+        trainable, total = models.count_params(model)
+        folder = save(model, Path(out_dir) / name, name)
+        row = {"status": "ok", "note": method.note, "trainable_params": trainable,
+               "trainable_pct": 100 * trainable / total, "seconds": res.seconds,
+               "tokens_per_second": res.tokens_per_second, "peak_mem_mb": mem.mb, "eval_loss": res.eval_loss,
+               "adapter_mb": folder_mb(folder), "mergeable": method.mergeable, "merge_max_abs_diff": None,
+               "learning_rate": learning_rate(method, p), "log_history": [r for r in res.log_history if "loss" in r]}
+        ev = evaluate.evaluate_model(model, tokenizer, test_set, check, precision, p.max_new_tokens,
+                                     p.eval_batch_size, probe=False)
+        row.update(task_score=ev["task_score"], outputs=ev["outputs"], passed=ev["passed"],
+                   ppl_general=evaluate.perplexity(model, tokenizer, corpora.GENERAL_TEXT, precision=precision))
+        if method.mergeable and hasattr(model, "peft_config"):
+            _, row["merge_max_abs_diff"] = merge_check(model, tokenizer,
+                                                       [r["prompt"] + r["completion"] for r in test_set[:4]])
+        del model
     return row
 
 
 def compare(a: str, b: str, rows: dict) -> dict:
-    """Method ``a`` against reference ``b`` (task score gap, trainable share) with a sentence saying it."""
+    """Method ``a`` against reference ``b`` (task score gap, trainable share) with a sentence saying it
+    (``THRESHOLDS``: ``within``, ``small_pct``)."""
     if a not in rows or b not in rows:
         return {"sentence": f"cannot compare {a} with {b}: {', '.join(m for m in (a, b) if m not in rows)} did not run"}
     ra, rb = rows[a], rows[b]
+    within, small_pct = THRESHOLDS["within"], THRESHOLDS["small_pct"]
     gap = ra["task_score"] - rb["task_score"]
-    close = abs(gap) <= 0.1 or gap > 0
-    small = ra["trainable_pct"] < 2.0
+    close = abs(gap) <= within or gap > 0
+    small = ra["trainable_pct"] < small_pct
     sentence = (f"{a}: task score {ra['task_score']:.2f} with {ra['trainable_pct']:.2f}% of the weights trained; "
                 f"{b}: {rb['task_score']:.2f} with {rb['trainable_pct']:.2f}%. Gap {gap:+.2f}: " +
-                ("within 0.1 (or better)" if close else "more than 0.1 behind") +
-                (f", at under 2% trainable parameters." if small else
-                 f", but at {ra['trainable_pct']:.2f}% trainable parameters, not under 2%."))
+                (f"within {within} (or better)" if close else f"more than {within} behind") +
+                (f", at under {small_pct:g}% trainable parameters." if small else
+                 f", but at {ra['trainable_pct']:.2f}% trainable parameters, not under {small_pct:g}%."))
     return {f"{a}_task_score": ra["task_score"], f"{b}_task_score": rb["task_score"],
-            f"{a}_trainable_pct": ra["trainable_pct"], "gap": gap, "within_0_1": close, "under_2pct": small,
+            f"{a}_trainable_pct": ra["trainable_pct"], "gap": gap, "within": close, "small_share": small,
             "sentence": sentence}
+
+
+def second_task_data(p, tokenizer) -> dict[str, list[dict]]:
+    """The splits of the second adapter's task: the built-in demo of ``p.second_task``, ``p.n_second_task`` examples,
+    prepared by 01_data_prep's chain with its defaults."""
+    common = {k: getattr(p, k) for k in params.common_names()}
+    dp = params.DataPrepParams(**common, n_examples=p.n_second_task, demo_tasks=[p.second_task])
+    return data.prepare(dp, tokenizer).splits
+
+
+def findings(rows: dict[str, dict], base: dict, lora_vs_full: dict, branches: dict | None) -> list[str]:
+    """One sentence per result of the bake-off, worded by the numbers and ``THRESHOLDS``.
+
+    ``rows``: the methods that ran (``run_method`` rows); ``base``: the base model's task_score and ppl_general.
+    """
+    t = THRESHOLDS
+    out = [lora_vs_full["sentence"]]
+    if not rows:
+        return out + ["No method ran."]
+    learned = [m for m, r in rows.items() if r["task_score"] > base["task_score"] + t["learned_margin"]]
+    missed = [m for m in rows if m not in learned]
+    out.append(f"{len(learned)} of {len(rows)} methods learned the task on this budget (task score above the base "
+               f"model's {base['task_score']:.2f} by more than {t['learned_margin']})"
+               + (f"; these did not: {', '.join(missed)}." if missed else "."))
+    best = max(rows, key=lambda m: (rows[m]["task_score"], -rows[m]["trainable_pct"]))
+    out.append(f"Best task score: {best} ({rows[best]['task_score']:.2f}) with {rows[best]['trainable_pct']:.3g}% of the "
+               f"weights trained; fastest: {min(rows, key=lambda m: rows[m]['seconds'])}.")
+    forgot = [m for m, r in rows.items() if r.get("ppl_general") and r["ppl_general"] > t["forgot_ratio"] * base["ppl_general"]]
+    out.append(f"General-text perplexity (base {base['ppl_general']:.2f}) rose above {t['forgot_ratio']}x for "
+               + (", ".join(f"{m} ({rows[m]['ppl_general']:.4g})" for m in forgot) if forgot else "no method") + ".")
+    unmerged = [m for m, r in rows.items() if r["merge_max_abs_diff"] is not None
+                and r["merge_max_abs_diff"] > t["merge_tolerance"]]
+    merged = [m for m, r in rows.items() if r["merge_max_abs_diff"] is not None]
+    if merged:
+        out.append(f"Merging into the base weights reproduced the adapter's logits within {t['merge_tolerance']:g} for "
+                   f"{len(merged) - len(unmerged)} of {len(merged)} mergeable adapters"
+                   + (f"; not for {', '.join(unmerged)}." if unmerged else "."))
+    if branches is not None:
+        out.append(branches["sentence"])
+    return out
 
 
 def trunk_and_branches(base_loader: Callable, tokenizer, adapters: dict[str, Path], tests: dict[str, list[dict]],
@@ -377,8 +421,6 @@ def trunk_and_branches(base_loader: Callable, tokenizer, adapters: dict[str, Pat
     """
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
-
-    from . import evaluate, models
 
     names, tasks = list(adapters), list(tests)
     model = PeftModel.from_pretrained(base_loader(), adapters[names[0]], adapter_name=names[0])
@@ -421,9 +463,8 @@ def trunk_and_branches(base_loader: Callable, tokenizer, adapters: dict[str, Pat
     models.save(merged, tokenizer, merged_dir)
     reloaded = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
     texts = [tests[t][0]["prompt"] for t in tasks]
-    side, tokenizer.padding_side = tokenizer.padding_side, "right"
-    enc = tokenizer(texts, return_tensors="pt", padding=True)
-    tokenizer.padding_side = side
+    with models.padding_side(tokenizer, "right"):
+        enc = tokenizer(texts, return_tensors="pt", padding=True)
     with torch.no_grad():
         diff = float((model(**enc).logits - reloaded(**enc).logits).abs()[enc["attention_mask"].bool()].max())
     del merged, reloaded
@@ -431,7 +472,7 @@ def trunk_and_branches(base_loader: Callable, tokenizer, adapters: dict[str, Pat
     off = "base (adapters off)"
     beats = all(scores[n][t] > max([scores[m][t] for m in names if m != n] + [scores[off][t]])
                 for n, t in zip(names, tasks))
-    ok = beats and diff < 1e-3
+    ok = beats and diff < THRESHOLDS["merge_tolerance"]
     sentence = (" ".join(f"Adapter {n} scores {scores[n][t]:.2f} on its task {t} (adapters off: {scores[off][t]:.2f})."
                          for n, t in zip(names, tasks)) +
                 f" Switching {'works' if beats else 'does not work'}: each adapter "

@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from nbft import models, params, peft_methods
+from nbft import models, params, peft
 
 P = params.PEFTParams(model="tiny-llama", lora_r=4, lora_alpha=8, num_virtual_tokens=4, adapter_bottleneck=8,
                       freeze_top_n=1)
@@ -26,14 +26,14 @@ def batch(tiny):
     return enc
 
 
-RUNNABLE = [n for n, m in peft_methods.METHODS.items() if not m.needs()]
-MISSING = [n for n, m in peft_methods.METHODS.items() if m.needs()]
+RUNNABLE = [n for n, m in peft.METHODS.items() if not m.needs()]
+MISSING = [n for n, m in peft.METHODS.items() if m.needs()]
 
 
 @pytest.mark.parametrize("name", RUNNABLE)
 def test_method_trains_saves_reloads_merges(name, tiny, batch, tmp_path):
     base, tok = tiny
-    model = peft_methods.prepare(name, copy.deepcopy(base), P)
+    model = peft.prepare(name, copy.deepcopy(base), P)
     model.train()
     trainable = {n for n, t in model.named_parameters() if t.requires_grad}
     assert trainable, "nothing to train"
@@ -51,14 +51,14 @@ def test_method_trains_saves_reloads_merges(name, tiny, batch, tmp_path):
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     with torch.no_grad():
         logits = model(**inputs).logits
-    folder = peft_methods.save(model, tmp_path / name, name)
-    assert peft_methods.folder_mb(folder) > 0
-    reloaded = peft_methods.reload(name, base_loader, folder, P)
+    folder = peft.save(model, tmp_path / name, name)
+    assert peft.folder_mb(folder) > 0
+    reloaded = peft.reload(name, base_loader, folder, P)
     with torch.no_grad():
         assert torch.allclose(reloaded(**inputs).logits, logits, atol=1e-5), "reload changed the outputs"
 
-    if peft_methods.METHODS[name].mergeable and hasattr(model, "peft_config"):
-        merged, diff = peft_methods.merge_check(model, tok, TEXTS)
+    if peft.METHODS[name].mergeable and hasattr(model, "peft_config"):
+        merged, diff = peft.merge_check(model, tok, TEXTS)
         assert not hasattr(merged, "peft_config") and diff < 1e-3, diff
 
 
@@ -67,15 +67,15 @@ def test_methods_that_cannot_run_here_say_why(name, tiny):
     if name == "(none)":
         return  # everything runs on this machine (a GPU with bitsandbytes)
     with pytest.raises(RuntimeError, match=f"{name} needs .*(CUDA GPU|bitsandbytes)"):
-        peft_methods.prepare(name, copy.deepcopy(tiny[0]), P)
+        peft.prepare(name, copy.deepcopy(tiny[0]), P)
 
 
 def test_at_least_twelve_methods_and_unknown_name():
-    assert len(peft_methods.METHODS) >= 13
+    assert len(peft.METHODS) >= 13
     with pytest.raises(ValueError, match="did you mean 'lora'"):
-        peft_methods.prepare("lorra", None, P)
+        peft.prepare("lorra", None, P)
 
 
 def test_learning_rate_rule_covers_every_family():
-    for m in peft_methods.METHODS.values():
-        assert peft_methods.learning_rate(m, P) > 0
+    for m in peft.METHODS.values():
+        assert peft.learning_rate(m, P) > 0

@@ -1,0 +1,124 @@
+"""Stage 02_sft: supervised fine-tuning — what it does and what it costs.
+
+The notebook's own logic: the domain texts for continued pretraining, one fixed-budget LoRA run scored on
+held-out prompts (the data-size sweep and the clean-vs-unfiltered arm), the unfiltered arm itself, the
+base-vs-tuned rows, and ``findings`` — the sentences the notebook prints and records, worded by the numbers
+and by ``THRESHOLDS`` (recorded with the metrics, so a reader sees what "learned" or "within" meant).
+"""
+from __future__ import annotations
+
+import random
+
+from . import corpora, data, evaluate, params, train
+
+#: The lines the written findings draw (recorded as ``thresholds`` in metrics.json).
+THRESHOLDS = {
+    "learned": 0.9,           # task score at or above this: "the behaviour was learned" (also the data-size bar)
+    "partly_margin": 0.1,     # task score above base + this: "partly learned"
+    "same_relative": 0.02,    # a relative change within this: "stayed about the same"
+    "lora_within": 0.1,       # LoRA's task score within this of full fine-tuning: "comes within"
+    "clean_margin": 0.02,     # clean above unfiltered by more than this: "clean data wins"
+}
+
+
+def domain_texts(p: params.SFTParams) -> tuple[list[dict], list[str]]:
+    """Continued-pretraining data: invented-world documents to train on ({"text"} records) and held-out ones
+    (a fifth, at least 4) whose perplexity shows whether it worked."""
+    docs = corpora.domain_corpus(max(p.cpt_docs, 8), p.seed)
+    n_held = max(4, len(docs) // 5)
+    return [{"text": d} for d in docs[n_held:]], docs[:n_held]
+
+
+def lora_task_score(p: params.SFTParams, tokenizer, examples: list[dict], test: list[dict], steps: int,
+                    check: str, precision: str) -> float:
+    """Task score of a fresh LoRA run on ``examples`` for exactly ``steps`` optimizer steps (the data-size sweep
+    and the clean-vs-unfiltered arms: same recipe, same compute)."""
+    with train.trained(p, tokenizer, examples, scope="lora", max_steps=steps) as r:
+        return evaluate.evaluate_model(r.model, tokenizer, test, check, precision, p.max_new_tokens,
+                                       p.eval_batch_size, probe=False)["task_score"]
+
+
+def unfiltered_pool(dp: params.DataPrepParams, tokenizer, exclude_prompts: set[str]) -> list[dict]:
+    """The raw data of 01_data_prep's parameters ``dp`` rendered as it is (no dedup, no filters), minus
+    held-out prompts (compared case- and whitespace-insensitively).
+
+    The other arm of a "clean vs unfiltered data" comparison on the same budget: drawn from the same source
+    01_data_prep cleaned (its dataset, demo tasks, template), so the two arms differ only in the cleaning.
+    """
+    raw = data.load_raw(dp.dataset, dp.seed, dp.n_examples, dp.hf_split, dp.demo_tasks)
+    recs = [data.render(r, tokenizer, dp.template) for r in data.normalize(raw, dp.data_format)]
+    excluded = {data.normalized_prompt({"prompt": x}) for x in exclude_prompts}
+    return [{**r, "n_tokens": len(tokenizer(r["prompt"] + r["completion"], add_special_tokens=False)["input_ids"])}
+            for r in recs if data.normalized_prompt(r) not in excluded]
+
+
+def sample_unfiltered(dp: params.DataPrepParams, tokenizer, exclude_prompts: set[str], n: int,
+                      seed: int = 0) -> tuple[list[dict], int]:
+    """``n`` records drawn from :func:`unfiltered_pool`, and how many of them a filter would drop
+    (an empty reply, or one that fails its own task check)."""
+    pool = unfiltered_pool(dp, tokenizer, exclude_prompts)
+    picked = [pool[i] for i in sorted(random.Random(seed).sample(range(len(pool)), min(n, len(pool))))]
+    return picked, sum(not data.reply_of(r).strip() or data.off_format(r) for r in picked)
+
+
+def comparison_rows(test: list[dict], before: dict, after: dict) -> list[dict]:
+    """Rows for the base-vs-tuned browser: each held-out prompt (the user turn), both replies, pass/fail.
+    ``before``/``after``: ``evaluate.evaluate_model`` results on ``test``."""
+    return [{"prompt": r["messages"][-2]["content"], "before": b, "pass_before": pb, "after": a, "pass_after": pa}
+            for r, b, a, pb, pa in zip(test, before["outputs"], after["outputs"], before["passed"], after["passed"])]
+
+
+def change(before: float, after: float, lower_is_better: bool = False) -> str:
+    """"stayed about the same" (relative change within ``THRESHOLDS['same_relative']``), else rose/fell, better/worse."""
+    rel = (after - before) / before if before else after - before
+    if abs(rel) <= THRESHOLDS["same_relative"]:
+        return "stayed about the same"
+    up = after > before
+    return ("rose" if up else "fell") + (" (worse)" if up == lower_is_better else " (better)")
+
+
+def findings(base: dict, after: dict, scopes: dict, by_size: dict, quality: dict,
+             cpt_domain: tuple[float, float] | None) -> list[str]:
+    """Plain sentences, each with its numbers, about what 02_sft measured."""
+    t = THRESHOLDS
+    learned = ("was learned." if after["task_score"] >= t["learned"] else
+               "was only partly learned." if after["task_score"] > base["task_score"] + t["partly_margin"] else
+               "was not learned.")
+    out = [f"Task score {base['task_score']:.2f} -> {after['task_score']:.2f} on held-out prompts: the behaviour {learned}"]
+    form_moved = abs(after["task_score"] - base["task_score"])
+    out.append(f"Answer accuracy {base['answer_accuracy']:.2f} -> {after['answer_accuracy']:.2f} while the task score moved "
+               f"{after['task_score'] - base['task_score']:+.2f}: " + (
+                   "fine-tuning changed the form far more than the knowledge."
+                   if abs(after["answer_accuracy"] - base["answer_accuracy"]) < form_moved / 2
+                   else "knowledge moved as much as form here."))
+    out.append(f"Forgetting, main run: general-text perplexity {base['ppl_general']:.2f} -> {after['ppl_general']:.2f} "
+               f"({change(base['ppl_general'], after['ppl_general'], True)}); general questions "
+               f"{base['general_qa']:.2f} -> {after['general_qa']:.2f} ({change(base['general_qa'], after['general_qa'])}).")
+    for s, r in scopes.items():
+        out.append(f"Scope {s}: {r['trainable_pct']:.2f}% of weights, {r['seconds']:.0f} s, task score {r['task_score']:.2f}, "
+                   f"general-text perplexity {r['ppl_general_after']:.2f} "
+                   f"({change(base['ppl_general'], r['ppl_general_after'], True)} vs base {base['ppl_general']:.2f}), "
+                   f"general questions {r['general_qa_after']:.2f}.")
+    if "lora" in scopes and "full" in scopes:
+        gap = scopes["full"]["task_score"] - scopes["lora"]["task_score"]
+        out.append(f"LoRA vs full fine-tuning: task score {scopes['lora']['task_score']:.2f} vs {scopes['full']['task_score']:.2f} "
+                   f"with {scopes['lora']['trainable_pct']:.2f}% vs 100% of the weights trained; " + (
+                       f"LoRA comes within {t['lora_within']} of full fine-tuning." if abs(gap) <= t["lora_within"] else
+                       "LoRA does better than full fine-tuning on this budget." if gap < 0 else
+                       f"LoRA falls more than {t['lora_within']} short of full fine-tuning here."))
+        worse = max(scopes, key=lambda k: scopes[k]["ppl_general_after"])
+        out.append(f"The most forgetting (highest general-text perplexity after) came with scope '{worse}'.")
+    if by_size:
+        sizes = sorted(by_size)
+        enough = next((n for n in sizes if by_size[n] >= t["learned"]), None)
+        out.append("Data size: " + ", ".join(f"{n} examples -> {by_size[n]:.2f}" for n in sizes) + "; " + (
+            f"{enough} clean examples were enough for a score of {t['learned']}." if enough
+            else f"no size reached {t['learned']}."))
+    if quality:
+        out.append(f"Clean vs unfiltered at {quality['n_examples']} examples: {quality['clean']:.2f} vs {quality['unfiltered']:.2f} "
+                   + ("(clean data wins)." if quality["clean"] > quality["unfiltered"] + t["clean_margin"] else
+                      "(unfiltered did as well or better here)."))
+    if cpt_domain:
+        b, a = cpt_domain
+        out.append(f"Continued pretraining: perplexity on held-out domain documents {b:.2f} -> {a:.2f} ({change(b, a, True)}).")
+    return out

@@ -1,0 +1,116 @@
+"""The structure docs/architecture.md describes, checked from the source: an acyclic import graph, no private
+names used across modules, no global state changed on import, and notebooks that import their stage module plus
+the core and set themselves up with one call."""
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "nbft"
+MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
+CORE = {"params", "tasks", "corpora", "models", "data", "train", "evaluate", "runs", "export", "report", "widgets"}
+STAGE_MODULES = {"01_data_prep": set(), "02_sft": {"sft"}, "03_peft": {"peft"}, "04_rlhf": {"rlhf"},
+                 "05_rag_vs_ft": {"knowledge", "rag"}, "99_report": set()}
+
+
+def nbft_imports(tree: ast.AST) -> list[tuple[str, str, int]]:
+    """(imported nbft module, imported name or "", line) for every import anywhere in a module (function-local
+    ones too: that is where cycles hide)."""
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level == 1 and node.module is None:  # from . import a, b
+                out += [(a.name, "", node.lineno) for a in node.names]
+            elif node.level == 1 or (node.module or "").startswith("nbft."):
+                mod = node.module.removeprefix("nbft.") if node.level == 0 else node.module
+                out += [(mod.split(".")[0], a.name, node.lineno) for a in node.names]
+            elif node.module == "nbft":
+                out += [(a.name, "", node.lineno) for a in node.names]
+        elif isinstance(node, ast.Import):
+            out += [(a.name.split(".")[1], "", node.lineno) for a in node.names if a.name.startswith("nbft.")]
+    return out
+
+
+def parsed():
+    return {m: ast.parse((PACKAGE / f"{m}.py").read_text()) for m in MODULES}
+
+
+def test_import_graph_is_acyclic():
+    graph = {m: sorted({dep for dep, _, _ in nbft_imports(tree) if dep in MODULES and dep != m})
+             for m, tree in parsed().items()}
+    state: dict[str, int] = {}
+
+    def visit(m, path):
+        if state.get(m) == 1:
+            raise AssertionError("import cycle: " + " -> ".join(path[path.index(m):] + [m]))
+        if state.get(m) == 2:
+            return
+        state[m] = 1
+        for dep in graph[m]:
+            visit(dep, path + [m])
+        state[m] = 2
+
+    for m in graph:
+        visit(m, [])
+    assert graph["tasks"] == [] and graph["params"] == [], "tasks and params are leaves"
+    for m in CORE:  # the core never reaches up into a stage module
+        assert not set(graph[m]) & {"sft", "peft", "rlhf", "knowledge", "cli"}, (m, graph[m])
+
+
+def test_no_private_names_across_modules():
+    bad = []
+    for m, tree in parsed().items():
+        aliases = {a.asname or a.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                   and (node.level == 1 and node.module is None or node.module == "nbft") for a in node.names}
+        for dep, name, line in nbft_imports(tree):
+            if name.startswith("_") and dep != m:
+                bad.append(f"{m}.py:{line}: from .{dep} import {name}")
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases
+                    and node.attr.startswith("_") and not node.attr.startswith("__")):
+                bad.append(f"{m}.py:{node.lineno}: {node.value.id}.{node.attr}")
+    assert not bad, "private names used across modules:\n" + "\n".join(bad)
+
+
+def test_importing_nbft_changes_no_global_state():
+    """Warning filters and the environment are the same before and after importing every nbft module
+    (the libraries nbft builds on are imported first: their own import-time changes are not nbft's)."""
+    code = f"""
+import os, warnings, json
+import torch, transformers, peft, trl, datasets, numpy, yaml, jinja2, matplotlib.pyplot, ipywidgets, faiss, papermill
+before = (list(map(str, warnings.filters)), dict(os.environ))
+import nbft
+{"".join(f"import nbft.{m}; " for m in MODULES)}
+after = (list(map(str, warnings.filters)), dict(os.environ))
+print(json.dumps({{"filters": [f for f in after[0] if f not in before[0]],
+                   "env": sorted(k for k in set(before[1]) | set(after[1]) if before[1].get(k) != after[1].get(k))}}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    changed = json.loads(out.stdout.strip().splitlines()[-1])
+    assert changed == {"filters": [], "env": []}
+
+
+def notebook_code(stage: str) -> list[str]:
+    nb = json.loads((ROOT / "notebooks" / f"{stage}.ipynb").read_text())
+    return ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"
+            and "parameters" not in c.get("metadata", {}).get("tags", [])]
+
+
+@pytest.mark.parametrize("stage", list(STAGE_MODULES))
+def test_notebook_imports_its_stage_module_plus_the_core_and_sets_up_with_one_call(stage):
+    cells = notebook_code(stage)
+    trees = [ast.parse(c) for c in cells]
+    used = {dep for t in trees for dep, _, _ in nbft_imports(t)}
+    assert used <= CORE | STAGE_MODULES[stage], f"{stage} imports {sorted(used - CORE - STAGE_MODULES[stage])}"
+    assert STAGE_MODULES[stage] <= used
+    assert f'nbft.setup("{stage}", globals())' in cells[0]
+    code = "\n".join(cells)
+    for copied in ("from_namespace", "seed_everything", "open_run", "pick_device", "pick_precision", "gc.collect"):
+        assert copied not in code, f"{stage}: {copied} belongs in nbft (nbft.setup / train.trained / models.release)"
+    defs = [n.name for t in trees for n in ast.walk(t) if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
+    assert not defs, f"{stage} defines {defs}: logic belongs in its stage module"
