@@ -16,7 +16,7 @@ import papermill
 import pytest
 
 from browser import Browser
-from nbft import cli, params, report
+from nbft import cli, export, params
 
 pytestmark = [pytest.mark.browser, pytest.mark.notebook]
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,7 +68,7 @@ def test_report_without_a_renderer_shows_the_static_copies(executed, tmp_path, m
     def unavailable(fetch=True):
         raise OSError("no registry")
 
-    monkeypatch.setattr(report, "vendor", unavailable)
+    monkeypatch.setattr(export, "vendor", unavailable)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         page = export.export_html(executed, tmp_path / "static.html")
