@@ -49,15 +49,18 @@ def _stage_names(only: list[str] | None) -> list[str]:
 #: (stage, parameter) -> the values that are names, not paths; any other value is a path to make absolute.
 PATH_PARAMETERS = {("04_rlhf", "policy"): ("auto", "base"), ("04_rlhf", "preferences"): ("builtin",),
                    ("05_rag_vs_ft", "knowledge_base"): ("builtin",), ("05_rag_vs_ft", "questions"): ("",)}
+#: (stage, parameter) that name a dataset: a local file (made absolute), or a built-in or hub name (kept).
+DATASET_PARAMETERS = (("01_data_prep", "dataset"), ("06_classify", "source_data"), ("06_classify", "target_data"))
 
 
 def _absolutize_paths(resolved: dict) -> None:
     """Relative data paths are relative to where ``nbft run`` was started; notebooks run elsewhere."""
     from . import data
 
-    dp = resolved["01_data_prep"]
-    if data.is_file_spec(dp.dataset):
-        dp.dataset = str(Path(dp.dataset).expanduser().resolve())
+    for stage, key in DATASET_PARAMETERS:
+        value = getattr(resolved[stage], key)
+        if value and data.is_file_spec(value):
+            setattr(resolved[stage], key, str(Path(value).expanduser().resolve()))
     for (stage, key), names in PATH_PARAMETERS.items():
         value = getattr(resolved[stage], key)
         if value not in names:
@@ -70,10 +73,11 @@ def _absolutize_paths(resolved: dict) -> None:
 def preflight(resolved: dict, stages: list[str]) -> None:
     """Check what can be checked before any notebook runs: the model spec, then each stage's own inputs
     (its module's ``check_inputs``: data files, preference pairs, documents and questions, runs to compare)."""
-    from . import data, knowledge, models, report, rlhf
+    from . import classify, data, knowledge, models, report, rlhf
 
     checks = {"01_data_prep": data.check_inputs, "04_rlhf": rlhf.check_inputs,
-              "05_rag_vs_ft": knowledge.check_inputs, "99_report": report.check_inputs}
+              "05_rag_vs_ft": knowledge.check_inputs, "06_classify": classify.check_inputs,
+              "99_report": report.check_inputs}
     models.resolve(resolved[stages[0]].model)
     for stage in stages:
         if stage in checks:

@@ -283,6 +283,29 @@ def load_model(spec: str, device: str = "auto", dtype: torch.dtype = torch.float
     return model, src
 
 
+def load_classifier(spec: str | Path, tokenizer, num_labels: int, device: str = "auto",
+                    labels: list[str] | None = None):
+    """A sequence-classification model (a new, seeded linear head with ``num_labels`` outputs on the last
+    token's hidden state) on top of a causal LM: a model spec or a saved folder."""
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    path = spec if Path(str(spec)).is_dir() else resolve(str(spec)).path
+    torch.manual_seed(0)  # the new head is random
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the load report would list the new head as "missing": expected here
+    kw = {"id2label": dict(enumerate(labels)), "label2id": {l: i for i, l in enumerate(labels)}} if labels else {}
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=num_labels,
+                                                                   dtype=torch.float32, **kw)
+    except Exception as e:
+        raise ModelError(f"could not load '{spec}' as a classifier from {path}: {e}") from e
+    finally:
+        hf_logging.set_verbosity(level)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model.to(pick_device(device))
+
+
 def load(spec: str, device: str = "auto", dtype: torch.dtype = torch.float32, trust_remote_code: bool = False):
     """Return (model, tokenizer, source); see :func:`load_model`."""
     tok = load_tokenizer(spec, trust_remote_code)

@@ -265,6 +265,53 @@ class RAGParams(EvalArgs, LoraArgs, ScopeArgs, TrainArgs, Common):
     paraphrase_sweep: list[int] = _f([1], "more K values for the paraphrase curve (0 and paraphrases are always in it)")
 
 
+CLASSIFY_APPROACHES = ("zero_shot", "few_shot", "features_llm", "features_minilm", "head_only", "top_n", "lora", "full")
+CLASSIFY_TRAINED = ("head_only", "top_n", "lora", "full")
+
+
+@params_dataclass
+class ClassifyParams(EvalArgs, LoraArgs, ScopeArgs, TrainArgs, Common):
+    """06_classify: the language model as a classifier — in-context, feature-based, head only, partial, LoRA and
+    full fine-tuning — across a domain shift; then conditional pretraining steered by the classifier's tags."""
+
+    epochs: float = _f(2.0, "passes over the source training set (every trained approach: same data and budget)")
+    batch_size: int = _f(16)
+    max_length: int = _f(96, "truncate messages to this many tokens")
+    learning_rate: float = _f(5e-4, "learning rate of the lora approach (adapters and head)")
+    freeze_learning_rate: float = _f(2e-4, "learning rate of the top_n approach (top freeze_top_n blocks and head)")
+    full_learning_rate: float = _f(3e-5, "learning rate of the full approach")
+    freeze_top_n: int = _f(2, "top_n approach: how many top transformer blocks train with the head")
+    freeze_train_head: bool = _f(False, "not used here: every trained approach trains its classification head")
+    head_learning_rate: float = _f(2e-3, "learning rate of the head_only approach (the head alone)")
+    max_new_tokens: int = _f(48, "conditional pretraining: tokens generated per sample")
+    n_eval: int = _f(0, "score at most this many test messages per domain (0: all)")
+    source_data: str = _f("builtin", "'builtin' (generated e-mails, spam vs ham) or your labelled data: a .csv/.jsonl/.json "
+                      "file or a Hugging Face dataset name, with text and label columns")
+    target_data: str = _f("builtin", "the shifted domain: 'builtin' (generated social posts; with builtin source_data), "
+                          "a labelled file or dataset name like source_data, or '' (no domain shift)")
+    text_column: str = _f("text", "column (field) with the text, in source_data and target_data")
+    label_column: str = _f("label", "column (field) with the label, in source_data and target_data")
+    hf_split: str = _f("train", "split to read when source_data or target_data is a Hugging Face dataset name")
+    n_train: int = _f(128, "builtin: source-domain training messages")
+    n_test: int = _f(96, "builtin: test messages per domain")
+    test_fraction: float = _f(0.25, "your data: share of each file held out for testing (stratified by label)")
+    approaches: list[str] = _f(list(CLASSIFY_APPROACHES), "rows of nbft.classify.APPROACHES to run, in table order: "
+                               + ", ".join(CLASSIFY_APPROACHES))
+    label_words: list[str] = _f([], "words the prompting rows score, one per label in sorted label order "
+                                "([]: the labels; builtin: normal, spam)")
+    few_shot_k: int = _f(4, "few_shot: examples in the prompt, balanced over labels")
+    feature_layer: int = _f(-6, "features_llm: hidden layer to mean-pool (negative: from the top; 0: embeddings)")
+    adapt_approach: str = _f("lora", "domain adaptation reuses this trained approach", CLASSIFY_TRAINED)
+    adapt_sizes: list[int] = _f([0, 16, 64], "domain adaptation: target examples N (from the source-trained model vs "
+                                "from the base, same N and steps)")
+    adapt_steps: int = _f(8, "domain adaptation: optimizer steps per arm (small N repeats)")
+    cpt_texts: int = _f(128, "conditional pretraining: unlabelled target texts tagged by the classifier (0 to skip)")
+    cpt_epochs: float = _f(2.0, "conditional pretraining: passes over the tagged texts (LoRA)")
+    n_generate: int = _f(16, "conditional pretraining: samples generated per tag (and untagged)")
+    positive_label: str = _f("spam", "conditional pretraining and ROC-AUC: the label whose rate is measured "
+                             "(not among the labels: the last label in sorted order)")
+
+
 @params_dataclass
 class ReportParams(Common):
     """99_report: the story of one run, or a comparison of several (two profiles, the points of a sweep)."""
@@ -281,6 +328,7 @@ STAGES: dict[str, type] = {
     "03_peft": PEFTParams,
     "04_rlhf": RLHFParams,
     "05_rag_vs_ft": RAGParams,
+    "06_classify": ClassifyParams,
     "99_report": ReportParams,
 }
 COMMON = "common"

@@ -311,19 +311,7 @@ def to_unpaired_dataset(pairs: list[dict]):
 
 def load_reward_base(folder: str | Path, tokenizer, device: str = "cpu"):
     """A sequence-classification model (one output: the reward) on top of a causal LM folder."""
-    from transformers import AutoModelForSequenceClassification
-
-    from transformers.utils import logging as hf_logging
-
-    torch.manual_seed(0)  # the new head is random
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the load report would list the new head as "missing": expected here
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(str(folder), num_labels=1, dtype=torch.float32)
-    finally:
-        hf_logging.set_verbosity(level)
-    model.config.pad_token_id = tokenizer.pad_token_id
-    return model.to(device)
+    return models.load_classifier(folder, tokenizer, 1, device)
 
 
 def train_reward_model(model, tokenizer, pairs: list[dict], p, callbacks=()) -> train.TrainResult:

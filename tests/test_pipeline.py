@@ -4,6 +4,7 @@ One smoke run is shared by the tests of this module (module-scoped fixture);
 each bad-input test checks that it leaves that earlier run untouched.
 """
 import hashlib
+import csv
 import json
 import math
 import os
@@ -131,6 +132,21 @@ def test_smoke_metrics(smoke_run):
     assert all(0 <= v <= 1 for v in k["recall_at_k"].values()) and 0 < k["retrieval_ms_p50"] < 1000
     assert set(k["paraphrase_curve"]) == {str(x) for x in [0, smoke_rag.paraphrases, *smoke_rag.paraphrase_sweep]}
     assert len(k["findings"]) >= 4
+    # issue 13: the classifier stage — every row, the shift, the adaptation curve, conditional pretraining
+    c = m["06_classify"]
+    smoke_cls = params.resolve(SMOKE)["06_classify"]
+    assert list(c["methods"]) == smoke_cls.approaches and len(c["methods"]) >= 8
+    for name, row in c["methods"].items():
+        assert 0 <= row["accuracy"] <= 1 and 0 <= row["f1"] <= 1 and 0 <= row["auc"] <= 1, name
+        assert 0 <= row["target_accuracy"] <= 1 and row["ms_per_example"] > 0, name
+        assert (row["trainable_params"] > 0) == (name not in ("zero_shot", "few_shot")), name
+    assert set(c["shift"]) == {"approach", "source_accuracy", "target_accuracy"}
+    assert set(c["adapt_curve"]) == {str(n) for n in smoke_cls.adapt_sizes}
+    assert all(0 <= v <= 1 for a in c["adapt_curve"].values() for v in (a["from_source"], a["from_base"]))
+    cond = c["conditional"]
+    assert set(cond["rate_by_tag"]) == {"ham", "spam"} and 0 <= cond["rate_untagged"] <= 1
+    assert cond["judge"].startswith("rule") and cond["n_texts"] == smoke_cls.cpt_texts
+    assert c["n_train"] == smoke_cls.n_train and c["n_test"] == smoke_cls.n_test
 
 
 def test_every_stage_records_findings_and_what_they_mean(smoke_run):
@@ -142,7 +158,7 @@ def test_every_stage_records_findings_and_what_they_mean(smoke_run):
     for stage in params.STAGES:
         findings = m[stage].get("findings")
         assert findings and all(isinstance(f, str) and len(f) > 20 for f in findings), stage
-    for stage in ("02_sft", "03_peft", "04_rlhf", "05_rag_vs_ft"):
+    for stage in ("02_sft", "03_peft", "04_rlhf", "05_rag_vs_ft", "06_classify"):
         assert m[stage]["thresholds"] and all(isinstance(v, (int, float)) for v in m[stage]["thresholds"].values())
         assert m[stage]["n_train"] > 0 and m[stage]["n_eval"] > 0, stage
     report_text = (run / "99_report.ipynb").read_text()
@@ -348,11 +364,23 @@ def jsonl(path, recs):
 
 
 GOOD = {"instruction": "Say hi", "output": "Hello there, friend."}
+THREE = [("refund my fee", "billing"), ("charged twice", "billing"), ("site is down", "outage"),
+         ("cannot log in", "outage"), ("great update", "praise"), ("love it", "praise")]
+
+
+def csv_file(path, header, rows):
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return str(path)
 
 
 @pytest.mark.parametrize("case", ["unknown_key", "wrong_type", "missing_file", "malformed_jsonl",
                                   "missing_field", "unknown_model", "existing_name", "bad_preferences",
-                                  "bad_policy", "documents_without_questions"])
+                                  "bad_policy", "documents_without_questions", "classify_no_label_column",
+                                  "classify_one_class", "classify_unseen_label", "classify_empty_text",
+                                  "classify_unknown_approach"])
 def test_bad_input_fails_before_running_and_touches_nothing(case, smoke_run, tmp_path, capsys):
     _, run = smoke_run
     before = snapshot(run.parent)
@@ -372,6 +400,19 @@ def test_bad_input_fails_before_running_and_touches_nothing(case, smoke_run, tmp
             ["prefs.jsonl line 2", "missing field 'rejected'"]),
         "bad_policy": (["--set", f"policy={tmp_path}/no-model"], ["04_rlhf.policy", "no-model"]),
         "documents_without_questions": (["--set", f"knowledge_base={tmp_path}"], ["05_rag_vs_ft.questions", "need a questions file"]),
+        "classify_no_label_column": (["--set", "source_data=" + csv_file(tmp_path / "nl.csv", ("text", "labels"), [("a b", "x")]),
+                                      "--set", "target_data="], ["nl.csv line 2", "no column 'label'", "did you mean 'labels'"]),
+        "classify_one_class": (["--set", "source_data=" + csv_file(tmp_path / "one.csv", ("text", "label"),
+                                                                  [("a b", "x"), ("c d", "x")]), "--set", "target_data="],
+                               ["one.csv", "one label only"]),
+        "classify_unseen_label": (["--set", "source_data=" + csv_file(tmp_path / "s.csv", ("text", "label"), THREE),
+                                   "--set", "target_data=" + csv_file(tmp_path / "t.csv", ("text", "label"),
+                                                                      THREE + [("e f", "other")])],
+                                  ["t.csv line 8", "label 'other' is not among the labels"]),
+        "classify_empty_text": (["--set", "source_data=" + csv_file(tmp_path / "e.csv", ("text", "label"),
+                                                                   THREE[:3] + [("  ", "y")]), "--set", "target_data="],
+                                ["e.csv line 5", "column 'text' is empty"]),
+        "classify_unknown_approach": (["--set", "approaches=[lora, fulll]"], ["unknown approach 'fulll'", "did you mean 'full'"]),
     }[case]
     cwd = os.getcwd()
     os.chdir(ROOT)
@@ -384,6 +425,30 @@ def test_bad_input_fails_before_running_and_touches_nothing(case, smoke_run, tmp
     for frag in expect[1]:
         assert frag in err, (frag, err)
     assert snapshot(run.parent) == before  # no new run folder, earlier run untouched
+
+
+def test_classify_runs_end_to_end_on_a_user_csv_with_three_classes(smoke_run, tmp_path):
+    """06_classify on your own file: an Excel CSV (BOM) with three labels, no target domain."""
+    _, run = smoke_run
+    rows = [(f"{t} number {i}", label) for i in range(6) for t, label in THREE]
+    path = tmp_path / "tickets.csv"
+    csv_file(path, ("text", "label"), rows)
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        rc = cli.main(["run", "--params", SMOKE, "--only", "06_classify", "--name", "tickets", "--no-progress",
+                       "--set", f"source_data={path}", "--set", "target_data="])
+    finally:
+        os.chdir(cwd)
+    assert rc == 0
+    c = json.loads((run.parent / "tickets" / "metrics.json").read_text())["06_classify"]
+    assert c["labels"] == ["billing", "outage", "praise"] and len(c["methods"]) == 8
+    assert all(r["auc"] is None and 0 <= r["accuracy"] <= 1 for r in c["methods"].values())
+    assert c["shift"] is None and c["adapt_curve"] == {}
+    assert set(c["conditional"]["rate_by_tag"]) == {"billing", "outage", "praise"}
+    assert c["conditional"]["judge"].startswith("MiniLM") and c["findings"]
+    assert (run.parent / "tickets" / "06_classify.html").is_file()
 
 
 def test_failure_inside_a_notebook_names_it_and_keeps_the_partial_notebook(smoke_run, tmp_path, capsys):

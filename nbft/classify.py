@@ -1,0 +1,621 @@
+"""Stage 06_classify: the language model as a classifier, across a domain shift, and steering generation with it.
+
+The approaches are a table (``APPROACHES``), one row each, from no training to every weight:
+
+- ``zero_shot`` / ``few_shot``: in-context, no weights change: the model reads the message (after ``k`` balanced
+  examples) and the label whose word it finds most likely next is the prediction.
+- ``features_llm`` / ``features_minilm``: feature-based: a frozen model turns each message into a vector
+  (mean-pooled hidden states of one layer of the language model, or MiniLM's sentence embedding) and a
+  scikit-learn logistic regression learns from the vectors.
+- ``head_only`` (fine-tuning I): a classification head on the frozen backbone, trained alone.
+- ``top_n``, ``lora``, ``full`` (fine-tuning II): the head plus the top N blocks, LoRA adapters, or every weight.
+
+Trained rows use transformers' ``AutoModelForSequenceClassification`` and ``Trainer`` (the head reads the last
+token's hidden state) and peft for LoRA; nothing here re-implements them. Then: the domain shift (train on the
+source domain, score on the target), adaptation with N target examples from the source-trained model vs from
+the base, and conditional pretraining (the classifier tags raw target text, the model continues pretraining on
+``[tag] text``, an independent judge rates what each tag generates).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import difflib
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from . import corpora, data, evaluate, messages, models, params, train
+
+#: The lines the written findings draw (recorded as ``thresholds`` in metrics.json).
+THRESHOLDS = {
+    "features_ok": 0.85,     # features_llm in-domain accuracy at or above this: "frozen features suffice"
+    "beats": 0.01,           # one accuracy above another by more than this: "beats"
+    "shift_drop": 0.05,      # target accuracy below source by more than this: "the shift costs"
+    "reuse_margin": 0.02,    # from_source above from_base by more than this at some N: "reuse pays"
+    "control": 0.3,          # judged positive rate moves this much between tags: "the tag controls the output"
+}
+
+BUILTIN = "builtin"
+BUILTIN_WORDS = {"ham": "normal", "spam": "spam"}  # label -> the word the prompting rows score
+
+
+@dataclass(frozen=True)
+class Approach:
+    name: str
+    kind: str          # prompt | features | trained
+    note: str
+    scope: str = ""    # trained rows: head | top_n | lora | full (what trains with the head)
+
+
+APPROACHES = {a.name: a for a in [
+    Approach("zero_shot", "prompt", "in-context, no examples: label words scored by likelihood"),
+    Approach("few_shot", "prompt", "in-context, k balanced examples in the prompt"),
+    Approach("features_llm", "features", "frozen language model, mean-pooled hidden states -> logistic regression"),
+    Approach("features_minilm", "features", "MiniLM sentence embeddings -> logistic regression"),
+    Approach("head_only", "trained", "fine-tuning I: a classification head on the frozen backbone", "head"),
+    Approach("top_n", "trained", "fine-tuning II, partial: top N blocks + head", "top_n"),
+    Approach("lora", "trained", "fine-tuning II, parameter-efficient: LoRA + head", "lora"),
+    Approach("full", "trained", "fine-tuning II: every weight + head", "full"),
+]}
+assert tuple(APPROACHES) == params.CLASSIFY_APPROACHES
+
+
+# ---------------------------------------------------------------- data
+
+@dataclass
+class ClassData:
+    """Labelled messages: the source domain (train/test), the target domain (a pool to adapt from, a test set;
+    empty without a shift), unlabelled target texts for conditional pretraining, and where each came from."""
+
+    labels: list[str]
+    train: list[dict]
+    test: list[dict]
+    target_train: list[dict] = field(default_factory=list)
+    target_test: list[dict] = field(default_factory=list)
+    unlabelled: list[str] = field(default_factory=list)
+    source: str = ""
+    target: str = ""
+
+
+def read_labelled(spec: str, text_column: str, label_column: str, hf_split: str = "train") -> list[dict]:
+    """{"text", "label", "where"} records of a labelled file or Hugging Face dataset; errors name the file, line
+    and column (a missing column, an empty text, an empty label)."""
+    raw = data.load_raw(spec, hf_split=hf_split)
+    if not raw:
+        raise data.DataError(f"{spec}: no records")
+    out = []
+    for where, rec in raw:
+        rec = {str(k).lstrip("\ufeff"): v for k, v in rec.items()}  # a CSV saved by Excel starts with a BOM
+        for col, what in ((text_column, "text_column"), (label_column, "label_column")):
+            if col not in rec:
+                close = difflib.get_close_matches(col, [str(k) for k in rec], n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else f"; columns: {', '.join(map(str, rec))}"
+                raise data.DataError(f"{where}: no column '{col}' (the {what} parameter){hint}")
+        text, label = rec[text_column], rec[label_column]
+        if not isinstance(text, str) or not text.strip():
+            raise data.DataError(f"{where}: column '{text_column}' is empty or not text ({text!r})")
+        if label is None or isinstance(label, (dict, list)) or not str(label).strip():
+            raise data.DataError(f"{where}: column '{label_column}' is empty or not a label ({label!r})")
+        out.append({"text": text.strip(), "label": str(label).strip(), "where": where})
+    return out
+
+
+def stratified_split(records: list[dict], test_fraction: float, seed: int, where: str) -> tuple[list[dict], list[dict]]:
+    """(train, test) with every label in both (each label needs 2 records; at least 2 labels)."""
+    by_label: dict[str, list[dict]] = {}
+    for r in records:
+        by_label.setdefault(r["label"], []).append(r)
+    if len(by_label) < 2:
+        raise data.DataError(f"{where}: one label only ({next(iter(by_label))!r}); a classifier needs at least two")
+    rng = random.Random(seed)
+    train_set, test_set = [], []
+    for label, recs in sorted(by_label.items()):
+        if len(recs) < 2:
+            raise data.DataError(f"{recs[0]['where']}: label {label!r} has one example only; each label needs at "
+                                 "least 2 (one to train on, one to test)")
+        recs = recs[:]
+        rng.shuffle(recs)
+        n_test = min(len(recs) - 1, max(1, round(len(recs) * test_fraction)))
+        test_set += recs[:n_test]
+        train_set += recs[n_test:]
+    rng.shuffle(train_set)
+    rng.shuffle(test_set)
+    return train_set, test_set
+
+
+def load_data(p: params.ClassifyParams) -> ClassData:
+    """The stage's data from the parameters (builtin: generated e-mails -> social posts)."""
+    if p.source_data == BUILTIN:
+        email = messages.generate("email", p.n_train + p.n_test, p.seed)
+        d = ClassData(list(messages.LABELS), email[:p.n_train], email[p.n_train:],
+                      source=f"builtin e-mails ({p.n_train} train, {p.n_test} test)")
+    else:
+        recs = read_labelled(p.source_data, p.text_column, p.label_column, p.hf_split)
+        tr, te = stratified_split(recs, p.test_fraction, p.seed, p.source_data)
+        d = ClassData(sorted({r["label"] for r in recs}), tr, te, source=f"{p.source_data} ({len(tr)} train, {len(te)} test)")
+    if p.target_data == BUILTIN and p.source_data == BUILTIN:
+        n_pool = max([*p.adapt_sizes, 0])
+        social = messages.generate("social", n_pool + p.n_test, p.seed + 1)
+        d.target_train, d.target_test = social[:n_pool], social[n_pool:]
+        d.unlabelled = messages.unlabelled("social", p.cpt_texts, p.seed)
+        d.target = f"builtin social posts ({n_pool} to adapt from, {p.n_test} test)"
+    elif p.target_data and p.target_data != BUILTIN:
+        recs = read_labelled(p.target_data, p.text_column, p.label_column, p.hf_split)
+        unseen = [r for r in recs if r["label"] not in d.labels]
+        if unseen:
+            raise data.DataError(f"{unseen[0]['where']}: label {unseen[0]['label']!r} is not among the labels of "
+                                 f"{p.source_data} ({', '.join(d.labels)}); the classifier cannot predict it")
+        d.target_train, d.target_test = stratified_split(recs, p.test_fraction, p.seed, p.target_data)
+        d.target = f"{p.target_data} ({len(d.target_train)} to adapt from, {len(d.target_test)} test)"
+    pool = d.target_train or d.train
+    d.unlabelled = d.unlabelled or [r["text"] for r in pool][: p.cpt_texts]
+    if p.n_eval:
+        d.test, d.target_test = d.test[: p.n_eval], d.target_test[: p.n_eval]
+    return d
+
+
+def check_inputs(p: params.ClassifyParams) -> None:
+    """Before any notebook runs: approach names, parameter ranges, and the data files read, split and checked
+    (errors name the file, line and column)."""
+    for name in p.approaches:
+        if name not in APPROACHES:
+            close = difflib.get_close_matches(name, list(APPROACHES), n=1)
+            raise params.ParamError(f"06_classify.approaches: unknown approach '{name}'"
+                                    + (f"; did you mean '{close[0]}'?" if close else f"; valid: {', '.join(APPROACHES)}"))
+    if p.target_data == BUILTIN and p.source_data != BUILTIN:
+        raise params.ParamError("06_classify.target_data: 'builtin' (social posts) goes with the builtin source_data; "
+                                "give a labelled file of your target domain, or '' for no domain shift")
+    if p.source_data != BUILTIN or p.target_data not in (BUILTIN, ""):
+        d = load_data(p)
+        if p.label_words and len(p.label_words) != len(d.labels):
+            raise params.ParamError(f"06_classify.label_words: {len(p.label_words)} words for {len(d.labels)} labels "
+                                    f"({', '.join(d.labels)})")
+
+
+def positive(p: params.ClassifyParams, labels: list[str]) -> str:
+    """The label whose rate conditional pretraining measures (and ROC-AUC scores)."""
+    return p.positive_label if p.positive_label in labels else labels[-1]
+
+
+# ---------------------------------------------------------------- scoring
+
+def scores(labels: list[str], gold: list[str], probs: np.ndarray, pos: str | None = None) -> dict:
+    """Accuracy, macro-F1 and (two labels) ROC-AUC of ``probs`` (n x labels) against ``gold``."""
+    from sklearn.metrics import f1_score, roc_auc_score
+
+    y = np.array([labels.index(g) for g in gold])
+    pred = probs.argmax(1)
+    out = {"accuracy": float((pred == y).mean()), "f1": float(f1_score(y, pred, average="macro",
+                                                                   labels=list(range(len(labels))), zero_division=0))}
+    out["auc"] = None
+    if len(labels) == 2 and len(set(y)) == 2:
+        k = labels.index(pos) if pos in labels else 1
+        out["auc"] = float(roc_auc_score(y == k, probs[:, k]))
+    return out
+
+
+def confusion(labels: list[str], gold: list[str], pred: list[str]) -> list[list[int]]:
+    """Rows: true label; columns: predicted label (``labels`` order)."""
+    m = [[0] * len(labels) for _ in labels]
+    for g, q in zip(gold, pred):
+        m[labels.index(g)][labels.index(q)] += 1
+    return m
+
+
+# ---------------------------------------------------------------- prompting rows
+
+def label_words(p: params.ClassifyParams, labels: list[str]) -> list[str]:
+    if p.label_words:
+        return list(p.label_words)
+    return [BUILTIN_WORDS.get(l, l) for l in labels] if p.source_data == BUILTIN else list(labels)
+
+
+def _question(text: str, words: list[str]) -> str:
+    return f"Message:\n{text}\n\nWhich label fits this message: {', '.join(words)}? Answer with the label only."
+
+
+def few_shot_examples(train_set: list[dict], labels: list[str], k: int, seed: int) -> list[dict]:
+    """``k`` training examples balanced over labels (round robin), in a seeded order."""
+    rng = random.Random(seed)
+    pools = {l: [r for r in train_set if r["label"] == l] for l in labels}
+    for pool in pools.values():
+        rng.shuffle(pool)
+    picked = []
+    for i in range(k):
+        pool = pools[labels[i % len(labels)]]
+        if pool:
+            picked.append(pool.pop())
+    rng.shuffle(picked)
+    return picked
+
+
+def prompt_for(text: str, words: list[str], labels: list[str], shots: list[dict], tokenizer) -> str:
+    msgs = []
+    for s in shots:
+        msgs += [{"role": "user", "content": _question(s["text"], words)},
+                 {"role": "assistant", "content": words[labels.index(s["label"])]}]
+    msgs.append({"role": "user", "content": _question(text, words)})
+    return data.render_prompt(msgs, tokenizer, "chat")
+
+
+def word_ids(tokenizer, words: list[str]) -> list[int]:
+    """The first token of each label word (they must differ: the row compares them)."""
+    ids = [tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in words]
+    if len(set(ids)) < len(ids):
+        raise ValueError(f"label words {words} start with the same token; set label_words to words that start "
+                         "differently")
+    return ids
+
+
+@torch.no_grad()
+def batched(model, tokenizer, texts: list[str], fn, precision: str, batch_size: int = 16, side: str = "right",
+            **tokenize) -> np.ndarray:
+    """``fn(model, encoded_batch) -> (batch x d) tensor`` over ``texts`` in length-sorted batches (little padding),
+    under the precision's autocast; rows come back in input order as float32 (n x d)."""
+    model.eval()
+    device = next(model.parameters()).device
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out = None
+    with models.padding_side(tokenizer, side):
+        for s in range(0, len(order), batch_size):
+            idx = order[s:s + batch_size]
+            enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, **tokenize).to(device)
+            with models.autocast(model, precision):
+                rows = fn(model, enc).float().cpu().numpy()
+            out = np.zeros((len(texts), rows.shape[1]), dtype=np.float32) if out is None else out
+            out[idx] = rows
+    return out if out is not None else np.zeros((0, 0), dtype=np.float32)
+
+
+def prompt_probs(model, tokenizer, prompts: list[str], ids: list[int], precision: str, batch_size: int = 16) -> np.ndarray:
+    """Softmax over the label words' first tokens of the next-token distribution after each prompt."""
+    def fn(m, enc):
+        return torch.softmax(m(**enc, logits_to_keep=1).logits[:, -1].float()[:, ids], -1)
+    return batched(model, tokenizer, prompts, fn, precision, batch_size, "left", add_special_tokens=False)
+
+
+# ---------------------------------------------------------------- feature rows
+
+def llm_features(model, tokenizer, texts: list[str], layer: int, precision: str, max_length: int = 96,
+                 batch_size: int = 16) -> np.ndarray:
+    """Mean-pooled hidden states of ``layer`` (an index into ``hidden_states``: 0 the embeddings, -1 the last),
+    float32 (n x hidden)."""
+    def fn(m, enc):
+        hs = m(**enc, output_hidden_states=True).hidden_states[layer].float()
+        mask = enc["attention_mask"].unsqueeze(-1).float()
+        return (hs * mask).sum(1) / mask.sum(1)
+    return batched(model, tokenizer, texts, fn, precision, batch_size, truncation=True, max_length=max_length)
+
+
+def minilm_features(texts: list[str]) -> np.ndarray:
+    from . import rag
+
+    return rag.embed(texts)
+
+
+def fit_logreg(x: np.ndarray, y: list[str], labels: list[str], seed: int = 0):
+    """Standardize + logistic regression (scikit-learn); ``predict_proba`` columns follow ``labels``."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.5, random_state=seed))
+    clf.fit(x, [labels.index(v) for v in y])
+    return clf
+
+
+def logreg_probs(clf, x: np.ndarray, n_labels: int) -> np.ndarray:
+    """``predict_proba`` with a column for every label (a label missing from training gets 0)."""
+    probs = np.zeros((len(x), n_labels), dtype=np.float32)
+    probs[:, clf.classes_] = clf.predict_proba(x)
+    return probs
+
+
+# ---------------------------------------------------------------- trained rows
+
+LEARNING_RATE = {"head": "head_learning_rate", "top_n": "freeze_learning_rate", "lora": "learning_rate",
+                 "full": "full_learning_rate"}
+
+
+def prepare(model, scope: str, p: params.ClassifyParams):
+    """Make a sequence-classification model trainable with ``scope``; the head (``score``) always trains."""
+    if scope == "lora":
+        from peft import get_peft_model
+
+        return get_peft_model(model, train.lora_config(p, "SEQ_CLS"))  # peft keeps the head trainable (SEQ_CLS)
+    if scope == "head":
+        model.requires_grad_(False)
+    elif scope == "top_n":
+        train.apply_scope(model, "freeze", p.freeze_top_n)
+    elif scope == "full":
+        model.requires_grad_(True)
+    else:
+        raise ValueError(f"scope: {scope!r} is not one of {', '.join(LEARNING_RATE)}")
+    model.score.requires_grad_(True)
+    return model
+
+
+def fit_classifier(model, tokenizer, records: list[dict], labels: list[str], p: params.ClassifyParams,
+                   learning_rate: float, max_steps: int = -1) -> train.TrainResult:
+    """transformers ``Trainer`` on (text, label) records: cross-entropy on the head's logits; ``max_steps`` (>0)
+    overrides ``p.epochs``."""
+    import datasets
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+
+    datasets.disable_progress_bars()
+    ds = datasets.Dataset.from_list([{"text": r["text"], "label": labels.index(r["label"])} for r in records])
+    ds = ds.map(lambda b: tokenizer(b["text"], truncation=True, max_length=p.max_length), batched=True,
+                remove_columns=["text"])
+    n_tokens = sum(len(x) for x in ds["input_ids"])
+    with train.scratch_dir() as tmp, models.padding_side(tokenizer, "right"):
+        args = TrainingArguments(**train.trainer_args(
+            p, tmp, p.gradient_checkpointing, learning_rate=learning_rate, num_train_epochs=p.epochs,
+            max_steps=max_steps, per_device_train_batch_size=p.batch_size, gradient_accumulation_steps=p.grad_accum))
+        trainer = Trainer(model=model, args=args, train_dataset=ds, processing_class=tokenizer,
+                          data_collator=DataCollatorWithPadding(tokenizer))
+        result = train.fit(trainer)
+    epochs = result.steps * p.batch_size * p.grad_accum / max(len(records), 1)
+    result.train_tokens = int(n_tokens * epochs)
+    return result
+
+
+def classifier_probs(model, tokenizer, texts: list[str], precision: str, max_length: int = 96,
+                     batch_size: int = 16) -> np.ndarray:
+    """Softmax of a sequence-classification model's logits (n x labels)."""
+    return batched(model, tokenizer, texts, lambda m, enc: torch.softmax(m(**enc).logits.float(), -1), precision,
+                   batch_size, truncation=True, max_length=max_length)
+
+
+@contextlib.contextmanager
+def trained_classifier(p: params.ClassifyParams, tokenizer, records: list[dict], labels: list[str], scope: str,
+                       model=None, max_steps: int = -1):
+    """Fresh classifier (or ``model``) -> trained with ``scope`` -> yielded (``TrainResult``) -> freed."""
+    if model is None:
+        model = models.load_classifier(p.model, tokenizer, len(labels), p.device, labels)
+    model = prepare(model, scope, p) if not hasattr(model, "peft_config") else model
+    result = fit_classifier(model, tokenizer, records, labels, p, getattr(p, LEARNING_RATE[scope]), max_steps)
+    del model
+    try:
+        yield result
+    finally:
+        result.release()
+
+
+# ---------------------------------------------------------------- one row
+
+def run_approach(name: str, p: params.ClassifyParams, tokenizer, d: ClassData, precision: str, lm=None,
+                 keep: bool = False) -> dict:
+    """One row of the table on the stage's data: metrics on the source test set (``accuracy``, ``f1``, ``auc``,
+    ``trainable_params``, ``seconds`` (training), ``ms_per_example`` (inference)), ``target_accuracy`` where there
+    is a target test set, and per-example predictions (``pred``, ``confidence``, ``target_pred``); feature rows
+    also return their test vectors (``vectors``: {"test", "target"}).
+
+    ``lm``: the base causal LM for the prompting and ``features_llm`` rows (loaded here if not given).
+    ``keep``: a trained row also returns its model (``model``; the caller frees it with ``models.release``).
+    """
+    a = APPROACHES[name]
+    labels, pos = d.labels, positive(p, d.labels)
+    row: dict = {"approach": name, "kind": a.kind, "note": a.note, "seconds": 0.0, "trainable_params": 0}
+    with contextlib.ExitStack() as stack:
+        if lm is None and (a.kind == "prompt" or name == "features_llm"):
+            lm = stack.enter_context(models.loaded(p.model, p.device, tokenizer))
+        if a.kind == "prompt":
+            words = label_words(p, labels)
+            ids = word_ids(tokenizer, words)
+            shots = few_shot_examples(d.train, labels, p.few_shot_k, p.seed) if name == "few_shot" else []
+            row["k"] = len(shots)
+
+            def predict(texts, _split):
+                return prompt_probs(lm, tokenizer, [prompt_for(t, words, labels, shots, tokenizer) for t in texts],
+                                    ids, precision, p.eval_batch_size)
+        elif a.kind == "features":
+            def featurize(texts):
+                if name == "features_minilm":
+                    return minilm_features(texts)
+                return llm_features(lm, tokenizer, texts, p.feature_layer, precision, p.max_length, p.eval_batch_size)
+            t0 = time.perf_counter()
+            clf = fit_logreg(featurize([r["text"] for r in d.train]), [r["label"] for r in d.train], labels, p.seed)
+            row["seconds"] = time.perf_counter() - t0  # features of the training set + the fit
+            row["trainable_params"] = int(clf[-1].coef_.size + clf[-1].intercept_.size)
+            row["vectors"] = {}
+
+            def predict(texts, split):
+                row["vectors"][split] = featurize(texts)
+                return logreg_probs(clf, row["vectors"][split], len(labels))
+        else:
+            result = stack.enter_context(trained_classifier(p, tokenizer, d.train, labels, a.scope))
+            row["seconds"], row["steps"] = result.seconds, result.steps
+            row["tokens_per_second"] = result.tokens_per_second
+            row["trainable_params"] = models.count_params(result.model)[0]
+            row["log_history"] = [{"step": h["step"], "loss": h["loss"]} for h in result.log_history if "loss" in h]
+
+            def predict(texts, _split):
+                return classifier_probs(result.model, tokenizer, texts, precision, p.max_length, p.eval_batch_size)
+        src = [r["text"] for r in d.test]
+        t0 = time.perf_counter()
+        probs = predict(src, "test")
+        row["ms_per_example"] = 1000 * (time.perf_counter() - t0) / max(len(src), 1)
+        row.update(scores(labels, [r["label"] for r in d.test], probs, pos))
+        row["pred"] = [labels[i] for i in probs.argmax(1)]
+        row["confidence"] = [float(x) for x in probs.max(1)]
+        if d.target_test:
+            tprobs = predict([r["text"] for r in d.target_test], "target")
+            row["target_accuracy"] = scores(labels, [r["label"] for r in d.target_test], tprobs, pos)["accuracy"]
+            row["target_pred"] = [labels[i] for i in tprobs.argmax(1)]
+        if keep and a.kind == "trained":
+            row["model"], result.model = result.model, None
+    return row
+
+
+METRIC_KEYS = ("accuracy", "f1", "auc", "trainable_params", "seconds", "ms_per_example", "target_accuracy")
+
+
+def metrics_row(row: dict) -> dict:
+    return {k: row.get(k) for k in METRIC_KEYS}
+
+
+# ---------------------------------------------------------------- domain adaptation
+
+def adapt_curve(p: params.ClassifyParams, tokenizer, d: ClassData, source_model, precision: str) -> tuple[dict, object]:
+    """For each N in ``p.adapt_sizes``: target accuracy after ``p.adapt_steps`` steps on the first N target
+    examples, starting from the source-trained model (``from_source``) and from the base (``from_base``).
+
+    Returns (curve, the from_source model of the largest N: the best tagger of target-domain text).
+    """
+    scope = APPROACHES[p.adapt_approach].scope
+    labels, gold = d.labels, [r["label"] for r in d.target_test]
+    texts = [r["text"] for r in d.target_test]
+
+    def acc(model):
+        return scores(labels, gold, classifier_probs(model, tokenizer, texts, precision, p.max_length,
+                                                     p.eval_batch_size))["accuracy"]
+    curve, tagger = {}, None
+    for n in sorted(set(p.adapt_sizes)):
+        examples = d.target_train[:n]
+        if n == 0:
+            base = prepare(models.load_classifier(p.model, tokenizer, len(labels), p.device, labels), scope, p)
+            curve[n] = {"from_source": acc(source_model), "from_base": acc(base)}
+            models.release(base)
+            continue
+        start = copy.deepcopy(source_model)
+        start.train()
+        with trained_classifier(p, tokenizer, examples, labels, scope, model=start, max_steps=p.adapt_steps) as r:
+            from_source = acc(r.model)
+            if n == max(p.adapt_sizes):
+                tagger, r.model = r.model, None
+        with trained_classifier(p, tokenizer, examples, labels, scope, max_steps=p.adapt_steps) as r:
+            from_base = acc(r.model)
+        curve[n] = {"from_source": from_source, "from_base": from_base}
+    return curve, tagger
+
+
+# ---------------------------------------------------------------- conditional pretraining
+
+def tag(label: str) -> str:
+    return f"[{label}]"
+
+
+def tagged_corpus(tagger, tokenizer, texts: list[str], labels: list[str], precision: str,
+                  p: params.ClassifyParams) -> list[dict]:
+    """``[label] text`` records ({"text", "label"}) with the tagger's predicted labels."""
+    probs = classifier_probs(tagger, tokenizer, texts, precision, p.max_length, p.eval_batch_size)
+    return [{"text": f"{tag(labels[k])} {t}", "label": labels[k]} for t, k in zip(texts, probs.argmax(1))]
+
+
+def strip_tag(text: str, labels: list[str]) -> str:
+    for l in labels:
+        if text.startswith(tag(l)):
+            return text[len(tag(l)):].strip()
+    return text
+
+
+def judge_fn(p: params.ClassifyParams, d: ClassData):
+    """An independent judge, text -> label: the generator's cue rule for the builtin data (it never saw a
+    classifier), else MiniLM + logistic regression trained on all labelled data (not the tagging model)."""
+    if p.source_data == BUILTIN:
+        return (lambda text: "spam" if messages.judge(text) else "ham"), "rule: nbft.messages.judge (generator cues)"
+    pool = d.train + d.target_train
+    clf = fit_logreg(minilm_features([r["text"] for r in pool]), [r["label"] for r in pool], d.labels, p.seed)
+
+    def judge(text):
+        return d.labels[int(clf.predict(minilm_features([text]))[0])]
+    return judge, "MiniLM + logistic regression on the labelled data (separate from the tagger)"
+
+
+def conditional(p: params.ClassifyParams, tokenizer, d: ClassData, corpus: list[dict], precision: str) -> dict:
+    """Continue pretraining the base LM (LoRA) on the tagged corpus, generate ``p.n_generate`` samples per tag and
+    untagged, and let an independent judge rate each: ``rate_by_tag`` (tag -> share judged ``positive``),
+    ``rate_untagged``, ``control`` (the positive tag's rate minus the lowest other tag's), perplexity before/after."""
+    pos = positive(p, d.labels)
+    judge, judge_name = judge_fn(p, d)
+    cpt = dataclasses.replace(p, epochs=p.cpt_epochs)
+    with models.loaded(p.model, p.device, tokenizer) as base:
+        ppl_before = evaluate.perplexity(base, tokenizer, corpora.GENERAL_TEXT, precision=precision)
+    start = tokenizer.bos_token or tokenizer.eos_token
+    out = {"judge": judge_name, "positive": pos, "n_texts": len(corpus),
+           "tag_counts": dict(Counter(r["label"] for r in corpus)), "samples": {}}
+    def with_lora(model):
+        from peft import get_peft_model
+
+        return get_peft_model(model, train.lora_config(p))
+    with train.trained(cpt, tokenizer, [{"text": r["text"]} for r in corpus], mode="continued_pretraining",
+                       prepare=with_lora, learning_rate=p.learning_rate) as r:
+        out["seconds"] = r.seconds
+        out["ppl_general_before"] = ppl_before
+        out["ppl_general_after"] = evaluate.perplexity(r.model, tokenizer, corpora.GENERAL_TEXT, precision=precision)
+        rates = {}
+        for label in [*d.labels, None]:
+            prompt = start + (tag(label) if label else "")
+            texts = evaluate.generate(r.model, tokenizer, [prompt] * p.n_generate, p.max_new_tokens,
+                                      p.eval_batch_size, precision, do_sample=True, seed=p.seed, top_p=0.95,
+                                      temperature=1.0)
+            texts = [strip_tag(t, d.labels) for t in texts]
+            judged = [judge(t) for t in texts]
+            rates[label] = sum(j == pos for j in judged) / max(len(judged), 1)
+            out["samples"][label or "untagged"] = [{"text": t, "judged": j} for t, j in zip(texts, judged)]
+    out["rate_by_tag"] = {l: rates[l] for l in d.labels}
+    out["rate_untagged"] = rates[None]
+    out["control"] = rates[pos] - min(rates[l] for l in d.labels if l != pos)
+    return out
+
+
+# ---------------------------------------------------------------- findings
+
+def best(rows: dict[str, dict], kind: str | None = None) -> str | None:
+    ok = {k: r for k, r in rows.items() if r.get("accuracy") is not None and (kind is None or r["kind"] == kind)}
+    return max(ok, key=lambda k: (ok[k]["accuracy"], -ok[k]["trainable_params"])) if ok else None
+
+
+def findings(rows: dict[str, dict], shift: dict | None, curve: dict, cond: dict | None) -> list[str]:
+    """Sentences from the numbers (``THRESHOLDS`` say what "beats", "costs", "pays" and "controls" meant)."""
+    t, out = THRESHOLDS, []
+    if rows:
+        order = sorted(rows, key=lambda k: -rows[k]["accuracy"])
+        out.append("In-domain accuracy: " + ", ".join(
+            f"{k} {rows[k]['accuracy']:.2f} ({rows[k]['trainable_params']:,} trainable)" for k in order) + ".")
+    fl, ft = rows.get("features_llm"), best(rows, "trained")
+    if fl:
+        out.append(f"Frozen features of the language model + logistic regression reach {fl['accuracy']:.2f} in-domain "
+                   + ("(at or above the bar): most of what the task needs is already in the pretrained representation."
+                      if fl["accuracy"] >= t["features_ok"] else f"(below the {t['features_ok']} bar)."))
+    if fl and ft:
+        d = rows[ft]["accuracy"] - fl["accuracy"]
+        out.append(f"The best fine-tuned row ({ft}, {rows[ft]['accuracy']:.2f}) "
+                   + (f"beats frozen features by {d:+.2f}" if d > t["beats"] else
+                      f"does not beat frozen features ({d:+.2f}), against the usual story")
+                   + f", for {rows[ft]['seconds']:.0f} s of training vs {fl['seconds']:.0f} s.")
+    icl = [k for k in ("zero_shot", "few_shot") if k in rows]
+    if icl and ft:
+        worse = [k for k in icl if rows[ft]["accuracy"] - rows[k]["accuracy"] > t["beats"]]
+        out.append("In-context: " + ", ".join(f"{k} {rows[k]['accuracy']:.2f}" for k in icl) + "; "
+                   + (f"the best trained row ({ft}) beats {', '.join(worse)}." if worse else
+                      f"the best trained row ({ft}) does not beat them."))
+    if "head_only" in rows and "full" in rows:
+        h, f = rows["head_only"], rows["full"]
+        out.append(f"Fine-tuning I (head only, {h['trainable_params']:,} weights) {h['accuracy']:.2f} vs fine-tuning II "
+                   f"(every weight) {f['accuracy']:.2f}: {f['seconds'] / max(h['seconds'], 1e-9):.1f}x the training time.")
+    if shift:
+        drop = shift["source_accuracy"] - shift["target_accuracy"]
+        out.append(f"Domain shift ({shift['approach']}): {shift['source_accuracy']:.2f} on the source domain, "
+                   f"{shift['target_accuracy']:.2f} on the target ({-drop:+.2f}); "
+                   + ("the shift costs accuracy." if drop > t["shift_drop"] else "the shift costs little here."))
+    if curve:
+        pays = [n for n, c in curve.items() if c["from_source"] - c["from_base"] > t["reuse_margin"]]
+        out.append("Adapting with N target examples (from the source model vs from the base): " + ", ".join(
+            f"N={n}: {c['from_source']:.2f} vs {c['from_base']:.2f}" for n, c in curve.items()) + "; "
+            + (f"reuse pays at N = {', '.join(map(str, pays))}." if pays else "reuse does not pay here."))
+    if cond:
+        moved = cond["control"] >= t["control"]
+        out.append(f"Conditional pretraining: judged {cond['positive']} rate "
+                   + ", ".join(f"{tag(l)} {v:.2f}" for l, v in cond["rate_by_tag"].items())
+                   + f", untagged {cond['rate_untagged']:.2f}; the tag "
+                   + (f"controls the output (moves it {cond['control']:.2f})" if moved else
+                      f"moves it only {cond['control']:.2f} (below {t['control']})")
+                   + f"; general-text perplexity {cond['ppl_general_before']:.2f} -> {cond['ppl_general_after']:.2f}.")
+    return out

@@ -1,0 +1,174 @@
+"""06_classify on the tiny model: data readers and their errors, the approach table, scores, adaptation."""
+import csv
+import dataclasses
+
+import numpy as np
+import pytest
+
+from nbft import classify, data, models, params
+
+LABELS = ["billing", "outage", "praise"]
+TEXTS = {
+    "billing": ["I was charged twice for my plan this month", "Please refund the extra fee on my invoice",
+                "Why is my bill higher than last month", "The payment went through but the invoice says unpaid"],
+    "outage": ["The site is down again since this morning", "I cannot log in, the server returns an error",
+               "Nothing loads on the app today", "Your service has been offline for an hour"],
+    "praise": ["Thanks, the new feature is wonderful", "Great support, you fixed it in minutes",
+               "I love the redesign, well done team", "Best update so far, keep it up"],
+}
+
+
+def write_csv(path, rows, header=("text", "label"), bom=False):
+    with open(path, "w", newline="", encoding="utf-8-sig" if bom else "utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return str(path)
+
+
+def three_class_csv(path, repeat=3, bom=False):
+    rows = [(f"{t} ({i})", label) for i in range(repeat) for label, texts in TEXTS.items() for t in texts]
+    return write_csv(path, rows, bom=bom)
+
+
+def user_params(path, **kw):
+    base = dict(model="tiny-llama", source_data=path, target_data="", epochs=1.0, batch_size=8, max_length=32,
+                lora_r=4, lora_alpha=8, freeze_top_n=1, few_shot_k=3, feature_layer=-1, adapt_sizes=[0],
+                cpt_texts=0, eval_batch_size=8)
+    base.update(kw)
+    return params.ClassifyParams(**base)
+
+
+def test_the_table_has_the_eight_rows_and_params_name_them():
+    assert list(classify.APPROACHES) == ["zero_shot", "few_shot", "features_llm", "features_minilm", "head_only",
+                                         "top_n", "lora", "full"]
+    assert params.ClassifyParams().approaches == list(classify.APPROACHES)
+    assert {a.scope for a in classify.APPROACHES.values() if a.kind == "trained"} == set(classify.LEARNING_RATE)
+
+
+def test_user_csv_is_read_split_stratified_and_excel_bom_accepted(tmp_path):
+    path = three_class_csv(tmp_path / "msgs.csv", bom=True)
+    d = classify.load_data(user_params(path))
+    assert d.labels == sorted(LABELS)
+    assert {r["label"] for r in d.train} == {r["label"] for r in d.test} == set(LABELS)
+    assert len(d.train) + len(d.test) == 36 and 6 <= len(d.test) <= 12
+    assert not {r["text"] for r in d.train} & {r["text"] for r in d.test}
+    assert d.target_test == [] and d.unlabelled == []  # cpt_texts: 0
+    d = classify.load_data(user_params(path, cpt_texts=5))
+    assert d.unlabelled == [r["text"] for r in d.train[:5]]  # no shift: conditional pretraining tags source texts
+
+
+@pytest.mark.parametrize("rows, header, message", [
+    ([("a text", "x"), ("b text", "y")], ("text", "category"), "no column 'label'"),
+    ([("a text", "x"), ("b text", "x"), ("c text", "x")], ("text", "label"), "one label only"),
+    ([("a text", "x"), ("", "y"), ("c", "y")], ("text", "label"), "line 3: column 'text' is empty"),
+    ([("a text", "x"), ("b text", ""), ("c", "y")], ("text", "label"), "line 3: column 'label' is empty"),
+    ([("a", "x"), ("b", "x"), ("c", "y")], ("text", "label"), "label 'y' has one example only"),
+])
+def test_bad_labelled_files_name_file_line_and_column(tmp_path, rows, header, message):
+    path = write_csv(tmp_path / "bad.csv", rows, header)
+    with pytest.raises(data.DataError, match=message) as e:
+        classify.check_inputs(user_params(path))
+    assert "bad.csv" in str(e.value)
+
+
+def test_a_target_label_unseen_in_the_source_is_refused_naming_its_line(tmp_path):
+    src = three_class_csv(tmp_path / "src.csv")
+    tgt = write_csv(tmp_path / "tgt.csv", [("x", "billing"), ("y", "billing"), ("z", "refund"), ("w", "praise")])
+    with pytest.raises(data.DataError, match=r"tgt.csv line 4: label 'refund' is not among the labels"):
+        classify.check_inputs(user_params(src, target_data=tgt))
+
+
+def test_unknown_approach_and_builtin_target_with_user_data_fail_with_the_closest_name(tmp_path):
+    path = three_class_csv(tmp_path / "m.csv")
+    with pytest.raises(params.ParamError, match="did you mean 'few_shot'"):
+        classify.check_inputs(user_params(path, approaches=["few_shots"]))
+    with pytest.raises(params.ParamError, match="target_data"):
+        classify.check_inputs(user_params(path, target_data="builtin"))
+    with pytest.raises(params.ParamError, match="label_words: 2 words for 3 labels"):
+        classify.check_inputs(user_params(path, label_words=["a", "b"]))
+
+
+def test_scores_against_hand_counts():
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
+    s = classify.scores(["ham", "spam"], ["ham", "spam", "spam", "spam"], probs, "spam")
+    assert s["accuracy"] == 0.75
+    assert s["auc"] == 1.0  # every spam scores above the ham
+    assert 0.7 < s["f1"] < 0.75  # macro over ham (2/3) and spam (4/5)
+    assert classify.confusion(["ham", "spam"], ["ham", "spam", "spam"], ["ham", "ham", "spam"]) == [[1, 0], [1, 1]]
+    three = classify.scores(LABELS, LABELS, np.eye(3))
+    assert three["accuracy"] == 1.0 and three["auc"] is None
+
+
+def test_few_shot_examples_are_balanced():
+    train_set = [{"text": f"{l} {i}", "label": l} for l in LABELS for i in range(5)]
+    shots = classify.few_shot_examples(train_set, LABELS, 6, seed=1)
+    assert sorted(s["label"] for s in shots) == sorted(LABELS * 2)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    path = three_class_csv(tmp_path_factory.mktemp("cls") / "msgs.csv")
+    p = user_params(path)
+    return p, models.load_tokenizer(p.model), classify.load_data(p)
+
+
+@pytest.mark.parametrize("name", list(classify.APPROACHES))
+def test_every_approach_runs_and_reports_the_row(tiny, name):
+    p, tok, d = tiny
+    row = classify.run_approach(name, p, tok, d, "fp32")
+    assert 0.0 <= row["accuracy"] <= 1.0 and 0.0 <= row["f1"] <= 1.0
+    assert row["auc"] is None  # three labels
+    assert row["ms_per_example"] > 0 and len(row["pred"]) == len(d.test)
+    assert set(row["pred"]) <= set(d.labels)
+    kind = classify.APPROACHES[name].kind
+    assert (row["trainable_params"] > 0) == (kind != "prompt")
+    assert (row["seconds"] > 0) == (kind != "prompt")
+
+
+def test_trained_scopes_train_what_they_say(tiny):
+    p, tok, d = tiny
+    counts = {}
+    for scope in classify.LEARNING_RATE:
+        model = classify.prepare(models.load_classifier(p.model, tok, 3, "cpu", d.labels), scope, p)
+        counts[scope] = models.count_params(model)
+        head = sum(x.numel() for x in (model.base_model.model.score if scope == "lora" else model.score).parameters())
+        assert counts[scope][0] >= head
+        models.release(model)
+    total = counts["full"][1]
+    assert counts["full"][0] == total
+    assert counts["head"][0] < counts["lora"][0] < counts["top_n"][0] < total
+
+
+def test_adaptation_curve_and_conditional_pretraining_on_a_target_file(tmp_path):
+    src = three_class_csv(tmp_path / "src.csv")
+    tgt = three_class_csv(tmp_path / "tgt.csv", repeat=2)
+    p = user_params(src, target_data=tgt, adapt_sizes=[0, 4], adapt_steps=1, cpt_texts=6, n_generate=2,
+                    max_new_tokens=6, cpt_epochs=1.0)
+    tok = models.load_tokenizer(p.model)
+    d = classify.load_data(p)
+    row = classify.run_approach("lora", p, tok, d, "fp32", keep=True)
+    assert 0 <= row["target_accuracy"] <= 1
+    curve, tagger = classify.adapt_curve(p, tok, d, row["model"], "fp32")
+    assert set(curve) == {0, 4} and all(0 <= v <= 1 for c in curve.values() for v in c.values())
+    assert curve[0]["from_source"] == pytest.approx(row["target_accuracy"])
+    corpus = classify.tagged_corpus(tagger, tok, d.unlabelled, d.labels, "fp32", p)
+    assert len(corpus) == 6 and all(r["text"].startswith(classify.tag(r["label"])) for r in corpus)
+    models.release(tagger)
+    models.release(row["model"])
+    cond = classify.conditional(p, tok, d, corpus, "fp32")
+    assert set(cond["rate_by_tag"]) == set(d.labels) and 0 <= cond["rate_untagged"] <= 1
+    assert cond["positive"] == "praise"  # no 'spam' label: the last label
+    assert len(cond["samples"]["untagged"]) == 2 and cond["ppl_general_after"] > 1
+    lines = classify.findings({"lora": {**row, "kind": "trained"}}, None, curve, cond)
+    assert any("Conditional pretraining" in l for l in lines) and any("N=4" in l for l in lines)
+
+
+def test_findings_say_when_fine_tuning_does_not_beat_frozen_features():
+    rows = {"features_llm": {"kind": "features", "accuracy": 0.9, "trainable_params": 10, "seconds": 5.0},
+            "full": {"kind": "trained", "accuracy": 0.88, "trainable_params": 10 ** 8, "seconds": 90.0}}
+    lines = classify.findings(rows, {"approach": "full", "source_accuracy": 0.88, "target_accuracy": 0.6}, {}, None)
+    text = " ".join(lines)
+    assert "does not beat frozen features" in text and "the shift costs accuracy" in text
+    rows["full"]["accuracy"] = 0.97
+    assert "beats frozen features by +0.07" in " ".join(classify.findings(rows, None, {}, None))
