@@ -1,35 +1,13 @@
-"""The built-in labelled messages of 06_classify: seeded, balanced, varied, shifted between domains; the judge."""
+"""nbft.messages: the built-in labelled messages of 06_classify (seeded, balanced, varied, shifted between domains)
+and the judge."""
 import re
 
 import pytest
 
 from nbft import messages
 
-
-@pytest.mark.parametrize("domain", messages.DOMAINS)
-def test_seeded_balanced_and_varied(domain):
-    a, b = messages.generate(domain, 200, seed=4), messages.generate(domain, 200, seed=4)
-    assert a == b and a != messages.generate(domain, 200, seed=5)
-    assert sum(r["label"] == "spam" for r in a) == 100
-    assert sum(r["label"] == "spam" for r in messages.generate(domain, 40, 0, spam_share=0.25)) == 10
-    assert {r["domain"] for r in a} == {domain} and {r["label"] for r in a} == set(messages.LABELS)
-    assert len({r["text"] for r in a}) >= 170  # composed from slots: few repeats
-    assert all(5 <= len(r["text"].split()) <= 70 for r in a)
-    hard = {"email": {"real_invoice", "real_password_reset"}, "social": {"question", "news_share"}}[domain]
-    assert hard <= {r["kind"] for r in a if r["label"] == "ham"}
-
-
-def test_bad_arguments_name_the_valid_values():
-    with pytest.raises(ValueError, match="email, social"):
-        messages.generate("sms", 3)
-    with pytest.raises(ValueError, match="n: -1"):
-        messages.unlabelled("email", -1)
-
-
-def test_unlabelled_texts_are_not_the_labelled_ones():
-    labelled = {r["text"] for r in messages.generate("social", 300, 0)}
-    free = messages.unlabelled("social", 100, 0)
-    assert len(free) == 100 and len(set(free) - labelled) >= 80
+HARD_HAM = {"email": {"real_invoice", "real_password_reset", "order_confirmation"},
+            "social": {"real_giveaway", "dm_request", "link_share"}}
 
 
 def accuracy(rule, recs):
@@ -37,12 +15,101 @@ def accuracy(rule, recs):
 
 
 @pytest.mark.parametrize("domain", messages.DOMAINS)
-def test_the_judge_agrees_with_the_labels_and_no_single_word_does(domain):
+def test_seeded_and_varied(domain):
+    a = messages.generate(domain, 200, seed=4)
+    assert a == messages.generate(domain, 200, seed=4)
+    other = messages.generate(domain, 200, seed=5)
+    assert len({r["text"] for r in a} & {r["text"] for r in other}) <= 2
+    assert len({r["text"] for r in a}) == 200  # no repeats within a set
+
+
+@pytest.mark.parametrize("domain", messages.DOMAINS)
+def test_labels_are_balanced_shuffled_and_follow_spam_share(domain):
+    recs = messages.generate(domain, 200, seed=4)
+    labels = [r["label"] for r in recs]
+    assert labels.count("spam") == 100 and labels != sorted(labels) and labels != sorted(labels, reverse=True)
+    for n, share, spam in [(40, 0.25, 10), (7, 0.5, 4), (10, 0.0, 0), (10, 1.0, 10), (0, 0.5, 0)]:
+        assert sum(r["label"] == "spam" for r in messages.generate(domain, n, 1, spam_share=share)) == spam
+        assert len(messages.generate(domain, n, 1, spam_share=share)) == n
+
+
+@pytest.mark.parametrize("domain", messages.DOMAINS)
+def test_records_kinds_and_lengths(domain):
+    recs = messages.generate(domain, 400, seed=3)
+    assert all(set(r) == {"text", "label", "domain", "kind"} for r in recs)
+    assert {r["domain"] for r in recs} == {domain} and {r["label"] for r in recs} == set(messages.LABELS)
+    assert all(r["kind"] in messages.KINDS[domain][r["label"]] for r in recs)
+    for label in messages.LABELS:  # every kind turns up, the hard ham ones included
+        assert {r["kind"] for r in recs if r["label"] == label} == set(messages.KINDS[domain][label])
+    assert HARD_HAM[domain] <= set(messages.KINDS[domain]["ham"])
+    assert all(messages.MIN_WORDS <= len(r["text"].split()) <= messages.MAX_WORDS for r in recs)
+    assert all("{" not in r["text"] and "}" not in r["text"] for r in recs)  # every slot filled
+    if domain == "email":
+        assert all(re.match(r"Subject: [^\n]+\n\n\S", r["text"]) for r in recs)
+    else:
+        assert not any("Subject:" in r["text"] for r in recs)
+        assert sum("#" in r["text"] for r in recs) > 100 and sum("@" in r["text"] for r in recs) > 50
+
+
+def test_the_named_spam_and_ham_families_exist():
+    assert {"phishing", "invoice_scam", "prize", "pharmacy", "crypto"} <= set(messages.KINDS["email"]["spam"])
+    assert {"work", "personal"} <= set(messages.KINDS["email"]["ham"])
+    assert {"follow4follow", "dm_me", "giveaway", "link_in_bio", "crypto"} <= set(messages.KINDS["social"]["spam"])
+    assert {"comment", "question", "news_share"} <= set(messages.KINDS["social"]["ham"])
+
+
+def test_bad_arguments_name_the_valid_values():
+    with pytest.raises(ValueError, match="valid: email, social"):
+        messages.generate("sms", 3)
+    with pytest.raises(ValueError, match="valid: email, social"):
+        messages.unlabelled("tweets", 3)
+    with pytest.raises(ValueError, match="n: -1"):
+        messages.generate("email", -1)
+    with pytest.raises(ValueError, match="n: -1"):
+        messages.unlabelled("email", -1)
+    with pytest.raises(ValueError, match="spam_share"):
+        messages.generate("email", 10, spam_share=1.5)
+
+
+@pytest.mark.parametrize("domain", messages.DOMAINS)
+def test_unlabelled_texts_are_not_the_labelled_ones(domain):
+    free = messages.unlabelled(domain, 300, 0)
+    assert free == messages.unlabelled(domain, 300, 0) and all(isinstance(t, str) for t in free)
+    assert len(free) == 300 and len(set(free)) == 300
+    assert not set(free) & {r["text"] for r in messages.generate(domain, 300, 0)}
+    assert 0.3 < sum(messages.judge(t) for t in free) / len(free) < 0.7  # both labels, unlabelled
+
+
+@pytest.mark.parametrize("domain", messages.DOMAINS)
+def test_the_judge_agrees_with_the_labels(domain):
+    assert accuracy(messages.judge, messages.generate(domain, 400, seed=7)) >= 0.9
+
+
+def test_the_judge_scores_cues_so_it_rates_text_it_has_not_seen():
+    spam = ["URGENT: your account will be suspended, verify your login at http://secure-login.xyz now",
+            "Congrats!! You won a $500 gift card, claim your prize here before it expires",
+            "follow back? f4f, I follow everyone who follows me 🔥",
+            "Make $300 a day from home, link in my bio 💸",
+            "Buy cheap meds without a prescription, fast and discreet delivery",
+            "Invest in Bitcoin with our trading bot and double your money in a week, guaranteed returns"]
+    ham = ["Can we move the budget meeting to Thursday? I'll send the draft tonight.",
+           "You requested a password reset for your Trellis account. If you did not request this, ignore this email.",
+           "DM me the recipe please, it looked delicious!",
+           "Photos from Grandma's birthday dinner are in the family album.",
+           "The library announced the book giveaway winner today, congrats to Sam!",
+           "Please find attached invoice 2231 for purchase order PO-7781, payment due in 30 days as agreed."]
+    assert all(messages.judge(t) for t in spam)
+    assert not any(messages.judge(t) for t in ham)
+    assert messages.judge_score("Verify your login now") > messages.judge_score("You requested this, verify your login")
+
+
+@pytest.mark.parametrize("domain", messages.DOMAINS)
+def test_no_single_word_separates_the_labels(domain):
     recs = messages.generate(domain, 400, seed=7)
-    assert accuracy(messages.judge, recs) >= 0.9
-    words = [set(re.findall(r"\w+", r["text"].lower())) for r in recs]
-    best = max(max(a, 1 - a) for w in set().union(*words)
-               for a in [sum((w in ws) == (r["label"] == "spam") for ws, r in zip(words, recs)) / len(recs)])
+    words = [set(re.findall(r"\w+|[^\w\s]", r["text"].lower())) for r in recs]  # words, emoji, punctuation
+    spam = [r["label"] == "spam" for r in recs]
+    best = max(max(a, 1 - a) for w in set().union(*words)  # "spam iff w in text", or its negation
+               for a in [sum((w in ws) == s for ws, s in zip(words, spam)) / len(recs)])
     assert best < 0.9, best
 
 
@@ -52,12 +119,15 @@ def test_a_bag_of_words_learns_each_domain_and_loses_accuracy_across_the_shift()
 
     def fit(recs):
         v = CountVectorizer().fit([r["text"] for r in recs])
-        return v, LogisticRegression(max_iter=2000).fit(v.transform([r["text"] for r in recs]), [r["label"] for r in recs])
+        clf = LogisticRegression(max_iter=2000).fit(v.transform([r["text"] for r in recs]), [r["label"] for r in recs])
+        return v, clf
 
     def acc(model, recs):
         v, clf = model
         return (clf.predict(v.transform([r["text"] for r in recs])) == [r["label"] for r in recs]).mean()
+
     email, social = fit(messages.generate("email", 300, 1)), fit(messages.generate("social", 300, 1))
     e_test, s_test = messages.generate("email", 200, 2), messages.generate("social", 200, 2)
-    assert acc(email, e_test) >= 0.9 and acc(social, s_test) >= 0.85
-    assert acc(email, e_test) - acc(email, s_test) >= 0.1
+    assert acc(email, e_test) >= 0.9
+    assert acc(email, e_test) - acc(email, s_test) >= 0.1  # the domain shift
+    assert acc(social, s_test) >= 0.85
