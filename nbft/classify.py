@@ -604,7 +604,8 @@ def findings(rows: dict[str, dict], shift: dict | None, curve: dict, cond: dict 
         drop = shift["source_accuracy"] - shift["target_accuracy"]
         out.append(f"Domain shift ({shift['approach']}): {shift['source_accuracy']:.2f} on the source domain, "
                    f"{shift['target_accuracy']:.2f} on the target ({-drop:+.2f}); "
-                   + ("the shift costs accuracy." if drop > t["shift_drop"] else "the shift costs little here."))
+                   + ("the shift costs accuracy." if drop > t["shift_drop"] else
+                      "the target domain scores higher here." if drop < -t["shift_drop"] else "the shift costs little here."))
     if curve:
         pays = [n for n, c in curve.items() if c["from_source"] - c["from_base"] > t["reuse_margin"]]
         out.append("Adapting with N target examples (from the source model vs from the base): " + ", ".join(
