@@ -291,7 +291,7 @@ HEADLINE = {
     "02_sft": ["task_score_before", "task_score_after", "ppl_general_before", "ppl_general_after", "train_seconds"],
     "03_peft": ["n_methods_ok", "adapter_switch_ok", "lora_vs_full.lora_task_score", "lora_vs_full.full_task_score"],
     "04_rlhf": ["rm_accuracy", "winrate_rl_vs_sft", "winrate_dpo_vs_sft", "rl_kl"],
-    "05_rag_vs_ft": ["acc.rag.open", "acc.ft.open", "acc.ft_paraphrase.open", "retrieval_ms_p50", "n_questions"],
+    "05_rag_vs_ft": ["acc.rag.open", "acc.ft.open", "acc.ft_paraphrase.open", "retrieval_ms_p50", "n_eval"],
     "06_classify": ["methods.features_llm.accuracy", "methods.lora.accuracy", "shift.target_accuracy",
                     "conditional.control"],
     "99_report": ["compare_runs", "n_tables"],

@@ -126,7 +126,7 @@ def test_smoke_metrics(smoke_run):
     assert set(k["acc"]) == {"base", "few_shot", "ft", "ft_paraphrase", "rag", "rag_ft"}
     for method, a in k["acc"].items():
         assert set(a) == {"open", "mc"} and all(0 <= v <= 1 for v in a.values()), method
-    assert k["n_questions"] == k["n_eval"] == smoke_rag.n_eval
+    assert k["n_eval"] == smoke_rag.n_eval and "n_questions" not in k  # one name for it in every stage
     assert set(k["recall_at_k"]) == {str(x) for x in smoke_rag.recall_ks}
     assert k["indexes"]["flat"]["recall@3"] >= 0.9  # the real MiniLM embedder, even in the smoke run
     assert all(0 <= v <= 1 for v in k["recall_at_k"].values()) and 0 < k["retrieval_ms_p50"] < 1000

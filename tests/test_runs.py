@@ -50,7 +50,7 @@ def test_list_runs(runs_dir):
     d.mkdir(parents=True)
     runs.write_status(d, state="ok")
     runs.record_metrics(d, "02_sft", {"task_score_after": 0.9, "eval_loss": 1.2})
-    runs.record_metrics(d, "05_rag_vs_ft", {"n_questions": 120, "retrieval_ms_p50": 4.5,
+    runs.record_metrics(d, "05_rag_vs_ft", {"n_eval": 120, "retrieval_ms_p50": 4.5,
                                             "acc": {"rag": {"open": 0.8}, "ft": {"open": 0.1}}})
     rows = runs.list_runs()
     assert rows[0]["name"] == "r1" and rows[0]["state"] == "ok"
