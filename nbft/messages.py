@@ -8,8 +8,18 @@ vocabulary (genuine invoices with a PO number, password resets the user asked fo
 newsletters; a real giveaway, "DM me the recipe", slides "linked in my bio") and spam that avoids the obvious
 words (gift-card favours, "business proposals", brand-ambassador offers). Every text is composed from several
 sentence templates per kind and slot lists (names, companies, products, amounts, dates, places, emoji,
-hashtags), so a seed gives hundreds of distinct texts per kind, no single word separates the labels, and a
-bag of words learns each domain in-domain but loses accuracy across the shift. Texts are 15-60 words.
+hashtags), so a seed gives hundreds of distinct texts per kind and no single word separates the labels.
+
+So that in-domain approaches can be told apart (a bag of words must not score 1.00), about a fifth of each domain
+is near-duplicates whose label hangs on a detail rather than on vocabulary -- e-mail: a genuine password reset,
+invoice or security alert copied word for word except for a look-alike link (the service's name on someone else's
+domain), a request for the current password or a changed bank account, next to genuine mails with urgent, money
+or prize wording; social: an ordinary comment or question with one subtle lure tucked in (a shortened link, a
+discount code, money made "on the side"), next to the same comments with a harmless aside and ordinary posts that
+mention giveaways, DMs, links and "free" legitimately -- and a few percent are ambiguous (a shop's promotion, a
+glowing product recommendation: the same templates labelled ham or spam). A bag-of-words logistic regression
+trained on 300 records scores about 0.87-0.95 in-domain and loses 0.2 or more across the shift; the judge scores
+about 0.9-0.97. Texts are 15-60 words.
 
 - ``generate(domain, n, seed, spam_share)``: labelled records ``{"text", "label", "domain", "kind"}``.
 - ``unlabelled(domain, n, seed)``: texts only, from a seed stream ``generate`` does not use.
@@ -150,8 +160,35 @@ class _Slots(dict):
             return (r.choice(["http://", "https://", "www.", "http://"]) + r.choice(a) + r.choice(["-", ""]) +
                     r.choice(b) + "." + r.choice(c) +
                     r.choice(["", "/login", "/verify", "/claim", "/offer", f"/?id={r.randint(100, 9999)}"]))
-        if key == "resetlink":  # the service's own site
-            return f"https://{_host(self['service'])}.com/reset?token={r.randint(10**7, 10**8 - 1):x}"
+        if key == "resetlink":  # the service's own site (its domain is the service's name)
+            h, tok = _host(self["service"]), f"{r.randint(10**7, 10**8 - 1):x}"
+            return r.choice([f"https://{h}.com/reset?token={tok}", f"https://account.{h}.com/reset?token={tok}",
+                             f"https://{h}.com/account/reset?token={tok}", f"https://id.{h}.app/reset?token={tok}"])
+        if key == "fakelink":  # a look-alike of the service's site: the same words, another owner
+            h, tok = _host(self["service"]), f"{r.randint(10**7, 10**8 - 1):x}"
+            return r.choice([f"https://{h}.com-reset.app/?token={tok}", f"https://{h}-account.com/reset?token={tok}",
+                             f"https://account-{h}.com/reset?token={tok}", f"https://id-{h}.com/reset?token={tok}",
+                             f"https://{h}.com.account-id.app/reset?token={tok}",
+                             f"https://{h}.com.id{r.randint(2, 99)}.app/account/reset?token={tok}"])
+        if key == "brandlink":  # the brand's own security page
+            h = _host(self["brand"])
+            return r.choice([f"https://{h}.com/security", f"https://account.{h}.com/signins",
+                             f"https://{h}.com/account/security"])
+        if key == "brandfake":  # a look-alike of it
+            h = _host(self["brand"])
+            return r.choice([f"https://{h}-security.com/signins", f"https://account-{h}.com/security",
+                             f"https://{h}.com.account-security.app/", f"https://{h}.com-account.app/security"])
+        if key == "portallink":  # the supplier's own invoice portal
+            return f"https://portal.{_host(self['supplier'])}.com/invoices/{r.randint(1000, 99999)}"
+        if key == "fakeportal":  # a look-alike of it
+            h, n = _host(self["supplier"]), r.randint(1000, 99999)
+            return r.choice([f"https://{h}-invoices.com/{n}", f"https://portal-{h}.com/invoices/{n}",
+                             f"https://portal.{h}.com.invoices-{r.randint(2, 99)}.app/{n}"])
+        if key == "bank":
+            return r.choice(["Barclays", "ING", "Santander", "HSBC", "Deutsche Bank", "Nordea", "Lloyds", "BNP"])
+        if key == "shortlink":  # a link shortener: used by neighbours and by spammers alike
+            return (r.choice(["https://bit.ly/", "https://tinyurl.com/", "https://t.ly/", "https://rb.gy/"]) +
+                    "".join(r.choice("abcdefghjkmnpqrstuvwxyz23456789") for _ in range(6)))
         if key == "tracklink":
             carrier = r.choice(["parcelhub", "shipfast", "postnord", "dpd"])
             return f"https://track.{carrier}.com/{r.randint(10**8, 10**9)}"
@@ -165,8 +202,22 @@ class _Slots(dict):
 
 # ---------------------------------------------------------------------------------------------- templates
 # E-mail kinds: {"w": weight within the label, "subject": [...], "body": [[first sentence], [optional], ...],
-# "sign": [...]}. The body is the first group's sentence plus, each with probability 0.7, one of every further
-# group; a sign-off follows with probability 0.8.
+# "sign": [...], optional "fixed": n}. The body is the first group's sentence plus one of each of the next n groups
+# (always) and, each with probability 0.7, one of every further group (two extra sentences at most); a sign-off
+# follows with probability 0.8.
+
+# Mild label ambiguity: a shop's promotional mail is ham when the reader signed up for it and spam when not,
+# and the text does not say which; the ham kind "promo" and the spam kind "cold_promo" share these templates.
+_PROMO = {"w": 0.05, "fixed": 0, "subject": [
+    "{pct}% off at {shop} this weekend", "New at {shop}: {product}", "{shop}: our {month} offers",
+    "A little something from {shop}", "Last days of the {shop} sale"], "body": [
+    ["Everything at {shop} is {pct}% off until {weekday}.", "We picked {product} for you, now from {price}.",
+     "Our {month} sale has started, with {n} items reduced.", "Good news: {product} is back in stock at {shop}."],
+    ["Shop online or visit us in {city}.", "Free delivery on orders over {small}.",
+     "Use the code {ticker}{few} at checkout.", "Members also get early access to the next sale."],
+    ["You receive this email because your address is on our list; unsubscribe any time.",
+     "Offer valid while stocks last.", "We hope to see you soon."]],
+    "sign": ["The {shop} team", "{shop}", "{first} at {shop}"]}
 
 _EMAIL = {
     "spam": {
@@ -181,6 +232,8 @@ _EMAIL = {
              "Your mailbox storage is {pct}% full and new messages will be rejected.",
              "We were unable to validate your billing information with {brand}."],
             ["To restore access, verify your login at {badlink} within {hours} hours.",
+             "If this was not you, review your recent sign-ins at {brandfake}",
+             "If this was not you, change your password at {brandfake}",
              "Please confirm your identity here: {badlink}",
              "Log in at {badlink} to keep your account active.",
              "Click the secure link below to update your details: {badlink}"],
@@ -266,6 +319,41 @@ _EMAIL = {
             ["This matter is strictly confidential.", "I await your urgent response by {weekday}.",
              "God bless you and your family."]],
             "sign": ["Barrister {first} {last}", "Mrs. {first} {last}", "Yours faithfully,\n{first} {last}"]},
+        # Near-duplicates (hard spam): a genuine password-reset or invoice mail copied word for word except for a
+        # detail -- a look-alike link (the service's name, but someone else's domain), a request for the password,
+        # a change of bank account. Their first group of extra sentences is always there ("fixed": 1).
+        "reset_phish": {"w": 0.12, "fixed": 1, "subject": [
+            "Reset your {service} password", "Password reset requested", "{service}: password reset link",
+            "Your {service} verification code"], "body": [
+            ["You requested a password reset for your {service} account at {time} today.",
+             "Someone, hopefully you, asked to reset the password of your {service} account on {date}.",
+             "We received your request to reset your {service} password at {time}.",
+             "Use code {code} to finish signing in to {service}; you asked for it a moment ago."],
+            ["Use this link within 30 minutes to choose a new password: {fakelink}",
+             "Open {fakelink} to set a new password; the link works once.",
+             "To confirm it is you, reply with your current password and the code {code}.",
+             "Enter your current password at {fakelink} to keep it working.",
+             "If you did not request this, cancel the request here: {fakelink}"],
+            ["If you did not request this, you can ignore this email and your password stays the same.",
+             "For your security, we never ask for your password by email.",
+             "For your security, the link expires in {few} minutes."]],
+            "sign": ["The {service} team", "{service} Help Centre", "Thanks,\n{service}"]},
+        "invoice_phish": {"w": 0.10, "fixed": 1, "subject": [
+            "Invoice {inv} for PO {po}", "{supplier}: invoice {inv}", "Your invoice from {supplier} ({po})",
+            "Payment due: invoice {inv} ({po})"], "body": [
+            ["Please find attached invoice {inv} for purchase order {po} ({product}, {price}).",
+             "Attached is our invoice {inv} covering the {product} delivered on {date} under {po}.",
+             "As agreed, here is invoice {inv} for {po}, total {price} including VAT."],
+            ["Please note our bank details have changed; the new account is on the attached invoice.",
+             "From this invoice on, please pay to our new account at {bank}, the old one is closed.",
+             "You can view and pay the invoice at {fakeportal}.",
+             "Payments now go to our account at {bank}; please update it in your system before paying."],
+            ["Thank you for your continued business.",
+             "Contact me if anything on the delivery note does not match.",
+             "Let us know if the purchase order number needs to change."]],
+            "sign": ["{first} {last}\nAccounts, {supplier}", "Accounts team, {supplier}",
+                     "Kind regards,\n{first} at {supplier}"]},
+        "cold_promo": _PROMO,
     },
     "ham": {
         "work": {"w": 0.22, "subject": [
@@ -304,13 +392,16 @@ _EMAIL = {
              "As agreed, here is invoice {inv} for {po}, total {price} including VAT."],
             ["Payment is due within 30 days as per our supply agreement.",
              "The amount will be collected by direct debit on {date}, as usual.",
-             "Our bank details are unchanged from previous invoices."],
+             "Please note our bank details are unchanged; only our address on the invoice is new.",
+             "You can view and pay the invoice at {portallink}.",
+             "From this invoice on, please pay to our account at {bank} within 30 days, as agreed.",
+             "Payments go to our account at {bank}; the details are on the attached invoice."],
             ["Thank you for your continued business.",
              "Contact me if anything on the delivery note does not match.",
              "Let us know if the purchase order number needs to change."]],
             "sign": ["{first} {last}\nAccounts, {supplier}", "Accounts team, {supplier}",
                      "Kind regards,\n{first} at {supplier}"]},
-        "real_password_reset": {"w": 0.14, "subject": [  # hard ham: password, link, verify, security
+        "real_password_reset": {"w": 0.14, "fixed": 1, "subject": [  # hard ham: password, link, verify, security
             "Reset your {service} password", "Password reset requested", "{service}: password reset link",
             "Your {service} verification code"], "body": [
             ["You requested a password reset for your {service} account at {time} today.",
@@ -319,9 +410,12 @@ _EMAIL = {
              "Use code {code} to finish signing in to {service}; you asked for it a moment ago."],
             ["Use this link within 30 minutes to choose a new password: {resetlink}",
              "Open {resetlink} to set a new password; the link works once.",
-             "The code expires in {few} minutes."],
+             "To confirm it is you, enter the code {code} on the sign-in page.",
+             "Your current password keeps working until you open {resetlink}",
+             "If you did not request this, cancel the request here: {resetlink}"],
             ["If you did not request this, you can ignore this email and your password stays the same.",
-             "For your security, we never ask for your password by email."]],
+             "For your security, we never ask for your password by email.",
+             "For your security, the link expires in {few} minutes."]],
             "sign": ["The {service} team", "{service} Help Centre", "Thanks,\n{service}"]},
         "order_confirmation": {"w": 0.13, "subject": [
             "Your order {order} is confirmed", "Thanks for your order from {shop}", "Order {order} has shipped",
@@ -345,11 +439,47 @@ _EMAIL = {
             ["You receive this because you are a member; unsubscribe any time.",
              "See you there!"]],
             "sign": ["The {club} committee", "{first}, volunteer coordinator", "{club}"]},
+        "urgent_notice": {"w": 0.12, "fixed": 0, "subject": [  # hard ham: urgent, final, expires, money, won
+            "URGENT: {project} is down", "Final reminder: expense claims due {weekday}",
+            "Action required: approve {po} today", "{service}: your password expires in {days} days",
+            "Your refund of {price}", "You won the {team} bake-off!", "Immediate action: fire drill on {weekday}"],
+            "body": [
+            ["The {project} has been failing since {time}, can you look at it urgently?",
+             "Final reminder: submit your {month} expense claims by {weekday} or they move to next month.",
+             "Please approve the {price} order for {product} today, {supplier} needs it before {time}.",
+             "Your password for {service} expires in {days} days; change it in the app under Settings as usual.",
+             "Your refund of {price} for order {order} has been sent to your card and should arrive in {days} days.",
+             "Congratulations, you won the {team} team bake-off and the prize is a {shop} voucher!",
+             "Your bonus of {price} will be paid with the {month} salary, well deserved."],
+            ["Act now if you can, {boss} wants an update before {time}.",
+             "This is the last reminder before the books close on {date}.",
+             "There is no link in this mail on purpose: open {service} yourself.",
+             "Reply to me directly if the amount looks wrong."],
+            ["Thanks for jumping on this so fast.", "Sorry for the short notice.", "Talk soon."]],
+            "sign": ["{first}", "IT Service Desk", "{first} {last}, Finance", "HR team", "Thanks,\n{first}"]},
+        "security_alert": {"w": 0.08, "fixed": 1, "subject": [  # hard ham: a genuine alert, phishing's twin
+            "Unusual sign-in attempt on your {brand} account", "Security alert for your {brand} account",
+            "New sign-in to your {brand} account", "Your {brand} mailbox is almost full"], "body": [
+            ["We detected unusual activity on your {brand} account from a device in {city}.",
+             "Dear customer, our system flagged a failed sign-in to your {brand} account on {date}.",
+             "Your mailbox storage is {pct}% full and new messages will be rejected.",
+             "Someone signed in to your {brand} account from a new device in {city}."],
+            ["If this was not you, review your recent sign-ins at {brandlink}",
+             "If this was not you, change your password at {brandlink}",
+             "If this was you, there is nothing to do.",
+             "Open the {brand} app yourself to check; we do not put sign-in links in these mails."],
+            ["This is an automated message, please do not reply.",
+             "{brand} will never ask for your password by email.",
+             "We apologise for any inconvenience this may cause."]],
+            "sign": ["The {brand} Security Team", "{brand} Support", "Account Services, {brand}"]},
+        "promo": _PROMO,
     },
 }
 
-# Social kinds: {"w", "main": [...], "extra": [...], "tags": [...]}: one main sentence, extra sentences (from the
-# kind's and the label's shared list) until the text has enough words, then emoji and hashtags.
+# Social kinds: {"w", "main": [...], "extra": [...], "tags": [...], optional "pool", "lure"}: one main sentence,
+# extra sentences (from the kind's list and a shared list: the label's own, or "pool": the other label's, or None)
+# until the text has enough words, then, with a "lure" list, one lure sentence somewhere after the main one, then
+# emoji and hashtags.
 
 # Shared extras: each domain's spam and ham speak differently from e-mail's (social spam is chatty and friendly,
 # social ham says "please", "send", "reply", "free", "now"), so cues learnt on e-mail only partly carry over.
@@ -365,6 +495,30 @@ _SOCIAL_HAM_EXTRA = ["Please share with anyone who might need it!",
                      "Thanks {first} for the offer to help!", "What a week it has been 😅", "Anyone else going?",
                      "Have a great weekend everyone!", "Miss you all, see you soon!", "Can't wait for summer 🌞",
                      "Hope everyone is doing well."]
+
+_COMMENT_MAIN = [
+    "Congrats {handle}, so proud of you! 🎉 You worked so hard for this.",
+    "This made my day 😂 {first}, you need to see this one.",
+    "Beautiful shot of {place}, the light at sunset is perfect 😍",
+    "Love this {first}! Your garden looks amazing this year, the {veg} are huge 🌻",
+    "Happy birthday {first}! Hope you have a wonderful day with the family 🎂",
+    "That {food} looks incredible, you really outdid yourself this time 😋"]
+_QUESTION_MAIN = [
+    "Does anyone know if {place} is open on {weekday}? Planning to go with the kids.",
+    "Which {gadget} would you recommend for a beginner? Budget is around {price}.",
+    "Can someone recommend a good plumber in {city}? Ours cancelled again 😩",
+    "Is the {event} still happening this weekend with all the rain?",
+    "Any tips for getting into {hobby}? I finally have some free time on weekends."]
+# Mild label ambiguity: a glowing product recommendation is ham from a happy customer and spam from a paid,
+# undisclosed account, and the text does not say which; "recommendation" (ham) and "stealth_ad" (spam) share it.
+_RECOMMEND = {"w": 0.10, "pool": None, "main": [
+    "Honestly the best {gadget} I've ever bought, {shop} has it for {price} this week 😍",
+    "Been using the {product} from {shop} for a month now, can't go back.",
+    "If you need {product}, {shop} in {city} has {pct}% off right now.",
+    "Obsessed with my new {gadget} from {shop}, worth every penny ✨"], "extra": [
+    "Not sponsored, just happy.", "Highly recommend.", "Ten out of ten.", "Go have a look!", "They ship fast too.",
+    "Thank me later 😉", "Can't believe I waited this long."],
+    "tags": ["#review", "#shopping", "#recommended", "#haul"]}
 
 _SOCIAL = {
     "spam": {
@@ -422,24 +576,30 @@ _SOCIAL = {
             "Write to {handle} to get started.", "We only pick {few} accounts each month.",
             "You get products plus commission on every sale.", "Waiting for your reply 💕"],
             "tags": ["#ambassador", "#collab", "#brandpartner", "#influencer"]},
+        # Near-duplicates (hard spam): an ordinary comment or question, with the ordinary extras, plus one subtle
+        # lure (a shortened link, "ask me", a discount code, money made "on the side").
+        "lure_comment": {"w": 0.30, "pool": "ham", "main": _COMMENT_MAIN + _QUESTION_MAIN, "extra": [], "lure": [
+            "btw {first} got a {gadget} for {small} here {shortlink}",
+            "ps I paid off my car with a little app I use on the side, ask me 😊",
+            "unrelated but I just got paid {price} for testing apps 😅",
+            "also {shop} has {pct}% off with my code {ticker}{few}, go quick",
+            "oh and the {gadget} I told you about is half price at {shortlink}",
+            "my cousin makes {price} a week with this now {shortlink}",
+            "if you need {product} I get mine at half price through {handle3}, trust me",
+            "anyway I've been earning a bit from home lately, happy to share how 😊",
+            "side note, {first} and I both use {shortlink} for cheap {gadget}s now",
+            "also I'm doing a draw for {store} gift cards on my page this week, just saying 😉",
+            "ps my {gadget} came from {shortlink}, way cheaper than the shops",
+            "haha also the app I told you about paid out again today 🙌"],
+            "tags": []},
+        "stealth_ad": _RECOMMEND,
     },
     "ham": {
-        "comment": {"w": 0.20, "main": [
-            "Congrats {handle}, so proud of you! 🎉 You worked so hard for this.",
-            "This made my day 😂 {first}, you need to see this one.",
-            "Beautiful shot of {place}, the light at sunset is perfect 😍",
-            "Love this {first}! Your garden looks amazing this year, the {veg} are huge 🌻",
-            "Happy birthday {first}! Hope you have a wonderful day with the family 🎂",
-            "That {food} looks incredible, you really outdid yourself this time 😋"], "extra": [
+        "comment": {"w": 0.20, "main": _COMMENT_MAIN, "extra": [
             "Can't wait to see what you do next.", "We should do this again next summer.",
             "Still laughing about last time 😂", "You deserve it!"],
             "tags": []},
-        "question": {"w": 0.17, "main": [
-            "Does anyone know if {place} is open on {weekday}? Planning to go with the kids.",
-            "Which {gadget} would you recommend for a beginner? Budget is around {price}.",
-            "Can someone recommend a good plumber in {city}? Ours cancelled again 😩",
-            "Is the {event} still happening this weekend with all the rain?",
-            "Any tips for getting into {hobby}? I finally have some free time on weekends."], "extra": [
+        "question": {"w": 0.17, "main": _QUESTION_MAIN, "extra": [
             "Thanks in advance!", "Any tips welcome 🙏", "Asking for a friend 😅",
             "Last time we went it was closed."],
             "tags": []},
@@ -482,6 +642,34 @@ _SOCIAL = {
             "Photos from the {event} are in the album, link in my bio, tag yourselves!"], "extra": [
             "Feedback welcome.", "Thanks to everyone who helped.", "Feel free to share."],
             "tags": ["#community", "#meetup", "#slides"]},
+        "aside_comment": {"w": 0.16, "pool": "ham", "main": _COMMENT_MAIN + _QUESTION_MAIN, "extra": [], "lure": [
+            "btw {first} got a {gadget} for {small} at the {event} in the end",  # lure_comment's twin, no lure
+            "ps the {food} recipe is here {shortlink}",
+            "oh and the {gadget} I told you about is half price at {shop} this week",
+            "also the {event} photos are up at {shortlink}",
+            "unrelated but I just got the {hobby} job I applied for 😅",
+            "my cousin makes {food} like this now, ask me for her recipe 😊",
+            "if you need {product} I get mine at the market on {street}, trust me",
+            "anyway I've been baking a bit from home lately, happy to share how 😊",
+            "side note, {first} and I both go to the {hobby} class at {place} now",
+            "also I'm doing the {event} this week, just saying 😉",
+            "ps my {gadget} came from {shop}, way cheaper than the others",
+            "haha also the bus I told you about was late again today 🙌"],
+            "tags": []},
+        "mention": {"w": 0.14, "main": [  # hard ham: giveaways, DMs, links, "follow", "free", money, legitimately
+            "My sister actually won the {shop} giveaway and the {gadget} arrived today 😂",
+            "Thanks for all the DMs about the {event}, I'll answer everyone tonight!",
+            "Go follow {handle}, she takes the best photos of {place} 📸",
+            "Free {veg} seedlings outside our house on {street}, take what you need 🌱",
+            "The fundraiser for the {club} is at {shortlink}, every {small} helps 🙏",
+            "Finally paid off the car loan 🎉 took {few} years but we did it!",
+            "Got my {gadget} half price at {shop} last week, so happy with it.",
+            "Two free tickets for the {event} if anyone wants them, DM me, we can't go anymore 😩",
+            "The {food} recipe I promised: {shortlink} thank me later 😋",
+            "Ask me how the {hobby} class went 😅 {first} says I was a natural."], "extra": [
+            "No catch, just clearing space.", "Thanks again everyone 🙏", "Still can't believe it."],
+            "tags": []},
+        "recommendation": _RECOMMEND,
     },
 }
 
@@ -492,8 +680,8 @@ KINDS = {d: {label: tuple(kinds) for label, kinds in t.items()} for d, t in (("e
 def _email(kind: dict, rng: random.Random) -> str:
     slots = _Slots(rng)
     body = [rng.choice(kind["body"][0])]
-    groups = kind["body"][1:]
-    extra = [g for g in groups if rng.random() < 0.7] or [rng.choice(groups)]
+    fixed, groups = kind.get("fixed", 0), kind["body"][1:]
+    extra = groups[:fixed] + [g for g in groups[fixed:] if rng.random() < 0.7] or [rng.choice(groups)]
     body += [rng.choice(g) for g in extra[:2]]
     text = "Subject: " + rng.choice(kind["subject"]) + "\n\n" + " ".join(body)
     if rng.random() < 0.8:
@@ -506,11 +694,15 @@ def _social(label: str, kind: dict, rng: random.Random) -> str:
     parts = [rng.choice(kind["main"])]
     if rng.random() < 0.25 and not parts[0].startswith("{handle}"):  # a reply to someone
         parts.insert(0, "{handle2}")
-    extras = kind["extra"] + (_SOCIAL_SPAM_EXTRA if label == "spam" else _SOCIAL_HAM_EXTRA)
+    pool = kind.get("pool", label)  # the shared extras: the label's own, the other label's (camouflage) or none
+    extras = kind["extra"] + {"spam": _SOCIAL_SPAM_EXTRA, "ham": _SOCIAL_HAM_EXTRA, None: []}[pool]
     extras = rng.sample(extras, len(extras))
     want = rng.choice([MIN_WORDS, MIN_WORDS + 3, MIN_WORDS + 8])
     while extras and (len(" ".join(parts).split()) < want or rng.random() < 0.2):
         parts.append(extras.pop())
+    if kind.get("lure"):  # one subtle lure, anywhere after the main sentence
+        parts.insert(rng.randint(1 + (parts[0] == "{handle2}"), len(parts)),
+                     rng.choice(kind["lure"]))
     if rng.random() < 0.5:
         parts.append(rng.choice(_LIST["emoji"]))
     tags = kind["tags"] if kind["tags"] and rng.random() < 0.7 else _LIST["tag"]
@@ -628,6 +820,15 @@ JUDGE_SPAM_CUES = [
     (r"\b\d+% off|free guide|limited (time|spots|offer)|serious people|first come|no experience|happy customers"
      r"|cash or crypto|sells out", 1.5),
     (r"confidential|spots? (are )?limited|secure your spot|selected", 0.5),
+    # the details of near-duplicates: a look-alike link (a hyphenated host, or a known name followed by more
+    # domain), a request for the password, a changed bank account, a lure tucked into a friendly comment
+    (r"https?://[a-z0-9.]*[a-z0-9]-[a-z0-9.-]*\.[a-z]{2,}|https?://[a-z0-9]+\.(com|org)[.-][a-z0-9]", 5.5),
+    (r"(reply with|send us|enter|type|confirm) your (current |old |existing )?password", 5.5),
+    (r"(bank|payment) details (have|has) (changed|been updated)|our new (bank )?account|(account|one) is closed"
+     r"|payments now go", 5.5),
+    (r"\b(bit\.ly|tinyurl\.com|t\.ly|rb\.gy)/", 1.0),
+    (r"got paid|paid (off my|out)|on the side|my code|on my page|go quick|through @|makes? (\S+ ){1,2}a (week|day)"
+     r"|(half price|% off|for (\S+ ){1,2}here) (at )?https?://|(from|use) https?://", 4.0),
 ]
 #: The judge's legitimising cues: (regex, weight) subtracted from the score.
 JUDGE_HAM_CUES = [
@@ -639,6 +840,8 @@ JUDGE_HAM_CUES = [
     (r"members?\b|unsubscribe|newsletter|workshops?|notice board|committee|volunteer|library|school|community", 2.0),
     (r"recipe|cafe|scarf|family group|congrats|proud of you|outdid|sunset|garden|plumber|recommend|any tips", 1.5),
     (r"council|article|gazette|herald|chronicle|\bnews\b|announced|raffle|seedlings|my talk", 1.5),
+    (r"if this was you|nothing to do|(open|in) the \w+ app|as usual|no catch|fundraiser|my sister|if anyone wants"
+     r"|expense|salary|short notice", 2.0),
 ]
 _SPAM_RE = [(re.compile(c), w) for c, w in JUDGE_SPAM_CUES]
 _HAM_RE = [(re.compile(c), w) for c, w in JUDGE_HAM_CUES]
