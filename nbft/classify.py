@@ -453,6 +453,18 @@ def run_approach(name: str, p: params.ClassifyParams, tokenizer, d: ClassData, p
     return row
 
 
+def misclassified(d: ClassData, rows: dict[str, dict]) -> dict[str, list[dict]]:
+    """Per test split, the messages some approach gets wrong: text, true label, and each approach's prediction
+    (with its confidence on the source split) — the misclassification browser's rows."""
+    out = {}
+    for split, recs, key in (("source test", d.test, "pred"), ("target test", d.target_test, "target_pred")):
+        have = {k: r for k, r in rows.items() if key in r}
+        out[split] = [{"text": rec["text"], "true": rec["label"], **{
+            k: r[key][i] + (f" ({r['confidence'][i]:.2f})" if key == "pred" else "") for k, r in have.items()}}
+            for i, rec in enumerate(recs) if any(r[key][i] != rec["label"] for r in have.values())]
+    return out
+
+
 METRIC_KEYS = ("accuracy", "f1", "auc", "trainable_params", "seconds", "ms_per_example", "target_accuracy")
 
 

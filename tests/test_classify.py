@@ -172,3 +172,13 @@ def test_findings_say_when_fine_tuning_does_not_beat_frozen_features():
     assert "does not beat frozen features" in text and "the shift costs accuracy" in text
     rows["full"]["accuracy"] = 0.97
     assert "beats frozen features by +0.07" in " ".join(classify.findings(rows, None, {}, None))
+
+
+def test_the_misclassification_browser_lists_only_messages_some_approach_gets_wrong():
+    d = classify.ClassData(["ham", "spam"], [], [{"text": "x", "label": "ham"}, {"text": "y", "label": "spam"}],
+                           [], [{"text": "z", "label": "spam"}])
+    rows = {"a": {"pred": ["ham", "ham"], "confidence": [0.9, 0.6], "target_pred": ["ham"]},
+            "b": {"pred": ["ham", "spam"], "confidence": [0.8, 0.7]}}
+    out = classify.misclassified(d, rows)
+    assert out["source test"] == [{"text": "y", "true": "spam", "a": "ham (0.60)", "b": "spam (0.70)"}]
+    assert out["target test"] == [{"text": "z", "true": "spam", "a": "ham"}]
