@@ -51,6 +51,8 @@ PATH_PARAMETERS = {("04_rlhf", "policy"): ("auto", "base"), ("04_rlhf", "prefere
                    ("05_rag_vs_ft", "knowledge_base"): ("builtin",), ("05_rag_vs_ft", "questions"): ("",)}
 #: (stage, parameter) that name a dataset: a local file (made absolute), or a built-in or hub name (kept).
 DATASET_PARAMETERS = (("01_data_prep", "dataset"), ("06_classify", "source_data"), ("06_classify", "target_data"))
+#: (stage, parameter) that name a model: a local folder (made absolute), or a built-in name or hub id (kept).
+MODEL_PARAMETERS = (("07_distill", "teacher"), ("07_distill", "student"))
 
 
 def _absolutize_paths(resolved: dict) -> None:
@@ -65,6 +67,10 @@ def _absolutize_paths(resolved: dict) -> None:
         value = getattr(resolved[stage], key)
         if value not in names:
             setattr(resolved[stage], key, str(Path(value).expanduser().resolve()))
+    for stage, key in MODEL_PARAMETERS:
+        value = getattr(resolved[stage], key)
+        if value not in ("auto", "base") and Path(value).expanduser().is_dir():
+            setattr(resolved[stage], key, str(Path(value).expanduser().resolve()))
     rp = resolved["99_report"]  # run folders given as paths; bare names stay names under runs/
     rp.compare_runs = [str(Path(r).expanduser().resolve()) if Path(r).expanduser().is_dir() else r
                        for r in rp.compare_runs]
@@ -73,11 +79,11 @@ def _absolutize_paths(resolved: dict) -> None:
 def preflight(resolved: dict, stages: list[str]) -> None:
     """Check what can be checked before any notebook runs: the model spec, then each stage's own inputs
     (its module's ``check_inputs``: data files, preference pairs, documents and questions, runs to compare)."""
-    from . import classify, data, knowledge, models, report, rlhf
+    from . import classify, data, distill, knowledge, models, report, rlhf
 
     checks = {"01_data_prep": data.check_inputs, "04_rlhf": rlhf.check_inputs,
               "05_rag_vs_ft": knowledge.check_inputs, "06_classify": classify.check_inputs,
-              "99_report": report.check_inputs}
+              "07_distill": distill.check_inputs, "99_report": report.check_inputs}
     models.resolve(resolved[stages[0]].model)
     for stage in stages:
         if stage in checks:

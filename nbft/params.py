@@ -312,6 +312,49 @@ class ClassifyParams(EvalArgs, LoraArgs, ScopeArgs, TrainArgs, Common):
                              "(not among the labels: the last label in sorted order)")
 
 
+DISTILL_METHODS = ("student_base", "gold_sft", "imitation", "distill")
+
+
+@params_dataclass
+class DistillParams(EvalArgs, LoraArgs, ScopeArgs, TrainArgs, Common):
+    """07_distill: a smaller student learns from a teacher — by SFT on references, by imitating the teacher's
+    replies, by matching its token distributions — and what each copies (style) and what it cannot (knowledge)."""
+
+    epochs: float = _f(1.0, "not used here: max_steps is every trained row's budget")
+    batch_size: int = _f(8, "prompts per optimizer step (every trained row)")
+    learning_rate: float = _f(5e-4, "student learning rate with scope lora")
+    full_learning_rate: float = _f(1e-4, "student learning rate with scope full (a student cut from a deeper model "
+                                   "needs more than a light fine-tune's 2e-5 to heal)")
+    freeze_top_n: int = _f(2, "scope freeze: how many top blocks of the student train")
+    max_new_tokens: int = _f(48, "tokens per reply: evaluation, the teacher's imitation replies, the student's "
+                             "on-policy completions (distill) and the speed measurement")
+    n_eval: int = _f(32, "score at most this many held-out test prompts (0: all)")
+    teacher: str = _f("auto", "auto (this run's 02_sft merged model if there is one, else the model) | base (the "
+                      "model) | a model spec: a folder, a built-in name or a hub id")
+    student: str = _f("auto", "auto (the model with student_layers of its blocks kept, evenly spaced and initialised "
+                      "from them, DistilBERT style) | a model spec whose tokenizer is the teacher's")
+    student_layers: int = _f(10, "auto student: blocks kept (SmolLM2-135M has 30)")
+    scope: str = _f("full", "what trains in the student: full (every weight) | lora (adapters) | freeze (top "
+                    "freeze_top_n blocks)", ("full", "lora", "freeze"))
+    methods: list[str] = _f(list(DISTILL_METHODS), "rows of nbft.distill.METHODS, in table order: "
+                            + ", ".join(DISTILL_METHODS) + " (student_base always runs: both gaps are measured from it)")
+    n_train: int = _f(32, "labelled training prompts (with their reference replies) from the train split (0: all)")
+    n_unlabelled: int = _f(32, "imitation and distill: extra training prompts without replies (the next ones of the "
+                           "train split)")
+    max_steps: int = _f(16, "optimizer steps of every trained row (the shared budget)")
+    imitation_sampling: str = _f("greedy", "imitation: the teacher's replies are greedy | sample",
+                                 ("greedy", "sample"))
+    imitation_temperature: float = _f(0.7, "imitation with imitation_sampling sample: sampling temperature")
+    beta: float = _f(0.5, "distill: generalized JSD between student and teacher, 0 forward KL(teacher||student), "
+                     "0.5 JSD, 1 reverse KL")
+    distill_temperature: float = _f(1.0, "distill: temperature of the student's sampled completions and of both "
+                                    "distributions in the loss (TRL uses one value for both)")
+    speed_prompts: int = _f(16, "speed: held-out prompts generated as one batch, max_new_tokens each (forced), best of "
+                              "two timings")
+    task_check: str = _f("auto", "programmatic check for the task (style) score: auto (the data's own), json_answer, "
+                         "exact, contains", TASK_CHECK_CHOICES)
+
+
 @params_dataclass
 class ReportParams(Common):
     """99_report: the story of one run, or a comparison of several (two profiles, the points of a sweep)."""
@@ -329,6 +372,7 @@ STAGES: dict[str, type] = {
     "04_rlhf": RLHFParams,
     "05_rag_vs_ft": RAGParams,
     "06_classify": ClassifyParams,
+    "07_distill": DistillParams,
     "99_report": ReportParams,
 }
 COMMON = "common"

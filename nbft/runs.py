@@ -294,6 +294,8 @@ HEADLINE = {
     "05_rag_vs_ft": ["acc.rag.open", "acc.ft.open", "acc.ft_paraphrase.open", "retrieval_ms_p50", "n_eval"],
     "06_classify": ["methods.features_llm.accuracy", "methods.lora.accuracy", "shift.target_accuracy",
                     "conditional.control"],
+    "07_distill": ["methods.imitation.style_gap_closed", "methods.imitation.knowledge_gap_closed",
+                   "methods.distill.knowledge_gap_closed", "speedup"],
     "99_report": ["compare_runs", "n_tables"],
 }
 

@@ -147,6 +147,39 @@ def test_smoke_metrics(smoke_run):
     assert set(cond["rate_by_tag"]) == {"ham", "spam"} and 0 <= cond["rate_untagged"] <= 1
     assert cond["judge"].startswith("rule") and cond["n_texts"] == smoke_cls.cpt_texts
     assert c["n_train"] == smoke_cls.n_train and c["n_test"] == smoke_cls.n_test
+    # issue 14: distillation — teacher, untrained student, every method with both gaps, the student it built
+    check_distill_metrics(m["07_distill"], params.resolve(SMOKE)["07_distill"])
+    assert m["07_distill"]["teacher_model"].startswith("this run's SFT model")  # the teacher is 02's model
+
+
+DISTILL_KEYS = {"task_score", "answer_accuracy", "general_qa", "knowledge_score", "ppl_general", "params", "size_mb",
+                "gen_tokens_per_second"}
+
+
+def check_distill_metrics(x, p):
+    """07_distill's section of metrics.json: every required number, in range, every method row."""
+    for who in ("teacher", "student_base"):
+        assert set(x[who]) == DISTILL_KEYS, who
+    assert list(x["methods"]) == [k for k in p.methods if k != "student_base"] == ["gold_sft", "imitation", "distill"]
+    for name, row in [("teacher", x["teacher"]), ("student_base", x["student_base"]), *x["methods"].items()]:
+        for k in ("task_score", "answer_accuracy", "general_qa", "knowledge_score"):
+            assert 0 <= row[k] <= 1, (name, k)
+        assert row["ppl_general"] > 1 and row["gen_tokens_per_second"] > 0 and row["size_mb"] > 0, name
+        assert row["knowledge_score"] == pytest.approx((row["answer_accuracy"] + row["general_qa"]) / 2), name
+    for name, row in x["methods"].items():
+        assert set(row) == DISTILL_KEYS | {"seconds", "steps", "style_gap_closed", "knowledge_gap_closed"}, name
+        assert row["seconds"] > 0 and row["steps"] == p.max_steps and row["params"] == x["student_base"]["params"]
+        for kind, key in (("style", "task_score"), ("knowledge", "knowledge_score")):
+            gap = x["teacher"][key] - x["student_base"][key]
+            if abs(gap) < 0.05:  # no gap: None, and the reason is recorded
+                assert row[f"{kind}_gap_closed"] is None and "no gap to close" in x["gap_notes"][kind]
+            else:
+                assert row[f"{kind}_gap_closed"] == pytest.approx((row[key] - x["student_base"][key]) / gap)
+    assert x["student_layers"] == p.student_layers and x["student_base"]["params"] < x["teacher"]["params"]
+    assert x["speedup"] == pytest.approx(x["student_base"]["gen_tokens_per_second"] / x["teacher"]["gen_tokens_per_second"])
+    assert x["n_train"] == p.n_train and x["n_unlabelled"] == p.n_unlabelled and x["n_eval"] == p.n_eval
+    assert x["imitation_data"]["n"] == p.n_train + p.n_unlabelled
+    assert any("Gudibande" in f for f in x["findings"]) and len(x["findings"]) >= 6
 
 
 def test_every_stage_records_findings_and_what_they_mean(smoke_run):
@@ -158,7 +191,7 @@ def test_every_stage_records_findings_and_what_they_mean(smoke_run):
     for stage in params.STAGES:
         findings = m[stage].get("findings")
         assert findings and all(isinstance(f, str) and len(f) > 20 for f in findings), stage
-    for stage in ("02_sft", "03_peft", "04_rlhf", "05_rag_vs_ft", "06_classify"):
+    for stage in ("02_sft", "03_peft", "04_rlhf", "05_rag_vs_ft", "06_classify", "07_distill"):
         assert m[stage]["thresholds"] and all(isinstance(v, (int, float)) for v in m[stage]["thresholds"].values())
         assert m[stage]["n_train"] > 0 and m[stage]["n_eval"] > 0, stage
     report_text = (run / "99_report.ipynb").read_text()
@@ -201,6 +234,11 @@ def test_smoke_artifacts(smoke_run):
     assert all((idx / f).is_file() for f in ("index.faiss", "chunks.jsonl", "meta.json"))
     card = json.loads((sft / "card.json").read_text())
     assert card["parameters"]["scope"] == "lora" and "task_score_after" in card["metrics"]
+    ds = run / "artifacts" / "07_distill"
+    for folder in ("student_init", "distilled"):
+        assert (ds / folder / "model.safetensors").is_file(), folder
+        assert json.loads((ds / folder / "config.json").read_text())["num_hidden_layers"] == 1, folder
+    assert (ds / "imitation.jsonl").is_file() and (ds / "card.md").is_file()
 
 
 def test_smoke_reports_read_as_reports(smoke_run):
@@ -449,6 +487,52 @@ def test_classify_runs_end_to_end_on_a_user_csv_with_three_classes(smoke_run, tm
     assert set(c["conditional"]["rate_by_tag"]) == {"billing", "outage", "praise"}
     assert c["conditional"]["judge"].startswith("MiniLM") and c["findings"]
     assert (run.parent / "tickets" / "06_classify.html").is_file()
+
+
+def run_in(runs_dir: Path, args: list[str]) -> int:
+    """``nbft`` with its runs under ``runs_dir``, from the project root (no shared smoke run needed)."""
+    old, cwd = os.environ.get("NBFT_RUNS_DIR"), os.getcwd()
+    os.environ["NBFT_RUNS_DIR"] = str(runs_dir)
+    os.chdir(ROOT)
+    try:
+        return cli.main(args)
+    finally:
+        os.chdir(cwd)
+        if old is None:
+            os.environ.pop("NBFT_RUNS_DIR", None)
+        else:
+            os.environ["NBFT_RUNS_DIR"] = old
+
+
+def test_distill_student_with_another_tokenizer_exits_2_before_anything_runs(tmp_path, capsys):
+    """Issue 14: a student whose tokenizer is not the teacher's fails preflight, naming the difference."""
+    from nbft import models
+
+    model, tok, _ = models.load("tiny-llama", device="cpu")
+    tok.add_tokens(["<nbft_extra_token>"])
+    folder = models.save(model, tok, tmp_path / "other_tokenizer")
+    runs_dir = tmp_path / "runs"
+    rc = run_in(runs_dir, ["run", "--params", SMOKE, "--no-progress", "--set", f"07_distill.student={folder}"])
+    err = capsys.readouterr().err
+    assert rc == cli.EXIT_BAD_INPUT
+    for frag in ("07_distill.student: the tokenizer of", str(folder), "vocabulary of 49152 vs 49153 tokens"):
+        assert frag in err, (frag, err)
+    assert not runs_dir.exists() or not any(runs_dir.iterdir())  # nothing ran, no run folder
+    rc = run_in(runs_dir, ["run", "--params", SMOKE, "--no-progress", "--set", "07_distill.methods=[imitaton]"])
+    assert rc == cli.EXIT_BAD_INPUT and "did you mean 'imitation'" in capsys.readouterr().err
+
+
+def test_distill_runs_alone_on_smoke_params(tmp_path):
+    """07_distill without 02_sft in its run: the teacher falls back to the model (and says so), no style gap."""
+    runs_dir = tmp_path / "runs"
+    assert run_in(runs_dir, ["run", "--params", SMOKE, "--only", "07_distill", "--name", "alone", "--no-progress"]) == 0
+    x = json.loads((runs_dir / "alone" / "metrics.json").read_text())["07_distill"]
+    check_distill_metrics(x, params.resolve(SMOKE)["07_distill"])
+    assert x["teacher_model"].startswith("the model itself (tiny-llama): this run has no 02_sft model")
+    nb = json.loads((runs_dir / "alone" / "07_distill.ipynb").read_text())
+    assert not [o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    html = (runs_dir / "alone" / "07_distill.html").read_text()
+    assert "data:image/png;base64" in html and export.external_urls(html) == []
 
 
 def test_failure_inside_a_notebook_names_it_and_keeps_the_partial_notebook(smoke_run, tmp_path, capsys):
