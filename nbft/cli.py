@@ -1,6 +1,7 @@
 """The ``nbft`` command: run the notebook pipeline with Papermill, sweep a grid, list runs, show parameters.
 
     nbft run [--params FILE] [--only STAGE ...] [--name NAME] [--set key=value ...]
+    nbft run --resume NAME [--set key=value ...]   continue a crashed, interrupted or failed run
     nbft sweep [--params FILE] --grid key=v1,v2 [--grid ...] [--only STAGE ...] [--name NAME] [--set ...]
     nbft list
     nbft params [--params FILE] [--set key=value ...] [--defaults] [--sync-notebooks]
@@ -9,20 +10,24 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import difflib
 import json
 import os
 import re
+import signal
 import sys
 import time
 from pathlib import Path
 
+from . import files
 from . import params as P
 from . import runs
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
+DEFAULT_PARAMS = "params/default.yaml"
 
 
 def notebooks_dir() -> Path:
@@ -77,17 +82,25 @@ def _absolutize_paths(resolved: dict) -> None:
 
 
 def preflight(resolved: dict, stages: list[str]) -> None:
-    """Check what can be checked before any notebook runs: the model spec, then each stage's own inputs
-    (its module's ``check_inputs``: data files, preference pairs, documents and questions, runs to compare)."""
+    """Check what can be checked before any notebook runs (and before any folder is made): the model spec (a
+    folder needs config, weights and tokenizer), the device, each stage's own inputs (its module's
+    ``check_inputs``: data files, preference pairs, documents and questions, runs to compare), and 01_data_prep's
+    whole chain with the model's tokenizer (filters that remove everything, empty splits). Parameter ranges and
+    names were checked when the parameters were resolved."""
     from . import classify, data, distill, knowledge, models, report, rlhf
 
     checks = {"01_data_prep": data.check_inputs, "04_rlhf": rlhf.check_inputs,
               "05_rag_vs_ft": knowledge.check_inputs, "06_classify": classify.check_inputs,
               "07_distill": distill.check_inputs, "99_report": report.check_inputs}
-    models.resolve(resolved[stages[0]].model)
+    for spec in dict.fromkeys(resolved[s].model for s in stages):
+        models.resolve(spec)
+    for device in dict.fromkeys(resolved[s].device for s in stages):
+        models.pick_device(device)  # cuda without a GPU fails here, not in the first notebook
     for stage in stages:
         if stage in checks:
             checks[stage](resolved[stage])
+    if "01_data_prep" in stages:  # the whole data chain, tokenizer filters and split sizes included
+        data.check_prepared(resolved["01_data_prep"], models.load_tokenizer(resolved["01_data_prep"].model))
 
 
 def _export_html(nb_path: Path) -> Path:
@@ -125,51 +138,154 @@ def print_summary(run_dir: Path, stages: list[str]) -> None:
                 print(f"  - {f}")
 
 
-def _prepare(params_file, sets, only, name) -> tuple[dict, list[str], Path]:
-    """Validate everything a run needs before anything is written: parameters, stages, run name, inputs."""
+def _prepare(params_file, sets, only, name) -> tuple[dict, list[str], str | None]:
+    """Validate everything a run needs before anything is written: parameters, stages, run name, inputs.
+    Returns the parameters, the stages and the run name (None: a new timestamped one)."""
     resolved = P.resolve(params_file, sets)
     stages = _stage_names(only)
     _absolutize_paths(resolved)
     name = name or resolved[stages[0]].run_name or None
-    prefix = Path(params_file).stem if params_file else "default"
-    run_dir = runs.unique_run_dir(name, prefix=prefix)
+    if name:
+        runs.check_free(name)
     preflight(resolved, stages)
-    return resolved, stages, run_dir
+    return resolved, stages, name
+
+
+def _offline_env() -> None:
+    """Offline unless asked otherwise, set before anything imports huggingface_hub (it reads the variable once):
+    preflight, the runner and the kernels it starts all see the same mode."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def _kernel_env(runs_root: Path) -> None:
     # The kernel must be this environment's python, and must find the run folders.
     os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
     os.environ[runs.RUNS_ENV] = str(runs_root)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _offline_env()
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM while a run executes (``signum`` says which)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _signals_interrupt():
+    """SIGINT and SIGTERM stop the kernel at once (before the notebook client's own clean-up can ask it to shut
+    down mid-cell) and raise ``Interrupted`` in the runner (the old handlers come back afterwards)."""
+    def handler(signum, frame):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        _stop_children()
+        raise Interrupted(signum)
+
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
+def _stop_children() -> None:
+    """Stop the notebook kernel(s) this process started (they run in their own session: a terminal's Ctrl-C
+    does not reach them). SIGKILL: the stage is abandoned anyway, and a kernel asked to shut down mid-cell
+    prints a traceback of its closed sockets."""
+    import psutil
+
+    children = psutil.Process().children(recursive=True)
+    for c in children:
+        with contextlib.suppress(psutil.Error):
+            c.kill()
+    psutil.wait_procs(children, timeout=5)
 
 
 def execute(resolved: dict, stages: list[str], run_dir: Path, progress: bool = True, verbose: bool = False,
-            label: str = "nbft run") -> int:
-    """Execute ``stages`` with Papermill into a new ``run_dir``: executed notebooks, offline HTML reports,
-    status.json after every stage and ``index.html``. Returns the exit code (0, or EXIT_FAILED)."""
+            label: str = "nbft run", resume: dict | None = None) -> int:
+    """Execute ``stages`` with Papermill into ``run_dir`` (reserved by the caller) holding its lock: executed
+    notebooks, offline HTML reports, status.json after every stage and ``index.html``. With ``resume``
+    (``prepare_resume``), stages that ended ok are skipped and the others run again from their start (their
+    trainers resume from their checkpoints). SIGINT/SIGTERM stop the run with status ``interrupted``.
+    Returns the exit code: 0, EXIT_FAILED, or 128 + the signal number."""
+    runs.acquire(run_dir)
+    where = {"stage": None}
+    try:
+        with _signals_interrupt():
+            return _execute(resolved, stages, run_dir, progress, verbose, label, resume, where)
+    except KeyboardInterrupt as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        with _signals_ignored():
+            _stop_children()
+            runs.write_status(run_dir, state="interrupted", signal=signal.Signals(signum).name,
+                              **({"stages": {where["stage"]: "interrupted"}} if where["stage"] else {}))
+            with contextlib.suppress(Exception):
+                _write_index(run_dir)
+            print(f"\n{label}: interrupted ({signal.Signals(signum).name}) in {where['stage'] or 'setup'}; "
+                  f"continue it with: nbft run --resume {run_dir.name}", file=sys.stderr, flush=True)
+        return 128 + signum
+    except Exception as e:  # a bug in nbft itself: recorded, then shown in full
+        runs.write_status(run_dir, state="failed", error=f"{type(e).__name__}: {e}")
+        raise
+    finally:
+        runs.release(run_dir)
+
+
+@contextlib.contextmanager
+def _signals_ignored():
+    old = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
+def _write_index(run_dir: Path) -> None:
+    from . import report
+
+    report.write_index(run_dir)
+
+
+def _execute(resolved, stages, run_dir, progress, verbose, label, resume, where) -> int:
+    import shutil
+
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
-    from . import report
-
     nb_dir = notebooks_dir()
-    run_dir.mkdir(parents=True, exist_ok=True)  # new: _prepare / unique_run_dir checked it was free
     for p in resolved.values():
         p.run_name = run_dir.name
-    (run_dir / "params.yaml").write_text(P.to_yaml(resolved))
-    runs.write_env(run_dir, resolved[stages[0]])
-    runs.write_status(run_dir, state="running", stages={s: "pending" for s in stages}, started=time.time())
     _kernel_env(run_dir.parent)
-    print(f"{label}: {run_dir} ({len(stages)} stage{'s' * (len(stages) > 1)}: {', '.join(stages)})", flush=True)
+    os.environ[runs.RUNNER_ENV] = "1"  # the kernels' trainers checkpoint: this runner resumes from and deletes them
+    files.write_atomic(run_dir / "params.yaml", P.to_yaml(resolved))
+    done = set(resume["done"]) if resume else set()
+    if resume:
+        resumed = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "from_state": resume["state"],
+                   "skipped": sorted(done, key=stages.index), "set": resume["set"], "changed": resume["changed"]}
+        runs.write_status(run_dir, state="running", failed_stage=None, failed_cell=None, error=None, signal=None,
+                          append={"resumes": resumed})
+    else:
+        runs.write_env(run_dir, resolved[stages[0]])
+        runs.write_status(run_dir, state="running", stages={s: "pending" for s in stages}, started=time.time())
+    print(f"{label}: {run_dir} ({len(stages)} stage{'s' * (len(stages) > 1)}: {', '.join(stages)})"
+          + (f"; resuming, {len(done)} done: {', '.join(s for s in stages if s in done)}" if resume else ""), flush=True)
 
     t_all = time.perf_counter()
     for i, stage in enumerate(stages, 1):
+        if stage in done:
+            print(f"[{i}/{len(stages)}] {stage} ok earlier (skipped)", flush=True)
+            continue
         src = nb_dir / f"{stage}.ipynb"
         out = run_dir / f"{stage}.ipynb"
         print(f"[{i}/{len(stages)}] {stage} ...", flush=True)
+        where["stage"] = stage
+        if resume:
+            runs.clear_metrics(run_dir, stage)  # recorded again from the start of the stage
         runs.write_status(run_dir, stages={stage: "running"})
         t0 = time.perf_counter()
         try:
@@ -178,37 +294,128 @@ def execute(resolved: dict, stages: list[str], run_dir: Path, progress: bool = T
                                 log_output=verbose)
         except PapermillExecutionError as e:
             html = _export_html(out) if out.exists() else None
-            where = f"cell {e.cell_index} (In [{e.exec_count}])"
+            where_cell = f"cell {e.cell_index} (In [{e.exec_count}])"
             runs.write_status(run_dir, state="failed", stages={stage: "failed"}, failed_stage=stage,
                               failed_cell=e.cell_index, error=f"{e.ename}: {e.evalue}")
-            report.write_index(run_dir)
-            print(f"{label}: FAILED in notebook {stage}.ipynb, {where}: {e.ename}: {e.evalue}", file=sys.stderr)
+            _write_index(run_dir)
+            print(f"{label}: FAILED in notebook {stage}.ipynb, {where_cell}: {e.ename}: {e.evalue}", file=sys.stderr)
             print(f"  partial executed notebook: {out}" + (f"\n  partial report: {html}" if html else ""), file=sys.stderr)
             return EXIT_FAILED
         except Exception as e:  # kernel died, notebook missing, ...
             runs.write_status(run_dir, state="failed", stages={stage: "failed"}, failed_stage=stage,
                               error=f"{type(e).__name__}: {e}")
-            report.write_index(run_dir)
+            _write_index(run_dir)
             print(f"{label}: FAILED in notebook {stage}.ipynb: {type(e).__name__}: {e}", file=sys.stderr)
             return EXIT_FAILED
         _export_html(out)
         secs = time.perf_counter() - t0
         runs.write_status(run_dir, stages={stage: "ok"}, seconds={stage: round(secs, 1)})
-        report.write_index(run_dir)
+        shutil.rmtree(run_dir / runs.CHECKPOINTS / stage, ignore_errors=True)  # the stage is done: no resume needed
+        with contextlib.suppress(OSError):
+            (run_dir / runs.CHECKPOINTS).rmdir()
+        _write_index(run_dir)
         print(f"[{i}/{len(stages)}] {stage} ok ({secs:.0f} s)", flush=True)
+    where["stage"] = None
     runs.write_status(run_dir, state="ok", total_seconds=round(time.perf_counter() - t_all, 1))
-    report.write_index(run_dir)
+    _write_index(run_dir)
     print_summary(run_dir, stages)
     return 0
 
 
+BAD_INPUT = (P.ParamError, FileExistsError, ValueError, OSError, RecursionError)
+
+
+def _bad(cmd: str, e: BaseException) -> int:
+    print(f"nbft {cmd}: error: {e}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
 def cmd_run(args) -> int:
+    _offline_env()
+    if args.resume:
+        return cmd_resume(args)
     try:
-        resolved, stages, run_dir = _prepare(args.params, args.set, args.only, args.name)
-    except (P.ParamError, FileExistsError, ValueError) as e:
-        print(f"nbft run: error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        params_file = args.params or DEFAULT_PARAMS
+        resolved, stages, name = _prepare(params_file, args.set, args.only, args.name)
+        run_dir = runs.reserve_run_dir(name, prefix=Path(params_file).stem)
+    except BAD_INPUT as e:
+        return _bad("run", e)
     return execute(resolved, stages, run_dir, args.progress, args.verbose)
+
+
+def prepare_resume(name: str, params_file: str | None, sets: list[str]) -> tuple[dict, list[str], Path, dict]:
+    """Check that run ``name`` can be continued and with what: its own params.yaml (``--params`` must agree
+    with it; ``--set`` may change parameters of the stages still to run, and is recorded), its stages in
+    their order, which of them ended ok. Raises ParamError/RunError with the reason."""
+    P.check_run_name(name, "--resume")
+    root = runs.runs_root()
+    run_dir = root / name
+    if not run_dir.is_dir():
+        known = sorted(d.name for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
+        close = difflib.get_close_matches(name, known, n=1)
+        raise runs.RunError(f"--resume {name}: no run folder {run_dir}" + (f"; did you mean '{close[0]}'?" if close else ""))
+    try:
+        status = json.loads(files.read_text(run_dir / "status.json"))
+        stage_states = status["stages"]
+        assert isinstance(stage_states, dict) and all(s in P.STAGES for s in stage_states)
+    except (OSError, ValueError, KeyError, TypeError, AssertionError):
+        raise runs.RunError(f"--resume {name}: {run_dir / 'status.json'} is missing or unreadable; this run "
+                            "cannot be resumed (start a new one)") from None
+    state = runs.run_state(run_dir, status)
+    if state == "ok":
+        raise runs.RunError(f"--resume {name}: the run finished ok; nothing to resume")
+    if state == "running":
+        info = runs.lock_info(run_dir) or {}
+        raise runs.RunError(f"--resume {name}: the run is still running (pid {info.get('pid')} on {info.get('host')})")
+    own = run_dir / "params.yaml"
+    original = P.resolve(own)
+    if params_file:
+        given = P.resolve(params_file)
+        _absolutize_paths(given)
+        for p in given.values():
+            p.run_name = name
+        diff = _param_diff(original, given)
+        if diff:
+            raise P.ParamError(f"--resume {name}: --params {params_file} differs from the run's own {own} in "
+                               + "; ".join(diff[:8]) + (" ..." if len(diff) > 8 else "")
+                               + ". A resume runs with the run's parameters; change one with --set (recorded in the run)")
+    resolved = P.resolve(own, sets)
+    _absolutize_paths(resolved)
+    stages = list(stage_states)
+    done = [s for s in stages if stage_states[s] == "ok"]
+    changed = _param_diff(original, resolved)
+    frozen = [c for c in changed if c.split(".", 1)[0] in done]
+    if frozen:
+        raise P.ParamError(f"--resume {name}: {'; '.join(frozen)}: that stage already finished ok with the old value "
+                           "(a resume does not run it again); start a new run instead")
+    todo = [s for s in stages if s not in done]
+    if todo:
+        preflight(resolved, todo)
+    return resolved, stages, run_dir, {"done": done, "state": state, "set": list(sets), "changed": changed}
+
+
+def _param_diff(a: dict, b: dict) -> list[str]:
+    """``stage.key: old -> new`` for every parameter that differs (run_name aside)."""
+    out = []
+    for stage in a:
+        da, db = dataclasses.asdict(a[stage]), dataclasses.asdict(b[stage])
+        out += [f"{stage}.{k}: {da[k]!r} -> {db.get(k)!r}" for k in da if k != "run_name" and da[k] != db.get(k)]
+    return out
+
+
+def cmd_resume(args) -> int:
+    """``nbft run --resume NAME``: continue a crashed, interrupted or failed run where it stopped."""
+    if args.only or args.name:
+        return _bad("run", P.ParamError("--resume continues the run's own stages under its own name: "
+                                        "leave out --only and --name"))
+    try:
+        resolved, stages, run_dir, resume = prepare_resume(args.resume, args.params, args.set)
+    except BAD_INPUT as e:
+        return _bad("run", e)
+    try:
+        return execute(resolved, stages, run_dir, args.progress, args.verbose, resume=resume)
+    except runs.RunError as e:  # another resume took the lock first
+        return _bad("run", e)
 
 
 def parse_grid(specs: list[str]) -> dict[str, list[str]]:
@@ -231,37 +438,58 @@ def _point_name(sweep: str, point: dict[str, str]) -> str:
 
 
 def cmd_sweep(args) -> int:
-    """One run per grid point (every combination), then one comparison report over them."""
+    """One run per grid point (every combination), then one comparison report over them. Every point is
+    validated (parameters, inputs, a free run name) before any folder is made; then the sweep's folder and
+    every point's folder are reserved at once."""
     import itertools
 
+    _offline_env()
+    params_file = args.params or DEFAULT_PARAMS
+    reserved: list[Path] = []
     try:
         grid = parse_grid(args.grid)
         if not grid:
             raise P.ParamError("--grid: give at least one key=value1,value2")
-        sweep_dir = runs.unique_run_dir(args.name, prefix=(Path(args.params).stem if args.params else "default") + "-sweep")
-        # every point is validated (parameters, inputs, a free run name) before anything runs
-        planned = [(point, *_prepare(args.params, args.set + [f"{k}={v}" for k, v in point.items()], args.only,
-                                     _point_name(sweep_dir.name, point)))
-                   for point in (dict(zip(grid, combo)) for combo in itertools.product(*grid.values()))]
-        names = [run_dir.name for *_, run_dir in planned]
+        if args.name:
+            runs.check_free(args.name)
+            sweep_name = args.name
+        else:
+            sweep_name = runs.new_run_name(Path(params_file).stem + "-sweep")
+            sweep_name += next((f"-{i}" for i in range(2, 10_000) if not (runs.runs_root() / f"{sweep_name}-{i}").exists()),
+                               "") if (runs.runs_root() / sweep_name).exists() else ""
+        planned = []
+        for point in (dict(zip(grid, combo)) for combo in itertools.product(*grid.values())):
+            name = _point_name(sweep_name, point)
+            P.check_run_name(name, f"--grid {', '.join(f'{k}={v}' for k, v in point.items())}: the point's run name")
+            planned.append((point, *_prepare(params_file, args.set + [f"{k}={v}" for k, v in point.items()],
+                                             args.only, name)))
+        names = [name for *_, name in planned]
         if len(set(names)) != len(names):
             raise P.ParamError(f"--grid: two points give the same run name ({', '.join(names)})")
-        report_params = P.resolve(args.params, args.set)["99_report"]
-    except (P.ParamError, FileExistsError, ValueError) as e:
-        print(f"nbft sweep: error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        report_params = P.resolve(params_file, args.set)["99_report"]
+        for name in [sweep_name, *names]:
+            reserved.append(runs.reserve_run_dir(name))
+    except BAD_INPUT as e:
+        for d in reserved:  # empty folders this sweep made before another process took a name
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        return _bad("sweep", e)
+    sweep_dir, point_dirs = reserved[0], reserved[1:]
 
     print(f"nbft sweep: {len(planned)} runs over {', '.join(grid)} -> {sweep_dir}", flush=True)
     codes = {}
-    for n, (point, resolved, stages, run_dir) in enumerate(planned, 1):
+    for n, ((point, resolved, stages, _), run_dir) in enumerate(zip(planned, point_dirs), 1):
         label = f"nbft sweep [{n}/{len(planned)}] " + " ".join(f"{k}={v}" for k, v in point.items())
         codes[run_dir.name] = execute(resolved, stages, run_dir, args.progress, args.verbose, label=label)
-    sweep_dir.mkdir(parents=True)
-    (sweep_dir / "sweep.json").write_text(json.dumps({
-        "grid": grid, "params": args.params, "set": args.set, "only": args.only,
-        "points": [{"run": run_dir.name, "values": point, "exit_code": codes[run_dir.name]}
-                   for point, *_, run_dir in planned]}, indent=2) + "\n")
-    done = [run_dir.name for *_, run_dir in planned if (run_dir / "metrics.json").exists()]
+        if codes[run_dir.name] > 128:  # interrupted: stop the sweep
+            break
+    files.write_json(sweep_dir / "sweep.json", {
+        "grid": grid, "params": params_file, "set": args.set, "only": args.only,
+        "points": [{"run": run_dir.name, "values": point, "exit_code": codes.get(run_dir.name)}
+                   for (point, *_), run_dir in zip(planned, point_dirs)]}, indent=2)
+    if any(c > 128 for c in codes.values()):
+        return max(codes.values())
+    done = [run_dir.name for run_dir in point_dirs if (run_dir / "metrics.json").exists()]
     if not done:
         print("nbft sweep: no run recorded any metrics; no comparison report", file=sys.stderr)
         return EXIT_FAILED
@@ -269,7 +497,7 @@ def cmd_sweep(args) -> int:
     code = execute({"99_report": report_params}, ["99_report"], sweep_dir, args.progress, args.verbose,
                    label="nbft sweep: comparison report")
     print(f"nbft sweep: comparison report {sweep_dir / '99_report.html'}, index {sweep_dir / 'index.html'}")
-    return EXIT_FAILED if code or any(codes.values()) else 0
+    return code if code > 128 else EXIT_FAILED if code or any(codes.values()) else 0
 
 
 def cmd_vendor(args) -> int:
@@ -291,8 +519,8 @@ def cmd_list(args) -> int:
         return 0
     w = max(len(r["name"]) for r in rows)
     for r in rows:
-        head = "  ".join(f"{k}={_fmt(v)}" for k, v in r["metrics"].items())
-        print(f"{r['name']:<{w}}  {r['state']:<8}  {r['stages']:<24}  {head}")
+        head = r.get("error") or "  ".join(f"{k}={_fmt(v)}" for k, v in r["metrics"].items())
+        print(f"{r['name']:<{w}}  {r['state']:<11}  {r['stages']:<24}  {head}")
     return 0
 
 
@@ -338,16 +566,18 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="nbft", description="Jupyter-native fine-tuning lab")
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="execute the notebook pipeline into runs/<name>/")
-    r.add_argument("--params", default="params/default.yaml", help="parameter profile (YAML)")
+    r.add_argument("--params", help=f"parameter profile (YAML; default {DEFAULT_PARAMS})")
     r.add_argument("--only", nargs="+", metavar="STAGE", help="run only these stages (e.g. 01_data_prep or sft)")
     r.add_argument("--name", help="run folder name (must not exist yet)")
+    r.add_argument("--resume", metavar="NAME", help="continue a crashed, interrupted or failed run with its own "
+                   "params.yaml: stages that ended ok are skipped, training resumes from its last checkpoint")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a parameter: key=value or section.key=value (repeatable)")
     r.add_argument("--no-progress", dest="progress", action="store_false", help="no per-cell progress bar")
     r.add_argument("--verbose", action="store_true", help="stream notebook output to the terminal")
     r.set_defaults(fn=cmd_run)
     sw = sub.add_parser("sweep", help="one run per grid point, then one comparison report")
-    sw.add_argument("--params", default="params/default.yaml", help="parameter profile (YAML)")
+    sw.add_argument("--params", help=f"parameter profile (YAML; default {DEFAULT_PARAMS})")
     sw.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                     help="a parameter and its values (repeatable: every combination runs)")
     sw.add_argument("--only", nargs="+", metavar="STAGE", help="run only these stages at each point")
@@ -368,7 +598,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="rewrite each notebook's parameters cell from its dataclass")
     pp.set_defaults(fn=cmd_params)
     args = ap.parse_args(argv)
-    return args.fn(args)
+    try:
+        return args.fn(args)
+    except KeyboardInterrupt:  # before or after a run executes (preflight, listing): nothing to record
+        print(f"\nnbft {args.cmd}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ Rendered record (exactly what the model sees; ``prompt`` + ``completion``)::
 from __future__ import annotations
 
 import csv
+import difflib
+import io
 import json
 import random
 import re
@@ -21,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from . import params, tasks
+from . import files, params, tasks
 
 FILE_SUFFIXES = (".jsonl", ".json", ".csv")
 FORMATS = ("alpaca", "messages", "sharegpt", "prompt_completion", "text")
@@ -40,26 +42,72 @@ class DataError(ValueError):
 
 # ---------------------------------------------------------------- loading
 
+MAX_DEPTH = 32  # nesting of a record's objects and lists: chat data needs 4; deeper is not data nbft reads
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
+    out = {}
+    for k, v in pairs:
+        if k in out:
+            raise DataError(f"duplicate key {k!r}")
+        out[k] = v
+    return out
+
+
+def _depth(obj: Any) -> int:
+    """How deeply objects and lists nest in ``obj`` (iterative: no recursion limit)."""
+    deepest, stack = 0, [(obj, 1)]
+    while stack:
+        x, d = stack.pop()
+        if isinstance(x, (dict, list)):
+            deepest = max(deepest, d)
+            stack.extend((v, d + 1) for v in (x.values() if isinstance(x, dict) else x))
+    return deepest
+
+
+def loads(text: str, where: str) -> Any:
+    """One JSON document, strictly: duplicate keys and nesting deeper than ``MAX_DEPTH`` are refused
+    (``DataError`` naming ``where``)."""
+    try:
+        obj = json.loads(text, object_pairs_hook=_no_duplicates)
+    except DataError as e:
+        raise DataError(f"{where}: {e} (JSON keeps only the last of duplicate keys)") from None
+    except RecursionError:
+        raise DataError(f"{where}: nested too deeply (more than {MAX_DEPTH} levels)") from None
+    if _depth(obj) > MAX_DEPTH:
+        raise DataError(f"{where}: nested too deeply (more than {MAX_DEPTH} levels)")
+    return obj
+
+
+def read_text(path: str | Path) -> str:
+    """A UTF-8 data file (a byte-order mark, as Excel writes, is dropped); errors name the file and line."""
+    try:
+        return files.read_text(path)
+    except files.DecodeError as e:
+        raise DataError(str(e)) from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: a folder, not a data file") from None
+
+
 def read_jsonl(path: str | Path) -> list[tuple[str, dict]]:
     """Records of a JSONL file as (location, record) pairs; errors name the file and line."""
     out = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path} line {i}: malformed JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(rec, dict):
-                raise DataError(f"{path} line {i}: expected a JSON object, got {type(rec).__name__}")
-            out.append((f"{path} line {i}", rec))
+    for i, line in enumerate(read_text(path).split("\n"), 1):  # not splitlines: JSON strings may hold U+2028
+        if not line.strip():
+            continue
+        try:
+            rec = loads(line, f"{path} line {i}")
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path} line {i}: malformed JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(rec, dict):
+            raise DataError(f"{path} line {i}: expected a JSON object, got {type(rec).__name__}")
+        out.append((f"{path} line {i}", rec))
     return out
 
 
 def _read_json(path: Path) -> list[tuple[str, dict]]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = loads(read_text(path), str(path))
     except json.JSONDecodeError as e:
         raise DataError(f"{path} line {e.lineno}: malformed JSON ({e.msg})") from None
     if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
@@ -75,9 +123,27 @@ def _read_json(path: Path) -> list[tuple[str, dict]]:
 
 
 def _read_csv(path: Path) -> list[tuple[str, dict]]:
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        return [(f"{path} line {reader.line_num}", dict(row)) for row in reader]
+    """Rows of a CSV file with a header line; a row with more or fewer fields than the header is refused,
+    naming its line, and so is a header that names a column twice."""
+    reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
+    try:
+        header = reader.fieldnames or []
+        dup = next((h for i, h in enumerate(header) if h in header[:i]), None)
+        if dup is not None:
+            raise DataError(f"{path} line 1: the header names column {dup!r} twice")
+        out = []
+        for row in reader:
+            where = f"{path} line {reader.line_num}"
+            if None in row:
+                raise DataError(f"{where}: {len(header) + len(row[None])} fields, the header has {len(header)} "
+                                f"({', '.join(header)}); quote a field that contains a comma")
+            if any(v is None for v in row.values()):
+                raise DataError(f"{where}: {sum(v is not None for v in row.values())} fields, the header has "
+                                f"{len(header)} ({', '.join(header)})")
+            out.append((where, dict(row)))
+    except csv.Error as e:
+        raise DataError(f"{path} line {reader.line_num}: not valid CSV ({e})") from None
+    return out
 
 
 def read_file(path: str | Path) -> list[tuple[str, dict]]:
@@ -152,14 +218,36 @@ def _require(rec: dict, fields: Iterable[str], fmt: str, where: str) -> None:
                         f"for {fmt} format (record has: {', '.join(sorted(rec)) or 'nothing'})")
 
 
+ROLES = ("system", "user", "assistant")
+
+
+def _text(rec: dict, key: str, where: str, name: str | None = None) -> str:
+    """``rec[key]`` as text: a string, or a number (written as text); anything else is refused."""
+    v = rec[key]
+    if isinstance(v, bool) or not isinstance(v, (str, int, float)):
+        raise DataError(f"{where}: field '{name or key}' must be text, got {type(v).__name__} {str(v)[:60]!r}")
+    return v if isinstance(v, str) else str(v)
+
+
 def check_messages(msgs: Any, where: str, key: str) -> list[dict]:
-    """A non-empty list of {role, content} messages (``where`` and ``key`` name it in errors)."""
+    """A non-empty list of {role, content} messages: role one of ``ROLES`` (the closest named otherwise),
+    content a string (``where`` and ``key`` name it in errors)."""
     if not isinstance(msgs, list) or not msgs:
         raise DataError(f"{where}: field '{key}' must be a non-empty list of messages")
+    out = []
     for j, m in enumerate(msgs):
         if not isinstance(m, dict) or "role" not in m or "content" not in m:
             raise DataError(f"{where}: {key}[{j}] needs fields 'role' and 'content'")
-    return [{"role": str(m["role"]), "content": str(m["content"])} for m in msgs]
+        role, content = m["role"], m["content"]
+        if role not in ROLES:
+            close = difflib.get_close_matches(str(role), ROLES, n=1)
+            raise DataError(f"{where}: {key}[{j}].role: unknown role {role!r}; use {', '.join(ROLES)}"
+                            + (f" (did you mean '{close[0]}'?)" if close else ""))
+        if not isinstance(content, str):
+            raise DataError(f"{where}: {key}[{j}].content must be a string, got {type(content).__name__} "
+                            f"{str(content)[:60]!r}")
+        out.append({"role": role, "content": content})
+    return out
 
 
 def normalize_record(rec: dict, where: str, fmt: str = "auto") -> dict:
@@ -169,7 +257,7 @@ def normalize_record(rec: dict, where: str, fmt: str = "auto") -> dict:
         raise DataError(f"data_format: unknown format {fmt!r}; use auto or one of {', '.join(FORMATS)}")
     _require(rec, _FORMAT_KEYS[fmt][1], fmt, where)
     if fmt == "text":
-        return {"text": str(rec["text"])}
+        return {"text": _text(rec, "text", where)}
     if fmt == "messages":
         msgs = check_messages(rec["messages"], where, "messages")
     elif fmt == "sharegpt":
@@ -182,23 +270,31 @@ def normalize_record(rec: dict, where: str, fmt: str = "auto") -> dict:
                 raise DataError(f"{where}: conversations[{j}] needs fields 'from' and 'value'")
             role = _SHAREGPT_ROLES.get(str(m["from"]).lower())
             if role is None:
-                raise DataError(f"{where}: conversations[{j}].from: unknown speaker {m['from']!r}")
-            msgs.append({"role": role, "content": str(m["value"])})
+                close = difflib.get_close_matches(str(m["from"]).lower(), list(_SHAREGPT_ROLES), n=1)
+                raise DataError(f"{where}: conversations[{j}].from: unknown speaker {m['from']!r}"
+                                + (f" (did you mean '{close[0]}'?)" if close else
+                                   f"; use {', '.join(_SHAREGPT_ROLES)}"))
+            msgs.append({"role": role, "content": _text(m, "value", where, f"conversations[{j}].value")})
     elif fmt == "alpaca":
-        user = str(rec["instruction"])
+        user = _text(rec, "instruction", where)
         if rec.get("input"):
-            user += "\n\n" + str(rec["input"])
-        msgs = [{"role": "user", "content": user}, {"role": "assistant", "content": str(rec["output"])}]
+            user += "\n\n" + _text(rec, "input", where)
+        msgs = [{"role": "user", "content": user}, {"role": "assistant", "content": _text(rec, "output", where)}]
     else:  # prompt_completion, plain strings or message lists
         p, c = rec["prompt"], rec["completion"]
-        msgs = (check_messages(p, where, "prompt") if isinstance(p, list) else [{"role": "user", "content": str(p)}])
-        msgs += (check_messages(c, where, "completion") if isinstance(c, list) else [{"role": "assistant", "content": str(c)}])
+        msgs = (check_messages(p, where, "prompt") if isinstance(p, list)
+                else [{"role": "user", "content": _text(rec, "prompt", where)}])
+        msgs += (check_messages(c, where, "completion") if isinstance(c, list)
+                 else [{"role": "assistant", "content": _text(rec, "completion", where)}])
     if msgs[-1]["role"] != "assistant":
         raise DataError(f"{where}: the last message must be the assistant's reply (got role {msgs[-1]['role']!r})")
-    out = {"messages": msgs, "reference": str(rec.get("reference", msgs[-1]["content"]))}
+    if not any(m["role"] == "user" for m in msgs):
+        raise DataError(f"{where}: no user message before the reply")
+    out = {"messages": msgs, "reference": _text(rec, "reference", where) if rec.get("reference") is not None
+           else msgs[-1]["content"]}
     for key in ("check", "task"):
         if rec.get(key):
-            out[key] = str(rec[key])
+            out[key] = _text(rec, key, where)
     return out
 
 
@@ -295,6 +391,8 @@ def quality_filter(rendered: list[dict], tokenizer, min_tokens: int, max_tokens:
 
 
 def split(records: list[dict], validation_fraction: float, test_fraction: float, seed: int) -> dict[str, list[dict]]:
+    """Shuffle (``seed``) and cut into train / validation / test; an empty train or test split (too few
+    examples for the fractions) is an error (an empty validation split only costs the eval loss)."""
     if not 0 <= validation_fraction < 1 or not 0 <= test_fraction < 1 or validation_fraction + test_fraction >= 1:
         raise DataError("validation_fraction and test_fraction must be in [0, 1) and sum to less than 1")
     idx = list(range(len(records)))
@@ -302,6 +400,11 @@ def split(records: list[dict], validation_fraction: float, test_fraction: float,
     n_test = round(len(idx) * test_fraction)
     n_val = round(len(idx) * validation_fraction)
     parts = {"test": idx[:n_test], "validation": idx[n_test:n_test + n_val], "train": idx[n_test + n_val:]}
+    empty = [name for name in ("train", "test") if not parts[name]]
+    if empty:
+        raise DataError(f"{len(records)} examples after cleaning give an empty {' and '.join(empty)} split "
+                        f"(validation_fraction={validation_fraction}, test_fraction={test_fraction}); "
+                        "use more data or larger fractions")
     return {name: [records[i] for i in sorted(parts[name])] for name in SPLITS}
 
 
@@ -376,6 +479,14 @@ def check_inputs(p: params.DataPrepParams) -> None:
         normalize(raw, p.data_format)
 
 
+def check_prepared(p: params.DataPrepParams, tokenizer) -> None:
+    """Before any notebook runs, with the model's tokenizer: the whole chain of 01_data_prep on the built-in
+    demo or a local file (``prepare``), so filters that remove everything and empty splits fail here.
+    A Hugging Face dataset name is left to the notebook (reading it may need the network)."""
+    if p.dataset == "demo" or is_file_spec(p.dataset):
+        prepare(p, tokenizer)
+
+
 def for_stage(run, p, tokenizer) -> tuple[dict[str, list[dict]], str]:
     """The prepared splits a downstream notebook trains on, and where they came from.
 
@@ -421,13 +532,9 @@ def save_splits(splits: dict[str, list[dict]], folder: str | Path, card: dict | 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for name, recs in splits.items():
-        tmp = folder / f".{name}.jsonl.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            for r in recs:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        tmp.replace(folder / f"{name}.jsonl")
+        files.write_atomic(folder / f"{name}.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs))
     if card is not None:
-        (folder / "data_card.json").write_text(json.dumps(card, indent=1, ensure_ascii=False))
+        files.write_json(folder / "data_card.json", card, ensure_ascii=False)
     return folder
 
 

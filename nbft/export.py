@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from . import models
+from . import files, models
 
 TEMPLATES = Path(__file__).parent / "templates"
 TEMPLATE = "nbft_offline"
@@ -92,10 +92,10 @@ def export_html(nb_path: str | Path, out: str | Path | None = None) -> Path:
     nb = nbformat.read(nb_path, as_version=4)
     resources: dict[str, Any] = {"nbft_requirejs": "", "nbft_widget_renderer": ""}
     try:
-        files = vendor()
-        resources["nbft_requirejs"] = _inline_js(files["requirejs"].read_text(encoding="utf-8"))
+        scripts = vendor()
+        resources["nbft_requirejs"] = _inline_js(scripts["requirejs"].read_text(encoding="utf-8"))
         resources["nbft_widget_renderer"] = _inline_js(
-            files["@jupyter-widgets/html-manager"].read_text(encoding="utf-8"))
+            scripts["@jupyter-widgets/html-manager"].read_text(encoding="utf-8"))
     except OSError as e:
         import warnings
 
@@ -103,8 +103,7 @@ def export_html(nb_path: str | Path, out: str | Path | None = None) -> Path:
     exporter = HTMLExporter(extra_template_basedirs=[str(TEMPLATES)], template_name=TEMPLATE)
     body, _ = exporter.from_notebook_node(nb, resources=resources)
     out = Path(out) if out else nb_path.with_suffix(".html")
-    out.write_text(body, encoding="utf-8")
-    return out
+    return files.write_atomic(out, body)
 
 
 _TAG = re.compile(r"<(script|link|img|iframe|embed|object|source|video|audio)\b([^>]*)>", re.I)

@@ -488,10 +488,7 @@ def training_texts(documents: Sequence[dict | str], facts: Sequence[Fact], k: in
 # ---------------------------------------------------------------- user documents and questions
 
 def _text_document(path: Path, doc_id: str) -> dict:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text (undecodable byte at offset {e.start})") from None
+    text = data.read_text(path)  # BOM dropped; a decode error names the file and line
     if not text.strip():
         raise DataError(f"{path}: empty document")
     title = path.stem
@@ -857,6 +854,9 @@ def inspect_rows(facts: Sequence[Fact], retrieved: Sequence, gold: Sequence[set]
 
 def check_inputs(p) -> None:
     """Before any notebook runs: your documents parse, and so do their questions (file, line, field)."""
+    if p.knowledge_base == "builtin" and p.questions:
+        raise DataError(f"05_rag_vs_ft.questions: {p.questions!r} is only read with your documents; the builtin "
+                        "knowledge base generates its own questions (set knowledge_base, or questions='')")
     if p.knowledge_base != "builtin":
         if not p.questions:
             raise DataError("05_rag_vs_ft.questions: your documents need a questions file "

@@ -137,6 +137,23 @@ def _hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
 
 
+WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin", "*.safetensors.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+
+
+def folder_problem(folder: Path) -> str:
+    """What keeps ``folder`` from being a model folder (``save_pretrained`` layout: config.json, weights and a
+    tokenizer), in words; "" when nothing does."""
+    if not folder.is_dir():
+        return "not found"
+    missing = [what for what, ok in (
+        ("config.json", (folder / "config.json").is_file()),
+        ("weights (*.safetensors or pytorch_model.bin)", any(any(folder.glob(g)) for g in WEIGHT_FILES)),
+        ("tokenizer (tokenizer.json or tokenizer_config.json)", any((folder / f).is_file() for f in TOKENIZER_FILES)),
+    ) if not ok]
+    return f"exists but has no {', no '.join(missing)}: not a model folder (save_pretrained)" if missing else ""
+
+
 def resolve(spec: str) -> ModelSource:
     """Turn a spec into a loadable source without loading weights.
 
@@ -152,15 +169,22 @@ def resolve(spec: str) -> ModelSource:
     tried.append(f"built-in names ({', '.join(BUILTIN)}): no match")
 
     folder = Path(spec).expanduser()
-    if folder.is_dir():
-        if (folder / "config.json").is_file():
+    try:
+        is_dir = folder.is_dir()
+    except OSError as e:  # a name too long for the file system, ...
+        is_dir = False
+        tried.append(f"local folder '{spec[:60]}...': {e.strerror}")
+    if is_dir:
+        problem = folder_problem(folder)
+        if problem:
+            tried.append(f"local folder {folder.resolve()}: {problem}")
+        else:
             weights = sorted(folder.glob("*.safetensors"))
             meta = folder / SOURCE_FILE
             sha = json.loads(meta.read_text()).get("sha256", "") if meta.is_file() else (
                 _sha256(weights[0]) if len(weights) == 1 else "")
             return ModelSource(spec, str(folder.resolve()), "folder", f"local folder {folder.resolve()}", sha)
-        tried.append(f"local folder {folder.resolve()}: exists but has no config.json")
-    else:
+    elif len(tried) == 1:
         tried.append(f"local folder {folder.resolve()}: not found")
 
     if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):

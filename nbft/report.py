@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from . import params, runs
+from . import files, params, runs
 from .runs import flatten, headline
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -224,6 +224,4 @@ def index_page(run_dir: str | Path) -> str:
 def write_index(run_dir: str | Path) -> Path:
     """``runs/<run>/index.html``: a plain page (no script) linking every stage report of the run,
     its status, time and headline metrics, and the parameters used."""
-    out = Path(run_dir) / "index.html"
-    out.write_text(index_page(run_dir), encoding="utf-8")
-    return out
+    return files.write_atomic(Path(run_dir) / "index.html", index_page(run_dir))

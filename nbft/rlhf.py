@@ -272,11 +272,17 @@ def load_pairs(path: str | Path) -> list[dict]:
                 raise data.DataError(f"{where}: missing field '{key}' (preference pairs need prompt, chosen, rejected)")
             v = rec[key]
             if isinstance(v, list):
-                data.check_messages(v, where, key)
+                msgs = data.check_messages(v, where, key)
+                want = "user" if key == "prompt" else "assistant"
+                if msgs[-1]["role"] != want:
+                    raise data.DataError(f"{where}: field '{key}': the last message must be the {want}'s "
+                                         f"(got role {msgs[-1]['role']!r})")
             elif not isinstance(v, str) or not v.strip():
                 raise data.DataError(f"{where}: field '{key}' must be a non-empty string or a list of messages")
         prompt = rec["prompt"] if isinstance(rec["prompt"], str) else rec["prompt"]
         text = lambda v: v if isinstance(v, str) else v[-1]["content"]
+        if text(rec["chosen"]).strip() == text(rec["rejected"]).strip():
+            raise data.DataError(f"{where}: 'chosen' and 'rejected' are the same reply; a pair needs two different ones")
         pairs.append(dict(prompt=prompt, chosen=text(rec["chosen"]), rejected=text(rec["rejected"]),
                           chosen_score=rule_score(_user_text(prompt), text(rec["chosen"])),
                           rejected_score=rule_score(_user_text(prompt), text(rec["rejected"])), source=where))
@@ -519,8 +525,10 @@ def starting_policy(run, p) -> tuple[str, str]:
 
 def check_policy(policy: str) -> None:
     """``policy`` is auto, base, or a model folder; raises ValueError naming the parameter otherwise."""
-    if policy not in ("auto", "base") and not (Path(policy) / "config.json").is_file():
-        raise ValueError(f"04_rlhf.policy: {policy!r} is not auto, base, or a model folder (no config.json there)")
+    if policy not in ("auto", "base"):
+        problem = models.folder_problem(Path(policy))
+        if problem:
+            raise ValueError(f"04_rlhf.policy: {policy!r} is not auto, base, or a model folder ({problem})")
 
 
 def model_folder(spec: str) -> str:

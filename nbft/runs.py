@@ -5,13 +5,21 @@
     runs/<run-name>/
       <stage>.ipynb  <stage>.html   executed notebooks and their HTML
       params.yaml                   resolved parameters
-      env.json                      versions, hardware, seed, git commit, model source
+      env.json                      versions, hardware, seed, git commit, model source; kernels.<stage>: what
+                                    each notebook's kernel ran with
       metrics.json                  {"<stage>": {"<metric>": value}}
-      status.json                   {"state": running|ok|failed, "stages": {...}}
+      status.json                   {"state": running|ok|failed|interrupted, "stages": {...}}
+      .lock                         pid and host of the ``nbft run`` writing the run (gone when it ends)
+      checkpoints/<stage>/          trainer checkpoints while the stage runs (deleted when it ends ok)
       artifacts/<stage>/            datasets, adapters, ...
+
+A run folder is made with one atomic ``os.mkdir`` (``reserve_run_dir``); every file is written atomically
+(``files.write_atomic``), metrics.json and status.json under a file lock. ``nbft list`` shows a run whose
+``.lock`` holder is gone while status.json says running as ``crashed``; ``nbft run --resume`` continues it.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -25,7 +33,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import files
+
 RUNS_ENV = "NBFT_RUNS_DIR"
+CHECKPOINTS = "checkpoints"  # <run>/checkpoints/<stage>/: the trainers' checkpoints while a stage runs
+RUNNER_ENV = "NBFT_RUNNER"  # "1" in the kernels `nbft run` starts: their trainers checkpoint (save_steps)
 
 
 def project_root(start: Path | None = None) -> Path | None:
@@ -46,28 +58,134 @@ def runs_root() -> Path:
 
 def new_run_name(prefix: str = "") -> str:
     stamp = time.strftime("%Y%m%d-%H%M%S")
+    prefix = re.sub(r"[^A-Za-z0-9._-]+", "-", prefix).strip(".-")[:60]
     return f"{stamp}-{prefix}" if prefix else stamp
 
 
-def unique_run_dir(name: str | None = None, prefix: str = "", root: Path | None = None) -> Path:
-    """A new run folder path that does not exist yet.
+class RunError(ValueError):
+    """A run folder cannot be used: it exists, another live run holds it, or it cannot be resumed."""
 
-    An explicit ``name`` that exists is an error (runs are never overwritten).
+
+def check_free(name: str, root: Path | None = None) -> Path:
+    """The path of a new named run; refused early (before preflight) when the name is invalid or taken.
+    ``reserve_run_dir`` is what makes it the caller's."""
+    from . import params
+
+    params.check_run_name(name)
+    path = (root or runs_root()) / name
+    if path.exists():
+        raise FileExistsError(f"run '{name}' already exists at {path}; runs are never overwritten — pick another "
+                              f"--name (or continue it: nbft run --resume {name})")
+    return path
+
+
+def reserve_run_dir(name: str | None = None, prefix: str = "", root: Path | None = None) -> Path:
+    """Create a new run folder and return it: ``os.mkdir`` is the one atomic step that makes it this process's.
+
+    A named run that exists (or is created by another process first) is an error: runs are never overwritten.
+    An unnamed run is ``<timestamp>-<prefix>``, with ``-2``, ``-3``, ... when another run took that name
+    in the same second.
     """
     root = root or runs_root()
+    root.mkdir(parents=True, exist_ok=True)
     if name:
-        if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
-            raise ValueError(f"run name {name!r}: use letters, digits, '.', '_' and '-' only")
-        path = root / name
-        if path.exists():
-            raise FileExistsError(f"run '{name}' already exists at {path}; runs are never overwritten — pick another --name")
+        path = check_free(name, root)
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            raise FileExistsError(f"run '{name}' already exists at {path} (another run took the name just now); "
+                                  "runs are never overwritten — pick another --name") from None
         return path
     base = new_run_name(prefix)
-    path, i = root / base, 1
-    while path.exists():
-        i += 1
-        path = root / f"{base}-{i}"
-    return path
+    for i in range(1, 10_000):
+        path = root / (base if i == 1 else f"{base}-{i}")
+        try:
+            os.mkdir(path)
+            return path
+        except FileExistsError:
+            continue
+    raise RunError(f"cannot find a free run name {base}-N under {root}")
+
+
+# ---------------------------------------------------------------- the lock a running run holds
+
+LOCK_FILE = ".lock"
+
+
+def _proc_start(pid: int) -> str | None:
+    """The start time of process ``pid`` (Linux /proc, in clock ticks since boot): tells a reused pid apart."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def lock_info(run_dir: Path) -> dict | None:
+    """Who holds the run's lock: {"pid", "host", "started", "proc_start"}, or None (no lock or unreadable)."""
+    try:
+        info = json.loads((Path(run_dir) / LOCK_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def holder_alive(info: dict) -> bool | None:
+    """Is the process that took the lock still running? None when it ran on another host (cannot tell)."""
+    if info.get("host") != platform.node():
+        return None
+    pid = info.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    start = _proc_start(pid)
+    return info.get("proc_start") is None or start is None or start == info.get("proc_start")
+
+
+def acquire(run_dir: Path) -> dict:
+    """Take the run's lock (``.lock``: pid, host, start time), held while this process writes the run.
+
+    A lock left by a process that no longer runs (a crash, ``kill -9``) is taken over; one held by a live
+    process is an error naming it.
+    """
+    path = Path(run_dir) / LOCK_FILE
+    me = {"pid": os.getpid(), "host": platform.node(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+          "proc_start": _proc_start(os.getpid())}
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            info = lock_info(run_dir)
+            if info is None:  # being written right now, or garbage: look again
+                time.sleep(0.2)
+                info = lock_info(run_dir) or {}
+            alive = holder_alive(info) if info else False
+            if alive or alive is None:
+                raise RunError(f"run '{Path(run_dir).name}' is being written by pid {info.get('pid')} on "
+                               f"{info.get('host')} (since {info.get('started')}); wait for it, or stop it first")
+            try:  # stale: move it aside (only one process wins the rename), then take it
+                os.rename(path, path.with_name(f"{LOCK_FILE}.stale-{info.get('pid')}"))
+            except FileNotFoundError:
+                pass
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(me))
+            f.flush()
+            os.fsync(f.fileno())
+        return me
+    raise RunError(f"run '{Path(run_dir).name}': cannot take its lock {path}")
+
+
+def release(run_dir: Path) -> None:
+    """Drop the run's lock if this process holds it."""
+    info = lock_info(run_dir)
+    if info and info.get("pid") == os.getpid() and info.get("host") == platform.node():
+        with contextlib.suppress(OSError):
+            (Path(run_dir) / LOCK_FILE).unlink()
 
 
 def seed_everything(seed: int) -> None:
@@ -79,20 +197,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
-
-
-def _atomic_write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=False, default=_jsonable))
-    tmp.replace(path)
-
-
-def _jsonable(x):
-    if hasattr(x, "item"):
-        return x.item()
-    if isinstance(x, Path):
-        return str(x)
-    raise TypeError(f"not JSON serializable: {type(x).__name__}")
 
 
 def _clean(x):
@@ -109,10 +213,39 @@ def _clean(x):
 
 
 def read_json(path: Path, default: Any = None) -> Any:
+    """A JSON file, or ``default`` when it is missing or not valid JSON (for readers that only show things)."""
     try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError):
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
         return default
+
+
+def read_mapping(path: Path) -> dict:
+    """A JSON object file nbft keeps (metrics.json, status.json, env.json) for a read-modify-write: {} when
+    missing; a file that is not a JSON object is moved aside to ``<name>.corrupt-<time>`` and reported on
+    stderr (and in status.json), never silently replaced by an empty one."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    try:
+        obj = json.loads(text)
+        if isinstance(obj, dict):
+            return obj
+        why = f"a JSON {type(obj).__name__}, not an object"
+    except (ValueError, RecursionError) as e:
+        why = f"not valid JSON ({str(e)[:120]})"
+    base = f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}"
+    aside = next(path.with_name(f"{base}{f'-{i}' if i > 1 else ''}") for i in range(1, 10_000)
+                 if not path.with_name(f"{base}{f'-{i}' if i > 1 else ''}").exists())
+    os.replace(path, aside)  # callers hold the file's lock: no one else picks the same name
+    message = f"{path} was {why}: moved aside to {aside.name}; starting it again (the numbers in it are kept there)"
+    print(f"nbft: warning: {message}", file=sys.stderr)
+    if path.name != "status.json":
+        with contextlib.suppress(Exception):
+            write_status(path.parent, append={"warnings": message})
+    return {}
 
 
 @dataclass
@@ -141,15 +274,28 @@ class Run:
         return record_metrics(self.path, self.stage, metrics)
 
     def metrics(self) -> dict:
-        return read_json(self.path / "metrics.json", {}).get(self.stage, {})
+        m = read_json(self.path / "metrics.json", {})
+        return m.get(self.stage, {}) if isinstance(m, dict) else {}
 
 
 def record_metrics(run_dir: Path, stage: str, metrics: dict) -> dict:
+    """Merge ``metrics`` into ``metrics.json`` under ``stage`` (read-modify-write under the file's lock)."""
     path = Path(run_dir) / "metrics.json"
-    all_metrics = read_json(path, {})
-    all_metrics.setdefault(stage, {}).update(_clean(metrics))
-    _atomic_write_json(path, all_metrics)
+    with files.locked(path):
+        all_metrics = read_mapping(path)
+        section = all_metrics.get(stage)
+        all_metrics[stage] = {**(section if isinstance(section, dict) else {}), **_clean(metrics)}
+        files.write_json(path, all_metrics)
     return all_metrics[stage]
+
+
+def clear_metrics(run_dir: Path, stage: str) -> None:
+    """Drop ``stage``'s section of metrics.json (a resumed stage records it again from the start)."""
+    path = Path(run_dir) / "metrics.json"
+    with files.locked(path):
+        all_metrics = read_mapping(path)
+        if all_metrics.pop(stage, None) is not None:
+            files.write_json(path, all_metrics)
 
 
 def open_run(p, stage: str) -> Run:
@@ -158,13 +304,17 @@ def open_run(p, stage: str) -> Run:
     In a pipeline, ``nbft run`` has made ``runs/<run_name>``; a notebook run on its own
     (empty ``run_name``) gets a new ``runs/<timestamp>-<stage>``. Records env.json if absent.
     """
-    from . import models
+    from . import models, params
 
     if p.run_name:
-        path = runs_root() / p.run_name
+        params.check_run_name(p.run_name)  # validated by the parameters already; the folder stays under runs/
+        root = runs_root()
+        path = root / p.run_name
+        if path.resolve().parent != root.resolve():
+            raise params.ParamError(f"run_name {p.run_name!r}: the run folder must be directly under {root}")
+        path.mkdir(parents=True, exist_ok=True)
     else:
-        path = unique_run_dir(prefix=stage)
-    path.mkdir(parents=True, exist_ok=True)
+        path = reserve_run_dir(prefix=stage)
     if not (path / "env.json").exists():
         write_env(path, p)
     device = models.pick_device(p.device)
@@ -183,7 +333,10 @@ QUIET_WARNINGS = (
 
 def setup(stage: str, namespace: dict) -> tuple[Any, Run]:
     """Every notebook's setup cell: validate the parameters the ``parameters`` cell (or Papermill) put in
-    ``namespace``, seed everything, open the run folder, pick device and precision, print a header.
+    ``namespace`` (``run_name`` included: a name that would leave runs/ fails here), seed everything, open the
+    run folder, record what this kernel runs with in env.json, point the trainers' checkpoints at
+    ``<run>/checkpoints/<stage>/`` (``save_steps``; only in a stage ``nbft run`` executes: it deletes them when
+    the stage ends ok and resumes from them with ``--resume``), pick device and precision, print a header.
 
     Returns ``(p, run)``: the stage's parameter dataclass and its :class:`Run` (``run.device``, ``run.precision``)::
 
@@ -195,9 +348,14 @@ def setup(stage: str, namespace: dict) -> tuple[Any, Run]:
 
     for message, category in QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category)
+    from . import train
+
     p = params.from_namespace(stage, namespace)
     seed_everything(p.seed)
     run = open_run(p, stage)
+    record_kernel_env(run)
+    runner = os.environ.get(RUNNER_ENV) == "1"  # checkpoints are for `nbft run --resume`, which deletes them
+    train.checkpoint_into(run.path / CHECKPOINTS / stage if p.save_steps and runner else None)
     print(f"{stage}: run folder {run.path}\nmodel: {p.model}   device: {run.device}   precision: {run.precision}"
           f"   seed: {p.seed}")
     return p, run
@@ -251,7 +409,7 @@ def environment(p=None) -> dict:
                 "torch_threads": torch.get_num_threads()},
         "gpu": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
         "git": _git_commit(),
-        "hub_offline": os.environ.get("HF_HUB_OFFLINE"),
+        "hub_offline": hub_offline(),
     }
     if p is not None:
         env["seed"] = p.seed
@@ -266,21 +424,56 @@ def environment(p=None) -> dict:
 
 def write_env(run_dir: Path, p=None) -> dict:
     env = environment(p)
-    _atomic_write_json(Path(run_dir) / "env.json", env)
+    files.write_json(Path(run_dir) / "env.json", env)
     return env
+
+
+def kernel_env(run: "Run") -> dict:
+    """What this process (a notebook's kernel) actually runs with: python, pid, threads, hub offline mode as
+    huggingface_hub sees it, device and precision. ``setup`` records it in env.json under kernels.<stage>."""
+    import torch
+
+    return {"python": sys.executable, "pid": os.getpid(), "torch_threads": torch.get_num_threads(),
+            "hub_offline": hub_offline(), "device": run.device, "precision": run.precision,
+            "env": {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "HF_HUB_DISABLE_TELEMETRY", "OMP_NUM_THREADS",
+                                                    "TOKENIZERS_PARALLELISM", RUNS_ENV)}}
+
+
+def record_kernel_env(run: "Run") -> None:
+    path = run.path / "env.json"
+    with files.locked(path):
+        env = read_mapping(path)
+        kernels = env.get("kernels") if isinstance(env.get("kernels"), dict) else {}
+        env["kernels"] = {**kernels, run.stage: kernel_env(run)}
+        files.write_json(path, env)
+
+
+def hub_offline() -> bool:
+    """Offline mode as huggingface_hub itself decided it (it reads HF_HUB_OFFLINE once, on import)."""
+    try:
+        from huggingface_hub import constants
+
+        return bool(constants.HF_HUB_OFFLINE)
+    except ImportError:
+        return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
 
 
 # ---------------------------------------------------------------- status and listing
 
-def write_status(run_dir: Path, **fields: Any) -> dict:
+def write_status(run_dir: Path, append: dict | None = None, **fields: Any) -> dict:
+    """Update status.json (under its lock): a dict value merges into a dict field, anything else replaces the
+    field; ``append={"field": item}`` adds ``item`` to a list field."""
     path = Path(run_dir) / "status.json"
-    status = read_json(path, {})
-    for k, v in fields.items():
-        if isinstance(v, dict) and isinstance(status.get(k), dict):
-            status[k].update(v)
-        else:
-            status[k] = v
-    _atomic_write_json(path, status)
+    with files.locked(path):
+        status = read_mapping(path)
+        for k, v in fields.items():
+            if isinstance(v, dict) and isinstance(status.get(k), dict):
+                status[k].update(v)
+            else:
+                status[k] = v
+        for k, v in (append or {}).items():
+            status[k] = [*(status[k] if isinstance(status.get(k), list) else []), v]
+        files.write_json(path, status)
     return status
 
 
@@ -326,20 +519,51 @@ def headline(stage: str, metrics: dict) -> dict[str, Any]:
     return {k: flat[k] for k in keys}
 
 
+def run_state(run_dir: Path, status: dict) -> str:
+    """status.json's state, except that a run marked running whose ``.lock`` holder is gone is ``crashed``
+    (a kill -9, a power cut: nothing could write the end state)."""
+    state = str(status.get("state", ""))
+    if state == "running":
+        info = lock_info(run_dir)
+        if info is None or holder_alive(info) is False:
+            return "crashed"
+    return state
+
+
 def list_runs(root: Path | None = None, per_stage: int = 2) -> list[dict]:
-    """One row per run folder: name, state, stages recorded and the first ``per_stage`` headline
-    metrics of each stage (``HEADLINE``, as in the run's index.html)."""
+    """One row per run folder: name, state (``run_state``), stages recorded and the first ``per_stage``
+    headline metrics of each stage (``HEADLINE``, as in the run's index.html). A run whose metrics.json or
+    status.json cannot be read, or has the wrong shape, is listed as ``unreadable`` (with why), the others as usual."""
     root = root or runs_root()
     rows = []
     if not root.is_dir():
         return rows
     for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        status = read_json(d / "status.json", {})
-        metrics = read_json(d / "metrics.json", {})
-        head = {f"{s}.{k}": v for s, m in metrics.items() for k, v in list(headline(s, m).items())[:per_stage]}
-        rows.append({"name": d.name, "state": status.get("state", "notebook" if metrics else "empty"),
-                     "stages": ",".join(metrics), "metrics": head, "path": str(d)})
+        try:
+            status, metrics = _strict_json(d / "status.json"), _strict_json(d / "metrics.json")
+            if not all(isinstance(m, dict) for m in metrics.values()):
+                raise ValueError("metrics.json: a stage's section is not an object")
+            if not isinstance(status.get("stages", {}), dict):
+                raise ValueError("status.json: 'stages' is not an object")
+            head = {f"{s}.{k}": v for s, m in metrics.items() for k, v in list(headline(s, m).items())[:per_stage]}
+            state = run_state(d, status) if status else ("notebook" if metrics else "empty")
+            rows.append({"name": d.name, "state": state, "stages": ",".join(metrics), "metrics": head, "path": str(d)})
+        except (OSError, ValueError, TypeError, AttributeError, RecursionError) as e:
+            rows.append({"name": d.name, "state": "unreadable", "stages": "", "metrics": {}, "path": str(d),
+                         "error": f"{type(e).__name__}: {str(e)[:160]}"})
     return rows
+
+
+def _strict_json(path: Path) -> dict:
+    """A JSON object file, {} when missing; raises ValueError when it is not valid JSON or not an object."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    obj = json.loads(text)
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path.name}: a JSON {type(obj).__name__}, not an object")
+    return obj
 
 
 def write_card(folder: Path, title: str, parameters=None, metrics: dict | None = None, **facts: Any) -> Path:
@@ -351,12 +575,12 @@ def write_card(folder: Path, title: str, parameters=None, metrics: dict | None =
     card = {"title": title, **facts,
             "parameters": dataclasses.asdict(parameters) if dataclasses.is_dataclass(parameters) else parameters,
             "metrics": _clean(metrics or {})}
-    _atomic_write_json(folder / "card.json", card)
+    files.write_json(folder / "card.json", card)
     lines = [f"# {title}", ""] + [f"- **{k}**: {v}" for k, v in facts.items()]
     if metrics:
         lines += ["", "## Metrics", ""] + [f"- {k}: {v:.4g}" if isinstance(v, float) else f"- {k}: {v}"
                                           for k, v in metrics.items()]
     if card["parameters"]:
         lines += ["", "## Parameters", ""] + [f"- {k}: {v!r}" for k, v in card["parameters"].items()]
-    (folder / "card.md").write_text("\n".join(lines) + "\n")
+    files.write_atomic(folder / "card.md", "\n".join(lines) + "\n")
     return folder / "card.md"

@@ -20,7 +20,10 @@ and takes any parameters object that has them (every stage dataclass that compos
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import math
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -98,9 +101,72 @@ def learning_rate_for(rates, scope: str) -> float:
     return {"lora": rates.learning_rate, "freeze": rates.freeze_learning_rate, "full": rates.full_learning_rate}[scope]
 
 
+# ---------------------------------------------------------------- checkpoints in the run folder
+
+@dataclass
+class Checkpointing:
+    """Where this process's trainers checkpoint: ``runs.setup`` points it at ``<run>/checkpoints/<stage>/``.
+    ``calls`` numbers the training calls of the stage (``fit``), so a re-executed stage finds each call's folder."""
+
+    folder: Path | None = None
+    calls: int = 0
+    saves: int = 0
+
+
+CHECKPOINTING = Checkpointing()
+
+
+def checkpoint_into(folder: str | Path | None) -> None:
+    """Trainers built from now on checkpoint under ``folder`` every ``save_steps`` (``Common``) and resume from
+    their last checkpoint there (``None``: no checkpoints, the trainer's folder is temporary)."""
+    CHECKPOINTING.folder = Path(folder) if folder is not None else None
+    CHECKPOINTING.calls = 0
+
+
+def last_checkpoint(folder: str | Path) -> Path | None:
+    """The newest complete ``checkpoint-N`` in ``folder`` (transformers writes ``trainer_state.json`` last);
+    incomplete ones (a kill while saving) are removed."""
+    done = []
+    for d in Path(folder).glob("checkpoint-*") if Path(folder).is_dir() else ():
+        if not d.name.removeprefix("checkpoint-").isdigit():
+            continue
+        if (d / "trainer_state.json").is_file():
+            done.append((int(d.name.removeprefix("checkpoint-")), d))
+        else:
+            shutil.rmtree(d, ignore_errors=True)
+    return max(done)[1] if done else None
+
+
+def _fingerprint(trainer, scratch: str) -> str:
+    """What makes a training call the same one again: trainer type, arguments (not the folder), the training
+    data (size, columns, a sample of rows) and the trainable parameters (names and shapes)."""
+    args = {k: v for k, v in trainer.args.to_dict().items()
+            if k not in ("output_dir", "logging_dir", "run_name") and not (isinstance(v, str) and scratch and scratch in v)}
+    ds = trainer.train_dataset
+    rows = []
+    if ds is not None and hasattr(ds, "__len__") and len(ds):
+        step = max(1, len(ds) // 16)
+        rows = [ds[i] for i in range(0, len(ds), step)][:17]
+    shapes = [(n, tuple(w.shape)) for n, w in trainer.model.named_parameters() if w.requires_grad]
+    blob = json.dumps([type(trainer).__name__, args, len(ds) if ds is not None and hasattr(ds, "__len__") else None,
+                       getattr(ds, "column_names", None), rows, shapes], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def resumable(model) -> bool:
+    """Can a checkpoint restore everything this model trains? Not for peft's prompt encoders (P-tuning, prefix
+    tuning with a projection): their checkpoint holds the virtual-token embeddings the encoder produced, not the
+    encoder, so a resumed run would continue from an untrained encoder. Those train again from the start."""
+    configs = getattr(model, "peft_config", {}) or {}
+    return not any(str(getattr(c, "peft_type", "")).endswith("P_TUNING") or getattr(c, "prefix_projection", False)
+                   for c in configs.values())
+
+
 def trainer_args(common, output_dir: str | Path, gradient_checkpointing: bool = False, **overrides) -> dict[str, Any]:
-    """Arguments every nbft trainer config shares (SFT, reward, GRPO/RLOO, DPO/KTO), from the ``Common`` group:
-    CPU-aware precision, linear schedule, no checkpoints, logs every step, seeded; ``overrides`` win."""
+    """Arguments every nbft trainer config shares (SFT, reward, GRPO/RLOO, DPO/KTO, distillation), from the
+    ``Common`` group: CPU-aware precision, linear schedule, logs every step, seeded; in a run folder
+    (``checkpoint_into``) a checkpoint every ``save_steps`` steps, only the last one kept (``fit`` puts it in the
+    run folder and resumes from it); ``overrides`` win."""
     device = models.pick_device(common.device)
     precision = models.pick_precision(common.precision, device)
     kwargs: dict[str, Any] = dict(
@@ -114,13 +180,15 @@ def trainer_args(common, output_dir: str | Path, gradient_checkpointing: bool = 
         use_cpu=device == "cpu",
         logging_steps=1,
         eval_strategy="no",
-        save_strategy="no",
+        save_strategy="steps" if CHECKPOINTING.folder is not None and common.save_steps > 0 else "no",
         report_to="none",
         disable_tqdm=True,
         seed=common.seed,
         data_seed=common.seed,
         dataloader_pin_memory=False,
     )
+    if kwargs["save_strategy"] == "steps":
+        kwargs.update(save_steps=common.save_steps, save_total_limit=1)
     kwargs.update(overrides)
     return kwargs
 
@@ -181,18 +249,99 @@ class TrainResult:
 def fit(trainer, evaluate: bool = False) -> TrainResult:
     """``trainer.train()`` for any TRL/transformers trainer, without the raw log dicts on the console
     (``log_history`` keeps them); then the model cleaned up for inference (``finish``) and, with
-    ``evaluate``, the eval loss."""
+    ``evaluate``, the eval loss.
+
+    In a run folder (``checkpoint_into``, trainer saving every ``save_steps``) the trainer checkpoints into
+    ``<run>/checkpoints/<stage>/<NN>-<trainer>-<fingerprint>/`` and, when that folder already has a checkpoint
+    (the stage is running again after a crash), resumes from it: model, optimizer, scheduler, RNG state, data
+    position and log history, so the result equals an uninterrupted run. A finished call's last checkpoint has
+    no optimizer state (a resumed stage loads it instead of training again); ``nbft run`` deletes a stage's
+    checkpoints once the stage ends ok. Trainers whose checkpoint cannot restore their training (``resumable``)
+    do not checkpoint."""
     from transformers import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)
+    slot = resume = None
+    if trainer.args.save_strategy == "steps" and not resumable(trainer.model):
+        from transformers.trainer_utils import SaveStrategy
+
+        trainer.args.save_strategy = SaveStrategy.NO  # its checkpoint could not bring the training back
+    if CHECKPOINTING.folder is not None and trainer.args.save_strategy == "steps":
+        CHECKPOINTING.calls += 1
+        slot = CHECKPOINTING.folder / (f"{CHECKPOINTING.calls:02d}-{type(trainer).__name__}-"
+                                       f"{_fingerprint(trainer, trainer.args.output_dir)}")
+        trainer.args.output_dir = str(slot)
+        resume = last_checkpoint(slot)
+        trainer.add_callback(_final_checkpoint_light(trainer))
+        hook = _kill_hook()
+        if hook is not None:
+            trainer.add_callback(hook)
+    finished = False
+    if resume is not None:
+        state = json.loads((resume / "trainer_state.json").read_text())
+        finished = state.get("global_step", 0) >= state.get("max_steps", 0) > 0
+        logged = [r["num_tokens"] for r in state.get("log_history", []) if "num_tokens" in r]
+        if logged and hasattr(trainer, "_total_train_tokens"):  # TRL counts tokens in the trainer, not its state
+            trainer._total_train_tokens = int(logged[-1])
+        print(f"{'loading the finished' if finished else 'resuming'} {type(trainer).__name__} from {resume} "
+              f"(step {state.get('global_step')} of {state.get('max_steps')})")
     t0 = time.perf_counter()
-    trainer.train()
+    if finished:  # train() would run one more step past max_steps before it noticed: load, don't train
+        from transformers import TrainerState
+
+        trainer._load_from_checkpoint(str(resume))
+        trainer.state = TrainerState.load_from_json(str(resume / "trainer_state.json"))
+        trainer._load_rng_state(str(resume))  # the RNG as the finished call left it
+    else:
+        trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
     seconds = time.perf_counter() - t0
     eval_loss = trainer.evaluate()["eval_loss"] if evaluate else None
     logs = [r for r in trainer.state.log_history if "num_tokens" in r and "eval_loss" not in r]
     tokens = int(logs[-1]["num_tokens"]) if logs else 0  # TRL counts the non-padding tokens trained on
     return TrainResult(finish(trainer.model), trainer, seconds, trainer.state.global_step, tokens, eval_loss,
                        list(trainer.state.log_history))
+
+
+def _final_checkpoint_light(trainer):
+    """A callback: the checkpoint at the last step holds the model, the trainer state and the RNG state, not the
+    optimizer (nothing trains from it again; for a full fine-tune of a 135M model that is 1.1 of its 1.6 GB)."""
+    from transformers import TrainerCallback
+
+    class FinalCheckpointLight(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.max_steps and state.global_step >= state.max_steps:
+                args.save_only_model = True
+
+        def on_save(self, args, state, control, **kwargs):
+            if args.save_only_model:
+                trainer._save_rng_state(str(Path(args.output_dir) / f"checkpoint-{state.global_step}"))
+
+    return FinalCheckpointLight()
+
+
+#: Test hook (tests/test_runs.py): ``NBFT_TEST_KILL_AFTER_CHECKPOINT=N`` kills this kernel and the ``nbft run``
+#: that started it (SIGKILL, as a power cut would) right after the N-th checkpoint this process saved.
+KILL_HOOK_ENV = "NBFT_TEST_KILL_AFTER_CHECKPOINT"
+
+
+def _kill_hook():
+    """The callback behind ``KILL_HOOK_ENV``, or None when the variable is unset."""
+    import os
+
+    if not os.environ.get(KILL_HOOK_ENV):
+        return None
+    from transformers import TrainerCallback
+
+    class KillAfterCheckpoint(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            CHECKPOINTING.saves += 1
+            if CHECKPOINTING.saves >= int(os.environ[KILL_HOOK_ENV]):
+                import signal
+
+                os.kill(os.getppid(), signal.SIGKILL)
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    return KillAfterCheckpoint()
 
 
 def to_dataset(records: list[dict], mode: str = "instruction"):

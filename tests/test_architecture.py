@@ -12,7 +12,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "nbft"
 MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
-CORE = {"params", "tasks", "corpora", "models", "data", "train", "evaluate", "runs", "export", "report", "widgets"}
+CORE = {"files", "params", "tasks", "corpora", "models", "data", "train", "evaluate", "runs", "export", "report",
+        "widgets"}
 STAGE_MODULES = {"01_data_prep": set(), "02_sft": {"sft"}, "03_peft": {"peft"}, "04_rlhf": {"rlhf"},
                  "05_rag_vs_ft": {"knowledge", "rag"}, "06_classify": {"classify"},
                  "07_distill": {"distill"}, "99_report": set()}

@@ -362,7 +362,7 @@ def test_user_documents_from_a_folder(tmp_path):
     with pytest.raises(DataError, match=r"empty\.txt: empty document"):
         knowledge.user_documents(tmp_path)
     (tmp_path / "empty.txt").write_bytes(b"caf\xe9")
-    with pytest.raises(DataError, match=r"empty\.txt: not UTF-8"):
+    with pytest.raises(DataError, match=r"empty\.txt line 1: not UTF-8"):
         knowledge.user_documents(tmp_path)
     (tmp_path / "none").mkdir()
     with pytest.raises(DataError, match=r"none: no \.txt or \.md files"):

@@ -173,7 +173,7 @@ def test_default_profile_comments_are_each_stages_own_help(root):
             continue
         key, comment = line.strip().split(":", 1)[0], line.split("  # ", 1)[1]
         cls = P.Common if section == P.COMMON else P.STAGES[section]
-        assert comment == P.help_text(cls)[key], (section, key, comment)
+        assert comment == P.described(cls)[key], (section, key, comment)
         seen += 1
     assert seen == len(P.common_names()) + sum(len(P.field_names(c)) - len(P.common_names()) for c in P.STAGES.values())
 
@@ -214,3 +214,63 @@ def test_functions_take_groups_not_getattr_defaults(root):
     hits = [f"{f.name}: {line.strip()}" for f in (root / "nbft").glob("*.py")
             for line in f.read_text().splitlines() if re.search(r"getattr\(p, ['\"]", line)]
     assert not hits, hits
+
+
+#: numeric parameters without a range, and why: any real weight combines adapters (negative ones subtract);
+#: a hidden layer counts from the top when negative.
+UNBOUNDED = {("03_peft", "combine_weights"), ("06_classify", "feature_layer")}
+
+
+def test_every_numeric_parameter_has_a_range_that_its_default_meets():
+    """Issue 15: ranges declared next to the help text (``_f(min=, gt=, ...)``), shown by ``nbft params``."""
+    import typing
+
+    for stage, cls in P.STAGES.items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            numeric = hints[f.name] in (int, float) or typing.get_args(hints[f.name]) in ((int,), (float,))
+            if numeric and (stage, f.name) not in UNBOUNDED:
+                assert P.range_text(f.metadata), f"{stage}.{f.name} has no range"
+                assert P.range_text(f.metadata) in P.described(cls)[f.name]
+        P.build(stage, P.defaults(stage))  # every default is in its range
+
+
+def test_redeclared_field_keeps_its_groups_range():
+    assert P.range_text(P.STAGES["02_sft"].__dataclass_fields__["epochs"].metadata) == "> 0"
+    assert P.range_text(P.STAGES["03_peft"].__dataclass_fields__["batch_size"].metadata) == ">= 1"
+    assert P.range_text({"min": 0, "lt": 1}) == "[0, 1)" and P.range_text({"gt": 0, "max": 1}) == "(0, 1]"
+
+
+def test_name_tables_are_copies_of_the_tables_that_own_them():
+    from nbft import peft, rag, tasks, train
+
+    assert P.DEMO_TASKS == tuple(tasks.TASKS) and P.PEFT_METHODS == tuple(peft.METHODS)
+    assert P.SCOPES == train.SCOPES and P.INDEXES == tuple(rag.INDEX_KINDS) and P.STAGE_NAMES == tuple(P.STAGES)
+
+
+@pytest.mark.parametrize("text, match", [
+    ("common:\n  seed: 1\n  seed: 2\n", "line 3: not valid YAML: duplicate key 'seed'"),
+    ("02_sft:\n  epochs: 0\n", "line 2: 02_sft.epochs: 0.0 is out of range: must be > 0"),
+    ("01_data_prep:\n  validation_fraction: 0.5\n  test_fraction: 0.5\n", "sum to less than 1"),
+    ("03_peft:\n  methods: [lora, lorra]\n", "methods\\[1\\]: 'lorra' is not one of .*did you mean 'lora'"),
+    ("02_sft:\n  learning_rate: .inf\n", "finite"),
+])
+def test_profile_values_checked_with_their_line(tmp_path, text, match):
+    with pytest.raises(P.ParamError, match=match):
+        P.resolve(write(tmp_path, text))
+
+
+@pytest.mark.parametrize("name, ok", [("run-1.a_b", True), ("../x", False), ("a/b", False), (".hidden", False),
+                                      ("x" * 100, True), ("x" * 101, False), ("", False), ("a b", False)])
+def test_run_names(name, ok):
+    if ok:
+        assert P.check_run_name(name) == name
+    else:
+        with pytest.raises(P.ParamError):
+            P.check_run_name(name)
+
+
+def test_notebook_run_name_is_validated_like_the_cli():
+    ns = {**P.defaults("01_data_prep"), "run_name": "../../x"}
+    with pytest.raises(P.ParamError, match="letters, digits"):
+        P.from_namespace("01_data_prep", ns)

@@ -123,3 +123,79 @@ def test_vendored_files_are_checked(monkeypatch, tmp_path):
     with pytest.raises(OSError, match="does not match the pinned"):
         export.vendor()
     assert not any(tmp_path.rglob("*.js"))  # nothing unverified is kept
+
+
+# ---------------------------------------------------------------- issue 15: hostile names and texts stay text
+
+HOSTILE = ["<img src=x onerror=alert(1)>", "<script>alert(2)</script>", "'><svg onload=alert(3)>",
+           '"><iframe src=javascript:alert(4)>']
+
+
+class Tags:
+    """Every start tag of an HTML page with its attributes, and the text of each <script>."""
+
+    def __init__(self, page: str):
+        from html.parser import HTMLParser
+
+        self.tags, self.scripts = [], []
+        outer = self
+
+        class P(HTMLParser):
+            def handle_starttag(self, tag, attrs):
+                outer.tags.append((tag, dict(attrs)))
+                self.in_script = tag == "script"
+
+            def handle_endtag(self, tag):
+                self.in_script = False
+
+            def handle_data(self, data):
+                if getattr(self, "in_script", False):
+                    outer.scripts.append(data)
+
+        P(convert_charrefs=True).feed(page)
+
+
+def assert_inert(page: str):
+    """No hostile string survives as markup: no event-handler attribute, no javascript: URL, no svg/iframe tag,
+    no script that calls alert, and no hostile string verbatim."""
+    t = Tags(page)
+    for tag, attrs in t.tags:
+        assert tag not in ("svg", "iframe"), (tag, attrs)
+        assert not [a for a in attrs if a.lower().startswith("on")], (tag, attrs)
+        assert not any((v or "").strip().lower().startswith("javascript:") for v in attrs.values()), (tag, attrs)
+    assert not any("alert(" in s for s in t.scripts)
+    for h in HOSTILE:
+        assert h not in page, h
+
+
+def test_hostile_names_and_texts_are_escaped_in_every_page_nbft_writes(runs_dir, tmp_path):
+    """Issue 15: run names, stage report paths, metric names and values (labels from a user's CSV become metric
+    keys), findings, sweep points, table cells and notebook outputs, all rendered as text."""
+    import nbformat
+
+    from nbft import widgets
+
+    bad = "x" + HOSTILE[0]  # a folder name Linux allows (nbft's own names are letters, digits, . _ -)
+    metrics = {"06_classify": {"conditional": {"rate_by_tag": {h: 0.5 for h in HOSTILE}}, "methods": {
+        HOSTILE[1]: {"accuracy": 0.9}}, "findings": HOSTILE}, "01_data_prep": {"n_train": HOSTILE[2]}}
+    d = make_run(runs_dir, bad, metrics, stages=("01_data_prep", "06_classify"))
+    (d / "sweep.json").write_text(json.dumps({"points": [{"run": h, "values": {h: h}, "exit_code": 0} for h in HOSTILE]}))
+    index = report.write_index(d).read_text()
+    assert_inert(index)
+    assert "built-in method" not in index  # the sweep point's values, not dict.values
+    links = report.stage_links(report.load_runs([d]), ["01_data_prep", "06_classify"], runs_dir)
+    assert_inert(report.links_html(links + [{"run": h, "stage": h, "report": h} for h in HOSTILE]))
+    rows = [{h: h, "value": h, "n": 1.5} for h in HOSTILE]
+    table = widgets.html_table(rows, caption=HOSTILE[3])
+    assert_inert(table)
+    assert_inert("".join(widgets.html_table(report.compare_table({h: metrics}, "06_classify"), caption=h)
+                         for h in HOSTILE))
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("x", outputs=[
+        nbformat.v4.new_output("stream", name="stdout", text="\n".join(HOSTILE)),
+        nbformat.v4.new_output("execute_result", data={"text/plain": HOSTILE[1]}, execution_count=1),
+        nbformat.v4.new_output("display_data", data={"text/html": table, "text/plain": "t"}),
+        nbformat.v4.new_output("error", ename=HOSTILE[0], evalue=HOSTILE[2], traceback=HOSTILE)])]
+    path = tmp_path / "hostile.ipynb"
+    nbformat.write(nb, path)
+    assert_inert(export.export_html(path).read_text())

@@ -14,19 +14,18 @@ def test_record_merges_and_cleans(tmp_path):
     assert m == {"02_sft": {"a": 1, "b": None, "c": 2.5}, "01_data_prep": {"n": 3}}
 
 
-def test_unique_run_dir_never_reuses(runs_dir):
-    a = runs.unique_run_dir(prefix="x")
-    a.mkdir(parents=True)
-    b = runs.unique_run_dir(prefix="x")
-    assert a != b and not b.exists()
+def test_reserve_run_dir_never_reuses(runs_dir):
+    a = runs.reserve_run_dir(prefix="x")
+    b = runs.reserve_run_dir(prefix="x")
+    assert a != b and a.is_dir() and b.is_dir() and b.name.startswith(a.name)
 
 
 def test_explicit_existing_name_is_refused(runs_dir):
     (runs_dir / "mine").mkdir(parents=True)
     with pytest.raises(FileExistsError, match="never overwritten"):
-        runs.unique_run_dir("mine")
+        runs.reserve_run_dir("mine")
     with pytest.raises(ValueError, match="letters, digits"):
-        runs.unique_run_dir("../escape")
+        runs.reserve_run_dir("../escape")
 
 
 def test_open_run_standalone_and_in_pipeline(runs_dir):
@@ -64,3 +63,257 @@ def test_card(tmp_path):
     card = json.loads((tmp_path / "card.json").read_text())
     assert card["parameters"]["lora_r"] == 16 and card["metrics"] == {"m": 0.5}
     assert "- m: 0.5" in (tmp_path / "card.md").read_text()
+
+
+# ---------------------------------------------------------------- issue 15: one run per folder, crash state, resume
+
+import os  # noqa: E402
+import platform  # noqa: E402
+import re  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from nbft import files  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = str(ROOT / "params" / "smoke.yaml")
+NBFT = str(Path(sys.executable).parent / "nbft")
+DEAD_PID = 2 ** 22 + 7  # above the default pid_max: no such process
+
+
+def test_write_atomic_replaces_whole_and_leaves_no_temp(tmp_path):
+    target = tmp_path / "a.json"
+    files.write_json(target, {"x": 1})
+    files.write_atomic(target, "{}")
+    assert target.read_text() == "{}" and [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_corrupt_metrics_is_moved_aside_and_reported_never_reset(tmp_path, capsys):
+    (tmp_path / "metrics.json").write_text('{"01_data_prep": {"n_train": 5}, "02_sft": {"task_sc')  # cut short
+    runs.record_metrics(tmp_path, "03_peft", {"n_methods_ok": 13})
+    aside = list(tmp_path.glob("metrics.json.corrupt-*"))
+    assert len(aside) == 1 and aside[0].read_text().startswith('{"01_data_prep": {"n_train": 5}')
+    assert json.loads((tmp_path / "metrics.json").read_text()) == {"03_peft": {"n_methods_ok": 13}}
+    err = capsys.readouterr().err
+    assert "metrics.json was not valid JSON" in err and aside[0].name in err
+    assert aside[0].name in json.loads((tmp_path / "status.json").read_text())["warnings"][0]
+    (tmp_path / "metrics.json").write_text("[1, 2]")  # valid JSON, wrong shape: the same
+    runs.record_metrics(tmp_path, "02_sft", {"a": 1})
+    assert len(list(tmp_path.glob("metrics.json.corrupt-*"))) == 2
+
+
+def _record_many(args):
+    run_dir, stage = args
+    for i in range(25):
+        runs.record_metrics(Path(run_dir), stage, {f"m{i}": i})
+
+
+def test_metrics_read_modify_write_from_four_processes_loses_nothing(tmp_path):
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(4) as pool:
+        pool.map(_record_many, [(str(tmp_path), f"s{k}") for k in range(4)])
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert {s: len(v) for s, v in m.items()} == {f"s{k}": 25 for k in range(4)}
+
+
+def test_lock_held_by_a_live_process_refuses_a_dead_ones_is_taken_over(tmp_path):
+    me = runs.acquire(tmp_path)
+    assert runs.lock_info(tmp_path)["pid"] == os.getpid() == me["pid"]
+    with pytest.raises(runs.RunError, match=f"being written by pid {os.getpid()}"):
+        runs.acquire(tmp_path)  # this process is alive: the lock is taken
+    runs.release(tmp_path)
+    assert runs.lock_info(tmp_path) is None
+    (tmp_path / ".lock").write_text(json.dumps({"pid": DEAD_PID, "host": platform.node()}))
+    runs.acquire(tmp_path)  # stale: taken over
+    assert runs.lock_info(tmp_path)["pid"] == os.getpid()
+    runs.release(tmp_path)
+
+
+def test_list_shows_crashed_running_and_unreadable_runs_and_never_crashes(runs_dir):
+    def run(name, status, metrics=None, lock=None):
+        d = runs_dir / name
+        d.mkdir(parents=True)
+        (d / "status.json").write_text(status if isinstance(status, str) else json.dumps(status))
+        if metrics is not None:
+            (d / "metrics.json").write_text(metrics if isinstance(metrics, str) else json.dumps(metrics))
+        if lock:
+            (d / ".lock").write_text(json.dumps({"host": platform.node(), **lock}))
+
+    run("a-crashed", {"state": "running", "stages": {"02_sft": "running"}}, lock={"pid": DEAD_PID})
+    run("b-live", {"state": "running", "stages": {}}, lock={"pid": os.getpid()})
+    run("c-nolock", {"state": "running", "stages": {}})
+    run("d-badmetrics", {"state": "ok"}, metrics='{"02_sft": 3}')
+    run("e-badstatus", '{"state": "ok", "stages": ["x"]}')
+    run("f-notjson", "{{{", metrics={"02_sft": {"task_score_after": 1.0}})
+    run("g-ok", {"state": "ok", "stages": {"02_sft": "ok"}}, metrics={"02_sft": {"task_score_after": 0.5}})
+    states = {r["name"]: r["state"] for r in runs.list_runs()}
+    assert states == {"a-crashed": "crashed", "b-live": "running", "c-nolock": "crashed", "d-badmetrics": "unreadable",
+                      "e-badstatus": "unreadable", "f-notjson": "unreadable", "g-ok": "ok"}
+
+
+RESERVE = """
+import sys, time
+from pathlib import Path
+time.strftime = lambda *a: "20260101-000000"  # every process in the same second
+from nbft import runs
+go = Path(sys.argv[1])
+while not go.exists():
+    time.sleep(0.005)
+try:
+    print(runs.reserve_run_dir(sys.argv[2] or None, prefix="smoke"))
+except FileExistsError as e:
+    print("refused:", e)
+"""
+
+
+def test_runs_started_together_never_share_a_folder(tmp_path):
+    """Named: one process gets the folder, the others are refused. Unnamed in the same second: one folder each."""
+    env = {**os.environ, "NBFT_RUNS_DIR": str(tmp_path / "runs")}
+    for name, n in (("same", 6), ("", 6)):
+        go = tmp_path / f"go-{name}"
+        procs = [subprocess.Popen([sys.executable, "-c", RESERVE, str(go), name], stdout=subprocess.PIPE, text=True,
+                                  env=env, cwd=ROOT) for _ in range(n)]
+        time.sleep(1.0)
+        go.touch()
+        outs = [p.communicate(timeout=60)[0].strip() for p in procs]
+        made = [o for o in outs if not o.startswith("refused")]
+        if name:
+            assert len(made) == 1 and made[0].endswith("/same"), outs
+            assert all("already exists" in o for o in outs if o.startswith("refused"))
+        else:
+            assert len(set(made)) == n and all(Path(m).is_dir() for m in made), outs
+            assert sorted(Path(m).name for m in made)[:2] == ["20260101-000000-smoke", "20260101-000000-smoke-2"]
+
+
+def nbft(args, runs_root, **kw):
+    env = {**os.environ, "NBFT_RUNS_DIR": str(runs_root), "OMP_NUM_THREADS": "1", **kw.pop("env", {})}
+    env = {k: v for k, v in env.items() if v is not None}
+    return subprocess.Popen([NBFT, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            cwd=ROOT, **kw)
+
+
+@pytest.mark.notebook
+def test_two_runs_with_one_name_started_together_one_runs_the_other_exits_2(tmp_path):
+    args = ["run", "--params", SMOKE, "--only", "01_data_prep", "--name", "same", "--no-progress"]
+    procs = [nbft(args, tmp_path / "runs") for _ in range(2)]
+    results = sorted((p.wait(timeout=300), *p.communicate()) for p in procs)
+    (ok, out0, _), (bad, _, err1) = results
+    assert (ok, bad) == (0, 2), results
+    assert "run 'same' already exists" in err1 and "Traceback" not in err1
+    assert json.loads((tmp_path / "runs" / "same" / "status.json").read_text())["state"] == "ok"
+    assert [d.name for d in (tmp_path / "runs").iterdir()] == ["same"]
+
+
+def wait_for(proc, text, timeout=120):
+    """Read ``proc``'s stdout until a line contains ``text``."""
+    t0 = time.time()
+    lines = []
+    while time.time() - t0 < timeout:
+        line = proc.stdout.readline()
+        lines.append(line)
+        if text in line:
+            return "".join(lines)
+    raise AssertionError(f"no {text!r} in {''.join(lines)}")
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_marks_the_run_interrupted_with_one_line_and_resume_finishes_it(tmp_path, sig, code):
+    import psutil
+
+    root = tmp_path / "runs"
+    proc = nbft(["run", "--params", SMOKE, "--only", "01_data_prep", "--name", "r", "--no-progress"], root)
+    wait_for(proc, "[1/1] 01_data_prep ...")
+    time.sleep(4)  # the kernel is executing the notebook
+    kernels = psutil.Process(proc.pid).children(recursive=True)
+    assert kernels
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, (out, err)
+    assert "Traceback" not in out + err
+    assert err.strip().splitlines()[-1] == (f"nbft run: interrupted ({signal.Signals(sig).name}) in 01_data_prep; "
+                                            "continue it with: nbft run --resume r")
+    status = json.loads((root / "r" / "status.json").read_text())
+    assert status["state"] == "interrupted" and status["stages"]["01_data_prep"] == "interrupted"
+    assert not any(k.is_running() and k.status() != psutil.STATUS_ZOMBIE for k in kernels)  # the kernel was stopped
+    assert not (root / "r" / ".lock").exists()
+    if sig == signal.SIGTERM:  # resume, changing a parameter of the stage still to run: recorded in the run
+        res = nbft(["run", "--resume", "r", "--set", "01_data_prep.n_examples=60", "--no-progress"], root,
+                   env={"HF_HUB_OFFLINE": None})  # nbft sets offline mode itself, before preflight
+        out, err = res.communicate(timeout=300)
+        assert res.returncode == 0, err
+        status = json.loads((root / "r" / "status.json").read_text())
+        assert status["state"] == "ok" and status["resumes"][0]["from_state"] == "interrupted"
+        assert status["resumes"][0]["changed"] == ["01_data_prep.n_examples: 80 -> 60"]
+        assert params.resolve(root / "r" / "params.yaml")["01_data_prep"].n_examples == 60
+        env = json.loads((root / "r" / "env.json").read_text())
+        assert env["hub_offline"] is True and env["kernels"]["01_data_prep"]["hub_offline"] is True
+
+
+def comparable(metrics: dict) -> dict:
+    """metrics.json without what a clock measures: seconds, tokens per second, and the seconds in findings."""
+    def strip(x, key=""):
+        if isinstance(x, dict):
+            return {k: strip(v, k) for k, v in x.items()
+                    if not re.search(r"seconds|per_second|_ms\b|\bms\b|\bs$|peak_mem|speedup", k)}
+        if isinstance(x, list):
+            return [strip(v, key) for v in x]
+        if isinstance(x, str):
+            return re.sub(r"\d+(\.\d+)? s\b", "<t> s", x)
+        return x
+    return strip(metrics)
+
+
+@pytest.mark.notebook
+def test_sigkill_mid_training_then_resume_gives_the_metrics_of_a_run_never_killed(tmp_path):
+    """Issue 15: the smoke pipeline (01 and 02; 02 with its main LoRA run and one full fine-tuning, checkpointing
+    every 2 steps) is killed with SIGKILL, runner and kernel, right after the 6th checkpoint: the second training
+    call is at step 4 of 8. ``nbft list`` says crashed; ``nbft run --resume`` skips 01, re-runs 02, whose first
+    call loads its finished checkpoint and whose second continues from step 4. metrics.json equals the
+    uninterrupted run's, timings aside."""
+    root = tmp_path / "runs"
+    args = ["run", "--params", SMOKE, "--only", "01_data_prep", "02_sft", "--no-progress", "--set", "save_steps=2",
+            "--set", "compare_scopes=[full]", "--set", "sweep_sizes=[]", "--set", "quality_size=0", "--set", "cpt_docs=0"]
+    ref = nbft(args + ["--name", "ref"], root)
+    killed = nbft(args + ["--name", "k"], root, env={"NBFT_TEST_KILL_AFTER_CHECKPOINT": "6"})
+    assert killed.wait(timeout=400) == -signal.SIGKILL
+    assert ref.wait(timeout=400) == 0
+    time.sleep(1.5)  # the kernel's parent poller
+    k = root / "k"
+    assert json.loads((k / "status.json").read_text())["state"] == "running"  # nothing could write the end
+    assert [r["state"] for r in runs.list_runs(root) if r["name"] == "k"] == ["crashed"]
+    slots = sorted(p.name for p in (k / "checkpoints" / "02_sft").iterdir())
+    assert len(slots) == 2 and slots[1].startswith("02-SFTTrainer")
+    assert [c.name for c in (k / "checkpoints" / "02_sft" / slots[1]).glob("checkpoint-*")] == ["checkpoint-4"]
+    res = nbft(["run", "--resume", "k", "--no-progress"], root)
+    out, err = res.communicate(timeout=400)
+    assert res.returncode == 0, err
+    assert "01_data_prep ok earlier (skipped)" in out
+    nb = (k / "02_sft.ipynb").read_text()
+    assert "(step 8 of 8)" in nb and "(step 4 of 8)" in nb  # one call loaded, one continued
+    assert not (k / "checkpoints").exists()  # deleted once the stage ended ok
+    a, b = (json.loads((root / n / "metrics.json").read_text()) for n in ("ref", "k"))
+    assert comparable(a) == comparable(b)
+    assert a["02_sft"]["train_seconds"] != b["02_sft"]["train_seconds"]  # it did resume
+
+
+@pytest.mark.notebook
+def test_papermill_run_name_outside_runs_fails_and_writes_nothing_outside(tmp_path):
+    root = tmp_path / "area" / "runs"
+    root.parent.mkdir()
+    bindir = Path(sys.executable).parent
+    for bad in ("../x", "../../x", "/tmp/x-nbft-escape"):
+        out = tmp_path / "out.ipynb"
+        proc = subprocess.run([str(bindir / "papermill"), str(ROOT / "notebooks" / "01_data_prep.ipynb"), str(out),
+                               "-p", "run_name", bad, "-p", "model", "tiny-llama", "-k", "python3",
+                               "--cwd", str(ROOT / "notebooks")],
+                              capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "NBFT_RUNS_DIR": str(root), "PATH": f"{bindir}:{os.environ['PATH']}"})
+        assert proc.returncode != 0
+        assert "letters, digits" in proc.stderr + out.read_text()
+        assert sorted(p.name for p in (tmp_path / "area").iterdir()) == [] and not (tmp_path / "x").exists()
+        assert not Path("/tmp/x-nbft-escape").exists()

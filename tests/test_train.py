@@ -166,3 +166,55 @@ def test_lora_trained_in_bf16_merges_exactly_in_fp32(tiny):
     assert not any("forward" in m.__dict__ for m in res.model.modules())
     _, diff = peft.merge_check(res.model, tok, ["hello there friend", "the capital of France"])
     assert 0 < diff < 1e-4  # the adapter changed the model, and the merge reproduces it
+
+
+# ---------------------------------------------------------------- issue 15: checkpoints in the run folder
+
+def test_checkpoints_resume_a_finished_call_and_skip_what_cannot_resume(tiny, tmp_path):
+    """In a run folder a trainer checkpoints every save_steps (the last one light: no optimizer state); the same
+    call made again (a resumed stage) loads its finished checkpoint instead of training, with the same weights,
+    log and RNG state afterwards. An incomplete checkpoint (no trainer_state.json: killed while saving) is removed."""
+    base, tok = tiny
+    p = params.SFTParams(model="tiny-llama", epochs=1.0, batch_size=8, lora_r=4, lora_alpha=8, max_length=96,
+                         precision="fp32", save_steps=2)
+    prep = data.prepare(params.DataPrepParams(model="tiny-llama", n_examples=40), tok)
+    assert train.trainer_args(p, tmp_path)["save_strategy"] == "no"  # no run folder: no checkpoints
+    folder = tmp_path / "checkpoints" / "02_sft"
+    try:
+        train.checkpoint_into(folder)
+        assert train.trainer_args(p, tmp_path)["save_total_limit"] == 1
+        first = train.sft(copy.deepcopy(base), tok, prep.splits["train"], [], p, learning_rate=1e-2,
+                          peft_config=train.lora_config(p))
+        (slot,) = folder.iterdir()
+        final = train.last_checkpoint(slot)
+        assert final.name == f"checkpoint-{first.steps}" and not (final / "optimizer.pt").exists()
+        assert (final / "rng_state.pth").is_file()
+        (slot / "checkpoint-99").mkdir()  # a save cut short
+        rng_after_first = torch.get_rng_state()
+        torch.manual_seed(123)  # whatever happened in between
+        train.checkpoint_into(folder)  # the stage runs again
+        again = train.sft(copy.deepcopy(base), tok, prep.splits["train"], [], p, learning_rate=1e-2,
+                          peft_config=train.lora_config(p))
+        assert not (slot / "checkpoint-99").exists() and again.steps == first.steps
+        assert torch.equal(torch.get_rng_state(), rng_after_first)
+        a, b = dict(first.model.named_parameters()), dict(again.model.named_parameters())
+        assert all(torch.equal(a[n], b[n]) for n in a if "lora_" in n)
+        assert [r["loss"] for r in again.log_history if "loss" in r] == [r["loss"] for r in first.log_history if "loss" in r]
+    finally:
+        train.checkpoint_into(None)
+
+
+def test_prompt_encoders_are_not_resumable():
+    from peft import LoraConfig, PrefixTuningConfig, PromptEncoderConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    def peft_model(cfg):
+        m = LlamaForCausalLM(LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, vocab_size=64))
+        return get_peft_model(m, cfg)
+
+    assert train.resumable(peft_model(LoraConfig(r=2, task_type="CAUSAL_LM")))
+    assert not train.resumable(peft_model(PromptEncoderConfig(task_type="CAUSAL_LM", num_virtual_tokens=2)))
+    assert not train.resumable(peft_model(PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=2,
+                                                             prefix_projection=True)))
+    assert train.resumable(torch.nn.Linear(2, 2))

@@ -1,0 +1,88 @@
+"""How nbft writes its own files: atomically, and read-modify-write under a lock.
+
+Every JSON, YAML and HTML file nbft writes (run folders, cards, reports) goes through ``write_atomic``: the
+text goes to a temporary file in the same folder, is flushed to disk (fsync), then renamed over the target
+(``os.replace``), so a reader or a crash sees the old file or the new one, never half of one. ``locked(path)``
+holds an exclusive ``fcntl`` lock on ``.<name>.lock`` beside ``path`` for a read-modify-write (metrics.json is
+written by a notebook kernel while the runner reads it).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+def write_atomic(path: str | Path, data: str | bytes, encoding: str = "utf-8") -> Path:
+    """Write ``data`` to ``path`` all at once: temp file + fsync + ``os.replace`` (+ fsync of the folder)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    blob = data.encode(encoding) if isinstance(data, str) else data
+    try:
+        with open(tmp, "wb") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    with contextlib.suppress(OSError):  # the rename itself on disk
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    return path
+
+
+def _jsonable(x):
+    if hasattr(x, "item"):
+        return x.item()
+    if isinstance(x, Path):
+        return str(x)
+    raise TypeError(f"not JSON serializable: {type(x).__name__}")
+
+
+def write_json(path: str | Path, obj: Any, indent: int = 1, ensure_ascii: bool = True) -> Path:
+    """``obj`` as JSON (numpy/torch scalars and paths converted), written atomically."""
+    return write_atomic(path, json.dumps(obj, indent=indent, ensure_ascii=ensure_ascii, default=_jsonable))
+
+
+def lock_path(path: str | Path) -> Path:
+    path = Path(path)
+    return path.with_name(f".{path.name}.lock")
+
+
+@contextlib.contextmanager
+def locked(path: str | Path):
+    """An exclusive lock for a read-modify-write of ``path`` (``fcntl.flock`` on ``.<name>.lock`` beside it;
+    released when the block ends or the process dies)."""
+    import fcntl
+
+    with open(lock_path(path), "a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+class DecodeError(ValueError):
+    """A text file that is not UTF-8; the message names the file, line and column."""
+
+
+def read_text(path: str | Path) -> str:
+    """A UTF-8 text file (a leading byte-order mark, as Excel writes, is dropped); a decode error names the
+    file, the line and the column of the first bad byte."""
+    blob = Path(path).read_bytes()
+    try:
+        return blob.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = blob.count(b"\n", 0, e.start) + 1
+        col = e.start - (blob.rfind(b"\n", 0, e.start) + 1) + 1
+        raise DecodeError(f"{path} line {line}: not UTF-8 text (byte 0x{blob[e.start]:02x} at column {col}); "
+                          "save the file as UTF-8") from None
