@@ -43,6 +43,7 @@ THRESHOLDS = {
 
 BUILTIN = "builtin"
 BUILTIN_WORDS = {"ham": "normal", "spam": "spam"}  # label -> the word the prompting rows score
+CONTENT_FREE = "N/A"  # the message the prompting rows calibrate against (``calibrate``)
 
 
 @dataclass(frozen=True)
@@ -273,11 +274,63 @@ def batched(model, tokenizer, texts: list[str], fn, precision: str, batch_size: 
     return out if out is not None else np.zeros((0, 0), dtype=np.float32)
 
 
+def shared_prefix(seqs: list[list[int]]) -> int:
+    """Length of the token prefix every sequence shares, leaving each at least one token of its own."""
+    if not seqs:
+        return 0
+    n = min(len(s) for s in seqs) - 1
+    first = seqs[0]
+    for s in seqs[1:]:
+        k = 0
+        while k < n and s[k] == first[k]:
+            k += 1
+        n = k
+    return max(n, 0)
+
+
+@torch.no_grad()
 def prompt_probs(model, tokenizer, prompts: list[str], ids: list[int], precision: str, batch_size: int = 16) -> np.ndarray:
-    """Softmax over the label words' first tokens of the next-token distribution after each prompt."""
-    def fn(m, enc):
-        return torch.softmax(m(**enc, logits_to_keep=1).logits[:, -1].float()[:, ids], -1)
-    return batched(model, tokenizer, prompts, fn, precision, batch_size, "left", add_special_tokens=False)
+    """Softmax over the label words' first tokens of the next-token distribution after each prompt.
+
+    The prompts' shared token prefix (the chat template's system turn, the few-shot examples) runs once and its
+    key/value cache serves every batch, so ``few_shot`` costs about what ``zero_shot`` does; the rest of each
+    prompt is left-padded after the prefix (masked, positions counted from the prefix)."""
+    model.eval()
+    device = next(model.parameters()).device
+    seqs = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in prompts]
+    out = np.zeros((len(seqs), len(ids)), dtype=np.float32)
+    n = shared_prefix(seqs)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    prefix = None
+    if n and seqs:
+        with models.autocast(model, precision):
+            prefix = model(input_ids=torch.tensor([seqs[0][:n]], device=device), use_cache=True).past_key_values
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    for s in range(0, len(order), batch_size):
+        idx = order[s:s + batch_size]
+        rest = [seqs[i][n:] for i in idx]
+        width = max(len(r) for r in rest)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rest], device=device)
+        input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rest], device=device)
+        cache = None
+        if prefix is not None:
+            cache = copy.deepcopy(prefix)
+            cache.batch_repeat_interleave(len(idx))
+        full_mask = torch.cat([torch.ones(len(idx), n, dtype=mask.dtype, device=device), mask], 1)
+        positions = (n + mask.cumsum(1) - 1).clamp(min=n)
+        with models.autocast(model, precision):
+            logits = model(input_ids=input_ids, attention_mask=full_mask, position_ids=positions,
+                           past_key_values=cache, use_cache=cache is not None, logits_to_keep=1).logits
+        out[idx] = torch.softmax(logits[:, -1].float()[:, ids], -1).cpu().numpy()
+    return out
+
+
+def calibrate(probs: np.ndarray, content_free: np.ndarray) -> np.ndarray:
+    """Contextual calibration (Zhao et al. 2021, "Calibrate before use"): divide each row by the probabilities the
+    same prompt gives a content-free message ("N/A") and renormalize, which removes the prompt's bias towards one
+    label word."""
+    scaled = probs / np.clip(content_free, 1e-12, None)
+    return scaled / scaled.sum(1, keepdims=True)
 
 
 # ---------------------------------------------------------------- feature rows
@@ -410,10 +463,17 @@ def run_approach(name: str, p: params.ClassifyParams, tokenizer, d: ClassData, p
             ids = word_ids(tokenizer, words)
             shots = few_shot_examples(d.train, labels, p.few_shot_k, p.seed) if name == "few_shot" else []
             row["k"] = len(shots)
+            free = prompt_probs(lm, tokenizer, [prompt_for(CONTENT_FREE, words, labels, shots, tokenizer)], ids,
+                                precision)
+            row["content_free_probs"] = {l: float(x) for l, x in zip(labels, free[0])}
 
-            def predict(texts, _split):
-                return prompt_probs(lm, tokenizer, [prompt_for(t, words, labels, shots, tokenizer) for t in texts],
-                                    ids, precision, p.eval_batch_size)
+            def predict(texts, split):
+                raw = prompt_probs(lm, tokenizer, [prompt_for(t, words, labels, shots, tokenizer) for t in texts],
+                                   ids, precision, p.eval_batch_size)
+                gold = [r["label"] for r in (d.test if split == "test" else d.target_test)]
+                row[f"uncalibrated_{'accuracy' if split == 'test' else 'target_accuracy'}"] = \
+                    scores(labels, gold, raw, pos)["accuracy"]
+                return calibrate(raw, free)
         elif a.kind == "features":
             def featurize(texts):
                 if name == "features_minilm":
@@ -468,8 +528,12 @@ def misclassified(d: ClassData, rows: dict[str, dict]) -> dict[str, list[dict]]:
 METRIC_KEYS = ("accuracy", "f1", "auc", "trainable_params", "seconds", "ms_per_example", "target_accuracy")
 
 
+PROMPT_KEYS = ("uncalibrated_accuracy", "uncalibrated_target_accuracy", "content_free_probs")
+
+
 def metrics_row(row: dict) -> dict:
-    return {k: row.get(k) for k in METRIC_KEYS}
+    """The recorded numbers of one row (``METRIC_KEYS``; a prompting row also what calibration changed)."""
+    return {k: row.get(k) for k in METRIC_KEYS + (PROMPT_KEYS if row.get("kind") == "prompt" else ())}
 
 
 # ---------------------------------------------------------------- domain adaptation

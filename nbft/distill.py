@@ -45,7 +45,7 @@ from pathlib import Path
 
 import torch
 
-from . import data, evaluate, models, params, tasks, train
+from . import data, evaluate, files, models, params, tasks, train
 
 #: The lines the written findings draw (recorded as ``thresholds`` in metrics.json).
 THRESHOLDS = {
@@ -134,9 +134,9 @@ def build_student(spec: str, n_keep: int, folder: str | Path, tokenizer) -> dict
     models.save(model, tokenizer, folder)
     models.release(model)
     info = {"path": str(folder), "source": spec, "source_layers": n, "kept": kept}
-    (folder / STUDENT_FILE).write_text(json.dumps(info, indent=1))
-    (folder / models.SOURCE_FILE).write_text(json.dumps({  # models.resolve reads it (no checksum pass per load)
-        "spec": str(folder), "origin": f"{spec} with blocks {kept} of {n} kept (07_distill student)", "sha256": ""}))
+    files.write_json(folder / STUDENT_FILE, info)
+    files.write_json(folder / models.SOURCE_FILE, {  # models.resolve reads it (no checksum pass per load)
+        "spec": str(folder), "origin": f"{spec} with blocks {kept} of {n} kept (07_distill student)", "sha256": ""})
     return info
 
 
@@ -334,8 +334,7 @@ def save_imitation(im: ImitationData, path: str | Path) -> Path:
     """The imitation data as JSONL (prompt, completion), the way SFT read it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in im.records), encoding="utf-8")
-    return path
+    return files.write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in im.records))
 
 
 # ---------------------------------------------------------------- training

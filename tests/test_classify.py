@@ -126,6 +126,31 @@ def test_every_approach_runs_and_reports_the_row(tiny, name):
     assert (row["seconds"] > 0) == (kind != "prompt")
 
 
+@pytest.mark.parametrize("k", [0, 3])
+def test_prompt_scoring_with_the_shared_prefix_cache_equals_one_prompt_at_a_time(tiny, k):
+    import torch
+
+    p, tok, d = tiny
+    words, shots = d.labels, classify.few_shot_examples(d.train, d.labels, k, 0)
+    prompts = [classify.prompt_for(r["text"], words, d.labels, shots, tok) for r in d.test]
+    ids = classify.word_ids(tok, words)
+    with models.loaded(p.model, p.device, tok) as lm:
+        cached = classify.prompt_probs(lm, tok, prompts, ids, "fp32", batch_size=4)
+        with torch.no_grad():
+            one = [torch.softmax(lm(**tok(t, return_tensors="pt", add_special_tokens=False)).logits[0, -1, ids], -1)
+                   for t in prompts]
+    assert classify.shared_prefix([tok(t, add_special_tokens=False)["input_ids"] for t in prompts]) > 10
+    np.testing.assert_allclose(cached, torch.stack(one).numpy(), atol=1e-5)
+
+
+def test_calibration_removes_a_constant_bias_towards_one_label():
+    free = np.array([[0.9, 0.1]])
+    probs = np.array([[0.95, 0.05], [0.6, 0.4], [0.85, 0.15]])  # every raw argmax is label 0
+    cal = classify.calibrate(probs, free)
+    np.testing.assert_allclose(cal.sum(1), 1.0)
+    assert list(cal.argmax(1)) == [0, 1, 1]
+
+
 def test_trained_scopes_train_what_they_say(tiny):
     p, tok, d = tiny
     counts = {}
