@@ -109,6 +109,18 @@ def _export_html(nb_path: Path) -> Path:
     return export.export_html(nb_path)
 
 
+def _export_or_warn(run_dir: Path, nb_path: Path, label: str) -> Path | None:
+    """The stage's HTML report (``_export_html``); a failure to export is a warning (status.json ``warnings``
+    and one line on stderr), never the stage's failure: the executed notebook is there either way."""
+    try:
+        return _export_html(nb_path)
+    except Exception as e:
+        message = f"{nb_path.stem}: HTML report not written ({type(e).__name__}: {e}); the executed notebook is {nb_path}"
+        runs.write_status(run_dir, append={"warnings": message})
+        print(f"{label}: warning: {' '.join(message.split())}", file=sys.stderr, flush=True)
+        return None
+
+
 def _fmt(v, depth: int = 0) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
@@ -293,10 +305,10 @@ def _execute(resolved, stages, run_dir, progress, verbose, label, resume, where)
                                 kernel_name="python3", progress_bar=progress, cwd=str(nb_dir),
                                 log_output=verbose)
         except PapermillExecutionError as e:
-            html = _export_html(out) if out.exists() else None
             where_cell = f"cell {e.cell_index} (In [{e.exec_count}])"
             runs.write_status(run_dir, state="failed", stages={stage: "failed"}, failed_stage=stage,
                               failed_cell=e.cell_index, error=f"{e.ename}: {e.evalue}")
+            html = _export_or_warn(run_dir, out, label) if out.exists() else None
             _write_index(run_dir)
             print(f"{label}: FAILED in notebook {stage}.ipynb, {where_cell}: {e.ename}: {e.evalue}", file=sys.stderr)
             print(f"  partial executed notebook: {out}" + (f"\n  partial report: {html}" if html else ""), file=sys.stderr)
@@ -307,9 +319,9 @@ def _execute(resolved, stages, run_dir, progress, verbose, label, resume, where)
             _write_index(run_dir)
             print(f"{label}: FAILED in notebook {stage}.ipynb: {type(e).__name__}: {e}", file=sys.stderr)
             return EXIT_FAILED
-        _export_html(out)
         secs = time.perf_counter() - t0
         runs.write_status(run_dir, stages={stage: "ok"}, seconds={stage: round(secs, 1)})
+        _export_or_warn(run_dir, out, label)
         shutil.rmtree(run_dir / runs.CHECKPOINTS / stage, ignore_errors=True)  # the stage is done: no resume needed
         with contextlib.suppress(OSError):
             (run_dir / runs.CHECKPOINTS).rmdir()
@@ -322,7 +334,14 @@ def _execute(resolved, stages, run_dir, progress, verbose, label, resume, where)
     return 0
 
 
-BAD_INPUT = (P.ParamError, FileExistsError, ValueError, OSError, RecursionError)
+def bad_input() -> tuple[type[BaseException], ...]:
+    """The errors that are the user's input, not a bug in nbft: one line and exit 2 (anything else raised while
+    checking the input is shown in full). nbft's own error types (``data`` and ``models`` once imported: no error
+    of theirs can come before), a name that is taken, a file that is missing or cannot be read."""
+    own = [P.ParamError, runs.RunError, files.DecodeError]
+    own += [getattr(sys.modules[m], name) for m, name in (("nbft.data", "DataError"), ("nbft.models", "ModelError"))
+            if m in sys.modules]
+    return (*own, FileExistsError, FileNotFoundError, PermissionError)
 
 
 def _bad(cmd: str, e: BaseException) -> int:
@@ -338,7 +357,7 @@ def cmd_run(args) -> int:
         params_file = args.params or DEFAULT_PARAMS
         resolved, stages, name = _prepare(params_file, args.set, args.only, args.name)
         run_dir = runs.reserve_run_dir(name, prefix=Path(params_file).stem)
-    except BAD_INPUT as e:
+    except bad_input() as e:
         return _bad("run", e)
     return execute(resolved, stages, run_dir, args.progress, args.verbose)
 
@@ -354,19 +373,21 @@ def prepare_resume(name: str, params_file: str | None, sets: list[str]) -> tuple
         known = sorted(d.name for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
         close = difflib.get_close_matches(name, known, n=1)
         raise runs.RunError(f"--resume {name}: no run folder {run_dir}" + (f"; did you mean '{close[0]}'?" if close else ""))
+    unreadable = runs.RunError(f"--resume {name}: {run_dir / 'status.json'} is missing or unreadable; this run "
+                               "cannot be resumed (start a new one)")
     try:
         status = json.loads(files.read_text(run_dir / "status.json"))
-        stage_states = status["stages"]
-        assert isinstance(stage_states, dict) and all(s in P.STAGES for s in stage_states)
-    except (OSError, ValueError, KeyError, TypeError, AssertionError):
-        raise runs.RunError(f"--resume {name}: {run_dir / 'status.json'} is missing or unreadable; this run "
-                            "cannot be resumed (start a new one)") from None
+    except (OSError, ValueError, RecursionError):
+        raise unreadable from None
+    stage_states = status.get("stages") if isinstance(status, dict) else None
+    if not isinstance(stage_states, dict) or not all(s in P.STAGES for s in stage_states):
+        raise unreadable
     state = runs.run_state(run_dir, status)
     if state == "ok":
         raise runs.RunError(f"--resume {name}: the run finished ok; nothing to resume")
     if state == "running":
-        info = runs.lock_info(run_dir) or {}
-        raise runs.RunError(f"--resume {name}: the run is still running (pid {info.get('pid')} on {info.get('host')})")
+        raise runs.RunError(f"--resume {name}: the run is still running: "
+                            f"{runs.lock_holder(run_dir, runs.lock_info(run_dir) or {})}")
     own = run_dir / "params.yaml"
     original = P.resolve(own)
     if params_file:
@@ -410,7 +431,7 @@ def cmd_resume(args) -> int:
                                         "leave out --only and --name"))
     try:
         resolved, stages, run_dir, resume = prepare_resume(args.resume, args.params, args.set)
-    except BAD_INPUT as e:
+    except bad_input() as e:
         return _bad("run", e)
     try:
         return execute(resolved, stages, run_dir, args.progress, args.verbose, resume=resume)
@@ -433,8 +454,9 @@ def parse_grid(specs: list[str]) -> dict[str, list[str]]:
 
 
 def _point_name(sweep: str, point: dict[str, str]) -> str:
+    """``<sweep>__<key>-<value>_...``: any character ``params.check_run_name`` refuses becomes '-'."""
     tag = "_".join(f"{k.split('.')[-1]}-{v}" for k, v in point.items())
-    return f"{sweep}__" + re.sub(r"[^A-Za-z0-9_.=-]+", "-", tag)
+    return f"{sweep}__" + re.sub(r"[^A-Za-z0-9_.-]+", "-", tag)
 
 
 def cmd_sweep(args) -> int:
@@ -469,7 +491,7 @@ def cmd_sweep(args) -> int:
         report_params = P.resolve(params_file, args.set)["99_report"]
         for name in [sweep_name, *names]:
             reserved.append(runs.reserve_run_dir(name))
-    except BAD_INPUT as e:
+    except bad_input() as e:
         for d in reserved:  # empty folders this sweep made before another process took a name
             with contextlib.suppress(OSError):
                 d.rmdir()

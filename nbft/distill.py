@@ -36,7 +36,6 @@ fixed completions) and no sequence-level option; imitation is that option here.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import json
 import math
 import time
@@ -204,26 +203,9 @@ def check_tokenizers(teacher: str, student: str, teacher_tok=None, student_tok=N
 
 
 def check_inputs(p: params.DistillParams) -> None:
-    """Before any notebook runs: method names (closest valid one), ranges, the teacher and student specs resolve,
-    the auto student fits in the model, and the student's tokenizer is the teacher's."""
-    for name in p.methods:
-        if name not in METHODS:
-            close = difflib.get_close_matches(name, list(METHODS), n=1)
-            raise params.ParamError(f"07_distill.methods: unknown method '{name}'"
-                                    + (f"; did you mean '{close[0]}'?" if close else f"; valid: {', '.join(METHODS)}"))
-    for key, ok, rule in (("student_layers", p.student_layers >= 1, "at least 1"),
-                          ("max_steps", p.max_steps >= 1, "at least 1"),
-                          ("batch_size", p.batch_size >= 1, "at least 1"),
-                          ("max_new_tokens", p.max_new_tokens >= 1, "at least 1"),
-                          ("speed_prompts", p.speed_prompts >= 1, "at least 1"),
-                          ("n_train", p.n_train >= 0, "0 (all) or more"),
-                          ("n_unlabelled", p.n_unlabelled >= 0, "0 or more"),
-                          ("n_eval", p.n_eval >= 0, "0 (all) or more"),
-                          ("beta", 0.0 <= p.beta <= 1.0, "between 0 and 1"),
-                          ("imitation_temperature", p.imitation_temperature > 0, "above 0"),
-                          ("distill_temperature", p.distill_temperature > 0, "above 0")):
-        if not ok:
-            raise params.ParamError(f"07_distill.{key}: {getattr(p, key)!r} must be {rule}")
+    """Before any notebook runs: the teacher and student specs resolve, the auto student fits in the model, and
+    the student's tokenizer and output size are the teacher's. (Method names and ranges are the parameters'
+    own: ``params`` checks them first.)"""
     for key, names in (("teacher", ("auto", "base")), ("student", ("auto",))):
         value = getattr(p, key)
         if value not in names:
@@ -238,16 +220,19 @@ def check_inputs(p: params.DistillParams) -> None:
     def config(spec):
         return AutoConfig.from_pretrained(models.resolve(spec).path).get_text_config()
 
-    if p.student == "auto" and p.student_layers > config(p.model).num_hidden_layers:
-        raise params.ParamError(f"07_distill.student_layers: {p.student_layers} blocks, but {p.model} has "
-                                f"{config(p.model).num_hidden_layers}")
+    if p.student == "auto":
+        depth = config(p.model).num_hidden_layers
+        if p.student_layers > depth:
+            raise params.ParamError(f"07_distill.student_layers: {p.student_layers} blocks, but {p.model} has {depth}")
     try:
         check_tokenizers(teacher, student)
     except models.ModelError as e:
         raise params.ParamError(f"07_distill: {e}") from None
-    if teacher != student and config(teacher).vocab_size != config(student).vocab_size:
-        raise params.ParamError(f"07_distill.student: {student} has {config(student).vocab_size} output tokens, the "
-                                f"teacher ({teacher}) {config(teacher).vocab_size}; the distillation loss needs the same")
+    if teacher != student:
+        teacher_vocab, student_vocab = config(teacher).vocab_size, config(student).vocab_size
+        if teacher_vocab != student_vocab:
+            raise params.ParamError(f"07_distill.student: {student} has {student_vocab} output tokens, the teacher "
+                                    f"({teacher}) {teacher_vocab}; the distillation loss needs the same")
 
 
 # ---------------------------------------------------------------- data

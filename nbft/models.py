@@ -133,12 +133,28 @@ def ensure_builtin(spec: str) -> Path:
     return folder
 
 
-def _hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+def hub_offline() -> bool:
+    """Offline mode as huggingface_hub itself decided it (it reads HF_HUB_OFFLINE once, on import; without the
+    package: the variable, read its way: 1, true, yes or on)."""
+    try:
+        from huggingface_hub import constants
+
+        return bool(constants.HF_HUB_OFFLINE)
+    except ImportError:
+        return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
 
 
-WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin", "*.safetensors.index.json")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+#: Weight files ``load_model`` (``from_pretrained``) loads: safetensors (one file or shards), or PyTorch's
+#: pytorch_model.bin (or its shards). An index file alone is not weights.
+WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin")
+#: A tokenizer: tokenizer.json (fast), or tokenizer_config.json with the vocabulary file a slow tokenizer reads.
+TOKENIZER_VOCAB_FILES = ("tokenizer.model", "vocab.json", "vocab.txt", "spiece.model", "sentencepiece.bpe.model")
+
+
+def has_tokenizer(folder: Path) -> bool:
+    """tokenizer.json, or tokenizer_config.json plus a vocabulary file (``TOKENIZER_VOCAB_FILES``)."""
+    return (folder / "tokenizer.json").is_file() or ((folder / "tokenizer_config.json").is_file()
+                                                     and any((folder / f).is_file() for f in TOKENIZER_VOCAB_FILES))
 
 
 def folder_problem(folder: Path) -> str:
@@ -148,8 +164,9 @@ def folder_problem(folder: Path) -> str:
         return "not found"
     missing = [what for what, ok in (
         ("config.json", (folder / "config.json").is_file()),
-        ("weights (*.safetensors or pytorch_model.bin)", any(any(folder.glob(g)) for g in WEIGHT_FILES)),
-        ("tokenizer (tokenizer.json or tokenizer_config.json)", any((folder / f).is_file() for f in TOKENIZER_FILES)),
+        ("weights (*.safetensors or pytorch_model*.bin)", any(any(folder.glob(g)) for g in WEIGHT_FILES)),
+        ("tokenizer (tokenizer.json, or tokenizer_config.json with tokenizer.model or vocab.json)",
+         has_tokenizer(folder)),
     ) if not ok]
     return f"exists but has no {', no '.join(missing)}: not a model folder (save_pretrained)" if missing else ""
 
@@ -194,7 +211,7 @@ def resolve(spec: str) -> ModelSource:
             path = snapshot_download(spec, allow_patterns=["*.json", "*.safetensors", "*.model", "*.jinja", "*.txt"])
             return ModelSource(spec, path, "hub", f"hub id {spec} (local snapshot {path})")
         except Exception as e:  # offline, missing, gated ...
-            why = "HF_HUB_OFFLINE=1 and not in the local hub cache" if _hub_offline() else type(e).__name__
+            why = "HF_HUB_OFFLINE=1 and not in the local hub cache" if hub_offline() else type(e).__name__
             tried.append(f"hub id '{spec}': {why}")
     else:
         tried.append(f"hub id: '{spec}' is not of the form owner/name")

@@ -8,6 +8,8 @@ notebook stem::
     02_sft:
       epochs: 3
 
+The common fields (``Common``) are set in ``common`` only: a stage section that sets one is refused (a run's
+params.yaml, which ``nbft run --resume`` reads, keeps one value of each for every stage).
 Every notebook's ``parameters`` cell holds exactly the fields of its dataclass
 (the common fields first), with the same defaults; ``tests/test_params.py``
 checks that.  Validation runs before any notebook does: an unknown key fails
@@ -26,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from . import files
 
 
 class ParamError(ValueError):
@@ -65,7 +69,7 @@ def params_dataclass(cls):
 
 
 # ---------------------------------------------------------------- the names list parameters choose from
-# Copies of the tables that own them (params is a leaf: it imports no other nbft module); tests/test_params.py
+# Copies of the tables that own them (params imports no other nbft module but the leaf ``files``); tests/test_params.py
 # checks each against its table.
 
 DEMO_TASKS = ("json_qa", "sort_numbers", "uppercase", "count_items", "reverse_list")  # nbft.tasks.TASKS
@@ -651,13 +655,10 @@ def parse_profile(path: str | Path) -> dict[str, dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise ParamError(f"parameter file not found: {path}")
-    blob = path.read_bytes()
     try:
-        text = blob.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = blob.count(b"\n", 0, e.start) + 1
-        raise ParamError(f"{path} line {line}: not UTF-8 text "
-                         f"(byte 0x{blob[e.start]:02x}); save the file as UTF-8") from None
+        text = files.read_text(path)
+    except files.DecodeError as e:
+        raise ParamError(str(e)) from None
     try:
         data = load_yaml(text) or {}
     except yaml.YAMLError as e:
@@ -680,11 +681,12 @@ def parse_profile(path: str | Path) -> dict[str, dict[str, Any]]:
             raise ParamError(f"{where}section '{sec}' must be a mapping of key: value")
         cls = Common if sec == COMMON else STAGES[sec]
         hints = typing.get_type_hints(cls)
-        valid = field_names(cls)
-        if sec != COMMON:  # common keys belong in the common section
-            valid = [k for k in valid if k not in common_names()] + common_names()
+        valid = field_names(cls) if sec == COMMON else [k for k in field_names(cls) if k not in common_names()]
         for key, value in body.items():
             where = f"{path} line {lines.get((str(sec), str(key)), '?')}: {sec}."
+            if sec != COMMON and key in common_names():  # to_yaml (a run's params.yaml) keeps one value for all
+                raise ParamError(f"{where}{key}: a common parameter (one value for every stage): put it under "
+                                 f"'{COMMON}:'")
             if key not in hints:
                 raise ParamError(f"{where}{key}: unknown parameter{_closest(str(key), valid)}")
             body[key] = check_value("", value, hints[key], where=f"{where}{key}")

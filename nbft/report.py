@@ -198,6 +198,14 @@ def findings(loaded: dict[str, dict], stages: list[str], diff: list[dict]) -> li
 
 # ---------------------------------------------------------------- the run's index page
 
+def point_result(exit_code: int | None) -> str:
+    """A sweep point's result from its ``nbft run`` exit code: ok, failed, interrupted (a signal: 128 + its
+    number), or not run (the sweep stopped before it: no exit code)."""
+    if exit_code is None:
+        return "not run"
+    return "ok" if exit_code == 0 else "interrupted" if exit_code > 128 else "failed"
+
+
 def index_page(run_dir: str | Path) -> str:
     """The HTML of ``runs/<run>/index.html`` (see ``write_index``)."""
     import jinja2
@@ -214,7 +222,7 @@ def index_page(run_dir: str | Path) -> str:
                        "headline": [(k, fmt(v)) for k, v in headline(s, metrics.get(s, {})).items()]})
     sweep = runs.read_json(run_dir / "sweep.json", None) or {}
     points = [{"run": pt["run"], "values": ", ".join(f"{k}={v}" for k, v in pt["values"].items()),
-               "result": "ok" if pt["exit_code"] == 0 else "failed"} for pt in sweep.get("points", [])]
+               "result": point_result(pt.get("exit_code"))} for pt in sweep.get("points", [])]
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES / "run_index")), autoescape=True)
     return env.get_template("index.html.j2").render(
         name=run_dir.name, state=str(status.get("state", "unknown")), stages=stages, points=points,

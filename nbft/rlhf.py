@@ -524,11 +524,11 @@ def starting_policy(run, p) -> tuple[str, str]:
 
 
 def check_policy(policy: str) -> None:
-    """``policy`` is auto, base, or a model folder; raises ValueError naming the parameter otherwise."""
+    """``policy`` is auto, base, or a model folder; raises ModelError naming the parameter otherwise."""
     if policy not in ("auto", "base"):
         problem = models.folder_problem(Path(policy))
         if problem:
-            raise ValueError(f"04_rlhf.policy: {policy!r} is not auto, base, or a model folder ({problem})")
+            raise models.ModelError(f"04_rlhf.policy: {policy!r} is not auto, base, or a model folder ({problem})")
 
 
 def model_folder(spec: str) -> str:

@@ -120,13 +120,20 @@ def _proc_start(pid: int) -> str | None:
         return None
 
 
+def _parse_lock(raw: bytes) -> dict | None:
+    try:
+        info = json.loads(raw)
+    except ValueError:
+        return None
+    return info if isinstance(info, dict) else None
+
+
 def lock_info(run_dir: Path) -> dict | None:
     """Who holds the run's lock: {"pid", "host", "started", "proc_start"}, or None (no lock or unreadable)."""
     try:
-        info = json.loads((Path(run_dir) / LOCK_FILE).read_text())
-    except (OSError, ValueError):
+        return _parse_lock((Path(run_dir) / LOCK_FILE).read_bytes())
+    except OSError:
         return None
-    return info if isinstance(info, dict) else None
 
 
 def holder_alive(info: dict) -> bool | None:
@@ -146,37 +153,62 @@ def holder_alive(info: dict) -> bool | None:
     return info.get("proc_start") is None or start is None or start == info.get("proc_start")
 
 
+def lock_holder(run_dir: Path, info: dict) -> str:
+    """Who holds the run's lock and what to do, in words: wait or stop it; for a holder on another host (this
+    host cannot check its processes), also how to free the run if that process is gone."""
+    path = Path(run_dir) / LOCK_FILE
+    out = f"pid {info.get('pid')} on {info.get('host')} (since {info.get('started')}): wait for it, or stop it first"
+    if holder_alive(info) is None:
+        out += f"; this host cannot check {info.get('host')}'s processes: if that process is gone, delete {path}"
+    return out
+
+
+def _create_lock(path: Path, content: bytes) -> bool:
+    """Create ``path`` holding ``content``, never visible half-written: the content goes to a temp file first,
+    then ``os.link`` makes it ``path`` (refused when ``path`` exists). False when it exists."""
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{time.monotonic_ns()}")
+    try:
+        with open(tmp, "xb") as f:
+            f.write(content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
 def acquire(run_dir: Path) -> dict:
     """Take the run's lock (``.lock``: pid, host, start time), held while this process writes the run.
 
-    A lock left by a process that no longer runs (a crash, ``kill -9``) is taken over; one held by a live
-    process is an error naming it.
+    The lock file appears with its content whole (``_create_lock``). A lock left by a process that no longer runs
+    (a crash, ``kill -9``) is taken over: moved aside under ``files.locked``, and only if it still holds the bytes
+    judged stale, so two processes taking over one stale lock never both win. One held by a live process is an
+    error naming it.
     """
     path = Path(run_dir) / LOCK_FILE
     me = {"pid": os.getpid(), "host": platform.node(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
           "proc_start": _proc_start(os.getpid())}
-    for _ in range(3):
+    for _ in range(5):
+        if _create_lock(path, json.dumps(me).encode()):
+            return me
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            info = lock_info(run_dir)
-            if info is None:  # being written right now, or garbage: look again
-                time.sleep(0.2)
-                info = lock_info(run_dir) or {}
-            alive = holder_alive(info) if info else False
-            if alive or alive is None:
-                raise RunError(f"run '{Path(run_dir).name}' is being written by pid {info.get('pid')} on "
-                               f"{info.get('host')} (since {info.get('started')}); wait for it, or stop it first")
-            try:  # stale: move it aside (only one process wins the rename), then take it
-                os.rename(path, path.with_name(f"{LOCK_FILE}.stale-{info.get('pid')}"))
+            raw = path.read_bytes()
+        except FileNotFoundError:  # released or moved aside just now: try again
+            continue
+        info = _parse_lock(raw)
+        alive = holder_alive(info) if info else False  # unreadable: nbft never writes one (it appears whole)
+        if alive or alive is None:
+            raise RunError(f"run '{Path(run_dir).name}' is being written by {lock_holder(run_dir, info)}")
+        with files.locked(path):  # stale: move it aside, unless another process took it over meanwhile
+            try:
+                if path.read_bytes() == raw:
+                    os.replace(path, path.with_name(f"{LOCK_FILE}.stale-{(info or {}).get('pid')}"))
             except FileNotFoundError:
                 pass
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(me))
-            f.flush()
-            os.fsync(f.fileno())
-        return me
     raise RunError(f"run '{Path(run_dir).name}': cannot take its lock {path}")
 
 
@@ -303,6 +335,8 @@ def open_run(p, stage: str) -> Run:
 
     In a pipeline, ``nbft run`` has made ``runs/<run_name>``; a notebook run on its own
     (empty ``run_name``) gets a new ``runs/<timestamp>-<stage>``. Records env.json if absent.
+    A notebook run by hand (not by ``nbft run``: ``NBFT_RUNNER`` unset) into a run whose ``.lock`` a live
+    process other than this one holds is refused: that ``nbft run`` is writing it.
     """
     from . import models, params
 
@@ -312,6 +346,10 @@ def open_run(p, stage: str) -> Run:
         path = root / p.run_name
         if path.resolve().parent != root.resolve():
             raise params.ParamError(f"run_name {p.run_name!r}: the run folder must be directly under {root}")
+        info = lock_info(path) if os.environ.get(RUNNER_ENV) != "1" else None
+        if info and holder_alive(info) and (info.get("pid"), info.get("host")) != (os.getpid(), platform.node()):
+            raise RunError(f"run_name {p.run_name!r}: that run is being written by {lock_holder(path, info)} "
+                           "(or pick another run_name)")
         path.mkdir(parents=True, exist_ok=True)
     else:
         path = reserve_run_dir(prefix=stage)
@@ -409,7 +447,7 @@ def environment(p=None) -> dict:
                 "torch_threads": torch.get_num_threads()},
         "gpu": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
         "git": _git_commit(),
-        "hub_offline": hub_offline(),
+        "hub_offline": models.hub_offline(),
     }
     if p is not None:
         env["seed"] = p.seed
@@ -433,8 +471,10 @@ def kernel_env(run: "Run") -> dict:
     huggingface_hub sees it, device and precision. ``setup`` records it in env.json under kernels.<stage>."""
     import torch
 
+    from . import models
+
     return {"python": sys.executable, "pid": os.getpid(), "torch_threads": torch.get_num_threads(),
-            "hub_offline": hub_offline(), "device": run.device, "precision": run.precision,
+            "hub_offline": models.hub_offline(), "device": run.device, "precision": run.precision,
             "env": {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "HF_HUB_DISABLE_TELEMETRY", "OMP_NUM_THREADS",
                                                     "TOKENIZERS_PARALLELISM", RUNS_ENV)}}
 
@@ -446,16 +486,6 @@ def record_kernel_env(run: "Run") -> None:
         kernels = env.get("kernels") if isinstance(env.get("kernels"), dict) else {}
         env["kernels"] = {**kernels, run.stage: kernel_env(run)}
         files.write_json(path, env)
-
-
-def hub_offline() -> bool:
-    """Offline mode as huggingface_hub itself decided it (it reads HF_HUB_OFFLINE once, on import)."""
-    try:
-        from huggingface_hub import constants
-
-        return bool(constants.HF_HUB_OFFLINE)
-    except ImportError:
-        return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
 
 
 # ---------------------------------------------------------------- status and listing

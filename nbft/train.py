@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from . import models
+from . import files, models
 
 SCOPES = ("lora", "freeze", "full")
 MODES = ("instruction", "continued_pretraining")
@@ -224,8 +224,11 @@ def finish(model):
 
 @dataclass
 class TrainResult:
-    """A finished training run: the trained ``model`` (eval mode), its ``trainer``, the time it took,
-    the tokens it trained on, the eval loss (if it had validation data) and the log history."""
+    """A finished training run: the trained ``model`` (eval mode), its ``trainer``, the time it took (a resumed
+    call: the training time before the resume, as its checkpoint recorded it, plus the time after), the tokens it
+    trained on, the eval loss (if it had validation data) and the log history. ``resumed_from_step``: set when the
+    call resumed from a checkpoint that did not record its training time; ``seconds`` then counts only the part
+    after it, and ``tokens_per_second`` is None."""
 
     model: Any
     trainer: Any
@@ -234,9 +237,12 @@ class TrainResult:
     train_tokens: int = 0
     eval_loss: float | None = None
     log_history: list[dict] = field(default_factory=list)
+    resumed_from_step: int | None = None
 
     @property
-    def tokens_per_second(self) -> float:
+    def tokens_per_second(self) -> float | None:
+        if self.resumed_from_step is not None:
+            return None
         return self.train_tokens / self.seconds if self.seconds else float("nan")
 
     def release(self) -> None:
@@ -244,6 +250,34 @@ class TrainResult:
         trainer with its optimizer state; the numbers stay."""
         model, self.model, self.trainer = self.model, None, None
         models.release(model)
+
+
+#: In each checkpoint ``fit`` makes: {"seconds": training seconds up to that checkpoint, "step": its step}.
+CLOCK_FILE = "nbft_clock.json"
+
+
+def checkpoint_seconds(checkpoint: Path) -> float | None:
+    """The training seconds up to ``checkpoint`` (its ``CLOCK_FILE``), or None when it has no readable record."""
+    try:
+        seconds = json.loads((Path(checkpoint) / CLOCK_FILE).read_text()).get("seconds")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return float(seconds) if isinstance(seconds, (int, float)) and seconds >= 0 else None
+
+
+def _clock(earlier: float, started: list[float]):
+    """A callback: each checkpoint records the training seconds up to it (``earlier`` plus this call's, timed from
+    ``started[0]``) in its ``CLOCK_FILE``."""
+    from transformers import TrainerCallback
+
+    class Clock(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if folder.is_dir():
+                files.write_json(folder / CLOCK_FILE, {"seconds": earlier + time.perf_counter() - started[0],
+                                                       "step": state.global_step})
+
+    return Clock()
 
 
 def fit(trainer, evaluate: bool = False) -> TrainResult:
@@ -254,7 +288,10 @@ def fit(trainer, evaluate: bool = False) -> TrainResult:
     In a run folder (``checkpoint_into``, trainer saving every ``save_steps``) the trainer checkpoints into
     ``<run>/checkpoints/<stage>/<NN>-<trainer>-<fingerprint>/`` and, when that folder already has a checkpoint
     (the stage is running again after a crash), resumes from it: model, optimizer, scheduler, RNG state, data
-    position and log history, so the result equals an uninterrupted run. A finished call's last checkpoint has
+    position and log history, so the model, the log and the tokens trained on equal an uninterrupted run's.
+    Each checkpoint records the training seconds up to it (``CLOCK_FILE``), and a resumed call adds them to its
+    own; a checkpoint without that record gives ``resumed_from_step`` and no ``tokens_per_second``
+    (``TrainResult``). A finished call's last checkpoint has
     no optimizer state (a resumed stage loads it instead of training again); ``nbft run`` deletes a stage's
     checkpoints once the stage ends ok. Trainers whose checkpoint cannot restore their training (``resumable``)
     do not checkpoint."""
@@ -262,17 +299,25 @@ def fit(trainer, evaluate: bool = False) -> TrainResult:
 
     trainer.remove_callback(PrinterCallback)
     slot = resume = None
+    started = [time.perf_counter()]
     if trainer.args.save_strategy == "steps" and not resumable(trainer.model):
         from transformers.trainer_utils import SaveStrategy
 
         trainer.args.save_strategy = SaveStrategy.NO  # its checkpoint could not bring the training back
+    earlier, resumed_from = 0.0, None
     if CHECKPOINTING.folder is not None and trainer.args.save_strategy == "steps":
         CHECKPOINTING.calls += 1
         slot = CHECKPOINTING.folder / (f"{CHECKPOINTING.calls:02d}-{type(trainer).__name__}-"
                                        f"{_fingerprint(trainer, trainer.args.output_dir)}")
         trainer.args.output_dir = str(slot)
         resume = last_checkpoint(slot)
+        if resume is not None:
+            recorded = checkpoint_seconds(resume)
+            earlier = recorded or 0.0
+            if recorded is None:
+                resumed_from = int(resume.name.removeprefix("checkpoint-"))
         trainer.add_callback(_final_checkpoint_light(trainer))
+        trainer.add_callback(_clock(earlier, started))  # before the test's kill hook: the record is on disk first
         hook = _kill_hook()
         if hook is not None:
             trainer.add_callback(hook)
@@ -285,21 +330,22 @@ def fit(trainer, evaluate: bool = False) -> TrainResult:
             trainer._total_train_tokens = int(logged[-1])
         print(f"{'loading the finished' if finished else 'resuming'} {type(trainer).__name__} from {resume} "
               f"(step {state.get('global_step')} of {state.get('max_steps')})")
-    t0 = time.perf_counter()
+    started[0] = time.perf_counter()
     if finished:  # train() would run one more step past max_steps before it noticed: load, don't train
         from transformers import TrainerState
 
         trainer._load_from_checkpoint(str(resume))
         trainer.state = TrainerState.load_from_json(str(resume / "trainer_state.json"))
         trainer._load_rng_state(str(resume))  # the RNG as the finished call left it
+        seconds = earlier  # loading is not training
     else:
         trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
-    seconds = time.perf_counter() - t0
+        seconds = earlier + time.perf_counter() - started[0]
     eval_loss = trainer.evaluate()["eval_loss"] if evaluate else None
     logs = [r for r in trainer.state.log_history if "num_tokens" in r and "eval_loss" not in r]
     tokens = int(logs[-1]["num_tokens"]) if logs else 0  # TRL counts the non-padding tokens trained on
     return TrainResult(finish(trainer.model), trainer, seconds, trainer.state.global_step, tokens, eval_loss,
-                       list(trainer.state.log_history))
+                       list(trainer.state.log_history), resumed_from)
 
 
 def _final_checkpoint_light(trainer):

@@ -419,3 +419,32 @@ def test_the_table_is_big_enough():
     assert len(ROWS) >= 100 and len({r.id for r in ROWS}) == len(ROWS)
     stages = {a for r in ROWS for a in r.args if a in params.STAGES}
     assert stages >= {"01_data_prep", "04_rlhf", "05_rag_vs_ft", "06_classify", "07_distill", "99_report"}
+
+
+@pytest.mark.parametrize("bug", [ValueError("a bug in nbft"), OSError("a bug in nbft"), KeyError("a bug in nbft")],
+                         ids=lambda e: type(e).__name__)
+def test_a_bug_in_preflight_is_shown_in_full_not_as_bad_input(bug, tmp_path, monkeypatch, capsys):
+    """Only nbft's own input errors (and a taken name, a missing file) are one line and exit 2: anything else raised
+    while checking is a bug in nbft, and its traceback shows."""
+    monkeypatch.setenv("NBFT_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.chdir(ROOT)
+
+    def preflight(resolved, stages):
+        raise bug
+
+    monkeypatch.setattr(cli, "preflight", preflight)
+    with pytest.raises(type(bug), match="a bug in nbft"):
+        cli.main(["run", "--params", SMOKE, "--only", "01_data_prep", "--no-progress"])
+    assert "error" not in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_bad_input_is_nbft_own_errors():
+    from nbft import data, files, models
+
+    caught = cli.bad_input()
+    for own in (params.ParamError, data.DataError, models.ModelError, runs.RunError, files.DecodeError,
+                FileExistsError, FileNotFoundError):
+        assert issubclass(own, caught), own
+    for other in (ValueError, OSError, TypeError, KeyError, RecursionError):
+        assert not issubclass(other, caught), other

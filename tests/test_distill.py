@@ -131,16 +131,18 @@ def test_a_student_with_another_output_size_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("kw, message", [
-    (dict(methods=["student_base", "imitaton"]), "unknown method 'imitaton'; did you mean 'imitation'?"),
-    (dict(beta=1.5), "07_distill.beta: 1.5 must be between 0 and 1"),
-    (dict(max_steps=0), "07_distill.max_steps: 0 must be at least 1"),
+    (dict(methods=["student_base", "imitaton"]), "methods[1]: 'imitaton' is not one of"),
+    (dict(methods=["student_base", "imitaton"]), "did you mean 'imitation'?"),
+    (dict(beta=1.5), "beta: 1.5 is out of range: must be in [0, 1]"),
+    (dict(max_steps=0), "max_steps: 0 is out of range: must be >= 1"),
     (dict(student_layers=3), "07_distill.student_layers: 3 blocks, but tiny-llama has 2"),
-    (dict(distill_temperature=0.0), "distill_temperature: 0.0 must be above 0"),
+    (dict(distill_temperature=0.0), "distill_temperature: 0.0 is out of range: must be > 0"),
     (dict(teacher="no/such-model"), "07_distill.teacher: cannot resolve model 'no/such-model'"),
 ])
 def test_check_inputs_names_the_parameter(kw, message):
+    """As ``nbft run`` checks them: the parameters (names, ranges) first, then ``check_inputs`` (models)."""
     with pytest.raises(params.ParamError) as e:
-        distill.check_inputs(small(**kw))
+        distill.check_inputs(params.build("07_distill", {**dataclasses.asdict(small()), **kw}))
     assert message in str(e.value)
 
 

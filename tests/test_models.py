@@ -69,3 +69,58 @@ def test_precision_choice(asked, device, expected):
 
 def test_auto_precision_follows_cpu():
     assert models.pick_precision("auto", "cpu") == ("bf16" if models.cpu_supports_bf16() else "fp32")
+
+
+# ---------------------------------------------------------------- review fixes: model folders, offline mode
+
+@pytest.mark.parametrize("files, problem", [
+    ({"tokenizer.json": "{}"}, ""),
+    ({"tokenizer_config.json": "{}", "tokenizer.model": "x"}, ""),
+    ({"tokenizer_config.json": "{}", "vocab.json": "{}", "merges.txt": ""}, ""),
+    ({"tokenizer_config.json": "{}"}, "no tokenizer"),  # a config names a tokenizer; it is not one
+    ({"special_tokens_map.json": "{}", "vocab.json": "{}"}, "no tokenizer"),
+])
+def test_a_folder_has_a_tokenizer_only_with_one_that_loads(tmp_path, files, problem):
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    got = models.folder_problem(tmp_path)
+    assert (problem in got) if problem else got == "", got
+
+
+@pytest.mark.parametrize("weights, ok", [
+    (["model.safetensors"], True), (["model-00001-of-00002.safetensors", "model.safetensors.index.json"], True),
+    (["pytorch_model.bin"], True), (["pytorch_model-00001-of-00002.bin"], True),
+    (["model.safetensors.index.json"], False),  # an index without its shards is no weights
+])
+def test_a_folder_has_weights_only_with_files_load_model_loads(tmp_path, weights, ok):
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "tokenizer.json").write_text("{}")
+    for name in weights:
+        (tmp_path / name).write_bytes(b"")
+    assert (models.folder_problem(tmp_path) == "") is ok
+
+
+def test_a_pytorch_bin_folder_loads(tiny, tmp_path):
+    """pytorch_model.bin is accepted as weights because load_model loads it."""
+    model, tok = tiny
+    model.config.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
+    assert models.folder_problem(tmp_path) == ""
+    again, _ = models.load_model(str(tmp_path), "cpu", tokenizer=tok)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+
+
+def test_one_offline_test_shared_by_models_and_runs(monkeypatch):
+    from huggingface_hub import constants
+
+    from nbft import runs
+
+    assert not hasattr(runs, "hub_offline") and not hasattr(models, "_hub_offline")
+    assert models.hub_offline() is bool(constants.HF_HUB_OFFLINE)
+    monkeypatch.setitem(__import__("sys").modules, "huggingface_hub", None)  # no package: the variable decides
+    for value, offline in (("on", True), ("1", True), ("TRUE", True), ("yes", True), ("0", False), ("off", False)):
+        monkeypatch.setenv("HF_HUB_OFFLINE", value)
+        assert models.hub_offline() is offline, value

@@ -99,9 +99,30 @@ def test_invalid_choice_is_rejected(tmp_path):
         P.resolve(write(tmp_path, "common:\n  device: gpu\n"))
 
 
-def test_common_key_in_stage_section_is_allowed_per_stage(tmp_path):
-    r = P.resolve(write(tmp_path, "common:\n  seed: 3\n02_sft:\n  seed: 5\n"))
-    assert r["01_data_prep"].seed == 3 and r["02_sft"].seed == 5
+@pytest.mark.parametrize("key, value", [("seed", 5), ("model", "tiny-llama"), ("save_steps", 0), ("device", "cpu")])
+def test_common_key_in_stage_section_is_refused_naming_section_and_key(tmp_path, key, value):
+    """A run's params.yaml (what --resume reads) keeps one value of each common key: a per-stage one would be lost."""
+    with pytest.raises(P.ParamError) as e:
+        P.resolve(write(tmp_path, f"common:\n  seed: 3\n02_sft:\n  epochs: 1\n  {key}: {value}\n"))
+    assert str(e.value) == f"{tmp_path / 'p.yaml'} line 5: 02_sft.{key}: a common parameter (one value for every " \
+                           "stage): put it under 'common:'"
+
+
+def test_every_shipped_profile_loads_and_round_trips(root, tmp_path):
+    shipped = sorted((root / "params").glob("*.yaml"))
+    assert len(shipped) >= 2
+    for path in shipped:
+        resolved = P.resolve(path)
+        again = tmp_path / path.name
+        again.write_text(P.to_yaml(resolved))
+        assert P.resolve(again) == resolved, path.name
+
+
+def test_a_profile_that_is_not_utf8_names_file_line_and_column(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_bytes(b"common:\n  seed: 1\n  model: caf\xe9\n")
+    with pytest.raises(P.ParamError, match=r"p.yaml line 3: not UTF-8 text \(byte 0xe9 at column 13\)"):
+        P.resolve(path)
 
 
 def test_invalid_yaml_names_line(tmp_path):

@@ -199,3 +199,15 @@ def test_hostile_names_and_texts_are_escaped_in_every_page_nbft_writes(runs_dir,
     path = tmp_path / "hostile.ipynb"
     nbformat.write(nb, path)
     assert_inert(export.export_html(path).read_text())
+
+
+def test_sweep_points_say_ok_failed_interrupted_or_not_run(runs_dir):
+    d = runs_dir / "sw"
+    d.mkdir(parents=True)
+    codes = {"a": 0, "b": 1, "c": 130, "d": 143, "e": None}
+    (d / "sweep.json").write_text(json.dumps({"points": [{"run": r, "values": {"k": r}, "exit_code": c}
+                                                          for r, c in codes.items()]}))
+    page = report.index_page(d)
+    results = {r: page.split(f">{r}</a>", 1)[1].split("</tr>", 1)[0].rsplit("<td>", 1)[1].split("<", 1)[0]
+               for r in codes}
+    assert results == {"a": "ok", "b": "failed", "c": "interrupted", "d": "interrupted", "e": "not run"}

@@ -317,3 +317,178 @@ def test_papermill_run_name_outside_runs_fails_and_writes_nothing_outside(tmp_pa
         assert "letters, digits" in proc.stderr + out.read_text()
         assert sorted(p.name for p in (tmp_path / "area").iterdir()) == [] and not (tmp_path / "x").exists()
         assert not Path("/tmp/x-nbft-escape").exists()
+
+
+# ---------------------------------------------------------------- review fixes: the run lock, resume, export, sweep names
+
+HOLD_LOCK = """
+import sys
+from pathlib import Path
+from nbft import runs
+runs.acquire(Path(sys.argv[1]))
+print("took", flush=True)
+sys.stdin.read()
+runs.release(Path(sys.argv[1]))
+"""
+
+
+def test_a_stale_lock_taken_over_by_two_processes_at_once_has_one_winner(tmp_path, monkeypatch):
+    """This process judges a dead holder's lock stale; before it moves the lock aside, another process takes the
+    stale lock over. The live lock of that process must not be moved aside: it holds the run, this one is refused."""
+    (tmp_path / ".lock").write_text(json.dumps({"pid": DEAD_PID, "host": platform.node(), "started": "-"}))
+    real, other = runs.holder_alive, []
+
+    def judged_then_raced(info):
+        alive = real(info)
+        if not other:  # between the judgement and the takeover
+            other.append(subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(tmp_path)], stdin=subprocess.PIPE,
+                                          stdout=subprocess.PIPE, text=True, cwd=ROOT))
+            assert other[0].stdout.readline().strip() == "took"
+        return alive
+
+    monkeypatch.setattr(runs, "holder_alive", judged_then_raced)
+    try:
+        with pytest.raises(runs.RunError, match="being written by pid (\\d+)") as e:
+            runs.acquire(tmp_path)
+        assert f"pid {other[0].pid} " in str(e.value)
+        assert runs.lock_info(tmp_path)["pid"] == other[0].pid  # the winner's lock is in place
+    finally:
+        for proc in other:
+            proc.communicate("", timeout=60)
+    assert runs.lock_info(tmp_path) is None  # the winner released it
+
+
+def test_a_lock_appears_with_its_content_whole(tmp_path, monkeypatch):
+    """A reader that finds .lock empty would judge it stale: the content is made before the file appears."""
+    class SpyJson:
+        loads = staticmethod(json.loads)
+
+        @staticmethod
+        def dumps(obj, **kw):
+            seen.append((tmp_path / ".lock").exists())
+            return json.dumps(obj, **kw)
+
+    seen = []
+    monkeypatch.setattr(runs, "json", SpyJson)
+    me = runs.acquire(tmp_path)
+    assert seen == [False] and runs.lock_info(tmp_path) == me
+    runs.release(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == []  # no temp file left
+
+
+def test_a_garbage_lock_is_taken_over_once(tmp_path):
+    (tmp_path / ".lock").write_text("")
+    assert runs.acquire(tmp_path)["pid"] == os.getpid()
+    assert (tmp_path / ".lock.stale-None").read_text() == ""
+    runs.release(tmp_path)
+
+
+def test_a_run_locked_on_another_host_says_how_to_free_it(runs_dir):
+    from nbft import cli
+
+    d = runs_dir / "far"
+    d.mkdir(parents=True)
+    status = {"state": "running", "stages": {"01_data_prep": "running"}}
+    (d / "status.json").write_text(json.dumps(status))
+    (d / ".lock").write_text(json.dumps({"pid": 4242, "host": "elsewhere", "started": "-"}))
+    assert runs.run_state(d, status) == "running"  # this host cannot tell it crashed
+    for call in (lambda: cli.prepare_resume("far", None, []), lambda: runs.acquire(d)):
+        with pytest.raises(runs.RunError) as e:
+            call()
+        message = str(e.value)
+        assert "pid 4242 on elsewhere" in message and f"if that process is gone, delete {d / '.lock'}" in message
+        assert "\n" not in message
+    assert json.loads((d / ".lock").read_text())["host"] == "elsewhere"  # behaviour otherwise unchanged
+
+
+@pytest.mark.parametrize("status", ['{"state": "failed", "stages": ["01_data_prep"]}', '{"state": "failed"}',
+                                    '["running"]', '{"state": "failed", "stages": {"02_sfft": "ok"}}', "{{"])
+def test_resume_refuses_a_malformed_status(runs_dir, status):
+    from nbft import cli
+
+    (runs_dir / "odd").mkdir(parents=True)
+    (runs_dir / "odd" / "status.json").write_text(status)
+    with pytest.raises(runs.RunError, match="status.json is missing or unreadable; this run cannot be resumed"):
+        cli.prepare_resume("odd", None, [])
+
+
+def test_resume_refuses_a_malformed_status_under_python_O_too(runs_dir):
+    """The check is not an assert (python -O drops those)."""
+    (runs_dir / "odd").mkdir(parents=True)
+    (runs_dir / "odd" / "status.json").write_text('{"state": "failed", "stages": ["01_data_prep"]}')
+    code = ("from nbft import cli, runs\ntry:\n    cli.prepare_resume('odd', None, [])\n"
+            "except runs.RunError as e:\n    print('refused:', e)\n")
+    out = subprocess.run([sys.executable, "-O", "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120,
+                         env={**os.environ, "NBFT_RUNS_DIR": str(runs_dir)})
+    assert out.stdout.startswith("refused: --resume odd:") and "cannot be resumed" in out.stdout, out.stderr[-2000:]
+
+
+def test_a_notebook_by_hand_cannot_write_into_a_run_a_live_nbft_run_holds(runs_dir, monkeypatch):
+    d = runs_dir / "held"
+    d.mkdir(parents=True)
+    p = params.DataPrepParams(model="tiny-llama", run_name="held")
+    holder = subprocess.Popen(["sleep", "120"])
+    try:
+        (d / ".lock").write_text(json.dumps({"pid": holder.pid, "host": platform.node(), "started": "-",
+                                             "proc_start": runs._proc_start(holder.pid)}))
+        monkeypatch.delenv(runs.RUNNER_ENV, raising=False)
+        with pytest.raises(runs.RunError, match=f"run_name 'held': that run is being written by pid {holder.pid} "):
+            runs.open_run(p, "01_data_prep")
+        assert [x.name for x in d.iterdir()] == [".lock"]  # nothing written
+        monkeypatch.setenv(runs.RUNNER_ENV, "1")  # the kernel that nbft run started: its own run
+        assert runs.open_run(p, "01_data_prep").path == d
+    finally:
+        holder.kill()
+        holder.wait()
+    monkeypatch.delenv(runs.RUNNER_ENV)
+    assert runs.open_run(p, "01_data_prep").path == d  # the holder is gone: crashed, the notebook may write
+    (d / ".lock").write_text(json.dumps({"pid": os.getpid(), "host": platform.node(), "started": "-"}))
+    assert runs.open_run(p, "01_data_prep").path == d  # held by this very process
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_a_failed_html_export_is_a_warning_and_never_hides_the_stage_state(runs_dir, monkeypatch, capsys, fails):
+    """The stage's state (ok; or failed with its stage and cell) is in status.json whatever the export does; an
+    export that raises is a warning in status.json and one line on stderr."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    from nbft import cli
+
+    for key in ("PATH", runs.RUNNER_ENV, "HF_HUB_OFFLINE", "HF_HUB_DISABLE_TELEMETRY", "TOKENIZERS_PARALLELISM"):
+        monkeypatch.setenv(key, os.environ.get(key, ""))  # restored afterwards: execute sets them for its kernels
+
+    def execute_notebook(src, out, **kw):
+        Path(out).write_text("{}")
+        if fails:
+            raise PapermillExecutionError(3, 4, "1/0", "ZeroDivisionError", "division by zero", [])
+
+    def export_html(nb_path):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(papermill, "execute_notebook", execute_notebook)
+    monkeypatch.setattr(cli, "_export_html", export_html)
+    monkeypatch.setattr(runs, "write_env", lambda *a, **k: {})
+    run_dir = runs.reserve_run_dir("r")
+    rc = cli.execute({"01_data_prep": params.DataPrepParams(model="tiny-llama")}, ["01_data_prep"], run_dir,
+                     progress=False)
+    status = json.loads((run_dir / "status.json").read_text())
+    if fails:
+        assert rc == cli.EXIT_FAILED and status["state"] == "failed" and status["stages"] == {"01_data_prep": "failed"}
+        assert status["failed_stage"] == "01_data_prep" and status["failed_cell"] == 3
+        assert status["error"] == "ZeroDivisionError: division by zero"
+    else:
+        assert rc == 0 and status["state"] == "ok" and status["stages"] == {"01_data_prep": "ok"}
+    assert status["warnings"] == [f"01_data_prep: HTML report not written (OSError: disk full); the executed "
+                                  f"notebook is {run_dir / '01_data_prep.ipynb'}"]
+    err = capsys.readouterr().err
+    assert [line for line in err.splitlines() if "warning" in line] == [f"nbft run: warning: {status['warnings'][0]}"]
+    assert runs.lock_info(run_dir) is None
+
+
+@pytest.mark.parametrize("value", ["a=b", "x y", "caf\u00e9", "1,2", "a/b", "q_proj=v"])
+def test_a_sweep_point_name_is_always_a_valid_run_name(value):
+    from nbft import cli
+
+    name = cli._point_name("sw", {"02_sft.lora_target": value})
+    assert params.check_run_name(name) == name and name.startswith("sw__lora_target-")

@@ -1,10 +1,11 @@
 """Training wrappers on tiny-llama: LoRA SFT trains only the adapters and learns."""
 import copy
+import time
 
 import pytest
 import torch
 
-from nbft import data, models, params, train
+from nbft import data, files, models, params, train
 
 
 def test_lora_sft_trains_only_adapters(tiny, tmp_path):
@@ -218,3 +219,48 @@ def test_prompt_encoders_are_not_resumable():
     assert not train.resumable(peft_model(PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=2,
                                                              prefix_projection=True)))
     assert train.resumable(torch.nn.Linear(2, 2))
+
+
+def test_a_resumed_call_counts_the_training_seconds_before_the_resume(tiny, tmp_path):
+    """Each checkpoint records the training seconds up to it; a call that resumes from it (or loads it finished)
+    adds them, so tokens per second covers all the tokens and all the time. A checkpoint without the record: the
+    result says where it resumed and gives no tokens per second."""
+    from transformers import TrainerCallback
+
+    class StopAt2(TrainerCallback):  # a crash right after the checkpoint at step 2
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                control.should_training_stop = True
+
+    base, tok = tiny
+    p = params.SFTParams(model="tiny-llama", epochs=1.0, batch_size=8, lora_r=4, lora_alpha=8, max_length=96,
+                         precision="fp32", save_steps=2)
+    prep = data.prepare(params.DataPrepParams(model="tiny-llama", n_examples=40), tok)
+    folder = tmp_path / "checkpoints" / "02_sft"
+
+    def call(callbacks=()):
+        train.checkpoint_into(folder)  # the stage runs (again)
+        return train.sft(copy.deepcopy(base), tok, prep.splits["train"], [], p, learning_rate=1e-2,
+                         peft_config=train.lora_config(p), callbacks=callbacks)
+
+    try:
+        cut = call([StopAt2()])
+        (slot,) = folder.iterdir()
+        at2 = train.last_checkpoint(slot)
+        assert at2.name == "checkpoint-2" and 0 < train.checkpoint_seconds(at2) <= cut.seconds
+        files.write_json(at2 / train.CLOCK_FILE, {"seconds": 1000.0, "step": 2})  # a long first part
+        t0 = time.perf_counter()
+        resumed = call()
+        wall = time.perf_counter() - t0
+        assert resumed.steps > 2 and resumed.resumed_from_step is None
+        assert 1000 < resumed.seconds < 1000 + wall
+        assert resumed.tokens_per_second == pytest.approx(resumed.train_tokens / resumed.seconds)
+        final = train.last_checkpoint(slot)
+        assert final.name == f"checkpoint-{resumed.steps}" and train.checkpoint_seconds(final) >= 1000
+        loaded = call()  # finished: loaded, not trained; its time is the training's
+        assert loaded.seconds == pytest.approx(train.checkpoint_seconds(final)) and loaded.train_tokens == resumed.train_tokens
+        (final / train.CLOCK_FILE).unlink()  # a checkpoint that did not record its time
+        blind = call()
+        assert blind.resumed_from_step == resumed.steps and blind.tokens_per_second is None
+    finally:
+        train.checkpoint_into(None)
