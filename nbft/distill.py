@@ -5,8 +5,9 @@ stronger model's outputs (Alpaca, Vicuna, Koala) copy its style convincingly and
 
 - **Teacher**: this run's 02_sft merged model by default (the demo task's JSON format plus the base model's
   knowledge), or any model spec.
-- **Student**: by default the model with ``student_layers`` of its blocks kept, evenly spaced (first and last
-  included) and initialised from those blocks, the way DistilBERT was made (:func:`keep_blocks` on a loaded model;
+- **Student**: by default the model with ``student_layers`` of its blocks kept and initialised from those blocks,
+  the way DistilBERT was made: the blocks that change their input most (ShortGPT's block influence, first and last
+  always kept; ``student_blocks: evenly`` for evenly spaced ones) (:func:`keep_blocks` on a loaded model;
   :func:`build_student` saves it as a normal model folder); or any model spec whose tokenizer is the teacher's (the
   token-level loss compares the two next-token distributions id by id).
 - **Methods** (``METHODS``, one row each; same prompts, seed and step budget; each starts from a fresh student):
@@ -44,7 +45,7 @@ from pathlib import Path
 
 import torch
 
-from . import data, evaluate, files, models, params, tasks, train
+from . import corpora, data, evaluate, files, models, params, tasks, train
 
 #: The lines the written findings draw (recorded as ``thresholds`` in metrics.json).
 THRESHOLDS = {
@@ -121,18 +122,47 @@ def keep_blocks(model, keep: list[int]):
     return model
 
 
-def build_student(spec: str, n_keep: int, folder: str | Path, tokenizer) -> dict:
-    """Load ``spec``, keep ``n_keep`` evenly spaced blocks (:func:`keep_blocks`), save it to ``folder``.
+@torch.no_grad()
+def block_influence(model, tokenizer, texts: list[str], max_length: int = 128) -> list[float]:
+    """ShortGPT's block influence (Men et al. 2024): per block, 1 - the mean cosine similarity between the hidden
+    state going in and coming out, over every token of ``texts``. A block that barely turns its input (low
+    influence) costs the least to drop."""
+    model.eval()
+    with models.padding_side(tokenizer, "right"):
+        enc = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_length)
+    hs = model(**enc.to(next(model.parameters()).device), output_hidden_states=True).hidden_states
+    mask = enc["attention_mask"].bool()
+    return [float(1 - torch.nn.functional.cosine_similarity(hs[i][mask].float(), hs[i + 1][mask].float(), -1).mean())
+            for i in range(len(hs) - 1)]
 
-    Returns {"path", "source", "source_layers", "kept"} (also written to ``folder/student.json``)."""
+
+def most_influential(influence: list[float], k: int) -> list[int]:
+    """The ``k`` blocks of highest influence, ascending; the first and the last block are always in (``k >= 2``)."""
+    n = len(influence)
+    if not 1 <= k <= n:
+        raise ValueError(f"student_layers: {k} is not between 1 and the model's {n} blocks")
+    ends = [0] if k == 1 else [0, n - 1]
+    rest = sorted((i for i in range(n) if i not in ends), key=lambda i: -influence[i])[:k - len(ends)]
+    return sorted(ends + rest)
+
+
+def build_student(spec: str, n_keep: int, folder: str | Path, tokenizer, how: str = "influence") -> dict:
+    """Load ``spec``, keep ``n_keep`` of its blocks (:func:`keep_blocks`), save it to ``folder``. ``how``:
+    ``influence`` keeps the blocks of highest :func:`block_influence` on the general text, ``evenly`` evenly spaced
+    ones (first and last included).
+
+    Returns {"path", "source", "source_layers", "kept", "how", "influence"} (also written to
+    ``folder/student.json``)."""
     folder = Path(folder)
     model, _ = models.load_model(spec, "cpu", tokenizer=tokenizer)
     n = model.config.get_text_config().num_hidden_layers
-    kept = evenly_spaced(n, n_keep)
+    influence = block_influence(model, tokenizer, corpora.GENERAL_TEXT) if how == "influence" else None
+    kept = most_influential(influence, n_keep) if influence is not None else evenly_spaced(n, n_keep)
     keep_blocks(model, kept)
     models.save(model, tokenizer, folder)
     models.release(model)
-    info = {"path": str(folder), "source": spec, "source_layers": n, "kept": kept}
+    info = {"path": str(folder), "source": spec, "source_layers": n, "kept": kept, "how": how,
+            "influence": influence}
     files.write_json(folder / STUDENT_FILE, info)
     files.write_json(folder / models.SOURCE_FILE, {  # models.resolve reads it (no checksum pass per load)
         "spec": str(folder), "origin": f"{spec} with blocks {kept} of {n} kept (07_distill student)", "sha256": ""})
@@ -163,11 +193,12 @@ def make_student(run, p: params.DistillParams, tokenizer) -> dict:
 
         n = AutoConfig.from_pretrained(models.resolve(p.student).path).get_text_config().num_hidden_layers
         return {"spec": p.student, "note": f"the model {p.student}", "layers": n, "kept": None, "source_layers": None}
-    info = build_student(p.model, p.student_layers, run.artifacts / "student_init", tokenizer)
+    info = build_student(p.model, p.student_layers, run.artifacts / "student_init", tokenizer, p.student_blocks)
+    chosen = "highest block influence" if p.student_blocks == "influence" else "evenly spaced"
     return {"spec": info["path"], "layers": len(info["kept"]), "kept": info["kept"],
-            "source_layers": info["source_layers"],
+            "source_layers": info["source_layers"], "influence": info["influence"],
             "note": f"{p.model} with {len(info['kept'])} of its {info['source_layers']} blocks kept "
-                    f"({', '.join(map(str, info['kept']))}), initialised from them"}
+                    f"({', '.join(map(str, info['kept']))}: {chosen}), initialised from them"}
 
 
 def tokenizer_differences(a, b) -> list[str]:
@@ -482,6 +513,7 @@ def metrics(teacher: dict, base: dict, rows: dict[str, dict], notes: dict, stude
             "methods": {k: metrics_row(r, method=True) for k, r in rows.items()},
             "speedup": base["gen_tokens_per_second"] / speed if speed else None,
             "gap_notes": notes, "student_layers": student["layers"], "student_kept": student["kept"],
+            "student_block_influence": student.get("influence"),
             "imitation_data": None if imitation is None else {
                 "n": len(imitation.replies), "sampling": imitation.sampling, "seconds": imitation.seconds,
                 "task_score": imitation.task_score, "answer_accuracy": imitation.answer_accuracy},

@@ -374,9 +374,12 @@ class DistillParams(EvalArgs, LoraArgs, ScopeArgs, TrainArgs, Common):
     n_eval: int = _f(32, "score at most this many held-out test prompts (0: all)")
     teacher: str = _f("auto", "auto (this run's 02_sft merged model if there is one, else the model) | base (the "
                       "model) | a model spec: a folder, a built-in name or a hub id")
-    student: str = _f("auto", "auto (the model with student_layers of its blocks kept, evenly spaced and initialised "
-                      "from them, DistilBERT style) | a model spec whose tokenizer is the teacher's")
+    student: str = _f("auto", "auto (the model with student_layers of its blocks kept, chosen by student_blocks and "
+                      "initialised from them, DistilBERT style) | a model spec whose tokenizer is the teacher's")
     student_layers: int = _f(10, "auto student: blocks kept (SmolLM2-135M has 30)", min=1)
+    student_blocks: str = _f("influence", "auto student: which blocks: influence (those that change their input "
+                             "most on general text, ShortGPT's block influence; first and last always) | evenly "
+                             "(evenly spaced, first and last included)", ("influence", "evenly"))
     scope: str = _f("full", "what trains in the student: full (every weight) | lora (adapters) | freeze (top "
                     "freeze_top_n blocks)", ("full", "lora", "freeze"))
     methods: list[str] = _f(list(DISTILL_METHODS), "rows of nbft.distill.METHODS, in table order: "

@@ -1,5 +1,6 @@
 """07_distill on the tiny model: the cut-down student, the tokenizer check, each method row, gaps, findings."""
 import dataclasses
+import json
 import math
 
 import pytest
@@ -82,6 +83,37 @@ def test_keep_blocks_refuses_bad_indices(tok):
     for keep in ([], [2, 1], [0, 4], [1, 1]):
         with pytest.raises(ValueError, match="ascending"):
             distill.keep_blocks(four_layer_llama(tok), keep)
+
+
+def test_block_influence_is_one_minus_the_cosine_of_each_block_in_and_out(tok):
+    model = four_layer_llama(tok)
+    texts = ["The cat sat on the mat.", "Water boils at one hundred degrees."]
+    influence = distill.block_influence(model, tok, texts)
+    assert len(influence) == 4 and all(0.0 <= x <= 2.0 for x in influence)
+    enc = tok(texts[:1], return_tensors="pt")
+    with torch.no_grad():
+        hs = model(**enc, output_hidden_states=True).hidden_states
+    alone = distill.block_influence(model, tok, texts[:1])
+    by_hand = 1 - torch.nn.functional.cosine_similarity(hs[2][0], hs[3][0], -1).mean()
+    assert alone[2] == pytest.approx(float(by_hand), abs=1e-5)
+
+
+@pytest.mark.parametrize("influence, k, expected", [
+    ([0.9, 0.1, 0.5, 0.2, 0.8], 3, [0, 2, 4]),     # first and last, then the most influential
+    ([0.1, 0.9, 0.8, 0.7, 0.0], 3, [0, 1, 4]),     # the ends stay even when they matter least
+    ([0.3, 0.2, 0.1], 1, [0]),
+    ([0.3, 0.2, 0.1, 0.4], 4, [0, 1, 2, 3]),
+])
+def test_most_influential_keeps_the_ends_and_the_blocks_that_turn_their_input_most(influence, k, expected):
+    assert distill.most_influential(influence, k) == expected
+
+
+def test_build_student_records_how_its_blocks_were_chosen(tok, tmp_path):
+    by_influence = distill.build_student("tiny-llama", 1, tmp_path / "i", tok)
+    evenly = distill.build_student("tiny-llama", 1, tmp_path / "e", tok, how="evenly")
+    assert by_influence["how"] == "influence" and len(by_influence["influence"]) == 2
+    assert evenly["how"] == "evenly" and evenly["influence"] is None
+    assert json.loads((tmp_path / "i" / distill.STUDENT_FILE).read_text())["kept"] == by_influence["kept"]
 
 
 def test_build_student_from_a_spec_is_a_model_folder_of_the_source_blocks(tok, tmp_path):
