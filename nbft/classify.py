@@ -22,6 +22,7 @@ import contextlib
 import copy
 import dataclasses
 import difflib
+import functools
 import random
 import time
 from collections import Counter
@@ -335,15 +336,44 @@ def calibrate(probs: np.ndarray, content_free: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------- feature rows
 
-def llm_features(model, tokenizer, texts: list[str], layer: int, precision: str, max_length: int = 96,
+def llm_features(model, tokenizer, texts: list[str], layer: int | None, precision: str, max_length: int = 96,
                  batch_size: int = 16) -> np.ndarray:
     """Mean-pooled hidden states of ``layer`` (an index into ``hidden_states``: 0 the embeddings, -1 the last),
-    float32 (n x hidden)."""
+    float32 (n x hidden); ``layer=None``: every layer from one forward pass (n x layers+1 x hidden)."""
     def fn(m, enc):
-        hs = m(**enc, output_hidden_states=True).hidden_states[layer].float()
+        hs = m(**enc, output_hidden_states=True).hidden_states
+        hs = [hs[layer]] if layer is not None else hs
         mask = enc["attention_mask"].unsqueeze(-1).float()
-        return (hs * mask).sum(1) / mask.sum(1)
-    return batched(model, tokenizer, texts, fn, precision, batch_size, truncation=True, max_length=max_length)
+        return torch.cat([(h.float() * mask).sum(1) / mask.sum(1) for h in hs], 1)
+    x = batched(model, tokenizer, texts, fn, precision, batch_size, truncation=True, max_length=max_length)
+    return x if layer is not None else x.reshape(len(texts), -1, model.config.hidden_size)
+
+
+#: features_llm with feature_layer_select "cv": the logistic regression strengths tried with every layer.
+CV_C = (0.05, 0.5)
+#: ... and the folds of the cross-validation on the training set.
+CV_FOLDS = 5
+
+
+def select_layer(x: np.ndarray, y: list[str], labels: list[str], seed: int = 0) -> dict:
+    """Pick the hidden layer (and the regularization ``C``) of ``x`` (n x layers x hidden: :func:`llm_features`
+    with ``layer=None``) by ``CV_FOLDS``-fold stratified cross-validation of the logistic regression on the training
+    set alone (the test sets play no part). Ties go to the deeper layer, then the stronger regularization.
+
+    Returns {"layer", "C", "cv_accuracy" (the chosen one's), "by_layer" (best mean CV accuracy per layer)}."""
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+    counts = [y.count(l) for l in set(y)]
+    folds = max(2, min(CV_FOLDS, min(counts)))
+    cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    target = [labels.index(v) for v in y]
+    by_layer, best = [], (-1.0, 0, 0.0)
+    for layer in range(x.shape[1]):
+        accs = {c: float(cross_val_score(logreg(c, seed), x[:, layer], target, cv=cv).mean()) for c in CV_C}
+        by_layer.append(max(accs.values()))
+        for c, a in accs.items():
+            best = max(best, (a, layer, -c))
+    return {"layer": best[1], "C": -best[2], "cv_accuracy": best[0], "by_layer": by_layer, "folds": folds}
 
 
 def minilm_features(texts: list[str]) -> np.ndarray:
@@ -352,13 +382,18 @@ def minilm_features(texts: list[str]) -> np.ndarray:
     return rag.embed(texts)
 
 
-def fit_logreg(x: np.ndarray, y: list[str], labels: list[str], seed: int = 0):
-    """Standardize + logistic regression (scikit-learn); ``predict_proba`` columns follow ``labels``."""
+def logreg(C: float = 0.5, seed: int = 0):
+    """Standardize + logistic regression (scikit-learn), unfitted."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.5, random_state=seed))
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=C, random_state=seed))
+
+
+def fit_logreg(x: np.ndarray, y: list[str], labels: list[str], seed: int = 0, C: float = 0.5):
+    """:func:`logreg` fitted; ``predict_proba`` columns follow ``labels``."""
+    clf = logreg(C, seed)
     clf.fit(x, [labels.index(v) for v in y])
     return clf
 
@@ -475,12 +510,26 @@ def run_approach(name: str, p: params.ClassifyParams, tokenizer, d: ClassData, p
                     scores(labels, gold, raw, pos)["accuracy"]
                 return calibrate(raw, free)
         elif a.kind == "features":
-            def featurize(texts):
+            cv = name == "features_llm" and p.feature_layer_select == "cv"
+
+            def featurize(texts, layer=p.feature_layer):
                 if name == "features_minilm":
                     return minilm_features(texts)
-                return llm_features(lm, tokenizer, texts, p.feature_layer, precision, p.max_length, p.eval_batch_size)
+                return llm_features(lm, tokenizer, texts, layer, precision, p.max_length, p.eval_batch_size)
             t0 = time.perf_counter()
-            clf = fit_logreg(featurize([r["text"] for r in d.train]), [r["label"] for r in d.train], labels, p.seed)
+            y = [r["label"] for r in d.train]
+            if cv:  # every layer from one pass; the layer and C by cross-validation on the training set
+                every = featurize([r["text"] for r in d.train], None)
+                pick = select_layer(every, y, labels, p.seed)
+                layer = pick["layer"]
+                row.update(feature_layer=layer, feature_C=pick["C"], layer_cv_accuracy=pick["by_layer"],
+                           cv_accuracy=pick["cv_accuracy"])
+                featurize = functools.partial(featurize, layer=layer)
+                clf = fit_logreg(every[:, pick["layer"]], y, labels, p.seed, pick["C"])
+            else:
+                if name == "features_llm":
+                    row.update(feature_layer=p.feature_layer, feature_C=CV_C[-1])
+                clf = fit_logreg(featurize([r["text"] for r in d.train]), y, labels, p.seed, CV_C[-1])
             row["seconds"] = time.perf_counter() - t0  # features of the training set + the fit
             row["trainable_params"] = int(clf[-1].coef_.size + clf[-1].intercept_.size)
             row["vectors"] = {}
@@ -531,9 +580,14 @@ METRIC_KEYS = ("accuracy", "f1", "auc", "trainable_params", "seconds", "ms_per_e
 PROMPT_KEYS = ("uncalibrated_accuracy", "uncalibrated_target_accuracy", "content_free_probs")
 
 
+FEATURE_KEYS = ("feature_layer", "feature_C", "cv_accuracy", "layer_cv_accuracy")
+
+
 def metrics_row(row: dict) -> dict:
-    """The recorded numbers of one row (``METRIC_KEYS``; a prompting row also what calibration changed)."""
-    return {k: row.get(k) for k in METRIC_KEYS + (PROMPT_KEYS if row.get("kind") == "prompt" else ())}
+    """The recorded numbers of one row (``METRIC_KEYS``; a prompting row also what calibration changed; the
+    ``features_llm`` row the layer it read and how it was chosen)."""
+    extra = PROMPT_KEYS if row.get("kind") == "prompt" else FEATURE_KEYS if row.get("approach") == "features_llm" else ()
+    return {k: row.get(k) for k in METRIC_KEYS + extra}
 
 
 # ---------------------------------------------------------------- domain adaptation

@@ -593,10 +593,17 @@ def findings(teacher: dict, base: dict, rows: dict[str, dict], notes: dict, stud
             a, b = ds[f"{kind}_gap_closed"], im[f"{kind}_gap_closed"]
             if a is None or b is None:
                 continue
-            word = ("transfers more" if a - b > t["beats"] else "transfers less" if b - a > t["beats"]
-                    else "transfers about as much")
-            out.append(f"Token-level distillation {word} {kind} than imitation on the same prompts and budget "
+            said = (f"more {kind} than" if a - b > t["beats"] else f"less {kind} than" if b - a > t["beats"]
+                    else f"about as much {kind} as")
+            out.append(f"Token-level distillation transfers {said} imitation on the same prompts and budget "
                        f"({a:.2f} vs {b:.2f} of the {kind} gap).")
+    if rows:
+        name = min(rows, key=lambda n: rows[n]["ppl_general"])
+        out.append(f"Closest to the teacher on general text: {name}, perplexity {rows[name]['ppl_general']:.1f} "
+                   f"(untrained student {base['ppl_general']:.1f}, teacher {teacher['ppl_general']:.1f}; "
+                   + ", ".join(f"{n} {r['ppl_general']:.1f}" for n, r in rows.items() if n != name)
+                   + "). Perplexity is measured on text none of the methods trained on: it shows how much of the "
+                   "teacher's whole next-token distribution a method carried over, beyond the task's replies.")
     gold = rows.get("gold_sft")
     if gold and im and gold["style_gap_closed"] is not None and im["style_gap_closed"] is not None:
         a, b = im["style_gap_closed"], gold["style_gap_closed"]

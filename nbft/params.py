@@ -343,7 +343,11 @@ class ClassifyParams(EvalArgs, LoraArgs, ScopeArgs, TrainArgs, Common):
     label_words: list[str] = _f([], "words the prompting rows score, one per label in sorted label order "
                                 "([]: the labels; builtin: normal, spam)")
     few_shot_k: int = _f(4, "few_shot: examples in the prompt, balanced over labels", min=1)
-    feature_layer: int = _f(-6, "features_llm: hidden layer to mean-pool (negative: from the top; 0: embeddings)")
+    feature_layer_select: str = _f("cv", "features_llm: cv (the hidden layer and the logistic regression's strength "
+                                   "chosen by 5-fold cross-validation on the training set; one forward pass gives "
+                                   "every layer) | fixed (feature_layer)", ("cv", "fixed"))
+    feature_layer: int = _f(-6, "features_llm with feature_layer_select fixed: hidden layer to mean-pool (negative: "
+                            "from the top; 0: embeddings)")
     adapt_approach: str = _f("lora", "domain adaptation reuses this trained approach", CLASSIFY_TRAINED)
     adapt_sizes: list[int] = _f([0, 16, 64], "domain adaptation: target examples N (from the source-trained model vs "
                                 "from the base, same N and steps)", min=0)

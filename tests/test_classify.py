@@ -126,6 +126,33 @@ def test_every_approach_runs_and_reports_the_row(tiny, name):
     assert (row["seconds"] > 0) == (kind != "prompt")
 
 
+def test_layer_selection_finds_the_layer_that_carries_the_label_by_cross_validation_on_train_alone():
+    rng = np.random.default_rng(0)
+    y = ["a", "b"] * 30
+    x = rng.standard_normal((60, 5, 8)).astype(np.float32)
+    x[:, 3, 0] += np.where(np.array(y) == "a", 3.0, -3.0)  # only layer 3 separates the labels
+    pick = classify.select_layer(x, y, ["a", "b"])
+    assert pick["layer"] == 3 and pick["C"] in classify.CV_C and pick["folds"] == classify.CV_FOLDS
+    assert len(pick["by_layer"]) == 5 and pick["cv_accuracy"] == max(pick["by_layer"]) > 0.95
+    assert max(pick["by_layer"][:3] + pick["by_layer"][4:]) < 0.8
+
+
+@pytest.mark.parametrize("select", ["cv", "fixed"])
+def test_features_llm_records_the_layer_it_read(tiny, select):
+    p, tok, d = tiny
+    p = dataclasses.replace(p, feature_layer_select=select)
+    row = classify.run_approach("features_llm", p, tok, d, "fp32")
+    flat = classify.metrics_row(row)
+    config = models.load_model(p.model, "cpu", tokenizer=tok)[0].config
+    n_layers = config.num_hidden_layers + 1
+    if select == "cv":
+        assert 0 <= flat["feature_layer"] < n_layers and len(flat["layer_cv_accuracy"]) == n_layers
+        assert flat["cv_accuracy"] == max(flat["layer_cv_accuracy"]) and flat["feature_C"] in classify.CV_C
+    else:
+        assert flat["feature_layer"] == p.feature_layer and flat["layer_cv_accuracy"] is None
+    assert row["vectors"]["test"].shape == (len(d.test), config.hidden_size)
+
+
 @pytest.mark.parametrize("k", [0, 3])
 def test_prompt_scoring_with_the_shared_prefix_cache_equals_one_prompt_at_a_time(tiny, k):
     import torch

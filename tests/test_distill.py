@@ -237,12 +237,22 @@ def test_findings_agree_with_the_paper_when_imitation_copies_style_not_knowledge
     assert "this run agrees: imitation closed 0.95 of the style gap and only 0.10 of the knowledge gap" in text
     assert "Token-level distillation transfers more knowledge than imitation" in text and "(0.60 vs 0.10" in text
     assert "imitation: closes 0.95 of the style gap and 0.10 of the knowledge gap" in text
+    assert "Token-level distillation transfers less style than imitation" in text
+
+
+def test_findings_name_the_method_closest_to_the_teachers_perplexity():
+    rows = rows_of(gold_sft=(0.5, 0.1, 0.1), imitation=(0.95, 0.05, 0.05), distill=(0.6, 0.3, 0.3))
+    for name, ppl in (("gold_sft", 900.0), ("imitation", 700.0), ("distill", 80.0)):
+        rows[name]["ppl_general"] = ppl
+    text = findings_for(rows, base={**BASE, "ppl_general": 5000.0}, teacher={**TEACHER, "ppl_general": 20.0})
+    assert "Closest to the teacher on general text: distill, perplexity 80.0 (untrained student 5000.0, teacher 20.0; " \
+           "gold_sft 900.0, imitation 700.0)" in text
 
 
 def test_findings_say_so_when_the_run_goes_against_the_paper():
     text = findings_for(rows_of(imitation=(0.9, 0.45, 0.45), distill=(0.9, 0.45, 0.45)))
     assert "this run does not fully agree: imitation closed 0.90 of the style gap and 0.90 of the knowledge gap" in text
-    assert "transfers about as much knowledge" in text
+    assert "transfers about as much knowledge as imitation" in text
     text = findings_for(rows_of(imitation=(0.2, 0.0, 0.0)))
     assert "imitation did not even copy the style (0.20" in text
 
