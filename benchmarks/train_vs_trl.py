@@ -1,0 +1,119 @@
+"""Side-by-side training benchmark: TRL's SFTTrainer with its own defaults (fp32, and bf16=True where the CPU has
+bf16) against nbft's training path (``nbft.train.sft``), on the same model, data, LoRA adapter, batch, steps,
+learning rate and seed.
+
+    .venv/bin/python benchmarks/train_vs_trl.py [--model smollm2-135m-instruct] [--examples 128] [--steps 16]
+                                                [--repeats 3]
+
+Runs are interleaved (A B C, A B C, ...) so a busy machine slows every variant alike; the table gives the median
+tokens/s of each variant, its final loss (the mean of the last 4 logged losses, median over repeats) and the ratio
+to each TRL variant: the number issue 16 is judged by. Tokens are TRL's own count of the non-padding tokens trained
+on (``num_tokens`` in the log), the same for every variant. Not a test: numbers depend on the machine and on what else
+runs on it (the load average is printed).
+
+"TRL defaults" means: ``SFTConfig`` with only what makes the runs comparable set (output folder, batch size, steps,
+learning rate, seed, no saving, no reporting, CPU); everything else — activation checkpointing, scheduler, warmup,
+padding, precision — is TRL's default. The adapter is the same LoRA (r 16, alpha 32, all linear layers) everywhere.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+
+from nbft import data, models, params, train
+
+LOSS_TAIL = 4  # final loss: the mean of this many last logged losses
+
+
+def trl_defaults(model, tok, records, lora, steps: int, batch: int, lr: float, seed: int, bf16: bool) -> dict:
+    """TRL's SFTTrainer with its defaults (see the module docstring)."""
+    from transformers import PrinterCallback
+    from trl import SFTConfig, SFTTrainer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        args = SFTConfig(output_dir=tmp, per_device_train_batch_size=batch, max_steps=steps, learning_rate=lr,
+                         seed=seed, save_strategy="no", report_to="none", use_cpu=True, bf16=bf16, logging_steps=1,
+                         disable_tqdm=True)
+        trainer = SFTTrainer(model=model, args=args, train_dataset=train.to_dataset(records), processing_class=tok,
+                             peft_config=train.lora_config(lora))
+        trainer.remove_callback(PrinterCallback)  # it prints every log line once tqdm is off: output only
+        t0 = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - t0
+        return summary(trainer.state.log_history, seconds)
+
+
+def nbft_path(model, tok, records, lora, steps: int, batch: int, lr: float, seed: int) -> dict:
+    """nbft's path: ``train.sft`` with the stage defaults of ``SFTParams`` (its precision, scheduler, ...)."""
+    p = params.SFTParams(model=lora.model, batch_size=batch, seed=seed, lora_r=lora.lora_r, lora_alpha=lora.lora_alpha,
+                         lora_dropout=lora.lora_dropout, lora_target=lora.lora_target)
+    result = train.sft(model, tok, records, [], p, learning_rate=lr, peft_config=train.lora_config(lora),
+                       max_steps=steps)
+    out = summary(result.log_history, result.seconds)
+    result.release()
+    return out
+
+
+def summary(log_history: list[dict], seconds: float) -> dict:
+    logs = [r for r in log_history if "loss" in r]
+    tokens = int(logs[-1]["num_tokens"]) if logs and "num_tokens" in logs[-1] else 0
+    tail = [r["loss"] for r in logs[-LOSS_TAIL:]]
+    return {"tokens_per_second": tokens / seconds, "seconds": seconds, "tokens": tokens,
+            "final_loss": sum(tail) / len(tail) if tail else float("nan")}
+
+
+def main(argv=None) -> list[dict]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default=models.DEFAULT_MODEL)
+    ap.add_argument("--examples", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=16)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+
+    tok = models.load_tokenizer(args.model)
+    records = data.prepare(params.DataPrepParams(model=args.model), tok).splits["train"][: args.examples]
+    lora = params.SFTParams(model=args.model, lora_r=16, lora_alpha=32, lora_dropout=0.05, lora_target="all-linear")
+    bf16 = models.cpu_supports_bf16()
+    variants = {"trl fp32": lambda m: trl_defaults(m, tok, records, lora, args.steps, args.batch, args.lr, args.seed,
+                                                   False)}
+    if bf16:
+        variants["trl bf16"] = lambda m: trl_defaults(m, tok, records, lora, args.steps, args.batch, args.lr,
+                                                      args.seed, True)
+    variants["nbft"] = lambda m: nbft_path(m, tok, records, lora, args.steps, args.batch, args.lr, args.seed)
+    print(f"model {args.model}; {len(records)} examples, median {data.token_stats(records)['median']} tokens; "
+          f"LoRA r16 all-linear, batch {args.batch}, {args.steps} steps, lr {args.lr}; cpu bf16: {bf16}"
+          + ("" if bf16 else " (no bf16 row: TRL's bf16=True needs a CPU with bf16)")
+          + f"; load average {os.getloadavg()[0]:.1f}", flush=True)
+    runs: dict[str, list[dict]] = {k: [] for k in variants}
+    for rep in range(args.repeats):
+        for name, fn in variants.items():
+            model, _ = models.load_model(args.model, "cpu", tokenizer=tok)
+            r = fn(model)
+            models.release(model)
+            runs[name].append(r)
+            print(f"  repeat {rep + 1} {name:<9} {r['tokens_per_second']:7.1f} tokens/s  loss {r['final_loss']:.4f}  "
+                  f"({r['seconds']:.1f} s, {r['tokens']} tokens)", flush=True)
+    rows = []
+    for name, rs in runs.items():
+        rows.append({"variant": name, "tokens_per_second": statistics.median(r["tokens_per_second"] for r in rs),
+                     "final_loss": statistics.median(r["final_loss"] for r in rs)})
+    base = {r["variant"]: r for r in rows}
+    print("\n| variant | tokens/s (median) | final loss | " + " | ".join(f"x {k}" for k in base if k != "nbft") + " |")
+    print("|---|---|---|" + "---|" * (len(base) - 1))
+    for r in rows:
+        ratios = [f"{r['tokens_per_second'] / b['tokens_per_second']:.2f}" for k, b in base.items() if k != "nbft"]
+        print(f"| {r['variant']} | {r['tokens_per_second']:.1f} | {r['final_loss']:.4f} | " + " | ".join(ratios) + " |")
+    losses = [r["final_loss"] for r in rows]
+    print(f"\nfinal losses within {100 * (max(losses) - min(losses)) / min(losses):.1f}% of each other; "
+          f"load average {os.getloadavg()[0]:.1f}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
