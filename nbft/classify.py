@@ -557,6 +557,8 @@ def run_approach(name: str, p: params.ClassifyParams, tokenizer, d: ClassData, p
             tprobs = predict([r["text"] for r in d.target_test], "target")
             row["target_accuracy"] = scores(labels, [r["label"] for r in d.target_test], tprobs, pos)["accuracy"]
             row["target_pred"] = [labels[i] for i in tprobs.argmax(1)]
+        if d.unlabelled and a.kind != "prompt":  # candidate tags for conditional pretraining (tagger_of picks)
+            row["unlabelled_pred"] = [labels[i] for i in predict(d.unlabelled, "unlabelled").argmax(1)]
         if keep and a.kind == "trained":
             row["model"], result.model = result.model, None
     return row
@@ -592,12 +594,10 @@ def metrics_row(row: dict) -> dict:
 
 # ---------------------------------------------------------------- domain adaptation
 
-def adapt_curve(p: params.ClassifyParams, tokenizer, d: ClassData, source_model, precision: str) -> tuple[dict, object]:
+def adapt_curve(p: params.ClassifyParams, tokenizer, d: ClassData, source_model, precision: str) -> dict:
     """For each N in ``p.adapt_sizes``: target accuracy after ``p.adapt_steps`` steps on the first N target
     examples, starting from the source-trained model (``from_source``) and from the base (``from_base``).
-
-    Returns (curve, the from_source model of the largest N: the best tagger of target-domain text).
-    """
+    Returns {N: {"from_source", "from_base"}}; ``source_model`` itself is not changed."""
     scope = APPROACHES[p.adapt_approach].scope
     labels, gold = d.labels, [r["label"] for r in d.target_test]
     texts = [r["text"] for r in d.target_test]
@@ -605,7 +605,7 @@ def adapt_curve(p: params.ClassifyParams, tokenizer, d: ClassData, source_model,
     def acc(model):
         return scores(labels, gold, classifier_probs(model, tokenizer, texts, precision, p.max_length,
                                                      p.eval_batch_size))["accuracy"]
-    curve, tagger = {}, None
+    curve = {}
     for n in sorted(set(p.adapt_sizes)):
         examples = d.target_train[:n]
         if n == 0:
@@ -617,12 +617,10 @@ def adapt_curve(p: params.ClassifyParams, tokenizer, d: ClassData, source_model,
         start.train()
         with trained_classifier(p, tokenizer, examples, labels, scope, model=start, max_steps=p.adapt_steps) as r:
             from_source = acc(r.model)
-            if n == max(p.adapt_sizes):
-                tagger, r.model = r.model, None
         with trained_classifier(p, tokenizer, examples, labels, scope, max_steps=p.adapt_steps) as r:
             from_base = acc(r.model)
         curve[n] = {"from_source": from_source, "from_base": from_base}
-    return curve, tagger
+    return curve
 
 
 # ---------------------------------------------------------------- conditional pretraining
@@ -631,11 +629,18 @@ def tag(label: str) -> str:
     return f"[{label}]"
 
 
-def tagged_corpus(tagger, tokenizer, texts: list[str], labels: list[str], precision: str,
-                  p: params.ClassifyParams) -> list[dict]:
-    """``[label] text`` records ({"text", "label"}) with the tagger's predicted labels."""
-    probs = classifier_probs(tagger, tokenizer, texts, precision, p.max_length, p.eval_batch_size)
-    return [{"text": f"{tag(labels[k])} {t}", "label": labels[k]} for t, k in zip(texts, probs.argmax(1))]
+def tagger_of(rows: dict[str, dict]) -> str | None:
+    """The approach whose predictions tag the unlabelled corpus: of the rows that predicted it (``unlabelled_pred``:
+    the trained and feature rows), the one most accurate on the target domain (on the source test set where there
+    is no target); ties go to the earlier row. None when no row predicted it."""
+    have = [k for k, r in rows.items() if r.get("unlabelled_pred")]
+    key = lambda k: rows[k].get("target_accuracy") if rows[k].get("target_accuracy") is not None else rows[k]["accuracy"]  # noqa: E731
+    return max(have, key=key, default=None)
+
+
+def tagged_corpus(texts: list[str], predicted: list[str]) -> list[dict]:
+    """``[label] text`` records ({"text", "label"}) with a classifier's predicted labels."""
+    return [{"text": f"{tag(label)} {t}", "label": label} for t, label in zip(texts, predicted)]
 
 
 def strip_tag(text: str, labels: list[str]) -> str:
@@ -658,24 +663,25 @@ def judge_fn(p: params.ClassifyParams, d: ClassData):
     return judge, "MiniLM + logistic regression on the labelled data (separate from the tagger)"
 
 
-def conditional(p: params.ClassifyParams, tokenizer, d: ClassData, corpus: list[dict], precision: str) -> dict:
-    """Continue pretraining the base LM (LoRA) on the tagged corpus, generate ``p.n_generate`` samples per tag and
-    untagged, and let an independent judge rate each: ``rate_by_tag`` (tag -> share judged ``positive``),
-    ``rate_untagged``, ``control`` (the positive tag's rate minus the lowest other tag's), perplexity before/after."""
+def conditional(p: params.ClassifyParams, tokenizer, d: ClassData, corpus: list[dict], precision: str,
+                tagger: str = "") -> dict:
+    """Continue pretraining the base LM (every weight, ``cpt_learning_rate``, ``cpt_epochs``) on the tagged corpus,
+    generate ``p.n_generate`` samples per tag and untagged, and let an independent judge rate each: ``rate_by_tag``
+    (tag -> share judged ``positive``), ``rate_untagged``, ``control`` (the positive tag's rate minus the lowest other
+    tag's), perplexity before/after. ``tagger``: the approach whose labels the corpus carries (recorded).
+
+    Each training text starts with the start-of-text token, and so does every generation prompt (``<s>[tag]``, or
+    ``<s>`` alone untagged): the model is asked to continue exactly what it was trained on."""
     pos = positive(p, d.labels)
     judge, judge_name = judge_fn(p, d)
     cpt = dataclasses.replace(p, epochs=p.cpt_epochs)
     with models.loaded(p.model, p.device, tokenizer) as base:
         ppl_before = evaluate.perplexity(base, tokenizer, corpora.GENERAL_TEXT, precision=precision)
     start = tokenizer.bos_token or tokenizer.eos_token
-    out = {"judge": judge_name, "positive": pos, "n_texts": len(corpus),
+    out = {"judge": judge_name, "positive": pos, "n_texts": len(corpus), "tagger": tagger,
            "tag_counts": dict(Counter(r["label"] for r in corpus)), "samples": {}}
-    def with_lora(model):
-        from peft import get_peft_model
-
-        return get_peft_model(model, train.lora_config(p))
-    with train.trained(cpt, tokenizer, [{"text": r["text"]} for r in corpus], mode="continued_pretraining",
-                       prepare=with_lora, learning_rate=p.learning_rate) as r:
+    with train.trained(cpt, tokenizer, [{"text": start + r["text"]} for r in corpus], mode="continued_pretraining",
+                       scope="full", learning_rate=p.cpt_learning_rate) as r:
         out["seconds"] = r.seconds
         out["ppl_general_before"] = ppl_before
         out["ppl_general_after"] = evaluate.perplexity(r.model, tokenizer, corpora.GENERAL_TEXT, precision=precision)
@@ -748,5 +754,11 @@ def findings(rows: dict[str, dict], shift: dict | None, curve: dict, cond: dict 
                    + f", untagged {cond['rate_untagged']:.2f}; the tag "
                    + (f"controls the output (moves it {cond['control']:.2f})" if moved else
                       f"moves it only {cond['control']:.2f} (below {t['control']})")
-                   + f"; general-text perplexity {cond['ppl_general_before']:.2f} -> {cond['ppl_general_after']:.2f}.")
+                   + f"; general-text perplexity {cond['ppl_general_before']:.2f} -> {cond['ppl_general_after']:.2f}"
+                   + (f"; tags by {cond['tagger']}" if cond.get("tagger") else "") + ".")
+        tagger = rows.get(cond.get("tagger") or "", {})
+        if not moved and tagger.get("target_accuracy") is not None:
+            out.append(f"The tags are only as good as their tagger: {cond['tagger']} is right on "
+                       f"{tagger['target_accuracy']:.2f} of target-domain test messages, so only about that share of "
+                       "the tagged texts carries the right label.")
     return out

@@ -351,10 +351,11 @@ class ClassifyParams(EvalArgs, LoraArgs, ScopeArgs, TrainArgs, Common):
     adapt_approach: str = _f("lora", "domain adaptation reuses this trained approach", CLASSIFY_TRAINED)
     adapt_sizes: list[int] = _f([0, 16, 64], "domain adaptation: target examples N (from the source-trained model vs "
                                 "from the base, same N and steps)", min=0)
-    adapt_steps: int = _f(8, "domain adaptation: optimizer steps per arm (small N repeats)", min=1)
-    cpt_texts: int = _f(128, "conditional pretraining: unlabelled target texts tagged by the classifier (0 to skip)", min=0)
-    cpt_epochs: float = _f(2.0, "conditional pretraining: passes over the tagged texts (LoRA)", gt=0)
-    n_generate: int = _f(16, "conditional pretraining: samples generated per tag (and untagged)", min=1)
+    adapt_steps: int = _f(6, "domain adaptation: optimizer steps per arm (small N repeats)", min=1)
+    cpt_texts: int = _f(96, "conditional pretraining: unlabelled target texts tagged by the most accurate classifier on the target domain (0 to skip)", min=0)
+    cpt_epochs: float = _f(4.0, "conditional pretraining: passes over the tagged texts (every weight trains)", gt=0)
+    cpt_learning_rate: float = _f(3e-4, "conditional pretraining: learning rate", gt=0)
+    n_generate: int = _f(32, "conditional pretraining: samples generated per tag (and untagged)", min=1)
     positive_label: str = _f("spam", "conditional pretraining and ROC-AUC: the label whose rate is measured "
                              "(not among the labels: the last label in sorted order)")
 

@@ -1,5 +1,6 @@
 """06_classify on the tiny model: data readers and their errors, the approach table, scores, adaptation."""
 import csv
+from collections import Counter
 import dataclasses
 
 import numpy as np
@@ -201,19 +202,47 @@ def test_adaptation_curve_and_conditional_pretraining_on_a_target_file(tmp_path)
     d = classify.load_data(p)
     row = classify.run_approach("lora", p, tok, d, "fp32", keep=True)
     assert 0 <= row["target_accuracy"] <= 1
-    curve, tagger = classify.adapt_curve(p, tok, d, row["model"], "fp32")
+    curve = classify.adapt_curve(p, tok, d, row["model"], "fp32")
     assert set(curve) == {0, 4} and all(0 <= v <= 1 for c in curve.values() for v in c.values())
     assert curve[0]["from_source"] == pytest.approx(row["target_accuracy"])
-    corpus = classify.tagged_corpus(tagger, tok, d.unlabelled, d.labels, "fp32", p)
-    assert len(corpus) == 6 and all(r["text"].startswith(classify.tag(r["label"])) for r in corpus)
-    models.release(tagger)
-    models.release(row["model"])
-    cond = classify.conditional(p, tok, d, corpus, "fp32")
+    models.release(row.pop("model"))
+    assert len(row["unlabelled_pred"]) == len(d.unlabelled) == 6 and set(row["unlabelled_pred"]) <= set(d.labels)
+    feats = classify.run_approach("features_minilm", p, tok, d, "fp32")
+    rows = {"features_minilm": feats, "lora": row}
+    best = "lora" if row["target_accuracy"] > feats["target_accuracy"] else "features_minilm"
+    assert classify.tagger_of(rows) == best  # the most accurate on the target domain; ties: the earlier row
+    corpus = classify.tagged_corpus(d.unlabelled, rows[best]["unlabelled_pred"])
+    assert len(corpus) == 6 and all(r["text"] == f"{classify.tag(r['label'])} {t}" for r, t in zip(corpus, d.unlabelled))
+    cond = classify.conditional(p, tok, d, corpus, "fp32", tagger=best)
+    assert cond["tagger"] == best and cond["tag_counts"] == dict(Counter(rows[best]["unlabelled_pred"]))
     assert set(cond["rate_by_tag"]) == set(d.labels) and 0 <= cond["rate_untagged"] <= 1
     assert cond["positive"] == "praise"  # no 'spam' label: the last label
     assert len(cond["samples"]["untagged"]) == 2 and cond["ppl_general_after"] > 1
     lines = classify.findings({"lora": {**row, "kind": "trained"}}, None, curve, cond)
     assert any("Conditional pretraining" in l for l in lines) and any("N=4" in l for l in lines)
+
+
+def test_the_tagger_is_the_row_most_accurate_on_the_target_domain():
+    rows = {"zero_shot": {"accuracy": 0.9, "target_accuracy": 0.9},  # prompting rows do not tag
+            "features_minilm": {"accuracy": 0.8, "target_accuracy": 0.72, "unlabelled_pred": ["a"]},
+            "lora": {"accuracy": 0.85, "target_accuracy": 0.56, "unlabelled_pred": ["b"]}}
+    assert classify.tagger_of(rows) == "features_minilm"
+    for r in rows.values():
+        r.pop("target_accuracy")  # no target domain: the source accuracy decides
+    assert classify.tagger_of(rows) == "lora"
+    assert classify.tagger_of({"zero_shot": rows["zero_shot"]}) is None
+
+
+def test_findings_name_the_tagger_and_its_accuracy_when_the_tags_do_not_steer():
+    cond = {"positive": "spam", "rate_by_tag": {"ham": 0.1, "spam": 0.2}, "rate_untagged": 0.15, "control": 0.1,
+            "ppl_general_before": 22.5, "ppl_general_after": 30.0, "tagger": "lora"}
+    rows = {"lora": {"kind": "trained", "accuracy": 0.72, "target_accuracy": 0.56, "trainable_params": 10,
+                     "seconds": 1.0}}
+    text = " ".join(classify.findings(rows, None, {}, cond))
+    assert "moves it only 0.10 (below 0.3)" in text and "tags by lora" in text
+    assert "lora is right on 0.56 of target-domain test messages" in text
+    cond["control"] = cond["rate_by_tag"]["spam"] = 0.5
+    assert "right on" not in " ".join(classify.findings(rows, None, {}, cond))
 
 
 def test_findings_say_when_fine_tuning_does_not_beat_frozen_features():
