@@ -6,8 +6,10 @@ learning rate and seed.
                                                 [--repeats 3]
 
 Runs are interleaved (A B C, A B C, ...) so a busy machine slows every variant alike; the table gives the median
-tokens/s of each variant, its final loss (the mean of the last 4 logged losses, median over repeats) and the ratio
-to each TRL variant: the number issue 16 is judged by. Tokens are TRL's own count of the non-padding tokens trained
+tokens/s of each variant, its final loss and the ratio to each TRL variant: the number issue 16 is judged by. The
+final loss is the evaluation loss (TRL's own ``evaluate``, loss on the replies) on the same held-out validation
+examples for every variant: the last training losses would compare different batches (each trainer shuffles the
+data its own way). Tokens are TRL's own count of the non-padding tokens trained
 on (``num_tokens`` in the log), the same for every variant. Not a test: numbers depend on the machine and on what else
 runs on it (the load average is printed).
 
@@ -25,10 +27,9 @@ import time
 
 from nbft import data, models, params, train
 
-LOSS_TAIL = 4  # final loss: the mean of this many last logged losses
 
-
-def trl_defaults(model, tok, records, lora, steps: int, batch: int, lr: float, seed: int, bf16: bool) -> dict:
+def trl_defaults(model, tok, records, held_out, lora, steps: int, batch: int, lr: float, seed: int,
+                 bf16: bool) -> dict:
     """TRL's SFTTrainer with its defaults (see the module docstring)."""
     from transformers import PrinterCallback
     from trl import SFTConfig, SFTTrainer
@@ -38,31 +39,29 @@ def trl_defaults(model, tok, records, lora, steps: int, batch: int, lr: float, s
                          seed=seed, save_strategy="no", report_to="none", use_cpu=True, bf16=bf16, logging_steps=1,
                          disable_tqdm=True)
         trainer = SFTTrainer(model=model, args=args, train_dataset=train.to_dataset(records), processing_class=tok,
-                             peft_config=train.lora_config(lora))
+                             eval_dataset=train.to_dataset(held_out), peft_config=train.lora_config(lora))
         trainer.remove_callback(PrinterCallback)  # it prints every log line once tqdm is off: output only
         t0 = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - t0
-        return summary(trainer.state.log_history, seconds)
+        return summary(trainer.state.log_history, seconds, trainer.evaluate()["eval_loss"])
 
 
-def nbft_path(model, tok, records, lora, steps: int, batch: int, lr: float, seed: int) -> dict:
+def nbft_path(model, tok, records, held_out, lora, steps: int, batch: int, lr: float, seed: int) -> dict:
     """nbft's path: ``train.sft`` with the stage defaults of ``SFTParams`` (its precision, scheduler, ...)."""
     p = params.SFTParams(model=lora.model, batch_size=batch, seed=seed, lora_r=lora.lora_r, lora_alpha=lora.lora_alpha,
                          lora_dropout=lora.lora_dropout, lora_target=lora.lora_target)
-    result = train.sft(model, tok, records, [], p, learning_rate=lr, peft_config=train.lora_config(lora),
+    result = train.sft(model, tok, records, held_out, p, learning_rate=lr, peft_config=train.lora_config(lora),
                        max_steps=steps)
-    out = summary(result.log_history, result.seconds)
+    out = summary(result.log_history, result.seconds, result.eval_loss)
     result.release()
     return out
 
 
-def summary(log_history: list[dict], seconds: float) -> dict:
-    logs = [r for r in log_history if "loss" in r]
+def summary(log_history: list[dict], seconds: float, eval_loss: float) -> dict:
+    logs = [r for r in log_history if "loss" in r and "eval_loss" not in r]
     tokens = int(logs[-1]["num_tokens"]) if logs and "num_tokens" in logs[-1] else 0
-    tail = [r["loss"] for r in logs[-LOSS_TAIL:]]
-    return {"tokens_per_second": tokens / seconds, "seconds": seconds, "tokens": tokens,
-            "final_loss": sum(tail) / len(tail) if tail else float("nan")}
+    return {"tokens_per_second": tokens / seconds, "seconds": seconds, "tokens": tokens, "final_loss": eval_loss}
 
 
 def main(argv=None) -> list[dict]:
@@ -74,19 +73,20 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--held-out", type=int, default=32, help="validation examples the final loss is measured on")
     args = ap.parse_args(argv)
 
     tok = models.load_tokenizer(args.model)
-    records = data.prepare(params.DataPrepParams(model=args.model), tok).splits["train"][: args.examples]
+    splits = data.prepare(params.DataPrepParams(model=args.model), tok).splits
+    records, held_out = splits["train"][: args.examples], (splits["validation"] + splits["test"])[: args.held_out]
     lora = params.SFTParams(model=args.model, lora_r=16, lora_alpha=32, lora_dropout=0.05, lora_target="all-linear")
     bf16 = models.cpu_supports_bf16()
-    variants = {"trl fp32": lambda m: trl_defaults(m, tok, records, lora, args.steps, args.batch, args.lr, args.seed,
-                                                   False)}
+    common = (tok, records, held_out, lora, args.steps, args.batch, args.lr, args.seed)
+    variants = {"trl fp32": lambda m: trl_defaults(m, *common, bf16=False)}
     if bf16:
-        variants["trl bf16"] = lambda m: trl_defaults(m, tok, records, lora, args.steps, args.batch, args.lr,
-                                                      args.seed, True)
-    variants["nbft"] = lambda m: nbft_path(m, tok, records, lora, args.steps, args.batch, args.lr, args.seed)
-    print(f"model {args.model}; {len(records)} examples, median {data.token_stats(records)['median']} tokens; "
+        variants["trl bf16"] = lambda m: trl_defaults(m, *common, bf16=True)
+    variants["nbft"] = lambda m: nbft_path(m, *common)
+    print(f"model {args.model}; {len(records)} examples ({len(held_out)} held out for the final loss), median {data.token_stats(records)['median']} tokens; "
           f"LoRA r16 all-linear, batch {args.batch}, {args.steps} steps, lr {args.lr}; cpu bf16: {bf16}"
           + ("" if bf16 else " (no bf16 row: TRL's bf16=True needs a CPU with bf16)")
           + f"; load average {os.getloadavg()[0]:.1f}", flush=True)

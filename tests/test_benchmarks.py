@@ -1,0 +1,28 @@
+"""The benchmarks run (tiny model, a few steps): they are how issue 16's figures are measured, so they must not rot."""
+import importlib.util
+import math
+from pathlib import Path
+
+from nbft import models
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_train_vs_trl_reports_every_variant_with_tokens_per_second_and_a_held_out_loss(capsys):
+    rows = load("train_vs_trl").main(["--model", "tiny-llama", "--examples", "16", "--steps", "2", "--repeats", "1",
+                                      "--held-out", "4"])
+    expected = ["trl fp32"] + (["trl bf16"] if models.cpu_supports_bf16() else []) + ["nbft"]
+    assert [r["variant"] for r in rows] == expected
+    assert all(r["tokens_per_second"] > 0 and math.isfinite(r["final_loss"]) for r in rows)
+    # the same data and seed: the losses of a 2-step run on a random tiny model agree closely
+    losses = [r["final_loss"] for r in rows]
+    assert max(losses) - min(losses) < 0.05 * min(losses)
+    out = capsys.readouterr().out
+    assert "| nbft |" in out and "x trl fp32" in out and "final losses within" in out
