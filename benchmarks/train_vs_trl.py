@@ -47,8 +47,14 @@ def trl_defaults(model, tok, records, held_out, lora, steps: int, batch: int, lr
         return summary(trainer.state.log_history, seconds, trainer.evaluate()["eval_loss"])
 
 
-def nbft_path(model, tok, records, held_out, lora, steps: int, batch: int, lr: float, seed: int) -> dict:
-    """nbft's path: ``train.sft`` with the stage defaults of ``SFTParams`` (its precision, scheduler, ...)."""
+def nbft_path(model, tok, records, held_out, lora, steps: int, batch: int, lr: float, seed: int,
+              bf16_weights: bool = False) -> dict:
+    """nbft's path: ``train.sft`` with the stage defaults of ``SFTParams`` (its precision, scheduler, ...).
+    ``bf16_weights``: the frozen base weights held in bf16 (the LoRA adapters stay fp32: peft casts them)."""
+    if bf16_weights:
+        import torch
+
+        model.to(torch.bfloat16)
     p = params.SFTParams(model=lora.model, batch_size=batch, seed=seed, lora_r=lora.lora_r, lora_alpha=lora.lora_alpha,
                          lora_dropout=lora.lora_dropout, lora_target=lora.lora_target)
     result = train.sft(model, tok, records, held_out, p, learning_rate=lr, peft_config=train.lora_config(lora),
@@ -74,6 +80,8 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--held-out", type=int, default=32, help="validation examples the final loss is measured on")
+    ap.add_argument("--bf16-weights", action="store_true",
+                    help="also nbft's path with the frozen base weights in bf16 (on a CPU with bf16)")
     args = ap.parse_args(argv)
 
     tok = models.load_tokenizer(args.model)
@@ -86,6 +94,8 @@ def main(argv=None) -> list[dict]:
     if bf16:
         variants["trl bf16"] = lambda m: trl_defaults(m, *common, bf16=True)
     variants["nbft"] = lambda m: nbft_path(m, *common)
+    if bf16 and args.bf16_weights:
+        variants["nbft bf16 weights"] = lambda m: nbft_path(m, *common, bf16_weights=True)
     print(f"model {args.model}; {len(records)} examples ({len(held_out)} held out for the final loss), median {data.token_stats(records)['median']} tokens; "
           f"LoRA r16 all-linear, batch {args.batch}, {args.steps} steps, lr {args.lr}; cpu bf16: {bf16}"
           + ("" if bf16 else " (no bf16 row: TRL's bf16=True needs a CPU with bf16)")
@@ -97,17 +107,17 @@ def main(argv=None) -> list[dict]:
             r = fn(model)
             models.release(model)
             runs[name].append(r)
-            print(f"  repeat {rep + 1} {name:<9} {r['tokens_per_second']:7.1f} tokens/s  loss {r['final_loss']:.4f}  "
+            print(f"  repeat {rep + 1} {name:<17} {r['tokens_per_second']:7.1f} tokens/s  loss {r['final_loss']:.4f}  "
                   f"({r['seconds']:.1f} s, {r['tokens']} tokens)", flush=True)
     rows = []
     for name, rs in runs.items():
         rows.append({"variant": name, "tokens_per_second": statistics.median(r["tokens_per_second"] for r in rs),
                      "final_loss": statistics.median(r["final_loss"] for r in rs)})
-    base = {r["variant"]: r for r in rows}
-    print("\n| variant | tokens/s (median) | final loss | " + " | ".join(f"x {k}" for k in base if k != "nbft") + " |")
-    print("|---|---|---|" + "---|" * (len(base) - 1))
+    trl = {r["variant"]: r for r in rows if r["variant"].startswith("trl")}
+    print("\n| variant | tokens/s (median) | final loss | " + " | ".join(f"x {k}" for k in trl) + " |")
+    print("|---|---|---|" + "---|" * len(trl))
     for r in rows:
-        ratios = [f"{r['tokens_per_second'] / b['tokens_per_second']:.2f}" for k, b in base.items() if k != "nbft"]
+        ratios = [f"{r['tokens_per_second'] / b['tokens_per_second']:.2f}" for b in trl.values()]
         print(f"| {r['variant']} | {r['tokens_per_second']:.1f} | {r['final_loss']:.4f} | " + " | ".join(ratios) + " |")
     losses = [r["final_loss"] for r in rows]
     print(f"\nfinal losses within {100 * (max(losses) - min(losses)) / min(losses):.1f}% of each other; "
