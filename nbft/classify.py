@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from . import corpora, data, evaluate, messages, models, params, train
+from . import corpora, data, evaluate, messages, models, params, timing, train
 
 #: The lines the written findings draw (recorded as ``thresholds`` in metrics.json).
 THRESHOLDS = {
@@ -255,6 +255,7 @@ def word_ids(tokenizer, words: list[str]) -> list[int]:
     return ids
 
 
+@timing.timed("scoring")
 @torch.no_grad()
 def batched(model, tokenizer, texts: list[str], fn, precision: str, batch_size: int = 16, side: str = "right",
             **tokenize) -> np.ndarray:

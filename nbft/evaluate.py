@@ -8,9 +8,10 @@ import math
 
 import torch
 
-from . import corpora, data, models, tasks
+from . import corpora, data, models, tasks, timing
 
 
+@timing.timed("generation")
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 48, batch_size: int = 16,
              precision: str = "fp32", do_sample: bool = False, seed: int = 0, **gen_kwargs) -> list[str]:
@@ -40,6 +41,7 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 48, bat
     return out
 
 
+@timing.timed("scoring")
 @torch.no_grad()
 def perplexity(model, tokenizer, texts: list[str], batch_size: int = 8, max_length: int = 512,
                precision: str = "fp32") -> float:

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from . import timing
+
 DEFAULT_MODEL = "smollm2-135m-instruct"
 TINY_MODEL = "tiny-llama"
 BUILTIN = (DEFAULT_MODEL, TINY_MODEL)
@@ -299,6 +301,7 @@ def load_tokenizer(spec: str, trust_remote_code: bool = False):
     return prepare_tokenizer(tok)
 
 
+@timing.timed("loading")
 def load_model(spec: str, device: str = "auto", dtype: torch.dtype = torch.float32,
                trust_remote_code: bool = False, tokenizer=None):
     """Return (model, source): the model in eval mode on ``device``.

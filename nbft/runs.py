@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import files
+from . import files, timing
 
 RUNS_ENV = "NBFT_RUNS_DIR"
 CHECKPOINTS = "checkpoints"  # <run>/checkpoints/<stage>/: the trainers' checkpoints while a stage runs
@@ -302,8 +302,10 @@ class Run:
         return d if d.is_dir() and any(d.iterdir()) else None
 
     def record(self, **metrics: Any) -> dict:
-        """Merge ``metrics`` into metrics.json under this stage; returns the stage's metrics."""
-        return record_metrics(self.path, self.stage, metrics)
+        """Merge ``metrics`` into metrics.json under this stage, with ``profile``: where the stage's time went so
+        far (``timing.snapshot``: seconds of loading, training, generation, scoring, other); returns the stage's
+        metrics."""
+        return record_metrics(self.path, self.stage, {**metrics, "profile": timing.snapshot()})
 
     def metrics(self) -> dict:
         m = read_json(self.path / "metrics.json", {})
@@ -374,7 +376,8 @@ def setup(stage: str, namespace: dict) -> tuple[Any, Run]:
     ``namespace`` (``run_name`` included: a name that would leave runs/ fails here), seed everything, open the
     run folder, record what this kernel runs with in env.json, point the trainers' checkpoints at
     ``<run>/checkpoints/<stage>/`` (``save_steps``; only in a stage ``nbft run`` executes: it deletes them when
-    the stage ends ok and resumes from them with ``--resume``), pick device and precision, print a header.
+    the stage ends ok and resumes from them with ``--resume``), start the stage's time profile (``timing``), pick
+    device and precision, print a header.
 
     Returns ``(p, run)``: the stage's parameter dataclass and its :class:`Run` (``run.device``, ``run.precision``)::
 
@@ -389,6 +392,7 @@ def setup(stage: str, namespace: dict) -> tuple[Any, Run]:
     from . import train
 
     p = params.from_namespace(stage, namespace)
+    timing.reset()  # the stage's profile (Run.record writes it) starts here
     seed_everything(p.seed)
     run = open_run(p, stage)
     record_kernel_env(run)

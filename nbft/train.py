@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from . import files, models
+from . import files, models, timing
 
 SCOPES = ("lora", "freeze", "full")
 MODES = ("instruction", "continued_pretraining")
@@ -280,6 +280,7 @@ def _clock(earlier: float, started: list[float]):
     return Clock()
 
 
+@timing.timed("training")
 def fit(trainer, evaluate: bool = False) -> TrainResult:
     """``trainer.train()`` for any TRL/transformers trainer, without the raw log dicts on the console
     (``log_history`` keeps them); then the model cleaned up for inference (``finish``) and, with

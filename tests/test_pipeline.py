@@ -194,6 +194,11 @@ def test_every_stage_records_findings_and_what_they_mean(smoke_run):
     for stage in ("02_sft", "03_peft", "04_rlhf", "05_rag_vs_ft", "06_classify", "07_distill"):
         assert m[stage]["thresholds"] and all(isinstance(v, (int, float)) for v in m[stage]["thresholds"].values())
         assert m[stage]["n_train"] > 0 and m[stage]["n_eval"] > 0, stage
+    status = json.loads((run / "status.json").read_text())
+    for stage in ("02_sft", "03_peft", "04_rlhf", "05_rag_vs_ft", "06_classify", "07_distill"):
+        prof = m[stage]["profile"]  # where the stage's time went, measured where the work happens
+        assert prof["loading"] > 0 and prof["training"] > 0 and prof["generation"] + prof["scoring"] > 0, stage
+        assert min(prof.values()) >= 0 and prof["total"] <= status["seconds"][stage] + 1, stage
     report_text = (run / "99_report.ipynb").read_text()
     for stage in params.STAGES:
         if stage != "99_report":

@@ -255,11 +255,12 @@ def test_a_signal_marks_the_run_interrupted_with_one_line_and_resume_finishes_it
 
 
 def comparable(metrics: dict) -> dict:
-    """metrics.json without what a clock measures: seconds, tokens per second, and the seconds in findings."""
+    """metrics.json without what a clock measures: seconds, tokens per second, the seconds in findings and the
+    time profile."""
     def strip(x, key=""):
         if isinstance(x, dict):
             return {k: strip(v, k) for k, v in x.items()
-                    if not re.search(r"seconds|per_second|_ms\b|\bms\b|\bs$|peak_mem|speedup", k)}
+                    if not re.search(r"seconds|per_second|_ms\b|\bms\b|\bs$|peak_mem|speedup|^profile$", k)}
         if isinstance(x, list):
             return [strip(v, key) for v in x]
         if isinstance(x, str):
