@@ -22,7 +22,6 @@ import contextlib
 import copy
 import dataclasses
 import difflib
-import functools
 import random
 import time
 from collections import Counter
@@ -350,7 +349,9 @@ def llm_features(model, tokenizer, texts: list[str], layer: int | None, precisio
     return x if layer is not None else x.reshape(len(texts), -1, model.config.hidden_size)
 
 
-#: features_llm with feature_layer_select "cv": the logistic regression strengths tried with every layer.
+#: The logistic regression's strength on frozen features (features_minilm; features_llm with a fixed layer) ...
+LOGREG_C = 0.5
+#: ... and those tried with every layer by features_llm with feature_layer_select "cv".
 CV_C = (0.05, 0.5)
 #: ... and the folds of the cross-validation on the training set.
 CV_FOLDS = 5
@@ -383,7 +384,7 @@ def minilm_features(texts: list[str]) -> np.ndarray:
     return rag.embed(texts)
 
 
-def logreg(C: float = 0.5, seed: int = 0):
+def logreg(C: float = LOGREG_C, seed: int = 0):
     """Standardize + logistic regression (scikit-learn), unfitted."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -392,7 +393,7 @@ def logreg(C: float = 0.5, seed: int = 0):
     return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=C, random_state=seed))
 
 
-def fit_logreg(x: np.ndarray, y: list[str], labels: list[str], seed: int = 0, C: float = 0.5):
+def fit_logreg(x: np.ndarray, y: list[str], labels: list[str], seed: int = 0, C: float = LOGREG_C):
     """:func:`logreg` fitted; ``predict_proba`` columns follow ``labels``."""
     clf = logreg(C, seed)
     clf.fit(x, [labels.index(v) for v in y])
@@ -511,26 +512,25 @@ def run_approach(name: str, p: params.ClassifyParams, tokenizer, d: ClassData, p
                     scores(labels, gold, raw, pos)["accuracy"]
                 return calibrate(raw, free)
         elif a.kind == "features":
-            cv = name == "features_llm" and p.feature_layer_select == "cv"
-
-            def featurize(texts, layer=p.feature_layer):
-                if name == "features_minilm":
-                    return minilm_features(texts)
-                return llm_features(lm, tokenizer, texts, layer, precision, p.max_length, p.eval_batch_size)
             t0 = time.perf_counter()
-            y = [r["label"] for r in d.train]
-            if cv:  # every layer from one pass; the layer and C by cross-validation on the training set
-                every = featurize([r["text"] for r in d.train], None)
-                pick = select_layer(every, y, labels, p.seed)
-                layer = pick["layer"]
-                row.update(feature_layer=layer, feature_C=pick["C"], layer_cv_accuracy=pick["by_layer"],
-                           cv_accuracy=pick["cv_accuracy"])
-                featurize = functools.partial(featurize, layer=layer)
-                clf = fit_logreg(every[:, pick["layer"]], y, labels, p.seed, pick["C"])
+            y, train_texts = [r["label"] for r in d.train], [r["text"] for r in d.train]
+            C = LOGREG_C
+            if name == "features_minilm":
+                featurize = minilm_features
+                x = featurize(train_texts)
             else:
-                if name == "features_llm":
-                    row.update(feature_layer=p.feature_layer, feature_C=CV_C[-1])
-                clf = fit_logreg(featurize([r["text"] for r in d.train]), y, labels, p.seed, CV_C[-1])
+                layer, every = p.feature_layer, None
+                if p.feature_layer_select == "cv":  # every layer from one pass; layer and C by CV on the train set
+                    every = llm_features(lm, tokenizer, train_texts, None, precision, p.max_length, p.eval_batch_size)
+                    pick = select_layer(every, y, labels, p.seed)
+                    layer, C = pick["layer"], pick["C"]
+                    row.update(layer_cv_accuracy=pick["by_layer"], cv_accuracy=pick["cv_accuracy"])
+                row.update(feature_layer=layer, feature_C=C)
+
+                def featurize(texts):
+                    return llm_features(lm, tokenizer, texts, layer, precision, p.max_length, p.eval_batch_size)
+                x = every[:, layer] if every is not None else featurize(train_texts)
+            clf = fit_logreg(x, y, labels, p.seed, C)
             row["seconds"] = time.perf_counter() - t0  # features of the training set + the fit
             row["trainable_params"] = int(clf[-1].coef_.size + clf[-1].intercept_.size)
             row["vectors"] = {}
@@ -634,9 +634,10 @@ def tagger_of(rows: dict[str, dict]) -> str | None:
     """The approach whose predictions tag the unlabelled corpus: of the rows that predicted it (``unlabelled_pred``:
     the trained and feature rows), the one most accurate on the target domain (on the source test set where there
     is no target); ties go to the earlier row. None when no row predicted it."""
-    have = [k for k, r in rows.items() if r.get("unlabelled_pred")]
-    key = lambda k: rows[k].get("target_accuracy") if rows[k].get("target_accuracy") is not None else rows[k]["accuracy"]  # noqa: E731
-    return max(have, key=key, default=None)
+    def accuracy(k):
+        r = rows[k]
+        return r["target_accuracy"] if r.get("target_accuracy") is not None else r["accuracy"]
+    return max((k for k, r in rows.items() if r.get("unlabelled_pred")), key=accuracy, default=None)
 
 
 def tagged_corpus(texts: list[str], predicted: list[str]) -> list[dict]:
