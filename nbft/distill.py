@@ -172,11 +172,12 @@ def build_student(spec: str, n_keep: int, folder: str | Path, tokenizer, how: st
 # ---------------------------------------------------------------- teacher and student specs
 
 def teacher_spec(run, p: params.DistillParams) -> tuple[str, str]:
-    """(model spec or folder, in words): ``auto`` takes this run's 02_sft merged model when there is one."""
+    """(model spec or folder, in words): ``auto`` takes this run's 02_sft model (its adapter, or the whole model) when there is one."""
     if p.teacher == "auto":
         up = run.upstream("02_sft") if run is not None else None
-        if up is not None and (up / "merged" / "config.json").is_file():
-            return str(up / "merged"), "this run's SFT model (02_sft, merged)"
+        saved = train.saved_model(up) if up is not None else None
+        if saved is not None:
+            return str(saved), f"this run's SFT model (02_sft, {saved.name})"
         return p.model, (f"the model itself ({p.model}): this run has no 02_sft model, so the teacher has not been "
                          "taught the task's format and the style gap may be zero")
     if p.teacher == "base":
@@ -185,15 +186,19 @@ def teacher_spec(run, p: params.DistillParams) -> tuple[str, str]:
 
 
 def make_student(run, p: params.DistillParams, tokenizer) -> dict:
-    """The student: ``auto`` builds it from the model into ``run.artifacts/student_init`` (:func:`build_student`);
-    else ``p.student`` as it is. Returns {"spec", "note", "layers", "kept", "source_layers"} (``kept`` and
+    """The student: ``auto`` builds it from the model (:func:`build_student`) once into the model cache
+    (``models.cached_build``: a run folder keeps no copy of it; the card records the blocks kept); else ``p.student`` as it is. Returns {"spec", "note", "layers", "kept", "source_layers"} (``kept`` and
     ``source_layers``: None for a given spec)."""
     if p.student != "auto":
         from transformers import AutoConfig
 
         n = AutoConfig.from_pretrained(models.resolve(p.student).path).get_text_config().num_hidden_layers
         return {"spec": p.student, "note": f"the model {p.student}", "layers": n, "kept": None, "source_layers": None}
-    info = build_student(p.model, p.student_layers, run.artifacts / "student_init", tokenizer, p.student_blocks)
+    source = models.resolve(p.model)
+    folder = models.cached_build(
+        "students", f"{source.sha256 or source.path}:{p.student_layers}:{p.student_blocks}",
+        lambda tmp: build_student(p.model, p.student_layers, tmp, tokenizer, p.student_blocks))
+    info = {**json.loads((folder / STUDENT_FILE).read_text()), "path": str(folder)}
     chosen = "highest block influence" if p.student_blocks == "influence" else "evenly spaced"
     return {"spec": info["path"], "layers": len(info["kept"]), "kept": info["kept"],
             "source_layers": info["source_layers"], "influence": info["influence"],
@@ -460,7 +465,7 @@ def run_method(name: str, p: params.DistillParams, tokenizer, student: str, d: D
                "log_history": [{"step": h["step"], "loss": h["loss"]} for h in result.log_history if "loss" in h],
                **evaluate_student(trained, tokenizer, d, p, precision)}
         if save_to is not None:
-            models.save(trained, tokenizer, save_to)
+            models.save(trained, tokenizer, save_to, dtype=torch.bfloat16)  # bf16: half the size of fp32
         if keep:
             row["model"], result.model = trained, None
     return row

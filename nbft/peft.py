@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -335,10 +337,13 @@ def run_method(name: str, p, tokenizer, train_set: list[dict], validation: list[
         model = res.model
         trainable, total = models.count_params(model)
         folder = save(model, Path(out_dir) / name, name)
+        saved_mb = folder_mb(folder)
+        if name == "full":  # a whole copy of the model: measured, not kept (issue 16: the run folder stays small)
+            shutil.rmtree(folder)
         row = {"status": "ok", "note": method.note, "trainable_params": trainable,
                "trainable_pct": 100 * trainable / total, "seconds": res.seconds,
                "tokens_per_second": res.tokens_per_second, "peak_mem_mb": mem.mb, "eval_loss": res.eval_loss,
-               "adapter_mb": folder_mb(folder), "mergeable": method.mergeable, "merge_max_abs_diff": None,
+               "adapter_mb": saved_mb, "kept": name != "full", "mergeable": method.mergeable, "merge_max_abs_diff": None,
                "learning_rate": learning_rate(method, p), "log_history": [r for r in res.log_history if "loss" in r]}
         ev = evaluate.evaluate_model(model, tokenizer, test_set, check, precision, p.max_new_tokens,
                                      p.eval_batch_size, probe=False)
@@ -413,9 +418,10 @@ def findings(rows: dict[str, dict], base: dict, lora_vs_full: dict, branches: di
 
 def trunk_and_branches(base_loader: Callable, tokenizer, adapters: dict[str, Path], tests: dict[str, list[dict]],
                        precision: str, max_new_tokens: int, batch_size: int, weights: list[float],
-                       merged_dir: str | Path) -> dict:
+                       merged_dir: str | Path | None = None) -> dict:
     """Load several saved LoRA adapters on one base, score each (and none, and a weighted mix) on every task,
-    merge the first into a standalone model and check that it reloads with plain transformers.
+    merge the first into a standalone model and check that it reloads with plain transformers (saved into
+    ``merged_dir``, or a temporary folder: the copy is the size of the model).
 
     ``adapters`` and ``tests`` are in the same order: adapter i is meant for task i.
     """
@@ -460,8 +466,10 @@ def trunk_and_branches(base_loader: Callable, tokenizer, adapters: dict[str, Pat
     import copy
 
     merged = copy.deepcopy(model).merge_and_unload(adapter_names=[names[0]])
-    models.save(merged, tokenizer, merged_dir)
-    reloaded = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
+    with contextlib.ExitStack() as stack:  # no merged_dir: a temporary folder (the copy is the model's size)
+        folder = merged_dir if merged_dir is not None else stack.enter_context(tempfile.TemporaryDirectory())
+        models.save(merged, tokenizer, folder)
+        reloaded = AutoModelForCausalLM.from_pretrained(folder).eval()
     texts = [tests[t][0]["prompt"] for t in tasks]
     with models.padding_side(tokenizer, "right"):
         enc = tokenizer(texts, return_tensors="pt", padding=True)

@@ -511,11 +511,12 @@ def log_mean(log_history: list[dict], key: str, frac: float = 0.25, first: bool 
 # ---------------------------------------------------------------- where the policy starts
 
 def starting_policy(run, p) -> tuple[str, str]:
-    """(model spec or folder, in words): ``auto`` takes this run's 02_sft merged model when there is one."""
+    """(model spec or folder, in words): ``auto`` takes this run's 02_sft model (its adapter, or the whole model) when there is one."""
     if p.policy == "auto":
         up = run.upstream("02_sft")
-        if up is not None and (up / "merged" / "config.json").is_file():
-            return str(up / "merged"), "this run's SFT model (02_sft, merged)"
+        saved = train.saved_model(up) if up is not None else None
+        if saved is not None:
+            return str(saved), f"this run's SFT model (02_sft, {saved.name})"
         return p.model, f"the model itself ({p.model}): this run has no 02_sft model"
     if p.policy == "base":
         return p.model, f"the model itself ({p.model})"
@@ -536,9 +537,12 @@ def model_folder(spec: str) -> str:
     return models.resolve(spec).path
 
 
-def save_policy(model, tokenizer, folder: str | Path) -> Path:
-    """Merge a LoRA policy (if any) into a standalone copy and save it."""
-    return models.save(train.merged_copy(model), tokenizer, folder)
+def save_policy(model, tokenizer, folder: str | Path, base: str) -> Path:
+    """Save a policy or reward model trained from ``base``: a LoRA one as its adapter (a model spec of its own,
+    ``models.save_adapter``; the reward model's head goes with it), any other whole."""
+    if hasattr(model, "peft_config"):
+        return models.save_adapter(model, tokenizer, folder, base)
+    return models.save(model, tokenizer, folder)
 
 
 def check_inputs(p) -> None:

@@ -491,20 +491,32 @@ def merged_copy(model):
     return copy.deepcopy(model).merge_and_unload() if hasattr(model, "peft_config") else model
 
 
-def save_tuned(model, tokenizer, folder: str | Path) -> dict[str, Path]:
-    """Save a tuned model for later stages: the adapter (peft) or the model, plus a merged standalone copy.
+def save_tuned(model, tokenizer, folder: str | Path, base: str, merged: bool = False) -> dict[str, Path]:
+    """Save a tuned model for later stages: a peft model as its adapter (``models.save_adapter``: a model spec of
+    its own, merged on demand by ``models.resolve``), any other model whole; with ``merged`` also a merged
+    standalone copy (fp32, the size of the model) that loads with plain ``AutoModelForCausalLM.from_pretrained``.
 
-    Returns {"adapter": path, "merged": path} (no adapter for a plain model). The merged folder loads with
-    plain ``AutoModelForCausalLM.from_pretrained``.
+    ``base``: the spec the model was trained from (recorded with the adapter). Returns {"adapter": path} or
+    {"model": path}, plus "merged" when asked.
     """
     folder = Path(folder)
     out = {}
     if hasattr(model, "peft_config"):
-        adapter = folder / "adapter"
-        model.save_pretrained(adapter)
-        tokenizer.save_pretrained(adapter)
-        out["adapter"] = adapter
-    merged = merged_copy(model)
-    out["merged"] = models.save(merged, tokenizer, folder / "merged")
-    del merged
+        out["adapter"] = models.save_adapter(model, tokenizer, folder / "adapter", base)
+    else:
+        out["model"] = models.save(model, tokenizer, folder / "model")
+    if merged and "adapter" in out:
+        copy = merged_copy(model)
+        out["merged"] = models.save(copy, tokenizer, folder / "merged")
+        del copy
     return out
+
+
+def saved_model(folder: str | Path) -> Path | None:
+    """The model a stage saved with ``save_tuned`` into ``folder`` (merged copy, adapter or whole model), as a
+    spec later stages load; None when it saved none."""
+    folder = Path(folder)
+    for name in ("merged", "adapter", "model"):
+        if not models.folder_problem(folder / name):
+            return folder / name
+    return None

@@ -2,6 +2,7 @@
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -343,4 +344,5 @@ def test_load_data_takes_labelled_then_unlabelled_from_the_train_split(runs_dir,
     teacher, note = distill.teacher_spec(run, p)
     assert teacher == "tiny-llama" and "this run has no 02_sft model" in note
     student = distill.make_student(run, p, tok)
-    assert student["layers"] == 1 and student["kept"] == [0] and (run.artifacts / "student_init" / "config.json").is_file()
+    assert student["layers"] == 1 and student["kept"] == [0] and (Path(student["spec"]) / "config.json").is_file()
+    assert Path(student["spec"]).is_relative_to(models.cache_dir()) and distill.make_student(run, p, tok) == student

@@ -200,10 +200,11 @@ def test_starting_policy(runs_dir, tmp_path):
     run = runs.open_run(p, "04_rlhf")
     spec, words = rlhf.starting_policy(run, p)
     assert spec == "tiny-llama" and "no 02_sft model" in words
-    merged = run.path / "artifacts" / "02_sft" / "merged"
-    merged.mkdir(parents=True)
-    (merged / "config.json").write_text("{}")
-    assert rlhf.starting_policy(run, p)[0] == str(merged)
+    adapter = run.path / "artifacts" / "02_sft" / "adapter"
+    adapter.mkdir(parents=True)
+    for f in ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "nbft_base.json"):
+        (adapter / f).write_text("{}")
+    assert rlhf.starting_policy(run, p)[0] == str(adapter)
     assert rlhf.starting_policy(run, _p(run_name="r1", policy="base"))[0] == "tiny-llama"
     with pytest.raises(ValueError, match="not auto, base, or a model folder"):
         rlhf.starting_policy(run, _p(policy=str(tmp_path / "nowhere")))

@@ -1,6 +1,8 @@
 """Training wrappers on tiny-llama: LoRA SFT trains only the adapters and learns."""
 import copy
+import json
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -121,23 +123,59 @@ def test_continued_pretraining_lowers_domain_loss(tiny, tmp_path):
     assert evaluate.perplexity(res.model, tok, [d["text"] for d in docs]) < before
 
 
-def test_save_tuned_lora_merges_to_a_plain_model(tiny, tmp_path):
+def test_save_tuned_keeps_the_adapter_which_loads_merged_on_demand(tiny, tmp_path, monkeypatch):
+    """A run keeps adapters, not merged copies (issue 16); the adapter folder is a model spec: models.resolve merges
+    it into its base once, into the cache (not the run folder), and a chain (an adapter on an adapter) resolves."""
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
+    monkeypatch.setenv("NBFT_CACHE", str(tmp_path / "cache"))
     base, tok = tiny
     p = params.SFTParams(lora_r=4)
     model = get_peft_model(copy.deepcopy(base), train.lora_config(p))
     for n, q in model.named_parameters():
         if "lora_B" in n:
             torch.nn.init.normal_(q, std=0.02)
-    saved = train.save_tuned(model, tok, tmp_path)
-    assert (saved["adapter"] / "adapter_model.safetensors").is_file()
-    merged = AutoModelForCausalLM.from_pretrained(saved["merged"])
+    saved = train.save_tuned(model, tok, tmp_path / "run", base=str(models.resolve("tiny-llama").path))
+    assert set(saved) == {"adapter"} and not (tmp_path / "run" / "merged").exists()
+    assert train.saved_model(tmp_path / "run") == saved["adapter"]
+    src = models.resolve(str(saved["adapter"]))
+    assert src.kind == "adapter" and Path(src.path).is_relative_to(tmp_path / "cache")
+    merged = AutoModelForCausalLM.from_pretrained(src.path)
+    loaded, _ = models.load_model(str(saved["adapter"]), "cpu", tokenizer=tok)
     ids = tok("hello there", return_tensors="pt")
     model.eval()
     with torch.no_grad():
-        assert torch.allclose(model(**ids).logits, merged(**ids).logits, atol=1e-4)
+        want = model(**ids).logits
+        assert torch.allclose(want, merged(**ids).logits, atol=1e-4)
+        assert torch.allclose(want, loaded(**ids).logits, atol=1e-4)
+    assert models.resolve(str(saved["adapter"])).path == src.path  # built once
+    # an adapter trained on the merged adapter: its base is the first adapter folder, written relative to it
+    second = get_peft_model(loaded, train.lora_config(p))
+    for n, q in second.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.normal_(q, std=0.02)
+    folder = models.save_adapter(second, tok, tmp_path / "run" / "second", str(saved["adapter"]))
+    assert not Path(json.loads((folder / models.ADAPTER_BASE_FILE).read_text())["base"]).is_absolute()
+    chained, _ = models.load_model(str(folder), "cpu", tokenizer=tok)
+    second.eval()
+    with torch.no_grad():
+        assert torch.allclose(second(**ids).logits, chained(**ids).logits, atol=1e-4)
+    # with merged=True a standalone copy too
+    assert (train.save_tuned(model, tok, tmp_path / "run2", base="tiny-llama", merged=True)["merged"]
+            / "model.safetensors").is_file()
+
+
+def test_an_adapter_folder_without_its_base_record_is_named(tiny, tmp_path):
+    from peft import get_peft_model
+
+    base, tok = tiny
+    model = get_peft_model(copy.deepcopy(base), train.lora_config(params.SFTParams(lora_r=4)))
+    model.save_pretrained(tmp_path / "a")
+    tok.save_pretrained(tmp_path / "a")
+    assert "nbft_base.json" in models.folder_problem(tmp_path / "a")
+    with pytest.raises(models.ModelError, match="nbft_base.json"):
+        models.resolve(str(tmp_path / "a"))
 
 
 def test_trained_model_is_not_left_under_autocast(tiny):
