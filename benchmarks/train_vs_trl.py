@@ -48,9 +48,10 @@ def trl_defaults(model, tok, records, held_out, lora, steps: int, batch: int, lr
 
 
 def nbft_path(model, tok, records, held_out, lora, steps: int, batch: int, lr: float, seed: int,
-              bf16_weights: bool = False) -> dict:
-    """nbft's path: ``train.sft`` with the stage defaults of ``SFTParams`` (its precision, scheduler, ...).
-    ``bf16_weights``: the frozen base weights held in bf16 (the LoRA adapters stay fp32: peft casts them)."""
+              bf16_weights: bool = False, **overrides) -> dict:
+    """nbft's path: ``train.sft`` with the stage defaults of ``SFTParams`` (its precision, scheduler, padding-free
+    batches, ...). ``bf16_weights``: the frozen base weights held in bf16 (the LoRA adapters stay fp32: peft casts
+    them); ``overrides`` go to the trainer config (``padding_free=False``: padded batches)."""
     if bf16_weights:
         import torch
 
@@ -58,7 +59,7 @@ def nbft_path(model, tok, records, held_out, lora, steps: int, batch: int, lr: f
     p = params.SFTParams(model=lora.model, batch_size=batch, seed=seed, lora_r=lora.lora_r, lora_alpha=lora.lora_alpha,
                          lora_dropout=lora.lora_dropout, lora_target=lora.lora_target)
     result = train.sft(model, tok, records, held_out, p, learning_rate=lr, peft_config=train.lora_config(lora),
-                       max_steps=steps)
+                       max_steps=steps, **overrides)
     out = summary(result.log_history, result.seconds, result.eval_loss)
     result.release()
     return out
@@ -82,6 +83,7 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--held-out", type=int, default=32, help="validation examples the final loss is measured on")
     ap.add_argument("--bf16-weights", action="store_true",
                     help="also nbft's path with the frozen base weights in bf16 (on a CPU with bf16)")
+    ap.add_argument("--padded", action="store_true", help="also nbft's path with padded batches (padding_free=False)")
     args = ap.parse_args(argv)
 
     tok = models.load_tokenizer(args.model)
@@ -94,6 +96,8 @@ def main(argv=None) -> list[dict]:
     if bf16:
         variants["trl bf16"] = lambda m: trl_defaults(m, *common, bf16=True)
     variants["nbft"] = lambda m: nbft_path(m, *common)
+    if args.padded:
+        variants["nbft padded"] = lambda m: nbft_path(m, *common, padding_free=False)
     if bf16 and args.bf16_weights:
         variants["nbft bf16 weights"] = lambda m: nbft_path(m, *common, bf16_weights=True)
     print(f"model {args.model}; {len(records)} examples ({len(held_out)} held out for the final loss), median {data.token_stats(records)['median']} tokens; "

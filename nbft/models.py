@@ -353,13 +353,33 @@ def autocast(model, precision: str):
     """bf16 autocast (CPU or GPU) when asked for and the weights are fp32, fp16 autocast on a GPU; else a no-op.
 
     The inference-side twin of the trainers' mixed precision: ``with models.autocast(model, "bf16"): model(...)``.
+    Under ``torch.no_grad`` each weight is cast once for the whole block (``cast_once``), not at every call.
     """
     device_type = next(model.parameters()).device.type
     if precision == "bf16" and next(model.parameters()).dtype == torch.float32:
-        return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
+        return cast_once(model, torch.autocast(device_type=device_type, dtype=torch.bfloat16))
     if precision == "fp16" and device_type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.float16)
+        return cast_once(model, torch.autocast(device_type="cuda", dtype=torch.float16))
     return torch.autocast(device_type=device_type, enabled=False)
+
+
+@contextlib.contextmanager
+def cast_once(model, context):
+    """``context`` (an autocast) with the model's frozen fp32 weights marked trainable for the block, under
+    ``torch.no_grad`` only: autocast caches the low-precision copy of a weight for the block only when the weight
+    requires grad, so a frozen one (the base under a LoRA adapter) is cast again at every forward — at every
+    generated token. Measured on 2 cores (issue 16): greedy generation of a LoRA-trained model 1.8x faster. The
+    flags are restored after; with gradients on nothing changes (the weights would start taking gradients)."""
+    frozen = [] if torch.is_grad_enabled() else [
+        w for w in model.parameters() if not w.requires_grad and w.dtype == torch.float32 and w.is_leaf]
+    for w in frozen:
+        w.requires_grad_(True)
+    try:
+        with context:
+            yield
+    finally:
+        for w in frozen:
+            w.requires_grad_(False)
 
 
 @contextlib.contextmanager

@@ -172,7 +172,7 @@ def trainer_args(common, output_dir: str | Path, gradient_checkpointing: bool = 
     kwargs: dict[str, Any] = dict(
         output_dir=str(output_dir),
         lr_scheduler_type="linear",
-        warmup_steps=0.05,
+        warmup_steps=0,  # TRL's default; a 0.05 ratio rounded up to one step at learning rate 0 (1/16 of a short run)
         activation_checkpointing=gradient_checkpointing,  # TRL turns it on by default: slower on CPU
         gradient_checkpointing=None,  # deprecated alias in transformers 5
         bf16=precision == "bf16",
@@ -191,6 +191,26 @@ def trainer_args(common, output_dir: str | Path, gradient_checkpointing: bool = 
         kwargs.update(save_steps=common.save_steps, save_total_limit=1)
     kwargs.update(overrides)
     return kwargs
+
+
+def padding_free_ok(model, peft_config=None) -> bool:
+    """Can SFT batches go padding-free here (TRL's ``padding_free``: the batch's examples back to back in one row,
+    position ids restarting at 0 for each, no attention mask)? With sdpa or eager attention transformers builds
+    the block-diagonal causal mask from the position ids (``masking_utils.find_packed_sequence_indices``) when
+    there is no cache, which TRL's ``compute_loss`` ensures; flash attention reads them as sequence starts. Not
+    for peft's prompt learning (virtual tokens prepended, prefix tuning's past key values: no packed mask)."""
+    configs = [peft_config] if peft_config is not None else list((getattr(model, "peft_config", {}) or {}).values())
+    if any(getattr(c, "is_prompt_learning", False) for c in configs):
+        return False
+    impl = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    return impl in ("sdpa", "eager", "flash_attention_2", "flash_attention_3")
+
+
+def fits(tokenizer, texts: list[str], max_length: int | None) -> bool:
+    """Does every text fit in ``max_length`` tokens with the EOS TRL appends (so nothing would be truncated)?"""
+    if max_length is None:
+        return True
+    return all(len(ids) + 1 <= max_length for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
 
 
 def sft_config(p, output_dir: str | Path, learning_rate: float, **overrides):
@@ -406,6 +426,8 @@ def sft(model, tokenizer, train: list[dict], validation: list[dict], p, learning
 
     ``instruction`` mode: rendered prompt/completion records, loss on completions only.
     ``continued_pretraining``: ``{"text"}`` records, loss on every token.
+    Batches are padding-free where that is exact (``padding_free_ok``) and no example is longer than
+    ``max_length`` (``fits``: TRL does not truncate padding-free batches); ``padding_free=False`` pads.
     ``model`` is trained in place (wrapped by peft when ``peft_config`` is given: use
     ``result.model``), left in eval mode. Nothing is written to disk (the trainer's folder is
     temporary); save what you keep with :func:`save_tuned`.
@@ -418,6 +440,12 @@ def sft(model, tokenizer, train: list[dict], validation: list[dict], p, learning
     datasets.disable_progress_bars()  # per-map bars drown the notebook; the monitor shows progress
     if mode == "continued_pretraining":
         overrides.setdefault("completion_only_loss", False)
+    if "padding_free" not in overrides:  # no compute spent on padding
+        overrides["padding_free"] = padding_free_ok(model, peft_config) and fits(
+            tokenizer, [r["text"] if mode == "continued_pretraining" else r["prompt"] + r["completion"]
+                        for r in [*train, *validation]], overrides.get("max_length", p.max_length))
+    if overrides["padding_free"]:
+        overrides["max_length"] = None  # TRL does not truncate padding-free batches: every example fits (above)
     with scratch_dir() as tmp, models.padding_side(tokenizer, tokenizer.padding_side):
         trainer = SFTTrainer(model=model, args=sft_config(p, tmp, learning_rate, **overrides),
                              train_dataset=to_dataset(train, mode),

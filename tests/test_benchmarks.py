@@ -17,9 +17,10 @@ def load(name):
 
 def test_train_vs_trl_reports_every_variant_with_tokens_per_second_and_a_held_out_loss(capsys):
     rows = load("train_vs_trl").main(["--model", "tiny-llama", "--examples", "16", "--steps", "2", "--repeats", "1",
-                                      "--held-out", "4", "--bf16-weights"])
+                                      "--held-out", "4", "--bf16-weights", "--padded"])
     bf16 = models.cpu_supports_bf16()
-    expected = ["trl fp32"] + (["trl bf16"] if bf16 else []) + ["nbft"] + (["nbft bf16 weights"] if bf16 else [])
+    expected = (["trl fp32"] + (["trl bf16"] if bf16 else []) + ["nbft", "nbft padded"]
+                + (["nbft bf16 weights"] if bf16 else []))
     assert [r["variant"] for r in rows] == expected
     assert all(r["tokens_per_second"] > 0 and math.isfinite(r["final_loss"]) for r in rows)
     # the same data and seed: the losses of a 2-step run on a random tiny model agree closely
@@ -27,3 +28,12 @@ def test_train_vs_trl_reports_every_variant_with_tokens_per_second_and_a_held_ou
     assert max(losses) - min(losses) < 0.05 * min(losses)
     out = capsys.readouterr().out
     assert "| nbft |" in out and "x trl fp32" in out and "final losses within" in out
+
+
+def test_generation_benchmark_compares_batches_with_the_loop_at_equal_outputs(capsys):
+    rows = load("generation").main(["--model", "tiny-llama", "--prompts", "6", "--new-tokens", "4", "--batch", "4",
+                                    "--precisions", "fp32", "--frozen"])
+    assert [(r["precision"], r["variant"]) for r in rows] == [("fp32", "batched")]
+    # fp32: left-padded batches reproduce the one-by-one greedy replies exactly
+    assert rows[0]["same_outputs"] == rows[0]["n"] == 6 and rows[0]["speedup"] > 0
+    assert "same outputs 6/6" in capsys.readouterr().out

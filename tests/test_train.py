@@ -48,6 +48,44 @@ def test_sft_config_follows_precision():
     assert train.sft_config(params.SFTParams(precision="bf16", device="cpu"), "/tmp/x", 1e-3).bf16
 
 
+def test_padding_free_batches_give_the_padded_loss(tiny):
+    """TRL's padding-free batches (examples back to back in one row, position ids restarting) give the padded
+    batch's loss exactly with sdpa on CPU: transformers masks across examples from the position ids."""
+    from trl import SFTTrainer
+
+    base, tok = tiny
+    prep = data.prepare(params.DataPrepParams(model="tiny-llama", n_examples=40), tok)
+    records = prep.splits["train"][:6]
+    assert len({len(r["prompt"] + r["completion"]) for r in records}) > 1  # lengths differ: the padded batch pads
+    losses, shapes = {}, {}
+    for padding_free in (False, True):
+        p = params.SFTParams(model="tiny-llama", batch_size=6, precision="fp32")
+        with train.scratch_dir() as tmp:
+            trainer = SFTTrainer(model=copy.deepcopy(base), args=train.sft_config(
+                p, tmp, 1e-3, padding_free=padding_free, max_length=None if padding_free else p.max_length),
+                                 train_dataset=train.to_dataset(records), processing_class=tok)
+            batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(records))])
+            shapes[padding_free] = tuple(batch["input_ids"].shape)
+            with torch.no_grad():
+                losses[padding_free] = float(trainer.compute_loss(trainer.model, batch))
+    assert shapes[True][0] == 1 and shapes[False][0] == 6 and shapes[True][1] < 6 * shapes[False][1]
+    assert losses[True] == pytest.approx(losses[False], rel=1e-5)
+    assert train.padding_free_ok(base)
+    texts = [r["prompt"] + r["completion"] for r in records]
+    longest = max(len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts)
+    assert train.fits(tok, texts, longest + 1) and not train.fits(tok, texts, longest)
+
+
+def test_padding_free_is_off_for_prompt_learning(tiny):
+    from peft import PrefixTuningConfig, get_peft_model
+
+    base, _ = tiny
+    cfg = PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4)
+    assert not train.padding_free_ok(base, cfg)
+    assert not train.padding_free_ok(get_peft_model(copy.deepcopy(base), cfg))
+    assert train.padding_free_ok(base, train.lora_config(params.SFTParams()))
+
+
 def _block_params(model, i):
     return sum(p.numel() for p in train.blocks(model)[i].parameters())
 
