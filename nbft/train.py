@@ -300,6 +300,38 @@ def _clock(earlier: float, started: list[float]):
     return Clock()
 
 
+#: TRL modules whose fused LM head picks its scoring layout with ``_use_triton`` (see ``compact_lm_head``).
+FUSED_HEAD_MODULES = ("trl.trainer.utils", "trl.trainer.distillation_trainer")
+
+
+@contextlib.contextmanager
+def compact_lm_head():
+    """TRL's fused LM head (SFT, GRPO/RLOO, distillation) projects only the positions that have a label when the
+    device has Triton; elsewhere it projects every position, prompt tokens included, so that a compiled graph (Neuron)
+    keeps one shape. In eager mode on CPU the compact layout is exact too, and with losses on replies only most
+    positions are prompt: measured on 2 cores (issue 16) SFT LoRA steps ran 1.5x faster, identical eval loss. For
+    the block, TRL's layout choice (``_use_triton`` as the ``FUSED_HEAD_MODULES`` see it) answers yes on CPU and
+    CUDA; the kernel itself still takes its torch path where there is no Triton."""
+    import importlib
+
+    patched = []
+    for name in FUSED_HEAD_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        original = getattr(module, "_use_triton", None)
+        if original is None:
+            continue
+        module._use_triton = lambda device, original=original: device.type in ("cpu", "cuda") or original(device)
+        patched.append((module, original))
+    try:
+        yield len(patched)
+    finally:
+        for module, original in patched:
+            module._use_triton = original
+
+
 @timing.timed("training")
 def fit(trainer, evaluate: bool = False) -> TrainResult:
     """``trainer.train()`` for any TRL/transformers trainer, without the raw log dicts on the console
@@ -360,9 +392,11 @@ def fit(trainer, evaluate: bool = False) -> TrainResult:
         trainer._load_rng_state(str(resume))  # the RNG as the finished call left it
         seconds = earlier  # loading is not training
     else:
-        trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
+        with compact_lm_head():
+            trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
         seconds = earlier + time.perf_counter() - started[0]
-    eval_loss = trainer.evaluate()["eval_loss"] if evaluate else None
+    with compact_lm_head():
+        eval_loss = trainer.evaluate()["eval_loss"] if evaluate else None
     logs = [r for r in trainer.state.log_history if "num_tokens" in r and "eval_loss" not in r]
     tokens = int(logs[-1]["num_tokens"]) if logs else 0  # TRL counts the non-padding tokens trained on
     return TrainResult(finish(trainer.model), trainer, seconds, trainer.state.global_step, tokens, eval_loss,

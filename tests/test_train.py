@@ -1,4 +1,5 @@
 """Training wrappers on tiny-llama: LoRA SFT trains only the adapters and learns."""
+import contextlib
 import copy
 import json
 import time
@@ -74,6 +75,30 @@ def test_padding_free_batches_give_the_padded_loss(tiny):
     texts = [r["prompt"] + r["completion"] for r in records]
     longest = max(len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts)
     assert train.fits(tok, texts, longest + 1) and not train.fits(tok, texts, longest)
+
+
+def test_compact_lm_head_gives_the_same_loss_and_gradients(tiny):
+    """train.compact_lm_head: TRL's fused head scores only labelled positions on CPU too — same loss and gradients.
+    Fails loudly if TRL stops choosing the layout with ``_use_triton`` (the patch would silently do nothing)."""
+    from trl import SFTTrainer
+
+    base, tok = tiny
+    records = data.prepare(params.DataPrepParams(model="tiny-llama", n_examples=40), tok).splits["train"][:4]
+    p = params.SFTParams(model="tiny-llama", batch_size=4, precision="fp32")
+    with train.scratch_dir() as tmp:
+        trainer = SFTTrainer(model=copy.deepcopy(base), args=train.sft_config(p, tmp, 1e-3),
+                             train_dataset=train.to_dataset(records), processing_class=tok)
+        batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+        results = []
+        for compact in (False, True):
+            trainer.model.zero_grad()
+            with train.compact_lm_head() if compact else contextlib.nullcontext() as n:
+                loss = trainer.compute_loss(trainer.model, dict(batch))
+            loss.backward()
+            results.append((float(loss.detach()), trainer.model.lm_head.weight.grad.clone(), n))
+    (plain, g_plain, _), (compact, g_compact, n) = results
+    assert n == len(train.FUSED_HEAD_MODULES)  # both TRL modules still pick the layout this way
+    assert compact == pytest.approx(plain, rel=1e-6) and torch.allclose(g_plain, g_compact, atol=1e-6)
 
 
 def test_padding_free_is_off_for_prompt_learning(tiny):
