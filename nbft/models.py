@@ -36,6 +36,8 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SOURCE_FILE = "nbft_source.json"
 #: In an adapter folder: {"base": the spec the adapter was trained on (a folder: relative to the adapter folder)}.
 ADAPTER_BASE_FILE = "nbft_base.json"
+#: Set by ``load_model`` on the model it returns: where its weights came from (checksum), for ``evaluate``'s cache.
+CHECKSUM_ATTR = "nbft_checksum"
 #: Merged copies of adapter folders kept in ``cache_dir()/merged`` (the least recently used go first).
 MERGED_CACHE_KEEP = 4
 
@@ -442,6 +444,7 @@ def load_model(spec: str, device: str = "auto", dtype: torch.dtype = torch.float
     if model.generation_config is not None and model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tok.pad_token_id
     model.to(pick_device(device)).eval()
+    setattr(model, CHECKSUM_ATTR, f"{src.sha256 or src.path}:{src.kind}")
     return model, src
 
 

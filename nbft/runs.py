@@ -11,6 +11,7 @@
       status.json                   {"state": running|ok|failed|interrupted, "stages": {...}}
       .lock                         pid and host of the ``nbft run`` writing the run (gone when it ends)
       checkpoints/<stage>/          trainer checkpoints while the stage runs (deleted when it ends ok)
+      cache/                        evaluation results of loaded models, reused across stages (nbft.evaluate)
       artifacts/<stage>/            datasets, adapters, ...
 
 A run folder is made with one atomic ``os.mkdir`` (``reserve_run_dir``); every file is written atomically
@@ -37,6 +38,7 @@ from . import files, timing
 
 RUNS_ENV = "NBFT_RUNS_DIR"
 CHECKPOINTS = "checkpoints"  # <run>/checkpoints/<stage>/: the trainers' checkpoints while a stage runs
+EVAL_CACHE = "cache"  # <run>/cache/: evaluation results of loaded models, reused by every stage (nbft.evaluate)
 RUNNER_ENV = "NBFT_RUNNER"  # "1" in the kernels `nbft run` starts: their trainers checkpoint (save_steps)
 
 
@@ -376,7 +378,8 @@ def setup(stage: str, namespace: dict) -> tuple[Any, Run]:
     ``namespace`` (``run_name`` included: a name that would leave runs/ fails here), seed everything, open the
     run folder, record what this kernel runs with in env.json, point the trainers' checkpoints at
     ``<run>/checkpoints/<stage>/`` (``save_steps``; only in a stage ``nbft run`` executes: it deletes them when
-    the stage ends ok and resumes from them with ``--resume``), start the stage's time profile (``timing``), pick
+    the stage ends ok and resumes from them with ``--resume``), keep evaluation results of loaded models in
+    ``<run>/cache/`` (``evaluate.cache_into``), start the stage's time profile (``timing``), pick
     device and precision, print a header.
 
     Returns ``(p, run)``: the stage's parameter dataclass and its :class:`Run` (``run.device``, ``run.precision``)::
@@ -389,7 +392,7 @@ def setup(stage: str, namespace: dict) -> tuple[Any, Run]:
 
     for message, category in QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category)
-    from . import train
+    from . import evaluate, train
 
     p = params.from_namespace(stage, namespace)
     timing.reset()  # the stage's profile (Run.record writes it) starts here
@@ -398,6 +401,7 @@ def setup(stage: str, namespace: dict) -> tuple[Any, Run]:
     record_kernel_env(run)
     runner = os.environ.get(RUNNER_ENV) == "1"  # checkpoints are for `nbft run --resume`, which deletes them
     train.checkpoint_into(run.path / CHECKPOINTS / stage if p.save_steps and runner else None)
+    evaluate.cache_into(run.path / EVAL_CACHE)
     print(f"{stage}: run folder {run.path}\nmodel: {p.model}   device: {run.device}   precision: {run.precision}"
           f"   seed: {p.seed}")
     return p, run

@@ -236,8 +236,11 @@ def scratch_dir():
 
 
 def finish(model):
-    """After training: take accelerate's autocast wrappers off and switch to eval mode; returns the model."""
+    """After training: take accelerate's autocast wrappers off, switch to eval mode and drop the loaded checksum
+    (``models.CHECKSUM_ATTR``: the weights are not the loaded ones any more); returns the model."""
     remove_autocast_wrappers(model)
+    for module in model.modules():
+        module.__dict__.pop(models.CHECKSUM_ATTR, None)
     model.eval()
     return model
 
