@@ -37,3 +37,21 @@ def test_generation_benchmark_compares_batches_with_the_loop_at_equal_outputs(ca
     # fp32: left-padded batches reproduce the one-by-one greedy replies exactly
     assert rows[0]["same_outputs"] == rows[0]["n"] == 6 and rows[0]["speedup"] > 0
     assert "same outputs 6/6" in capsys.readouterr().out
+
+
+def test_profile_table_gives_each_stage_its_split_and_the_ratio_between_two_runs(tmp_path):
+    import json
+
+    def run(name, sft_train, sft_wall):
+        d = tmp_path / name
+        d.mkdir()
+        prof = {"loading": 1.0, "training": sft_train, "generation": 5.0, "scoring": 1.0, "other": 2.0}
+        (d / "metrics.json").write_text(json.dumps({"02_sft": {"profile": {**prof, "total": sum(prof.values())}},
+                                                    "01_data_prep": {"n_train": 3}}))
+        (d / "status.json").write_text(json.dumps({"seconds": {"02_sft": sft_wall, "01_data_prep": 5}}))
+        return d
+
+    out = load("profile_run").main([str(run("a", 100.0, 120.0)), str(run("b", 40.0, 60.0))])
+    row = next(line for line in out.splitlines() if line.startswith("| 02_sft"))
+    assert row.split("|")[1:-1] == [" 02_sft ", " 1 ", " 40 ", " 5 ", " 1 ", " 2 ", " 60 ", " 120 ", " 0.50 "]
+    assert "01_data_prep" not in out  # no profile recorded: not a row
