@@ -406,10 +406,10 @@ def train_rl(policy, tokenizer, prompts: list[str], reward_model, p, callbacks=(
             top_k=0, beta=p.kl_beta, reward_weights=weights, steps_per_generation=1, num_iterations=1,
             log_completions=False, shuffle_dataset=True))
         dataset = datasets.Dataset.from_list([{"prompt": _messages(q)} for q in prompts])
-        trainer = Trainer(model=policy, reward_funcs=reward_funcs, args=args, train_dataset=dataset,
-                          processing_class=tokenizer, reward_processing_classes=processing,
-                          callbacks=list(callbacks),
-                          peft_config=lora_config(p) if p.policy_scope == "lora" else None)
+        peft_config = lora_config(p) if p.policy_scope == "lora" else None
+        trainer = Trainer(model=train.bf16_frozen_base(policy, p, peft_config), reward_funcs=reward_funcs, args=args,
+                          train_dataset=dataset, processing_class=tokenizer, reward_processing_classes=processing,
+                          callbacks=list(callbacks), peft_config=peft_config)
         return train.fit(trainer)
 
 
@@ -426,6 +426,7 @@ def train_preference(policy, tokenizer, pairs: list[dict], p, callbacks=()) -> t
         raise ValueError(f"preference_loss: {p.preference_loss!r} is not one of {', '.join(PREFERENCE_LOSSES)}")
     datasets.disable_progress_bars()
     peft_config = lora_config(p) if p.policy_scope == "lora" else None
+    train.bf16_frozen_base(policy, p, peft_config)
     with train.scratch_dir() as tmp:
         common = trainer_args(p, tmp, learning_rate=p.dpo_learning_rate, num_train_epochs=p.dpo_epochs,
                               per_device_train_batch_size=p.dpo_batch_size, max_length=p.max_length, beta=p.dpo_beta)

@@ -206,6 +206,21 @@ def padding_free_ok(model, peft_config=None) -> bool:
     return impl in ("sdpa", "eager", "flash_attention_2", "flash_attention_3")
 
 
+def bf16_frozen_base(model, common, peft_config=None):
+    """LoRA-style training at bf16 precision: the frozen base weights held in bf16 instead of fp32 weights cast
+    to bf16 by autocast at every forward (in RL, at every sampled token: autocast caches no cast of a frozen
+    weight); the adapters peft adds stay fp32 (its ``autocast_adapter_dtype``), so do the optimizer states.
+    Only with a ``peft_config`` that is not prompt learning, at precision bf16 (``Common``), on fp32 weights;
+    returns the model (moved in place)."""
+    import torch
+
+    precision = models.pick_precision(common.precision, models.pick_device(common.device))
+    if (precision == "bf16" and peft_config is not None and not getattr(peft_config, "is_prompt_learning", False)
+            and next(model.parameters()).dtype == torch.float32):
+        model.to(torch.bfloat16)
+    return model
+
+
 def fits(tokenizer, texts: list[str], max_length: int | None) -> bool:
     """Does every text fit in ``max_length`` tokens with the EOS TRL appends (so nothing would be truncated)?"""
     if max_length is None:
@@ -464,7 +479,8 @@ def sft(model, tokenizer, train: list[dict], validation: list[dict], p, learning
     ``instruction`` mode: rendered prompt/completion records, loss on completions only.
     ``continued_pretraining``: ``{"text"}`` records, loss on every token.
     Batches are padding-free where that is exact (``padding_free_ok``) and no example is longer than
-    ``max_length`` (``fits``: TRL does not truncate padding-free batches); ``padding_free=False`` pads.
+    ``max_length`` (``fits``: TRL does not truncate padding-free batches); ``padding_free=False`` pads. With a
+    ``peft_config`` at bf16 the frozen base is held in bf16 (``bf16_frozen_base``).
     ``model`` is trained in place (wrapped by peft when ``peft_config`` is given: use
     ``result.model``), left in eval mode. Nothing is written to disk (the trainer's folder is
     temporary); save what you keep with :func:`save_tuned`.
@@ -483,6 +499,7 @@ def sft(model, tokenizer, train: list[dict], validation: list[dict], p, learning
                         for r in [*train, *validation]], overrides.get("max_length", p.max_length))
     if overrides["padding_free"]:
         overrides["max_length"] = None  # TRL does not truncate padding-free batches: every example fits (above)
+    bf16_frozen_base(model, p, peft_config)
     with scratch_dir() as tmp, models.padding_side(tokenizer, tokenizer.padding_side):
         trainer = SFTTrainer(model=model, args=sft_config(p, tmp, learning_rate, **overrides),
                              train_dataset=to_dataset(train, mode),

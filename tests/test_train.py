@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from nbft import data, files, models, params, train
+from nbft import data, evaluate, files, models, params, train
 
 
 def test_lora_sft_trains_only_adapters(tiny, tmp_path):
@@ -99,6 +99,21 @@ def test_compact_lm_head_gives_the_same_loss_and_gradients(tiny):
     (plain, g_plain, _), (compact, g_compact, n) = results
     assert n == len(train.FUSED_HEAD_MODULES)  # both TRL modules still pick the layout this way
     assert compact == pytest.approx(plain, rel=1e-6) and torch.allclose(g_plain, g_compact, atol=1e-6)
+
+
+def test_lora_at_bf16_holds_the_frozen_base_in_bf16_and_the_adapters_in_fp32(tiny):
+    base, tok = tiny
+    records = data.prepare(params.DataPrepParams(model="tiny-llama", n_examples=40), tok).splits["train"][:8]
+    p = params.SFTParams(model="tiny-llama", batch_size=4, precision="bf16", lora_r=4)
+    res = train.sft(copy.deepcopy(base), tok, records, [], p, learning_rate=1e-3, peft_config=train.lora_config(p),
+                    max_steps=2)
+    dtypes = {("lora_" in n, w.requires_grad, w.dtype) for n, w in res.model.named_parameters()}
+    assert dtypes == {(True, True, torch.float32), (False, False, torch.bfloat16)}
+    assert evaluate.generate(res.model, tok, [records[0]["prompt"]], 4, precision="bf16")  # runs as it is
+    # fp32 precision, or no adapter (full, freeze): the weights stay fp32
+    fp32 = params.SFTParams(model="tiny-llama", precision="fp32")
+    assert next(train.bf16_frozen_base(copy.deepcopy(base), fp32, train.lora_config(fp32)).parameters()).dtype == torch.float32
+    assert next(train.bf16_frozen_base(copy.deepcopy(base), p, None).parameters()).dtype == torch.float32
 
 
 def test_padding_free_is_off_for_prompt_learning(tiny):
