@@ -3,7 +3,7 @@ bf16) against nbft's training path (``nbft.train.sft``), on the same model, data
 learning rate and seed.
 
     .venv/bin/python benchmarks/train_vs_trl.py [--model smollm2-135m-instruct] [--examples 128] [--steps 16]
-                                                [--repeats 3]
+                                                [--repeats 3] [--ablations]
 
 Runs are interleaved (A B C, A B C, ...) so a busy machine slows every variant alike; the table gives the median
 tokens/s of each variant, its final loss and the ratio to each TRL variant: the number issue 16 is judged by. The
@@ -20,10 +20,12 @@ padding, precision — is TRL's default. The adapter is the same LoRA (r 16, alp
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import tempfile
 import time
+from unittest import mock
 
 from nbft import data, models, params, train
 
@@ -47,19 +49,25 @@ def trl_defaults(model, tok, records, held_out, lora, steps: int, batch: int, lr
         return summary(trainer.state.log_history, seconds, trainer.evaluate()["eval_loss"])
 
 
-def nbft_path(model, tok, records, held_out, lora, steps: int, batch: int, lr: float, seed: int,
-              bf16_weights: bool = False, **overrides) -> dict:
-    """nbft's path: ``train.sft`` with the stage defaults of ``SFTParams`` (its precision, scheduler, padding-free
-    batches, ...). ``bf16_weights``: the frozen base weights held in bf16 (the LoRA adapters stay fp32: peft casts
-    them); ``overrides`` go to the trainer config (``padding_free=False``: padded batches)."""
-    if bf16_weights:
-        import torch
+#: ``--ablations``: nbft's path with one of its speed-ups taken out (what each contributes, and that none moves the
+#: loss): padded batches, the frozen base in fp32 under autocast, TRL's full-vocabulary LM head on CPU.
+ABLATIONS = {"padded": "nbft padded", "fp32 base": "nbft fp32 base", "full head": "nbft full-vocab head"}
 
-        model.to(torch.bfloat16)
+
+def nbft_path(model, tok, records, held_out, lora, steps: int, batch: int, lr: float, seed: int,
+              without: str | None = None) -> dict:
+    """nbft's path: ``train.sft`` with the stage defaults of ``SFTParams`` (its precision, scheduler, padding-free
+    batches, bf16 frozen base, compact LM head, ...); ``without``: one ``ABLATIONS`` key taken out."""
     p = params.SFTParams(model=lora.model, batch_size=batch, seed=seed, lora_r=lora.lora_r, lora_alpha=lora.lora_alpha,
                          lora_dropout=lora.lora_dropout, lora_target=lora.lora_target)
-    result = train.sft(model, tok, records, held_out, p, learning_rate=lr, peft_config=train.lora_config(lora),
-                       max_steps=steps, **overrides)
+    overrides = {"padding_free": False} if without == "padded" else {}
+    with contextlib.ExitStack() as stack:
+        if without == "fp32 base":
+            stack.enter_context(mock.patch.object(train, "bf16_frozen_base", lambda model, *a, **k: model))
+        if without == "full head":
+            stack.enter_context(mock.patch.object(train, "compact_lm_head", contextlib.nullcontext))
+        result = train.sft(model, tok, records, held_out, p, learning_rate=lr, peft_config=train.lora_config(lora),
+                           max_steps=steps, **overrides)
     out = summary(result.log_history, result.seconds, result.eval_loss)
     result.release()
     return out
@@ -81,9 +89,8 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--held-out", type=int, default=32, help="validation examples the final loss is measured on")
-    ap.add_argument("--bf16-weights", action="store_true",
-                    help="also nbft's path with the frozen base weights in bf16 (on a CPU with bf16)")
-    ap.add_argument("--padded", action="store_true", help="also nbft's path with padded batches (padding_free=False)")
+    ap.add_argument("--ablations", action="store_true",
+                    help="also nbft's path with each of its speed-ups taken out, one at a time (ABLATIONS)")
     args = ap.parse_args(argv)
 
     tok = models.load_tokenizer(args.model)
@@ -96,10 +103,9 @@ def main(argv=None) -> list[dict]:
     if bf16:
         variants["trl bf16"] = lambda m: trl_defaults(m, *common, bf16=True)
     variants["nbft"] = lambda m: nbft_path(m, *common)
-    if args.padded:
-        variants["nbft padded"] = lambda m: nbft_path(m, *common, padding_free=False)
-    if bf16 and args.bf16_weights:
-        variants["nbft bf16 weights"] = lambda m: nbft_path(m, *common, bf16_weights=True)
+    for key, name in ABLATIONS.items() if args.ablations else ():
+        if key != "fp32 base" or bf16:  # without bf16 the base stays fp32 anyway
+            variants[name] = lambda m, key=key: nbft_path(m, *common, without=key)
     print(f"model {args.model}; {len(records)} examples ({len(held_out)} held out for the final loss), median {data.token_stats(records)['median']} tokens; "
           f"LoRA r16 all-linear, batch {args.batch}, {args.steps} steps, lr {args.lr}; cpu bf16: {bf16}"
           + ("" if bf16 else " (no bf16 row: TRL's bf16=True needs a CPU with bf16)")

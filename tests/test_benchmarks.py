@@ -17,10 +17,10 @@ def load(name):
 
 def test_train_vs_trl_reports_every_variant_with_tokens_per_second_and_a_held_out_loss(capsys):
     rows = load("train_vs_trl").main(["--model", "tiny-llama", "--examples", "16", "--steps", "2", "--repeats", "1",
-                                      "--held-out", "4", "--bf16-weights", "--padded"])
+                                      "--held-out", "4", "--ablations"])
     bf16 = models.cpu_supports_bf16()
     expected = (["trl fp32"] + (["trl bf16"] if bf16 else []) + ["nbft", "nbft padded"]
-                + (["nbft bf16 weights"] if bf16 else []))
+                + (["nbft fp32 base"] if bf16 else []) + ["nbft full-vocab head"])
     assert [r["variant"] for r in rows] == expected
     assert all(r["tokens_per_second"] > 0 and math.isfinite(r["final_loss"]) for r in rows)
     # the same data and seed: the losses of a 2-step run on a random tiny model agree closely
