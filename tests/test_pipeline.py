@@ -231,8 +231,11 @@ def test_smoke_artifacts(smoke_run):
     for folder in ("reward_model", "rl_policy", "dpo_policy"):  # smoke: LoRA policies, saved as adapters on 02's
         assert not models.folder_problem(rl / folder), folder
         assert models.adapter_base(rl / folder) == str((sft / "adapter").resolve()), folder
-    rm_config = json.loads((rl / "reward_model" / "config.json").read_text())
-    assert rm_config["architectures"] == ["LlamaForSequenceClassification"] and len(rm_config["id2label"]) == 1
+    # each is a model spec: merged on demand onto 02's adapter merged onto the model (the reward model as a classifier)
+    reward = json.loads((Path(models.resolve(str(rl / "reward_model")).path) / "config.json").read_text())
+    policy = json.loads((Path(models.resolve(str(rl / "rl_policy")).path) / "config.json").read_text())
+    assert reward["architectures"] == ["LlamaForSequenceClassification"] and len(reward["id2label"]) == 1
+    assert policy["architectures"] == ["LlamaForCausalLM"]
     n_pairs = sum(1 for _ in open(rl / "pairs" / "pairs_train.jsonl"))
     assert n_pairs == json.loads((run / "metrics.json").read_text())["04_rlhf"]["n_pairs_train"]
     assert (rl / "card.md").is_file()
