@@ -320,8 +320,11 @@ def load_reward_base(folder: str | Path, tokenizer, device: str = "cpu"):
     return models.load_classifier(folder, tokenizer, 1, device)
 
 
-def train_reward_model(model, tokenizer, pairs: list[dict], p, callbacks=()) -> train.TrainResult:
-    """TRL RewardTrainer (Bradley-Terry loss on chosen vs rejected), LoRA + head or every weight."""
+def train_reward_model(model, tokenizer, pairs: list[dict], p, callbacks=(), save_to: str | Path | None = None,
+                       base: str | None = None) -> train.TrainResult:
+    """TRL RewardTrainer (Bradley-Terry loss on chosen vs rejected), LoRA + head or every weight; the result's model
+    is a plain scorer (a LoRA adapter merged in). ``save_to``: the trained reward model is saved there first
+    (``save_policy``: with LoRA the adapter and head on ``base``, the spec ``model`` was loaded from)."""
     import datasets
     from trl import RewardConfig, RewardTrainer
 
@@ -337,6 +340,8 @@ def train_reward_model(model, tokenizer, pairs: list[dict], p, callbacks=()) -> 
                                 processing_class=tokenizer, callbacks=list(callbacks),
                                 peft_config=lora_config(p, "SEQ_CLS") if p.rm_scope == "lora" else None)
         out = train.fit(trainer)
+    if save_to is not None:
+        save_policy(out.model, tokenizer, save_to, base)
     if hasattr(out.model, "merge_and_unload"):  # a scorer from here on: fold the adapter in (no per-call LoRA cost)
         out.model = out.model.merge_and_unload().eval()
     return out
