@@ -177,7 +177,7 @@ def test_preference_losses_train_a_lora_policy(tiny_folder, loss, tmp_path):
     policy, _ = models.load_model(tiny_folder, "cpu", tokenizer=tok)
     run = rlhf.train_preference(policy, tok, _pairs(8), _p(preference_loss=loss, dpo_epochs=1.0))
     assert any("loss" in r for r in run.log_history) and hasattr(run.model, "peft_config")
-    saved = rlhf.save_policy(run.model, tok, tmp_path / "policy")
+    saved = rlhf.save_policy(run.model, tok, tmp_path / "policy", tiny_folder)  # its adapter, merged on load
     plain = models.load_model(str(saved), "cpu", tokenizer=tok)[0]
     assert not hasattr(plain, "peft_config")
     ids = tok(["What is item 1?"], return_tensors="pt")
