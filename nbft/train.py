@@ -478,9 +478,10 @@ def sft(model, tokenizer, train: list[dict], validation: list[dict], p, learning
 
     ``instruction`` mode: rendered prompt/completion records, loss on completions only.
     ``continued_pretraining``: ``{"text"}`` records, loss on every token.
-    Batches are padding-free where that is exact (``padding_free_ok``) and no example is longer than
-    ``max_length`` (``fits``: TRL does not truncate padding-free batches); ``padding_free=False`` pads. With a
-    ``peft_config`` at bf16 the frozen base is held in bf16 (``bf16_frozen_base``).
+    Batches are padded to their longest example; ``padding_free=True`` packs each batch into one row instead, where
+    that is exact (``padding_free_ok``) and no example is longer than ``max_length`` (``fits``) — measured no faster
+    on 2 CPU cores with ~50-token examples (the packed row's masked attention costs what the padding saved), so not
+    the default. With a ``peft_config`` at bf16 the frozen base is held in bf16 (``bf16_frozen_base``).
     ``model`` is trained in place (wrapped by peft when ``peft_config`` is given: use
     ``result.model``), left in eval mode. Nothing is written to disk (the trainer's folder is
     temporary); save what you keep with :func:`save_tuned`.
@@ -493,12 +494,17 @@ def sft(model, tokenizer, train: list[dict], validation: list[dict], p, learning
     datasets.disable_progress_bars()  # per-map bars drown the notebook; the monitor shows progress
     if mode == "continued_pretraining":
         overrides.setdefault("completion_only_loss", False)
-    if "padding_free" not in overrides:  # no compute spent on padding
-        overrides["padding_free"] = padding_free_ok(model, peft_config) and fits(
-            tokenizer, [r["text"] if mode == "continued_pretraining" else r["prompt"] + r["completion"]
-                        for r in [*train, *validation]], overrides.get("max_length", p.max_length))
-    if overrides["padding_free"]:
-        overrides["max_length"] = None  # TRL does not truncate padding-free batches: every example fits (above)
+    if overrides.get("padding_free"):  # opt-in: on 2 CPU cores no faster than padding (benchmarks/train_vs_trl.py)
+        texts = [r["text"] if mode == "continued_pretraining" else r["prompt"] + r["completion"]
+                 for r in [*train, *validation]]
+        max_length = overrides.get("max_length", p.max_length)
+        if not padding_free_ok(model, peft_config):
+            raise ValueError("padding_free: not exact for this model (its attention implementation, or peft's prompt "
+                             "learning, does not separate examples packed in one row); leave it off")
+        if not fits(tokenizer, texts, max_length):
+            raise ValueError(f"padding_free: some examples are longer than max_length {max_length}, and TRL does not "
+                             "truncate padding-free batches; raise max_length or leave padding_free off")
+        overrides["max_length"] = None
     bf16_frozen_base(model, p, peft_config)
     with scratch_dir() as tmp, models.padding_side(tokenizer, tokenizer.padding_side):
         trainer = SFTTrainer(model=model, args=sft_config(p, tmp, learning_rate, **overrides),

@@ -19,7 +19,7 @@ def test_train_vs_trl_reports_every_variant_with_tokens_per_second_and_a_held_ou
     rows = load("train_vs_trl").main(["--model", "tiny-llama", "--examples", "16", "--steps", "2", "--repeats", "1",
                                       "--held-out", "4", "--ablations"])
     bf16 = models.cpu_supports_bf16()
-    expected = (["trl fp32"] + (["trl bf16"] if bf16 else []) + ["nbft", "nbft padded"]
+    expected = (["trl fp32"] + (["trl bf16"] if bf16 else []) + ["nbft", "nbft padding-free"]
                 + (["nbft fp32 base"] if bf16 else []) + ["nbft full-vocab head"])
     assert [r["variant"] for r in rows] == expected
     assert all(r["tokens_per_second"] > 0 and math.isfinite(r["final_loss"]) for r in rows)

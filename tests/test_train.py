@@ -75,6 +75,10 @@ def test_padding_free_batches_give_the_padded_loss(tiny):
     texts = [r["prompt"] + r["completion"] for r in records]
     longest = max(len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts)
     assert train.fits(tok, texts, longest + 1) and not train.fits(tok, texts, longest)
+    # opt-in, and refused where it would not be exact
+    with pytest.raises(ValueError, match="longer than max_length"):
+        train.sft(copy.deepcopy(base), tok, records, [], params.SFTParams(model="tiny-llama", max_length=longest),
+                  learning_rate=1e-3, padding_free=True, max_steps=1)
 
 
 def test_compact_lm_head_gives_the_same_loss_and_gradients(tiny):
