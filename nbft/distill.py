@@ -312,7 +312,8 @@ def teacher_replies(teacher, tokenizer, prompts: list[str], p: params.DistillPar
     """The teacher's replies for imitation: batched generation, greedy or sampled (``imitation_sampling``)."""
     kw = (dict(do_sample=True, seed=p.seed, temperature=p.imitation_temperature, top_p=1.0)
           if p.imitation_sampling == "sample" else {})
-    return evaluate.generate(teacher, tokenizer, prompts, p.max_new_tokens, p.eval_batch_size, precision, **kw)
+    return evaluate.generate(teacher, tokenizer, prompts, p.max_new_tokens, p.eval_batch_size, precision,
+                             cache=False, **kw)  # timed: their cost is part of the imitation row
 
 
 def imitation_records(prompts: list[str], replies: list[str], tokenizer) -> list[dict]:
@@ -407,11 +408,11 @@ def generation_speed(model, tokenizer, prompts: list[str], max_new_tokens: int, 
     """Generated tokens per second: ``prompts`` as one batch, exactly ``max_new_tokens`` each (EOS held off), after a
     short warm-up; the best of ``repeats`` timings (a shared CPU only ever makes a run slower). The same prompts and
     length for every model, so the numbers compare."""
-    evaluate.generate(model, tokenizer, prompts[:1], 2, 1, precision)
+    evaluate.generate(model, tokenizer, prompts[:1], 2, 1, precision, cache=False)
     best = math.inf
-    for _ in range(repeats):
+    for _ in range(repeats):  # never from the run's cache (evaluate.cache_into): this is a timing
         t0 = time.perf_counter()
-        evaluate.generate(model, tokenizer, prompts, max_new_tokens, len(prompts), precision,
+        evaluate.generate(model, tokenizer, prompts, max_new_tokens, len(prompts), precision, cache=False,
                           min_new_tokens=max_new_tokens)
         best = min(best, time.perf_counter() - t0)
     return len(prompts) * max_new_tokens / best

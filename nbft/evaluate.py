@@ -75,17 +75,19 @@ def _memo(kind: str, model, payload: dict, compute: Callable):
 
 
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 48, batch_size: int = 16,
-             precision: str = "fp32", do_sample: bool = False, seed: int = 0, **gen_kwargs) -> list[str]:
+             precision: str = "fp32", do_sample: bool = False, seed: int = 0, cache: bool = True,
+             **gen_kwargs) -> list[str]:
     """Complete already-rendered prompts, in batches with left padding; greedy by default.
 
     Prompts are sorted by length so each batch pads little; outputs come back in input order.
     The model is put in eval mode (after ``trainer.train()`` it is left in training mode,
     and dropout then garbles generations). Greedy replies of a loaded model come from the run's cache
-    when it has them (``cache_into``).
+    when it has them (``cache_into``); ``cache=False`` always generates (what a timing measures).
     """
     model.eval()
-    if do_sample:
-        return _generate(model, tokenizer, prompts, max_new_tokens, batch_size, precision, True, seed, **gen_kwargs)
+    if do_sample or not cache:
+        return _generate(model, tokenizer, prompts, max_new_tokens, batch_size, precision, do_sample, seed,
+                         **gen_kwargs)
     return _memo("generate", model, {"prompts": list(prompts), "max_new_tokens": max_new_tokens, "batch_size": batch_size,
                                      "precision": precision, "kwargs": gen_kwargs},
                  lambda: _generate(model, tokenizer, prompts, max_new_tokens, batch_size, precision, False, seed,

@@ -317,6 +317,11 @@ class PeakRSS:
         return False
 
 
+#: A method that trains this share of the model's weights or more (full; freeze, ~10% for the default) is saved,
+#: measured (``adapter_mb``) and removed: a run keeps adapters (issue 16: a default run folder under 300 MB).
+KEEP_MAX_PCT = 5.0
+
+
 def run_method(name: str, p, tokenizer, train_set: list[dict], validation: list[dict], test_set: list[dict],
                out_dir: str | Path, check: str = "auto", precision: str = "fp32", callbacks=()) -> dict:
     """Train one method under the shared budget and measure everything the results table shows.
@@ -338,12 +343,13 @@ def run_method(name: str, p, tokenizer, train_set: list[dict], validation: list[
         trainable, total = models.count_params(model)
         folder = save(model, Path(out_dir) / name, name)
         saved_mb = folder_mb(folder)
-        if name == "full":  # a whole copy of the model: measured, not kept (issue 16: the run folder stays small)
+        kept = 100 * trainable / total < KEEP_MAX_PCT
+        if not kept:  # a (partial) copy of the model: measured, not kept
             shutil.rmtree(folder)
         row = {"status": "ok", "note": method.note, "trainable_params": trainable,
                "trainable_pct": 100 * trainable / total, "seconds": res.seconds,
                "tokens_per_second": res.tokens_per_second, "peak_mem_mb": mem.mb, "eval_loss": res.eval_loss,
-               "adapter_mb": saved_mb, "kept": name != "full", "mergeable": method.mergeable, "merge_max_abs_diff": None,
+               "adapter_mb": saved_mb, "kept": kept, "mergeable": method.mergeable, "merge_max_abs_diff": None,
                "learning_rate": learning_rate(method, p), "log_history": [r for r in res.log_history if "loss" in r]}
         ev = evaluate.evaluate_model(model, tokenizer, test_set, check, precision, p.max_new_tokens,
                                      p.eval_batch_size, probe=False)

@@ -49,6 +49,11 @@ def test_evaluation_of_a_loaded_model_is_cached_in_the_run_and_a_changed_model_m
         assert evaluate.CACHE.hits == 2
         evaluate.generate(again, tok, prompts, 7)  # another setting: a miss
         assert evaluate.CACHE.misses == 3
+        assert evaluate.generate(again, tok, prompts, 7, cache=False) and evaluate.CACHE.hits == 2  # a timing: never cached
+        from nbft import distill
+
+        distill.generation_speed(model, tok, prompts, 4, "fp32")  # twice, best of: both really generate
+        assert evaluate.CACHE.hits == 2
         with torch.no_grad():
             next(again.parameters())[0, 0] += 1.0  # changed in place: the fingerprint differs
         assert evaluate.model_key(again) != evaluate.model_key(model)

@@ -224,6 +224,9 @@ def test_smoke_artifacts(smoke_run):
     assert (pe / "methods" / "lora" / "adapter_model.safetensors").is_file()
     assert (pe / "methods" / "bottleneck_adapter" / "trainable.safetensors").is_file()
     assert not (pe / "merged_A").exists() and not (pe / "methods" / "full").exists()  # whole copies: not kept
+    kept = json.loads((run / "metrics.json").read_text())["03_peft"]["methods"]
+    assert all((pe / "methods" / m).is_dir() == (r["trainable_pct"] < 5) == r["kept"] for m, r in kept.items()
+               if r.get("status") == "ok")
     sft = run / "artifacts" / "02_sft"
     assert (sft / "adapter" / "adapter_model.safetensors").is_file() and (sft / "card.md").is_file()
     assert not (sft / "merged").exists()  # later stages merge the adapter on demand
