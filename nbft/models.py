@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from . import timing
+from . import files, timing
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 TINY_MODEL = "tiny-llama"
@@ -262,7 +262,7 @@ def save_adapter(model, tokenizer, folder: str | Path, base: str) -> Path:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     written = os.path.relpath(Path(base).resolve(), folder.resolve()) if Path(base).is_dir() else base
-    (folder / ADAPTER_BASE_FILE).write_text(json.dumps({"base": written}, indent=1))
+    files.write_json(folder / ADAPTER_BASE_FILE, {"base": written})
     return folder
 
 
