@@ -1,6 +1,6 @@
 """The ``nbft`` command: run the notebook pipeline with Papermill, sweep a grid, list runs, show parameters.
 
-    nbft run [--params FILE] [--only STAGE ...] [--name NAME] [--set key=value ...]
+    nbft run [--params FILE] [--only STAGE ...] [--name NAME] [--set key=value ...] [--jobs N|auto]
     nbft run --resume NAME [--set key=value ...]   continue a crashed, interrupted or failed run
     nbft sweep [--params FILE] --grid key=v1,v2 [--grid ...] [--only STAGE ...] [--name NAME] [--set ...]
     nbft list
@@ -16,6 +16,7 @@ import difflib
 import json
 import os
 import re
+import shutil
 import signal
 import sys
 import time
@@ -217,27 +218,89 @@ def _stop_children() -> None:
     psutil.wait_procs(children, timeout=5)
 
 
+#: What a stage reads from earlier stages of the same run: 02, 03 and 07 train on 01's data, 04 and 07 start from
+#: 02's model (05 and 06 make their own data); 99_report reads every other stage. With ``--jobs`` above 1 a stage
+#: starts once those of its needs that are in the run have ended ok.
+NEEDS = {"02_sft": ("01_data_prep",), "03_peft": ("01_data_prep",), "04_rlhf": ("02_sft",),
+         "07_distill": ("01_data_prep", "02_sft")}
+#: With ``--jobs`` above 1, the order in which a free lane takes the stages that are ready: the chain the others
+#: wait for first, then the longest (the default profile's stage times, docs/measurements.md), the report last.
+LANE_ORDER = ("01_data_prep", "02_sft", "06_classify", "04_rlhf", "03_peft", "05_rag_vs_ft", "07_distill",
+              "99_report")
+
+
+def needs(stage: str, stages: list[str]) -> list[str]:
+    """The stages of ``stages`` that ``stage`` must wait for (``NEEDS``; the report waits for all)."""
+    if stage == "99_report":
+        return [s for s in stages if s != stage]
+    return [s for s in NEEDS.get(stage, ()) if s in stages]
+
+
+def cpu_count() -> int:
+    """The cores this process may use (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def pick_jobs(jobs: str | int, resolved: dict) -> int:
+    """``--jobs``: a number, or ``auto``: 2 on a CPU with at least 2 cores (two kernels of one thread each train
+    1.6x as much per second as one kernel of two threads on 2 cores: docs/measurements.md), 1 on a GPU (stages
+    would share its memory)."""
+    if str(jobs) == "auto":
+        from . import models
+
+        common = next(iter(resolved.values()))
+        return 2 if models.pick_device(common.device) == "cpu" and cpu_count() >= 2 else 1
+    try:
+        n = int(jobs)
+    except (TypeError, ValueError):
+        raise P.ParamError(f"--jobs {jobs!r}: a whole number of stages at once, or auto") from None
+    if n < 1:
+        raise P.ParamError(f"--jobs {n}: at least 1")
+    return n
+
+
+def _threads_kernel_manager(threads: int):
+    """A kernel manager whose kernels use ``threads`` intra-op threads (OMP_NUM_THREADS, which torch reads when it
+    starts): the lanes of ``--jobs`` share the cores instead of each taking all of them."""
+    from jupyter_client import AsyncKernelManager
+
+    class ThreadsKernelManager(AsyncKernelManager):
+        async def _async_launch_kernel(self, kernel_cmd, **kw):
+            kw["env"] = {**(kw.get("env") or os.environ), "OMP_NUM_THREADS": str(threads),
+                         "MKL_NUM_THREADS": str(threads)}
+            return await super()._async_launch_kernel(kernel_cmd, **kw)
+
+    return ThreadsKernelManager
+
+
 def execute(resolved: dict, stages: list[str], run_dir: Path, progress: bool = True, verbose: bool = False,
-            label: str = "nbft run", resume: dict | None = None) -> int:
+            label: str = "nbft run", resume: dict | None = None, jobs: int = 1) -> int:
     """Execute ``stages`` with Papermill into ``run_dir`` (reserved by the caller) holding its lock: executed
-    notebooks, offline HTML reports, status.json after every stage and ``index.html``. With ``resume``
+    notebooks, offline HTML reports, status.json after every stage (``clock``: each stage's start and end, Unix
+    seconds) and ``index.html``. With ``resume``
     (``prepare_resume``), stages that ended ok are skipped and the others run again from their start (their
-    trainers resume from their checkpoints). SIGINT/SIGTERM stop the run with status ``interrupted``.
+    trainers resume from their checkpoints). ``jobs`` above 1: that many stages at once, each kernel with its
+    share of the cores, a stage starting once its ``needs`` ended ok; a failed stage stops new ones from starting
+    (those running finish). SIGINT/SIGTERM stop the run with status ``interrupted``.
     Returns the exit code: 0, EXIT_FAILED, or 128 + the signal number."""
     runs.acquire(run_dir)
-    where = {"stage": None}
+    running: dict = {}
     try:
         with _signals_interrupt():
-            return _execute(resolved, stages, run_dir, progress, verbose, label, resume, where)
+            return _execute(resolved, stages, run_dir, progress, verbose, label, resume, running, jobs)
     except KeyboardInterrupt as e:
         signum = getattr(e, "signum", signal.SIGINT)
         with _signals_ignored():
             _stop_children()
             runs.write_status(run_dir, state="interrupted", signal=signal.Signals(signum).name,
-                              **({"stages": {where["stage"]: "interrupted"}} if where["stage"] else {}))
+                              **({"stages": {s: "interrupted" for s in running}} if running else {}))
             with contextlib.suppress(Exception):
                 _write_index(run_dir)
-            print(f"\n{label}: interrupted ({signal.Signals(signum).name}) in {where['stage'] or 'setup'}; "
+            where = ", ".join(running) or "setup"
+            print(f"\n{label}: interrupted ({signal.Signals(signum).name}) in {where}; "
                   f"continue it with: nbft run --resume {run_dir.name}", file=sys.stderr, flush=True)
         return 128 + signum
     except Exception as e:  # a bug in nbft itself: recorded, then shown in full
@@ -263,8 +326,8 @@ def _write_index(run_dir: Path) -> None:
     report.write_index(run_dir)
 
 
-def _execute(resolved, stages, run_dir, progress, verbose, label, resume, where) -> int:
-    import shutil
+def _execute(resolved, stages, run_dir, progress, verbose, label, resume, running, jobs=1) -> int:
+    import concurrent.futures as cf
 
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
@@ -284,50 +347,98 @@ def _execute(resolved, stages, run_dir, progress, verbose, label, resume, where)
     else:
         runs.write_env(run_dir, resolved[stages[0]])
         runs.write_status(run_dir, state="running", stages={s: "pending" for s in stages}, started=time.time())
+    jobs = max(1, min(jobs, len([s for s in stages if s not in done]) or 1))
+    threads = max(1, cpu_count() // jobs) if jobs > 1 else None
     print(f"{label}: {run_dir} ({len(stages)} stage{'s' * (len(stages) > 1)}: {', '.join(stages)})"
-          + (f"; resuming, {len(done)} done: {', '.join(s for s in stages if s in done)}" if resume else ""), flush=True)
-
-    t_all = time.perf_counter()
-    for i, stage in enumerate(stages, 1):
+          + (f"; resuming, {len(done)} done: {', '.join(s for s in stages if s in done)}" if resume else "")
+          + (f"; {jobs} at once, {threads} thread{'s' * (threads > 1)} each" if threads else ""), flush=True)
+    n = len(stages)
+    num = {s: f"[{stages.index(s) + 1}/{n}]" for s in stages}
+    for stage in stages:
         if stage in done:
-            print(f"[{i}/{len(stages)}] {stage} ok earlier (skipped)", flush=True)
-            continue
-        src = nb_dir / f"{stage}.ipynb"
-        out = run_dir / f"{stage}.ipynb"
-        print(f"[{i}/{len(stages)}] {stage} ...", flush=True)
-        where["stage"] = stage
+            print(f"{num[stage]} {stage} ok earlier (skipped)", flush=True)
+
+    def papermill(stage):  # the one call that may run in a lane's thread: no status or index writes here
+        kw = {"kernel_manager_class": _threads_kernel_manager(threads)} if threads else {}
+        pm.execute_notebook(str(nb_dir / f"{stage}.ipynb"), str(run_dir / f"{stage}.ipynb"),
+                            parameters=dataclasses.asdict(resolved[stage]), kernel_name="python3",
+                            progress_bar=progress and not threads, cwd=None if threads else str(nb_dir),
+                            log_output=verbose, **kw)
+
+    def started(stage):
+        print(f"{num[stage]} {stage} ...", flush=True)
         if resume:
             runs.clear_metrics(run_dir, stage)  # recorded again from the start of the stage
-        runs.write_status(run_dir, stages={stage: "running"})
-        t0 = time.perf_counter()
-        try:
-            pm.execute_notebook(str(src), str(out), parameters=dataclasses.asdict(resolved[stage]),
-                                kernel_name="python3", progress_bar=progress, cwd=str(nb_dir),
-                                log_output=verbose)
-        except PapermillExecutionError as e:
-            where_cell = f"cell {e.cell_index} (In [{e.exec_count}])"
+        running[stage] = time.perf_counter()
+        runs.write_status(run_dir, stages={stage: "running"}, clock={stage: [round(time.time(), 2), None]})
+
+    def ended(stage, error: BaseException | None) -> int:
+        secs = time.perf_counter() - running.pop(stage)
+        out = run_dir / f"{stage}.ipynb"
+        if isinstance(error, PapermillExecutionError):
+            where_cell = f"cell {error.cell_index} (In [{error.exec_count}])"
             runs.write_status(run_dir, state="failed", stages={stage: "failed"}, failed_stage=stage,
-                              failed_cell=e.cell_index, error=f"{e.ename}: {e.evalue}")
+                              failed_cell=error.cell_index, error=f"{error.ename}: {error.evalue}")
             html = _export_or_warn(run_dir, out, label) if out.exists() else None
             _write_index(run_dir)
-            print(f"{label}: FAILED in notebook {stage}.ipynb, {where_cell}: {e.ename}: {e.evalue}", file=sys.stderr)
-            print(f"  partial executed notebook: {out}" + (f"\n  partial report: {html}" if html else ""), file=sys.stderr)
+            print(f"{label}: FAILED in notebook {stage}.ipynb, {where_cell}: {error.ename}: {error.evalue}",
+                  file=sys.stderr)
+            print(f"  partial executed notebook: {out}" + (f"\n  partial report: {html}" if html else ""),
+                  file=sys.stderr)
             return EXIT_FAILED
-        except Exception as e:  # kernel died, notebook missing, ...
+        if error is not None:  # kernel died, notebook missing, ...
             runs.write_status(run_dir, state="failed", stages={stage: "failed"}, failed_stage=stage,
-                              error=f"{type(e).__name__}: {e}")
+                              error=f"{type(error).__name__}: {error}")
             _write_index(run_dir)
-            print(f"{label}: FAILED in notebook {stage}.ipynb: {type(e).__name__}: {e}", file=sys.stderr)
+            print(f"{label}: FAILED in notebook {stage}.ipynb: {type(error).__name__}: {error}", file=sys.stderr)
             return EXIT_FAILED
-        secs = time.perf_counter() - t0
-        runs.write_status(run_dir, stages={stage: "ok"}, seconds={stage: round(secs, 1)})
+        runs.write_status(run_dir, stages={stage: "ok"}, seconds={stage: round(secs, 1)},
+                          clock={stage: [round(time.time() - secs, 2), round(time.time(), 2)]})
         _export_or_warn(run_dir, out, label)
         shutil.rmtree(run_dir / runs.CHECKPOINTS / stage, ignore_errors=True)  # the stage is done: no resume needed
         with contextlib.suppress(OSError):
             (run_dir / runs.CHECKPOINTS).rmdir()
         _write_index(run_dir)
-        print(f"[{i}/{len(stages)}] {stage} ok ({secs:.0f} s)", flush=True)
-    where["stage"] = None
+        print(f"{num[stage]} {stage} ok ({secs:.0f} s)", flush=True)
+        done.add(stage)
+        return 0
+
+    t_all = time.perf_counter()
+    todo = [s for s in stages if s not in done]
+    if not threads:
+        for stage in todo:
+            started(stage)
+            try:
+                papermill(stage)
+            except Exception as e:
+                return ended(stage, e)
+            ended(stage, None)
+    else:
+        order = sorted(todo, key=lambda s: (LANE_ORDER.index(s) if s in LANE_ORDER else len(LANE_ORDER), stages.index(s)))
+        lanes: dict = {}
+        failed = 0
+        cwd = os.getcwd()
+        os.chdir(nb_dir)  # every kernel starts here (papermill's own cwd= changes the whole process's directory)
+        pool = cf.ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="nbft-lane")
+        try:
+            while order or lanes:
+                while not failed and len(lanes) < jobs:
+                    ready = [s for s in order if all(d in done for d in needs(s, stages))]
+                    if not ready:
+                        break
+                    order.remove(ready[0])
+                    started(ready[0])
+                    lanes[pool.submit(papermill, ready[0])] = ready[0]
+                if not lanes:
+                    break  # what is left waits for a stage that failed
+                finished, _ = cf.wait(lanes, timeout=0.5, return_when=cf.FIRST_COMPLETED)
+                for f in finished:
+                    failed = ended(lanes.pop(f), f.exception()) or failed
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+            os.chdir(cwd)
+        if failed:
+            return failed
     runs.write_status(run_dir, state="ok", total_seconds=round(time.perf_counter() - t_all, 1))
     _write_index(run_dir)
     print_summary(run_dir, stages)
@@ -356,10 +467,11 @@ def cmd_run(args) -> int:
     try:
         params_file = args.params or DEFAULT_PARAMS
         resolved, stages, name = _prepare(params_file, args.set, args.only, args.name)
+        jobs = pick_jobs(args.jobs, resolved)
         run_dir = runs.reserve_run_dir(name, prefix=Path(params_file).stem)
     except bad_input() as e:
         return _bad("run", e)
-    return execute(resolved, stages, run_dir, args.progress, args.verbose)
+    return execute(resolved, stages, run_dir, args.progress, args.verbose, jobs=jobs)
 
 
 def prepare_resume(name: str, params_file: str | None, sets: list[str]) -> tuple[dict, list[str], Path, dict]:
@@ -431,10 +543,11 @@ def cmd_resume(args) -> int:
                                         "leave out --only and --name"))
     try:
         resolved, stages, run_dir, resume = prepare_resume(args.resume, args.params, args.set)
+        jobs = pick_jobs(args.jobs, resolved)
     except bad_input() as e:
         return _bad("run", e)
     try:
-        return execute(resolved, stages, run_dir, args.progress, args.verbose, resume=resume)
+        return execute(resolved, stages, run_dir, args.progress, args.verbose, resume=resume, jobs=jobs)
     except runs.RunError as e:  # another resume took the lock first
         return _bad("run", e)
 
@@ -489,6 +602,7 @@ def cmd_sweep(args) -> int:
         if len(set(names)) != len(names):
             raise P.ParamError(f"--grid: two points give the same run name ({', '.join(names)})")
         report_params = P.resolve(params_file, args.set)["99_report"]
+        jobs = pick_jobs(args.jobs, planned[0][1])
         for name in [sweep_name, *names]:
             reserved.append(runs.reserve_run_dir(name))
     except bad_input() as e:
@@ -502,7 +616,7 @@ def cmd_sweep(args) -> int:
     codes = {}
     for n, ((point, resolved, stages, _), run_dir) in enumerate(zip(planned, point_dirs), 1):
         label = f"nbft sweep [{n}/{len(planned)}] " + " ".join(f"{k}={v}" for k, v in point.items())
-        codes[run_dir.name] = execute(resolved, stages, run_dir, args.progress, args.verbose, label=label)
+        codes[run_dir.name] = execute(resolved, stages, run_dir, args.progress, args.verbose, label=label, jobs=jobs)
         if codes[run_dir.name] > 128:  # interrupted: stop the sweep
             break
     files.write_json(sweep_dir / "sweep.json", {
@@ -595,6 +709,8 @@ def main(argv: list[str] | None = None) -> int:
                    "params.yaml: stages that ended ok are skipped, training resumes from its last checkpoint")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a parameter: key=value or section.key=value (repeatable)")
+    r.add_argument("--jobs", default="1", metavar="N", help="stages at once (a stage waits for the ones it reads), "
+                   "the cores shared between them; auto: 2 on a CPU, 1 on a GPU (default 1)")
     r.add_argument("--no-progress", dest="progress", action="store_false", help="no per-cell progress bar")
     r.add_argument("--verbose", action="store_true", help="stream notebook output to the terminal")
     r.set_defaults(fn=cmd_run)
@@ -605,6 +721,7 @@ def main(argv: list[str] | None = None) -> int:
     sw.add_argument("--only", nargs="+", metavar="STAGE", help="run only these stages at each point")
     sw.add_argument("--name", help="sweep name (its runs are <name>__<key>-<value>)")
     sw.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every point")
+    sw.add_argument("--jobs", default="1", metavar="N", help="stages at once within each run (as nbft run --jobs)")
     sw.add_argument("--no-progress", dest="progress", action="store_false")
     sw.add_argument("--verbose", action="store_true")
     sw.set_defaults(fn=cmd_sweep)

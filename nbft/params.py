@@ -197,9 +197,10 @@ class SFTParams(EvalArgs, LoraArgs, ScopeArgs, TrainArgs, Common):
     max_train_examples: int = _f(0, "train on at most this many examples (0: all)", min=0)
     compare_scopes: list[str] = _f(["lora", "freeze", "full"], "scopes trained side by side in instruction mode "
                                    "on the same data and budget ([] to skip)", SCOPES)
-    sweep_sizes: list[int] = _f([16, 64], "data-size sweep: LoRA on the first N clean examples, each for as many "
+    sweep_sizes: list[int] = _f([16], "data-size sweep: LoRA on the first N clean examples, each for as many "
                                 "optimizer steps as the main run (small sets repeat); all examples added ([] to skip)", min=1)
-    quality_size: int = _f(64, "clean vs unfiltered data, this many examples each, same steps (0 to skip)", min=0)
+    quality_size: int = _f(16, "clean vs unfiltered data, this many examples each, same steps (0 to skip; at a "
+                           "sweep size the sweep's clean run is reused)", min=0)
     cpt_docs: int = _f(60, "continued pretraining: documents of the built-in invented-world corpus (0 to skip)", min=0)
     cpt_scope: str = _f("full", "continued pretraining trains this scope", ("lora", "freeze", "full"))
     cpt_epochs: float = _f(2.0, "continued pretraining: passes over the domain documents", gt=0)
@@ -263,12 +264,12 @@ class RLHFParams(EvalArgs, LoraArgs, Common):
     max_length: int = _f(192, "truncate prompt+reply to this many tokens in reward-model and DPO training", min=8)
     rm_scope: str = _f("lora", "reward model trains: lora (adapters + head) | full", ("lora", "full"))
     rm_learning_rate: float = _f(5e-4, "reward model learning rate", gt=0)
-    rm_epochs: float = _f(2.0, "reward model passes over the training pairs", gt=0)
+    rm_epochs: float = _f(1.0, "reward model passes over the training pairs", gt=0)
     rm_batch_size: int = _f(8, "pairs per reward-model step", min=1)
     policy_scope: str = _f("lora", "RL and DPO train: lora (reference: the adapter switched off) | full (reference: a reloaded copy)",
                            ("lora", "full"))
     rl_algo: str = _f("grpo", "online RL: grpo | rloo (both TRL; no PPOTrainer in TRL 1.16)", ("grpo", "rloo"))
-    rl_steps: int = _f(16, "RL optimizer steps", min=1)
+    rl_steps: int = _f(12, "RL optimizer steps", min=1)
     rl_prompts_per_step: int = _f(4, "prompts per RL step", min=1)
     num_generations: int = _f(4, "sampled replies per prompt per RL step (the group)", min=2)
     rl_learning_rate: float = _f(2e-4, "RL learning rate", gt=0)
@@ -289,7 +290,7 @@ class RAGParams(EvalArgs, LoraArgs, ScopeArgs, TrainArgs, Common):
     batch_size: int = _f(8, "sequences per optimizer step")
     full_learning_rate: float = _f(5e-5)
     max_new_tokens: int = _f(32, "answer length for open questions (the reader often restates the passage first)")
-    n_eval: int = _f(120, "ask at most this many questions, spread over fact types (0: all)")
+    n_eval: int = _f(100, "ask at most this many questions, spread over fact types (0: all)")
     knowledge_base: str = _f("builtin", "'builtin' (a generated invented world) or your documents: a folder of .txt/.md "
                         "files or a .jsonl of {title, text}")
     questions: str = _f("", "with your documents: a .jsonl of {question, answer, options, doc_id} (builtin: generated)")
@@ -305,7 +306,7 @@ class RAGParams(EvalArgs, LoraArgs, ScopeArgs, TrainArgs, Common):
     few_shot: int = _f(4, "in-context examples for few_shot (general knowledge: they teach the answer format only)", min=0)
     scope: str = _f("full", "fine-tuning on the documents trains: lora | freeze | full", ("lora", "freeze", "full"))
     paraphrases: int = _f(4, "ft_paraphrase: K paraphrases of every fact added to the documents", min=1)
-    paraphrase_sweep: list[int] = _f([1], "more K values for the paraphrase curve (0 and paraphrases are always in it)", min=0)
+    paraphrase_sweep: list[int] = _f([], "more K values for the paraphrase curve (0 and paraphrases are always in it)", min=0)
 
 
 CLASSIFY_APPROACHES = ("zero_shot", "few_shot", "features_llm", "features_minilm", "head_only", "top_n", "lora", "full")
@@ -349,7 +350,7 @@ class ClassifyParams(EvalArgs, LoraArgs, ScopeArgs, TrainArgs, Common):
     feature_layer: int = _f(-6, "features_llm with feature_layer_select fixed: hidden layer to mean-pool (negative: "
                             "from the top; 0: embeddings)")
     adapt_approach: str = _f("lora", "domain adaptation reuses this trained approach", CLASSIFY_TRAINED)
-    adapt_sizes: list[int] = _f([0, 16, 64], "domain adaptation: target examples N (from the source-trained model vs "
+    adapt_sizes: list[int] = _f([0, 32], "domain adaptation: target examples N (from the source-trained model vs "
                                 "from the base, same N and steps)", min=0)
     adapt_steps: int = _f(6, "domain adaptation: optimizer steps per arm (small N repeats)", min=1)
     cpt_texts: int = _f(96, "conditional pretraining: unlabelled target texts tagged by the most accurate classifier on the target domain (0 to skip)", min=0)

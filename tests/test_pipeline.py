@@ -36,7 +36,8 @@ def smoke_run(tmp_path_factory):
     cwd = os.getcwd()
     os.chdir(ROOT)
     try:
-        rc = cli.main(["run", "--params", SMOKE, "--name", "smoke", "--no-progress"])
+        # two stages at once (make run's --jobs auto on 2 cores): every test of this module reads a parallel run
+        rc = cli.main(["run", "--params", SMOKE, "--name", "smoke", "--no-progress", "--jobs", "2"])
     finally:
         os.chdir(cwd)
     yield rc, runs_dir / "smoke"
@@ -53,7 +54,11 @@ def test_smoke_run_writes_everything(smoke_run):
         assert (run / f"{stage}.ipynb").is_file() and (run / f"{stage}.html").is_file()
     for f in ["params.yaml", "env.json", "metrics.json", "status.json"]:
         assert (run / f).is_file(), f
-    assert json.loads((run / "status.json").read_text())["state"] == "ok"
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "ok"
+    for stage in params.STAGES:  # --jobs 2: no stage started before the ones it reads had ended
+        for need in cli.needs(stage, list(params.STAGES)):
+            assert status["clock"][stage][0] >= status["clock"][need][1] - 0.05, (stage, need)
     resolved = params.resolve(run / "params.yaml")
     assert resolved["02_sft"].model == "tiny-llama" and resolved["02_sft"].run_name == "smoke"
     env = json.loads((run / "env.json").read_text())

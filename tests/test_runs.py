@@ -493,3 +493,120 @@ def test_a_sweep_point_name_is_always_a_valid_run_name(value):
 
     name = cli._point_name("sw", {"02_sft.lora_target": value})
     assert params.check_run_name(name) == name and name.startswith("sw__lora_target-")
+
+
+# ---------------------------------------------------------------- nbft run --jobs: stages at once
+
+def fake_pipeline(monkeypatch, fail: str | None = None, seconds: float = 0.3, long: float = 0.6):
+    """papermill replaced by a stand-in that records when each stage ran and the kernel manager it was given
+    (and raises for ``fail``); each stage takes ``seconds``, 06_classify ``long``; HTML export off. Returns the
+    record: stage -> {start, end, kernel_manager}."""
+    import threading
+    import time
+
+    import papermill
+
+    from nbft import cli
+
+    seen, lock = {}, threading.Lock()
+
+    def execute_notebook(src, out, parameters=None, kernel_manager_class=None, **kw):
+        stage = Path(src).stem
+        with lock:
+            seen[stage] = {"start": time.perf_counter(), "kernel_manager": kernel_manager_class}
+        time.sleep(long if stage == "06_classify" else seconds)
+        Path(out).write_text("{}")
+        with lock:
+            seen[stage]["end"] = time.perf_counter()
+        if stage == fail:
+            raise RuntimeError(f"{stage} broke")
+
+    monkeypatch.setattr(papermill, "execute_notebook", execute_notebook)
+    monkeypatch.setattr(cli, "_export_html", lambda nb: nb)
+    monkeypatch.setattr(cli, "_write_index", lambda run_dir: None)
+    monkeypatch.setattr(cli, "print_summary", lambda run_dir, stages: None)
+    return seen
+
+
+def run_fake(runs_dir, jobs: int):
+    from nbft import cli
+
+    resolved = params.resolve(Path(__file__).resolve().parents[1] / "params" / "smoke.yaml")
+    stages = list(params.STAGES)
+    run_dir = runs.reserve_run_dir("lanes")
+    return cli.execute({s: resolved[s] for s in stages}, stages, run_dir, progress=False, jobs=jobs), run_dir
+
+
+def test_jobs_2_runs_two_stages_at_once_and_none_before_what_it_reads(runs_dir, monkeypatch):
+    from nbft import cli
+
+    seen = fake_pipeline(monkeypatch)
+    rc, run_dir = run_fake(runs_dir, jobs=2)
+    assert rc == 0 and set(seen) == set(params.STAGES)
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["state"] == "ok" and set(status["stages"].values()) == {"ok"}
+    for stage, t in seen.items():  # never before the stages it reads, never more than two at once
+        for need in cli.needs(stage, list(params.STAGES)):
+            assert t["start"] >= seen[need]["end"], (stage, need)
+        at_once = [s for s, u in seen.items() if u["start"] <= t["start"] < u["end"]]
+        assert len(at_once) <= 2, at_once
+    assert seen["06_classify"]["start"] < seen["01_data_prep"]["end"]  # 06 reads nothing: it starts at once
+    threads = max(1, cli.cpu_count() // 2)
+    manager = seen["02_sft"]["kernel_manager"]
+    assert manager is not None and manager.__name__ == "ThreadsKernelManager"
+    assert status["clock"]["02_sft"][0] >= status["clock"]["01_data_prep"][1] - 0.05
+    assert threads >= 1
+
+
+def test_jobs_2_a_failed_stage_starts_nothing_new_and_lets_the_running_one_finish(runs_dir, monkeypatch, capsys):
+    from nbft import cli
+
+    seen = fake_pipeline(monkeypatch, fail="02_sft", seconds=0.2, long=1.5)
+    rc, run_dir = run_fake(runs_dir, jobs=2)
+    assert rc == cli.EXIT_FAILED
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["state"] == "failed" and status["failed_stage"] == "02_sft"
+    assert status["stages"]["06_classify"] == "ok"  # it was running: it finished
+    assert "04_rlhf" not in seen and "07_distill" not in seen and "99_report" not in seen
+    assert not [s for s, t in seen.items() if t["start"] > seen["02_sft"]["end"]]
+    assert "FAILED in notebook 02_sft.ipynb" in capsys.readouterr().err
+
+
+def test_jobs_1_is_one_stage_at_a_time_in_order(runs_dir, monkeypatch):
+    seen = fake_pipeline(monkeypatch, seconds=0.05, long=0.05)
+    rc, _ = run_fake(runs_dir, jobs=1)
+    order = sorted(seen, key=lambda s: seen[s]["start"])
+    assert rc == 0 and order == list(params.STAGES)
+    assert all(seen[a]["end"] <= seen[b]["start"] for a, b in zip(order, order[1:]))
+    assert all(t["kernel_manager"] is None for t in seen.values())
+
+
+@pytest.mark.parametrize("jobs, words", [("0", "at least 1"), ("two", "a whole number"), ("-1", "at least 1")])
+def test_bad_jobs_exits_2_before_any_folder(runs_dir, capsys, jobs, words):
+    from nbft import cli
+
+    assert cli.main(["run", "--params", str(Path(__file__).resolve().parents[1] / "params" / "smoke.yaml"),
+                     "--jobs", jobs]) == cli.EXIT_BAD_INPUT
+    assert words in capsys.readouterr().err and not list(runs_dir.glob("*"))
+
+
+def test_threads_kernel_manager_gives_its_kernels_their_share_of_the_cores():
+    import asyncio
+
+    from nbft import cli
+
+    got = {}
+
+    class Base:
+        async def _async_launch_kernel(self, kernel_cmd, **kw):
+            got.update(kw["env"])
+
+    import jupyter_client
+    original = jupyter_client.AsyncKernelManager
+    try:
+        jupyter_client.AsyncKernelManager = Base
+        manager = cli._threads_kernel_manager(3)
+    finally:
+        jupyter_client.AsyncKernelManager = original
+    asyncio.run(manager()._async_launch_kernel(["python"], env={"PATH": "/bin"}))
+    assert got == {"PATH": "/bin", "OMP_NUM_THREADS": "3", "MKL_NUM_THREADS": "3"}
