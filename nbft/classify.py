@@ -444,12 +444,13 @@ def fit_classifier(model, tokenizer, records: list[dict], labels: list[str], p: 
                 remove_columns=["text"])
     n_tokens = sum(len(x) for x in ds["input_ids"])
     with train.scratch_dir() as tmp, models.padding_side(tokenizer, "right"):
-        args = TrainingArguments(**train.trainer_args(
-            p, tmp, p.gradient_checkpointing, learning_rate=learning_rate, num_train_epochs=p.epochs,
-            max_steps=max_steps, per_device_train_batch_size=p.batch_size, gradient_accumulation_steps=p.grad_accum))
-        trainer = Trainer(model=model, args=args, train_dataset=ds, processing_class=tokenizer,
-                          data_collator=DataCollatorWithPadding(tokenizer))
-        result = train.fit(trainer)
+        def build():
+            args = TrainingArguments(**train.trainer_args(
+                p, tmp, p.gradient_checkpointing, learning_rate=learning_rate, num_train_epochs=p.epochs,
+                max_steps=max_steps, per_device_train_batch_size=p.batch_size, gradient_accumulation_steps=p.grad_accum))
+            return Trainer(model=model, args=args, train_dataset=ds, processing_class=tokenizer,
+                           data_collator=DataCollatorWithPadding(tokenizer))
+        result = train.fit(build)
     epochs = result.steps * p.batch_size * p.grad_accum / max(len(records), 1)
     result.train_tokens = int(n_tokens * epochs)
     return result

@@ -3,6 +3,7 @@
     nbft run [--params FILE] [--only STAGE ...] [--name NAME] [--set key=value ...] [--jobs N|auto]
     nbft run --resume NAME [--set key=value ...]   continue a crashed, interrupted or failed run
     nbft sweep [--params FILE] --grid key=v1,v2 [--grid ...] [--only STAGE ...] [--name NAME] [--set ...]
+    nbft train STAGE [STAGE ...] --run NAME [--params FILE] [--set ...]   under accelerate launch / torchrun / srun
     nbft list
     nbft params [--params FILE] [--set key=value ...] [--defaults] [--sync-notebooks]
     nbft vendor                       fetch the offline widget renderer (make install does it)
@@ -77,6 +78,9 @@ def _absolutize_paths(resolved: dict) -> None:
         value = getattr(resolved[stage], key)
         if value not in ("auto", "base") and Path(value).expanduser().is_dir():
             setattr(resolved[stage], key, str(Path(value).expanduser().resolve()))
+    for p in resolved.values():  # a common parameter: the same path in every stage
+        if p.accelerate_config:
+            p.accelerate_config = str(Path(p.accelerate_config).expanduser().resolve())
     rp = resolved["99_report"]  # run folders given as paths; bare names stay names under runs/
     rp.compare_runs = [str(Path(r).expanduser().resolve()) if Path(r).expanduser().is_dir() else r
                        for r in rp.compare_runs]
@@ -88,7 +92,7 @@ def preflight(resolved: dict, stages: list[str]) -> None:
     ``check_inputs``: data files, preference pairs, documents and questions, runs to compare), and 01_data_prep's
     whole chain with the model's tokenizer (filters that remove everything, empty splits). Parameter ranges and
     names were checked when the parameters were resolved."""
-    from . import classify, data, distill, knowledge, models, report, rlhf
+    from . import classify, data, distill, knowledge, launch, models, report, rlhf, tracking
 
     checks = {"01_data_prep": data.check_inputs, "04_rlhf": rlhf.check_inputs,
               "05_rag_vs_ft": knowledge.check_inputs, "06_classify": classify.check_inputs,
@@ -97,6 +101,15 @@ def preflight(resolved: dict, stages: list[str]) -> None:
         models.resolve(spec)
     for device in dict.fromkeys(resolved[s].device for s in stages):
         models.pick_device(device)  # cuda without a GPU fails here, not in the first notebook
+    common = resolved[stages[0]]
+    tracking.check(common.report_to)  # a tracker that is not installed fails here
+    if common.accelerate_config:  # accelerate's own parser: a missing file or an unknown key fails here
+        try:
+            launch.read_config(common.accelerate_config)
+        except FileNotFoundError:
+            raise
+        except Exception as e:
+            raise P.ParamError(f"accelerate_config {common.accelerate_config}: {type(e).__name__}: {e}") from None
     for stage in stages:
         if stage in checks:
             checks[stage](resolved[stage])
@@ -120,6 +133,22 @@ def _export_or_warn(run_dir: Path, nb_path: Path, label: str) -> Path | None:
         runs.write_status(run_dir, append={"warnings": message})
         print(f"{label}: warning: {' '.join(message.split())}", file=sys.stderr, flush=True)
         return None
+
+
+def _track(run_dir: Path, stage: str, p, label: str) -> None:
+    """The stage's parameters and final metrics to the trackers of ``report_to`` (``tracking.log_stage``); a
+    tracker that fails is a warning, as an HTML export that fails is."""
+    from . import tracking
+
+    if not tracking.trackers(p.report_to):
+        return
+    try:
+        metrics = runs.read_json(run_dir / "metrics.json", {}).get(stage) or {}
+        tracking.log_stage(run_dir, stage, p.report_to, dataclasses.asdict(p), metrics)
+    except Exception as e:
+        message = f"{stage}: final metrics not sent to {', '.join(p.report_to)} ({type(e).__name__}: {e})"
+        runs.write_status(run_dir, append={"warnings": message})
+        print(f"{label}: warning: {' '.join(message.split())}", file=sys.stderr, flush=True)
 
 
 def _fmt(v, depth: int = 0) -> str:
@@ -394,6 +423,7 @@ def _execute(resolved, stages, run_dir, progress, verbose, label, resume, runnin
             return EXIT_FAILED
         runs.write_status(run_dir, stages={stage: "ok"}, seconds={stage: round(secs, 1)},
                           clock={stage: [round(time.time() - secs, 2), round(time.time(), 2)]})
+        _track(run_dir, stage, resolved[stage], label)
         _export_or_warn(run_dir, out, label)
         shutil.rmtree(run_dir / runs.CHECKPOINTS / stage, ignore_errors=True)  # the stage is done: no resume needed
         with contextlib.suppress(OSError):
@@ -550,6 +580,51 @@ def cmd_resume(args) -> int:
         return execute(resolved, stages, run_dir, args.progress, args.verbose, resume=resume, jobs=jobs)
     except runs.RunError as e:  # another resume took the lock first
         return _bad("run", e)
+
+
+def cmd_train(args) -> int:
+    """``nbft train STAGE [STAGE ...] --run NAME``: stages in every process a launcher started (``accelerate
+    launch``, torchrun, Slurm's ``srun``; docs/distributed.md). Each process executes the stages' notebooks in
+    order; the trainers in those kernels train together over all the processes (the launcher's ``RANK``,
+    ``WORLD_SIZE``, ``MASTER_ADDR`` reach them). Rank 0 writes into ``runs/NAME`` (made if new): executed
+    notebooks, reports, metrics, artifacts. The other ranks write into a scratch copy, which sees the artifacts
+    of the run's other stages, and is deleted. A stage that already ended ok in the run is refused."""
+    import tempfile
+
+    _offline_env()
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    try:
+        P.check_run_name(args.run, "--run")
+        own = runs.runs_root() / args.run / "params.yaml"  # a run that exists keeps its own parameters
+        params_file = args.params or (own if own.is_file() else DEFAULT_PARAMS)
+        stages = _stage_names(args.stages)
+        resolved = P.resolve(params_file, args.set)
+        _absolutize_paths(resolved)
+        run_dir = runs.runs_root() / args.run
+        status = runs.read_json(run_dir / "status.json", {}) if run_dir.is_dir() else {}
+        done = [s for s in stages if (status.get("stages") or {}).get(s) == "ok"]
+        if done:
+            raise P.ParamError(f"--run {args.run}: {', '.join(done)} already ended ok in that run (its results are "
+                               "kept: train into a new run)")
+        if rank == 0:
+            preflight(resolved, stages)
+    except bad_input() as e:
+        return _bad("train", e)
+    label = f"nbft train (rank {rank} of {world})"
+    if rank == 0:
+        if not run_dir.is_dir():
+            run_dir = runs.reserve_run_dir(args.run)
+        return execute(resolved, stages, run_dir, args.progress, args.verbose, label=label)
+    deadline = time.time() + 300
+    while not run_dir.is_dir() and time.time() < deadline:  # rank 0 makes it
+        time.sleep(0.5)
+    with tempfile.TemporaryDirectory(prefix=f"nbft-rank{rank}-") as tmp:
+        scratch = Path(tmp) / args.run
+        (scratch / "artifacts").mkdir(parents=True)
+        for other in sorted((run_dir / "artifacts").glob("*")):  # what the stages read, from the real run
+            if other.is_dir() and other.name not in stages:
+                (scratch / "artifacts" / other.name).symlink_to(other, target_is_directory=True)
+        return execute(resolved, stages, scratch, False, args.verbose, label=label)
 
 
 def parse_grid(specs: list[str]) -> dict[str, list[str]]:
@@ -725,6 +800,15 @@ def main(argv: list[str] | None = None) -> int:
     sw.add_argument("--no-progress", dest="progress", action="store_false")
     sw.add_argument("--verbose", action="store_true")
     sw.set_defaults(fn=cmd_sweep)
+    tr = sub.add_parser("train", help="one stage in every process of accelerate launch / torchrun / srun; rank 0 "
+                        "writes into runs/<run>/ (docs/distributed.md)")
+    tr.add_argument("stages", nargs="+", metavar="STAGE", help="the stages, in order (e.g. 02_sft or sft)")
+    tr.add_argument("--run", required=True, help="run folder name under runs/ (made by rank 0 if new)")
+    tr.add_argument("--params", help=f"parameter profile (YAML; default {DEFAULT_PARAMS})")
+    tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a parameter")
+    tr.add_argument("--no-progress", dest="progress", action="store_false")
+    tr.add_argument("--verbose", action="store_true")
+    tr.set_defaults(fn=cmd_train)
     vd = sub.add_parser("vendor", help="fetch the widget renderer for offline HTML reports (npm registry, once)")
     vd.set_defaults(fn=cmd_vendor)
     ls = sub.add_parser("list", help="runs with status and headline metrics")

@@ -79,6 +79,7 @@ PEFT_METHODS = ("full", "freeze", "bitfit", "lora", "dora", "rslora", "loha", "v
                 "prefix_tuning", "p_tuning", "bottleneck_adapter", "qlora")  # nbft.peft.METHODS
 STAGE_NAMES = ("01_data_prep", "02_sft", "03_peft", "04_rlhf", "05_rag_vs_ft", "06_classify", "07_distill",
                "99_report")  # STAGES below
+TRACKERS = ("none", "tensorboard", "mlflow", "wandb", "trackio")  # nbft.tracking.TRACKERS, and none
 MAX_NAME = 100  # run names, and so grid values: a folder name stays well under the file system's 255 bytes
 
 
@@ -112,6 +113,15 @@ class Common:
     precision: str = _f("auto", "auto (bf16 where the hardware supports it) | bf16 | fp32 | fp16",
                         ("auto", "bf16", "fp32", "fp16"))
     run_name: str = _f("", "run folder name under runs/; empty: a new timestamped run")
+    report_to: list[str] = _f([], "experiment trackers every trainer logs to, and the stage's parameters and final "
+                              "metrics when it ends, under runs/<run>/tracking/: tensorboard, mlflow (a local file "
+                              "store), wandb (offline), trackio ([]: none; pip install -e '.[tracking]')", TRACKERS)
+    num_processes: int = _f(1, "processes every training runs in, through accelerate (notebook_launcher: gloo on CPU, "
+                            "NCCL on GPUs; each process trains on its share of every batch, rank 0 writes, the "
+                            "notebook goes on in one process); under accelerate launch or torchrun their processes "
+                            "are used instead", min=1)
+    accelerate_config: str = _f("", "an accelerate config file (configs/*.yaml), read by accelerate's own parser: its "
+                                "num_processes and main_process_port when num_processes is 1")
     save_steps: int = _f(25, "nbft run: trainers checkpoint into the run folder every this many optimizer steps and "
                          "at their end (the last one kept, deleted when the stage ends ok); nbft run --resume "
                          "continues from it; 0: none", min=0)

@@ -333,13 +333,14 @@ def train_reward_model(model, tokenizer, pairs: list[dict], p, callbacks=(), sav
                          "or give a preferences file")
     datasets.disable_progress_bars()
     with train.scratch_dir() as tmp:
-        args = RewardConfig(**trainer_args(
-            p, tmp, learning_rate=p.rm_learning_rate, num_train_epochs=p.rm_epochs, per_device_train_batch_size=p.rm_batch_size,
-            max_length=p.max_length, center_rewards_coefficient=0.01))
-        trainer = RewardTrainer(model=model, args=args, train_dataset=to_preference_dataset(pairs),
-                                processing_class=tokenizer, callbacks=list(callbacks),
-                                peft_config=lora_config(p, "SEQ_CLS") if p.rm_scope == "lora" else None)
-        out = train.fit(trainer)
+        def build():
+            args = RewardConfig(**trainer_args(
+                p, tmp, learning_rate=p.rm_learning_rate, num_train_epochs=p.rm_epochs,
+                per_device_train_batch_size=p.rm_batch_size, max_length=p.max_length, center_rewards_coefficient=0.01))
+            return RewardTrainer(model=model, args=args, train_dataset=to_preference_dataset(pairs),
+                                 processing_class=tokenizer, callbacks=list(callbacks),
+                                 peft_config=lora_config(p, "SEQ_CLS") if p.rm_scope == "lora" else None)
+        out = train.fit(build)
     if save_to is not None:
         save_policy(out.model, tokenizer, save_to, base)
     if hasattr(out.model, "merge_and_unload"):  # a scorer from here on: fold the adapter in (no per-call LoRA cost)
@@ -404,18 +405,20 @@ def train_rl(policy, tokenizer, prompts: list[str], reward_model, p, callbacks=(
         processing.append(None)
         weights.append(p.rule_reward_weight)
     with train.scratch_dir() as tmp:
-        args = Config(**trainer_args(
-            p, tmp, learning_rate=p.rl_learning_rate, max_steps=p.rl_steps,
-            per_device_train_batch_size=p.rl_prompts_per_step * p.num_generations,
-            num_generations=p.num_generations, max_completion_length=p.max_new_tokens, temperature=p.temperature,
-            top_k=0, beta=p.kl_beta, reward_weights=weights, steps_per_generation=1, num_iterations=1,
-            log_completions=False, shuffle_dataset=True))
         dataset = datasets.Dataset.from_list([{"prompt": _messages(q)} for q in prompts])
         peft_config = lora_config(p) if p.policy_scope == "lora" else None
-        trainer = Trainer(model=train.bf16_frozen_base(policy, p, peft_config), reward_funcs=reward_funcs, args=args,
-                          train_dataset=dataset, processing_class=tokenizer, reward_processing_classes=processing,
-                          callbacks=list(callbacks), peft_config=peft_config)
-        return train.fit(trainer)
+
+        def build():
+            args = Config(**trainer_args(
+                p, tmp, learning_rate=p.rl_learning_rate, max_steps=p.rl_steps,
+                per_device_train_batch_size=p.rl_prompts_per_step * p.num_generations,
+                num_generations=p.num_generations, max_completion_length=p.max_new_tokens, temperature=p.temperature,
+                top_k=0, beta=p.kl_beta, reward_weights=weights, steps_per_generation=1, num_iterations=1,
+                log_completions=False, shuffle_dataset=True))
+            return Trainer(model=train.bf16_frozen_base(policy, p, peft_config), reward_funcs=reward_funcs, args=args,
+                           train_dataset=dataset, processing_class=tokenizer, reward_processing_classes=processing,
+                           callbacks=list(callbacks), peft_config=peft_config)
+        return train.fit(build)
 
 
 # ---------------------------------------------------------------- DPO and friends
@@ -435,19 +438,20 @@ def train_preference(policy, tokenizer, pairs: list[dict], p, callbacks=()) -> t
     with train.scratch_dir() as tmp:
         common = trainer_args(p, tmp, learning_rate=p.dpo_learning_rate, num_train_epochs=p.dpo_epochs,
                               per_device_train_batch_size=p.dpo_batch_size, max_length=p.max_length, beta=p.dpo_beta)
-        if p.preference_loss == "kto":
-            from trl import KTOConfig, KTOTrainer
 
-            trainer = KTOTrainer(model=policy, args=KTOConfig(**common), train_dataset=to_unpaired_dataset(pairs),
-                                 processing_class=tokenizer, callbacks=list(callbacks), peft_config=peft_config)
-        else:
+        def build():
+            if p.preference_loss == "kto":
+                from trl import KTOConfig, KTOTrainer
+
+                return KTOTrainer(model=policy, args=KTOConfig(**common), train_dataset=to_unpaired_dataset(pairs),
+                                  processing_class=tokenizer, callbacks=list(callbacks), peft_config=peft_config)
             from trl import DPOConfig, DPOTrainer
 
             loss = {"dpo": "sigmoid", "ipo": "ipo"}[p.preference_loss]
-            trainer = DPOTrainer(model=policy, args=DPOConfig(**common, loss_type=[loss]),
-                                 train_dataset=to_preference_dataset(pairs), processing_class=tokenizer,
-                                 callbacks=list(callbacks), peft_config=peft_config)
-        return train.fit(trainer)
+            return DPOTrainer(model=policy, args=DPOConfig(**common, loss_type=[loss]),
+                              train_dataset=to_preference_dataset(pairs), processing_class=tokenizer,
+                              callbacks=list(callbacks), peft_config=peft_config)
+        return train.fit(build)
 
 
 # ---------------------------------------------------------------- evaluation by the judge

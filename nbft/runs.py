@@ -392,7 +392,7 @@ def setup(stage: str, namespace: dict) -> tuple[Any, Run]:
 
     for message, category in QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category)
-    from . import evaluate, train
+    from . import evaluate, launch, tracking, train
 
     p = params.from_namespace(stage, namespace)
     timing.reset()  # the stage's profile (Run.record writes it) starts here
@@ -402,6 +402,8 @@ def setup(stage: str, namespace: dict) -> tuple[Any, Run]:
     runner = os.environ.get(RUNNER_ENV) == "1"  # checkpoints are for `nbft run --resume`, which deletes them
     train.checkpoint_into(run.path / CHECKPOINTS / stage if p.save_steps and runner else None)
     evaluate.cache_into(run.path / EVAL_CACHE)
+    tracking.into(run.path, stage, p.report_to)
+    launch.launch_with(p.num_processes, p.accelerate_config)
     print(f"{stage}: run folder {run.path}\nmodel: {p.model}   device: {run.device}   precision: {run.precision}"
           f"   seed: {p.seed}")
     return p, run
@@ -484,7 +486,8 @@ def kernel_env(run: "Run") -> dict:
     return {"python": sys.executable, "pid": os.getpid(), "torch_threads": torch.get_num_threads(),
             "hub_offline": models.hub_offline(), "device": run.device, "precision": run.precision,
             "env": {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "HF_HUB_DISABLE_TELEMETRY", "OMP_NUM_THREADS",
-                                                    "TOKENIZERS_PARALLELISM", RUNS_ENV)}}
+                                                    "TOKENIZERS_PARALLELISM", RUNS_ENV, "WORLD_SIZE", "RANK",
+                                                    "LOCAL_RANK", "MASTER_ADDR")}}
 
 
 def record_kernel_env(run: "Run") -> None:

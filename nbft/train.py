@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from . import files, models, timing
+from . import files, launch, models, timing, tracking
 
 SCOPES = ("lora", "freeze", "full")
 MODES = ("instruction", "continued_pretraining")
@@ -181,7 +181,7 @@ def trainer_args(common, output_dir: str | Path, gradient_checkpointing: bool = 
         logging_steps=1,
         eval_strategy="no",
         save_strategy="steps" if CHECKPOINTING.folder is not None and common.save_steps > 0 else "no",
-        report_to="none",
+        report_to=tracking.report_to(),  # runs.setup: common.report_to, into <run>/tracking/
         disable_tqdm=True,
         seed=common.seed,
         data_seed=common.seed,
@@ -276,6 +276,7 @@ class TrainResult:
     eval_loss: float | None = None
     log_history: list[dict] = field(default_factory=list)
     resumed_from_step: int | None = None
+    ranks: list[dict] = field(default_factory=list)  # num_processes > 1: each rank's record (launch.run)
 
     @property
     def tokens_per_second(self) -> float | None:
@@ -352,7 +353,9 @@ def compact_lm_head():
 
 @timing.timed("training")
 def fit(trainer, evaluate: bool = False) -> TrainResult:
-    """``trainer.train()`` for any TRL/transformers trainer, without the raw log dicts on the console
+    """``trainer.train()`` for any TRL/transformers trainer — or for the trainer a function builds, which is what
+    every nbft stage passes: with ``num_processes`` > 1 (``launch``) each of the processes builds its own and
+    trains its share of every batch, and the trained model comes back here — without the raw log dicts on the console
     (``log_history`` keeps them); then the model cleaned up for inference (``finish``) and, with
     ``evaluate``, the eval loss.
 
@@ -368,6 +371,12 @@ def fit(trainer, evaluate: bool = False) -> TrainResult:
     do not checkpoint."""
     from transformers import PrinterCallback
 
+    if not hasattr(trainer, "train"):  # a function that builds the trainer
+        if launch.wanted():  # num_processes > 1: each process builds its own (no checkpoints, no live monitors)
+            r = launch.run(trainer, evaluate, finish, compact_lm_head)
+            return TrainResult(r["model"], None, r["seconds"], r["steps"], r["tokens"], r["eval_loss"],
+                               r["log_history"], ranks=r["ranks"])
+        trainer = trainer()
     trainer.remove_callback(PrinterCallback)
     slot = resume = None
     started = [time.perf_counter()]
@@ -401,6 +410,7 @@ def fit(trainer, evaluate: bool = False) -> TrainResult:
             trainer._total_train_tokens = int(logged[-1])
         print(f"{'loading the finished' if finished else 'resuming'} {type(trainer).__name__} from {resume} "
               f"(step {state.get('global_step')} of {state.get('max_steps')})")
+    tracking.attach(trainer)
     started[0] = time.perf_counter()
     if finished:  # train() would run one more step past max_steps before it noticed: load, don't train
         from transformers import TrainerState
@@ -507,11 +517,12 @@ def sft(model, tokenizer, train: list[dict], validation: list[dict], p, learning
         overrides["max_length"] = None
     bf16_frozen_base(model, p, peft_config)
     with scratch_dir() as tmp, models.padding_side(tokenizer, tokenizer.padding_side):
-        trainer = SFTTrainer(model=model, args=sft_config(p, tmp, learning_rate, **overrides),
-                             train_dataset=to_dataset(train, mode),
-                             eval_dataset=to_dataset(validation, mode) if validation else None,
-                             processing_class=tokenizer, peft_config=peft_config, callbacks=list(callbacks))
-        return fit(trainer, evaluate=bool(validation))
+        def build():
+            return SFTTrainer(model=model, args=sft_config(p, tmp, learning_rate, **overrides),
+                              train_dataset=to_dataset(train, mode),
+                              eval_dataset=to_dataset(validation, mode) if validation else None,
+                              processing_class=tokenizer, peft_config=peft_config, callbacks=list(callbacks))
+        return fit(build, evaluate=bool(validation))
 
 
 def remove_autocast_wrappers(model) -> int:

@@ -1,0 +1,152 @@
+"""Training in several processes through accelerate (``num_processes`` > 1, a common parameter).
+
+Every trainer nbft runs is built by a function (``train.fit(build)``); with one process ``fit`` calls it and
+trains. With ``num_processes`` > 1 it hands the function to :func:`run`, which starts the processes with
+accelerate's ``notebook_launcher`` (from a notebook or any Python process; gloo on CPU, NCCL on GPUs). Each
+process builds the trainer itself — transformers and accelerate read the process group from the environment the
+launcher sets, shard every batch over the ranks and average the gradients — and trains. Rank 0 then writes the
+trained model and the trainer's log to a scratch folder; every rank writes which examples it saw (``rank<N>.json``:
+a hash per example, the evidence that the ranks split the data). The calling process loads the model back and
+goes on in one process, as after a one-process training. Nothing here distributes anything itself.
+
+Under ``accelerate launch`` / torchrun (the process is already one rank of several: ``WORLD_SIZE`` is set) the
+trainer simply trains in this process: the launcher did the launching.
+
+What is not carried into the processes: live training monitors (ipywidgets cannot be updated from a forked
+process; the log is complete afterwards) and checkpoints (a multi-process training restarts from its start).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+
+@dataclass
+class Launch:
+    """How this process's trainers train: ``runs.setup`` sets it from the common parameters."""
+
+    num_processes: int = 1
+    port: int = 29500
+
+
+LAUNCH = Launch()
+
+
+def launch_with(num_processes: int = 1, accelerate_config: str = "") -> None:
+    """Trainers built from now on train in ``num_processes`` processes (an accelerate config file's
+    ``num_processes`` and ``main_process_port`` when ``accelerate_config`` names one and ``num_processes`` is 1)."""
+    n, port = int(num_processes), 29500
+    if accelerate_config:
+        cfg = read_config(accelerate_config)
+        n = n if n > 1 else max(1, int(cfg.num_processes or 1))
+        port = int(cfg.main_process_port or port)
+    LAUNCH.num_processes, LAUNCH.port = n, port
+
+
+def read_config(path: str | Path):
+    """An accelerate config file, through accelerate's own parser (unknown keys refused)."""
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    return load_config_from_file(str(path))
+
+
+def in_launched_process() -> bool:
+    """True inside a process an outside launcher started as one rank of several (accelerate launch, torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def wanted() -> bool:
+    """Should ``train.fit`` launch processes for the next training?"""
+    return LAUNCH.num_processes > 1 and not in_launched_process()
+
+
+def _example_hash(feature) -> str:
+    """A short hash of one example as the collator gets it (token ids, or a prompt for the RL trainers)."""
+    blob = json.dumps(feature, sort_keys=True, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
+    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+def _record_examples(trainer, seen: list[str]) -> None:
+    """Wrap the trainer's data collator: every example this rank is given is hashed into ``seen``."""
+    collate = trainer.data_collator
+
+    def recording(features):
+        seen.extend(_example_hash(f) for f in features)
+        return collate(features)
+
+    trainer.data_collator = recording
+
+
+def _without_widgets(trainer) -> None:
+    for cb in list(trainer.callback_handler.callbacks):
+        if type(cb).__module__.startswith("nbft.widgets"):
+            trainer.remove_callback(cb)
+
+
+def _worker(build: Callable, out: str, evaluate: bool, finish: Callable, around: Callable) -> None:
+    """One rank: build the trainer (accelerate reads the process group from the launcher's environment), train
+    (inside ``around()``), write what this rank saw; rank 0 writes the model (``finish``-ed) and the log."""
+    from accelerate import PartialState
+
+    from transformers import PrinterCallback
+
+    trainer = build()
+    state = PartialState()
+    trainer.remove_callback(PrinterCallback)
+    _without_widgets(trainer)
+    trainer.args.save_strategy = "no"
+    seen: list[str] = []
+    _record_examples(trainer, seen)
+    t0 = time.perf_counter()
+    with around():
+        trainer.train()
+    seconds = time.perf_counter() - t0
+    with around():
+        eval_loss = trainer.evaluate()["eval_loss"] if evaluate else None
+    folder = Path(out)
+    (folder / f"rank{state.process_index}.json").write_text(json.dumps(
+        {"rank": state.process_index, "world_size": state.num_processes, "examples": seen,
+         "steps": trainer.state.global_step, "backend": str(getattr(state, "backend", ""))}))
+    state.wait_for_everyone()
+    if state.is_main_process:
+        logs = [r for r in trainer.state.log_history if "num_tokens" in r and "eval_loss" not in r]
+        torch.save(finish(trainer.model), folder / "model.pt")
+        (folder / "result.json").write_text(json.dumps(
+            {"seconds": seconds, "steps": trainer.state.global_step, "eval_loss": eval_loss,
+             "tokens": int(logs[-1]["num_tokens"]) if logs else 0, "log_history": trainer.state.log_history,
+             "trainer": type(trainer).__name__}, default=float))
+    state.wait_for_everyone()
+
+
+def run(build: Callable, evaluate: bool, finish: Callable, around: Callable) -> dict[str, Any]:
+    """Train what ``build`` makes in ``LAUNCH.num_processes`` processes (accelerate's ``notebook_launcher``), as
+    ``train.fit`` would: inside ``around()`` (its compact LM head), the model ``finish``-ed;
+    returns {"model", "seconds", "steps", "tokens", "eval_loss", "log_history", "trainer", "ranks"} where
+    ``ranks`` is each rank's record (``rank``, ``world_size``, ``examples``: hashes of the examples it saw,
+    ``steps``)."""
+    from accelerate import notebook_launcher
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # this process's one-process trainers are done
+    with tempfile.TemporaryDirectory(prefix="nbft-launch-") as out:
+        t0 = time.perf_counter()
+        notebook_launcher(_worker, args=(build, out, evaluate, finish, around), num_processes=LAUNCH.num_processes,
+                          use_port=str(LAUNCH.port))
+        wall = time.perf_counter() - t0
+        AcceleratorState._reset_state(reset_partial_state=True)
+        folder = Path(out)
+        if not (folder / "result.json").is_file():
+            raise RuntimeError(f"the {LAUNCH.num_processes} training processes ended without rank 0's result")
+        result = json.loads((folder / "result.json").read_text())
+        result["model"] = torch.load(folder / "model.pt", weights_only=False)
+        result["ranks"] = [json.loads(f.read_text()) for f in sorted(folder.glob("rank*.json"))]
+        result["wall_seconds"] = wall
+    return result

@@ -1,0 +1,170 @@
+"""Experiment trackers: ``report_to`` (a common parameter) goes to every trainer nbft builds, and the run's
+parameters and final metrics go to the same trackers when a stage ends, all under ``runs/<run>/tracking/``.
+
+One row per tracker (``TRACKERS``): the module it needs (``pip install -e .[tracking]`` installs all four) and
+how it is pointed at the run folder. transformers' own callbacks do the per-step logging (``report_to`` in the
+trainer arguments); this module only says where they write and adds the end-of-stage record:
+
+- tensorboard: event files in ``tracking/tensorboard/<stage>/<NN>-<trainer>/`` (one folder per training call) and
+  ``tracking/tensorboard/<stage>/final/`` (the stage's metrics as scalars at step 0, its parameters as text);
+- mlflow: a local file store ``tracking/mlflow/`` (experiment = the run's name, one mlflow run per training call
+  and one ``<stage>`` run with the parameters and final metrics);
+- wandb: offline files under ``tracking/wandb/`` (``wandb sync`` uploads them later);
+- trackio: its local database under ``tracking/trackio/``.
+"""
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .params import ParamError
+
+#: tracker -> the module it needs
+TRACKERS = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb", "trackio": "trackio"}
+
+
+class TrackingError(ParamError):
+    """``report_to`` names a tracker that is not installed (a bad input: ``nbft run`` exits 2)."""
+
+
+def trackers(report_to) -> list[str]:
+    """The trackers ``report_to`` asks for (``[]`` or ``["none"]``: none)."""
+    return [t for t in (report_to or []) if t != "none"]
+
+
+def check(report_to) -> None:
+    """Every tracker ``report_to`` names is installed; else one message naming the missing ones and the install."""
+    missing = [t for t in trackers(report_to) if importlib.util.find_spec(TRACKERS[t]) is None]
+    if missing:
+        raise TrackingError(f"report_to: {', '.join(missing)} not installed; pip install -e '.[tracking]' "
+                            f"(or pip install {' '.join(TRACKERS[t] for t in missing)})")
+
+
+@dataclass
+class Tracking:
+    """Where this process's trainers report (``runs.setup`` points it at the run; ``into``)."""
+
+    folder: Path | None = None
+    stage: str = ""
+    report_to: list[str] = field(default_factory=list)
+    calls: int = 0
+
+
+TRACKING = Tracking()
+
+
+def into(run_dir: str | Path | None, stage: str = "", report_to=()) -> None:
+    """Trainers built from now on report to ``report_to`` under ``<run_dir>/tracking/`` (``None``: nowhere)."""
+    TRACKING.folder = Path(run_dir) / "tracking" if run_dir is not None and trackers(report_to) else None
+    TRACKING.stage, TRACKING.report_to, TRACKING.calls = stage, trackers(report_to), 0
+    if TRACKING.folder is not None:
+        _environment(TRACKING.folder, Path(run_dir).name)
+
+
+def _environment(folder: Path, run_name: str) -> None:
+    """Point each tracker's own settings at the run folder (transformers' callbacks read them)."""
+    os.environ["MLFLOW_TRACKING_URI"] = (folder / "mlflow").resolve().as_uri()
+    os.environ["MLFLOW_EXPERIMENT_NAME"] = run_name
+    # mlflow 3.17 keeps its file store "in maintenance mode" behind this switch; a folder of plain files is what a
+    # run folder holds (a sqlite database would need mlflow's server extras)
+    os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
+    os.environ["WANDB_MODE"] = "offline"
+    os.environ["WANDB_DIR"] = str(folder / "wandb")
+    os.environ.setdefault("WANDB_PROJECT", "nbft")
+    os.environ["TRACKIO_DIR"] = str(folder / "trackio")
+    os.environ["HF_MLFLOW_LOG_ARTIFACTS"] = "0"  # metrics and parameters, not copies of the checkpoints
+    os.environ.setdefault("TRACKIO_PROJECT", "nbft")
+    (folder / "wandb").mkdir(parents=True, exist_ok=True)
+
+
+def report_to() -> list[str] | str:
+    """``report_to`` for the trainer arguments: the trackers ``into`` set, or ``"none"``."""
+    return list(TRACKING.report_to) if TRACKING.folder is not None else "none"
+
+
+def attach(trainer) -> None:
+    """Before ``trainer.train()``: name this training call (``<stage>-<NN>-<Trainer>``, the mlflow/wandb/trackio
+    run name) and give its tensorboard events their own folder under the run's ``tracking/``."""
+    if TRACKING.folder is None:
+        return
+    TRACKING.calls += 1
+    name = f"{TRACKING.calls:02d}-{type(trainer).__name__}"
+    trainer.args.run_name = f"{TRACKING.stage}-{name}"
+    from transformers.integrations import TensorBoardCallback
+
+    for cb in trainer.callback_handler.callbacks:
+        if isinstance(cb, TensorBoardCallback):
+            cb.logging_dir = str(TRACKING.folder / "tensorboard" / TRACKING.stage / name)
+
+
+def numbers(metrics: dict, prefix: str = "") -> dict[str, float]:
+    """The finite numbers of a nested metrics dict, keys joined with '/' (what a tracker can plot)."""
+    out: dict[str, float] = {}
+    for k, v in metrics.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(numbers(v, key + "/"))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            out[key] = float(v)
+    return out
+
+
+def _flat_params(parameters: dict) -> dict[str, str]:
+    return {k: str(v)[:500] for k, v in parameters.items()}
+
+
+def log_stage(run_dir: str | Path, stage: str, report_to, parameters: dict, metrics: dict) -> list[str]:
+    """The stage's parameters and final metrics to every tracker of ``report_to`` (``nbft run`` calls it when a
+    stage ends ok). Returns what was written, one line per tracker."""
+    names = trackers(report_to)
+    if not names:
+        return []
+    folder = Path(run_dir) / "tracking"
+    _environment(folder, Path(run_dir).name)
+    values, params = numbers(metrics), _flat_params(parameters)
+    written = []
+    if "tensorboard" in names:
+        from torch.utils.tensorboard import SummaryWriter
+
+        out = folder / "tensorboard" / stage / "final"
+        with SummaryWriter(log_dir=str(out)) as w:
+            w.add_text("parameters", "\n".join(f"    {k}: {v}" for k, v in params.items()), 0)
+            for k, v in values.items():
+                w.add_scalar(f"final/{k}", v, 0)
+        written.append(f"tensorboard: {out}")
+    if "mlflow" in names:
+        import mlflow
+
+        mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+        mlflow.set_experiment(Path(run_dir).name)
+        with mlflow.start_run(run_name=stage):
+            mlflow.log_params(params)
+            mlflow.log_metrics({_mlflow_key(k): v for k, v in values.items()})
+        written.append(f"mlflow: {folder / 'mlflow'}")
+    if "wandb" in names:
+        import wandb
+
+        r = wandb.init(project=os.environ["WANDB_PROJECT"], name=f"{Path(run_dir).name}-{stage}", mode="offline",
+                       dir=os.environ["WANDB_DIR"], config=params, reinit="finish_previous")
+        r.summary.update(values)
+        r.finish()
+        written.append(f"wandb: {folder / 'wandb'}")
+    if "trackio" in names:
+        import trackio
+
+        trackio.init(project=os.environ["TRACKIO_PROJECT"], name=f"{Path(run_dir).name}-{stage}", config=params)
+        trackio.log(values)
+        trackio.finish()
+        written.append(f"trackio: {folder / 'trackio'}")
+    return written
+
+
+def _mlflow_key(key: str) -> str:
+    """mlflow metric names: letters, digits, '_', '-', '.', ' ', ':' and '/' only."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_\-. :/]", "_", key)[:250]
