@@ -444,7 +444,8 @@ def _execute(resolved, stages, run_dir, progress, verbose, label, resume, runnin
                 return ended(stage, e)
             ended(stage, None)
     else:
-        order = sorted(todo, key=lambda s: (LANE_ORDER.index(s) if s in LANE_ORDER else len(LANE_ORDER), stages.index(s)))
+        rank = {s: i for i, s in enumerate(LANE_ORDER)}
+        order = sorted(todo, key=lambda s: (rank.get(s, len(rank)), stages.index(s)))
         lanes: dict = {}
         failed = 0
         cwd = os.getcwd()

@@ -100,6 +100,8 @@ def _worker(build: Callable, out: str, evaluate: bool, finish: Callable, around:
 
     trainer = build()
     state = PartialState()
+    if state.device.type == "cpu":  # the processes share the cores this one had (fork keeps its thread count)
+        torch.set_num_threads(max(1, torch.get_num_threads() // state.num_processes))
     trainer.remove_callback(PrinterCallback)
     _without_widgets(trainer)
     trainer.args.save_strategy = "no"

@@ -1,6 +1,5 @@
 """Past one process: training through accelerate's launchers, and the accelerate configs in configs/."""
 import copy
-import dataclasses
 from pathlib import Path
 
 import pytest
@@ -70,8 +69,8 @@ def test_every_accelerate_config_parses_with_accelerates_own_parser(config):
 
 
 def test_configs_cover_ddp_fsdp_and_both_zero_stages():
-    kinds = {(launch.read_config(c).distributed_type.value, (launch.read_config(c).deepspeed_config or {}).get("zero_stage"))
-             for c in CONFIGS}
+    parsed = [launch.read_config(c) for c in CONFIGS]
+    kinds = {(c.distributed_type.value, (c.deepspeed_config or {}).get("zero_stage")) for c in parsed}
     assert {("MULTI_GPU", None), ("FSDP", None), ("DEEPSPEED", 2), ("DEEPSPEED", 3)} <= kinds
 
 
@@ -83,7 +82,8 @@ def test_a_config_with_an_unknown_key_is_refused_before_anything_runs(runs_dir, 
     rc = cli.main(["run", "--params", str(root / "params" / "smoke.yaml"), "--set", f"accelerate_config={bad}"])
     err = capsys.readouterr().err
     assert rc == cli.EXIT_BAD_INPUT and "accelerate_config" in err and "num_procesess" in err
-    rc = cli.main(["run", "--params", str(root / "params" / "smoke.yaml"), "--set", f"accelerate_config={tmp_path / 'none.yaml'}"])
+    missing = tmp_path / "none.yaml"
+    rc = cli.main(["run", "--params", str(root / "params" / "smoke.yaml"), "--set", f"accelerate_config={missing}"])
     assert rc == cli.EXIT_BAD_INPUT and "none.yaml" in capsys.readouterr().err
     assert not runs_dir.exists() or not list(runs_dir.iterdir())
 
@@ -100,7 +100,7 @@ def test_launch_with_reads_num_processes_from_a_config():
 
 
 def test_num_processes_is_a_common_parameter_with_a_range():
-    assert dataclasses.fields(params.Common)[[f.name for f in dataclasses.fields(params.Common)].index("num_processes")].default == 1
+    assert params.Common().num_processes == 1 and params.Common().accelerate_config == ""
     with pytest.raises(params.ParamError, match="num_processes"):
         params.build("02_sft", {"num_processes": 0})
 
