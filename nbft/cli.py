@@ -92,7 +92,7 @@ def preflight(resolved: dict, stages: list[str]) -> None:
     ``check_inputs``: data files, preference pairs, documents and questions, runs to compare), and 01_data_prep's
     whole chain with the model's tokenizer (filters that remove everything, empty splits). Parameter ranges and
     names were checked when the parameters were resolved."""
-    from . import classify, data, distill, knowledge, launch, models, report, rlhf, tracking
+    from . import classify, data, distill, knowledge, launch, models, report, rlhf, tracking, train
 
     checks = {"01_data_prep": data.check_inputs, "04_rlhf": rlhf.check_inputs,
               "05_rag_vs_ft": knowledge.check_inputs, "06_classify": classify.check_inputs,
@@ -102,6 +102,12 @@ def preflight(resolved: dict, stages: list[str]) -> None:
     for device in dict.fromkeys(resolved[s].device for s in stages):
         models.pick_device(device)  # cuda without a GPU fails here, not in the first notebook
     common = resolved[stages[0]]
+    if "02_sft" in stages:
+        sp = resolved["02_sft"]
+        asked = [k for k, v in (("scope", [sp.scope]), ("compare_scopes", sp.compare_scopes)) if "qlora" in v]
+        if asked and train.qlora_needs():
+            raise P.ParamError(f"02_sft.{asked[0]}: qlora needs {train.qlora_needs()} (pip install bitsandbytes on "
+                               "a GPU machine), or use lora")
     tracking.check(common.report_to)  # a tracker that is not installed fails here
     if common.accelerate_config:  # accelerate's own parser: a missing file or an unknown key fails here
         try:

@@ -74,6 +74,7 @@ def params_dataclass(cls):
 
 DEMO_TASKS = ("json_qa", "sort_numbers", "uppercase", "count_items", "reverse_list")  # nbft.tasks.TASKS
 SCOPES = ("lora", "freeze", "full")  # nbft.train.SCOPES
+SFT_SCOPES = (*SCOPES, "qlora")  # nbft.train.SFT_SCOPES
 INDEXES = ("flat", "ivf", "hnsw")  # nbft.rag.INDEX_KINDS
 PEFT_METHODS = ("full", "freeze", "bitfit", "lora", "dora", "rslora", "loha", "vera", "ia3", "prompt_tuning",
                 "prefix_tuning", "p_tuning", "bottleneck_adapter", "qlora")  # nbft.peft.METHODS
@@ -202,11 +203,11 @@ class SFTParams(EvalArgs, LoraArgs, ScopeArgs, TrainArgs, Common):
     n_eval: int = _f(0, "score at most this many held-out test prompts (0: all)")
     mode: str = _f("instruction", "main run: instruction (prompt/response, loss on responses) | "
                    "continued_pretraining (raw domain text, loss on every token)", ("instruction", "continued_pretraining"))
-    scope: str = _f("lora", "main run trains: lora (adapters) | freeze (top freeze_top_n blocks) | full (every weight)",
-                    ("lora", "freeze", "full"))
+    scope: str = _f("lora", "main run trains: lora (adapters) | freeze (top freeze_top_n blocks) | full (every weight) "
+                    "| qlora (LoRA on the model in 4 bits: a CUDA GPU and bitsandbytes)", SFT_SCOPES)
     max_train_examples: int = _f(0, "train on at most this many examples (0: all)", min=0)
     compare_scopes: list[str] = _f(["lora", "freeze", "full"], "scopes trained side by side in instruction mode "
-                                   "on the same data and budget ([] to skip)", SCOPES)
+                                   "on the same data and budget ([] to skip)", SFT_SCOPES)
     sweep_sizes: list[int] = _f([16], "data-size sweep: LoRA on the first N clean examples, each for as many "
                                 "optimizer steps as the main run (small sets repeat); all examples added ([] to skip)", min=1)
     quality_size: int = _f(16, "clean vs unfiltered data, this many examples each, same steps (0 to skip; at a "

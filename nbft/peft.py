@@ -11,7 +11,6 @@ attention and the MLP of every block, in :class:`BottleneckAdapter` below.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -113,26 +112,14 @@ def _freeze(model, p):
     return train.apply_scope(model, "freeze", p.freeze_top_n, p.freeze_train_head)
 
 
-def _qlora_needs() -> str:
-    missing = []
-    if not torch.cuda.is_available():
-        missing.append("a CUDA GPU")
-    if importlib.util.find_spec("bitsandbytes") is None:
-        missing.append("the bitsandbytes package")
-    return " and ".join(missing)
+_qlora_needs = train.qlora_needs
 
 
 def _qlora(model, p):
-    """4-bit NF4 base (bitsandbytes) + LoRA. Only runs where _qlora_needs() is empty."""
-    from peft import get_peft_model, prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    """4-bit NF4 base (bitsandbytes) + LoRA (``train.quantized_4bit``). Only runs where _qlora_needs() is empty."""
+    from peft import get_peft_model
 
-    path = model.config._name_or_path
-    q = AutoModelForCausalLM.from_pretrained(
-        path, quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                                     bnb_4bit_compute_dtype=torch.bfloat16), device_map={"": 0})
-    q = prepare_model_for_kbit_training(q)
-    return get_peft_model(q, _lora()(p))
+    return get_peft_model(train.quantized_4bit(model), _lora()(p))
 
 
 # ---------------------------------------------------------------- bottleneck adapters (not in peft)

@@ -33,6 +33,9 @@ from typing import Any, Callable
 from . import files, launch, models, timing, tracking
 
 SCOPES = ("lora", "freeze", "full")
+#: What ``finetune`` (02_sft's main run and scope comparison) also trains: LoRA on a 4-bit NF4 base (QLoRA,
+#: bitsandbytes, a CUDA GPU: ``qlora_needs``).
+SFT_SCOPES = (*SCOPES, "qlora")
 MODES = ("instruction", "continued_pretraining")
 
 
@@ -96,8 +99,39 @@ def steps_for(n_examples: int, loop, epochs: float | None = None) -> int:
     return max(1, math.ceil(per_epoch * (loop.epochs if epochs is None else epochs)))
 
 
+def qlora_needs() -> str:
+    """What this machine lacks for QLoRA ("" when nothing): a CUDA GPU, the bitsandbytes package."""
+    import importlib.util
+
+    import torch
+
+    missing = []
+    if not torch.cuda.is_available():
+        missing.append("a CUDA GPU")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        missing.append("the bitsandbytes package")
+    return " and ".join(missing)
+
+
+def quantized_4bit(model):
+    """``model`` reloaded from its folder with 4-bit NF4 weights (bitsandbytes, bf16 compute) on GPU 0, prepared
+    for k-bit training (peft's ``prepare_model_for_kbit_training``): the base QLoRA trains adapters on."""
+    import torch
+    from peft import prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    if qlora_needs():
+        raise ValueError(f"qlora needs {qlora_needs()}")
+    q = AutoModelForCausalLM.from_pretrained(
+        model.config._name_or_path, device_map={"": 0},
+        quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                               bnb_4bit_compute_dtype=torch.bfloat16))
+    return prepare_model_for_kbit_training(q)
+
+
 def learning_rate_for(rates, scope: str) -> float:
-    """The learning rate of a scope, from a ``ScopeArgs`` group."""
+    """The learning rate of a scope, from a ``ScopeArgs`` group (QLoRA: LoRA's)."""
+    scope = "lora" if scope == "qlora" else scope
     return {"lora": rates.learning_rate, "freeze": rates.freeze_learning_rate, "full": rates.full_learning_rate}[scope]
 
 
@@ -549,10 +583,15 @@ def remove_autocast_wrappers(model) -> int:
 def finetune(model, tokenizer, train: list[dict], validation: list[dict], p, scope: str = "lora",
              mode: str = "instruction", callbacks=(), **overrides) -> TrainResult:
     """``sft`` with a scope (``p``: ``Common``, ``TrainArgs``, ``ScopeArgs``, ``LoraArgs``): LoRA adapters,
-    top-N blocks, or every weight, at the scope's learning rate."""
-    apply_scope(model, scope if scope != "lora" else "full", p.freeze_top_n, p.freeze_train_head)
+    top-N blocks, every weight, or LoRA on the model reloaded in 4 bits (``qlora``), at the scope's learning
+    rate."""
+    if scope == "qlora":
+        model = quantized_4bit(model)
+    else:
+        apply_scope(model, scope if scope != "lora" else "full", p.freeze_top_n, p.freeze_train_head)
     overrides.setdefault("learning_rate", learning_rate_for(p, scope))
-    return sft(model, tokenizer, train, validation, p, peft_config=lora_config(p) if scope == "lora" else None,
+    adapters = scope in ("lora", "qlora")
+    return sft(model, tokenizer, train, validation, p, peft_config=lora_config(p) if adapters else None,
                callbacks=callbacks, mode=mode, **overrides)
 
 

@@ -137,3 +137,51 @@ def test_nbft_train_under_accelerate_launch_trains_one_stage_over_two_processes(
     again = subprocess.run([sys.executable, "-m", "nbft.cli", "train", "02_sft", "--run", "dist", "--params",
                             str(root / "params" / "smoke.yaml")], env=env, cwd=root, capture_output=True, text=True)
     assert again.returncode == 2 and "already ended ok" in again.stderr
+
+
+def test_reward_rl_dpo_classifier_and_distillation_trainers_run_in_two_processes(tmp_path, root, monkeypatch):
+    """The trainers other than SFT (the test above) through the whole notebooks, num_processes 2: every training
+    call of 04 (reward model, GRPO, DPO), 06 (the classifiers) and 07 (SFT rows, distillation) launches 2 gloo
+    processes, and the stages end ok."""
+    import json
+    import os
+
+    from nbft import cli
+
+    monkeypatch.setenv("NBFT_RUNS_DIR", str(tmp_path / "runs"))
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        rc = cli.main(["run", "--params", str(root / "params" / "smoke.yaml"), "--name", "mp", "--no-progress",
+                       "--only", "04_rlhf", "06_classify", "07_distill", "--set", "num_processes=2"])
+    finally:
+        os.chdir(cwd)
+    run = tmp_path / "runs" / "mp"
+    assert rc == 0 and json.loads((run / "status.json").read_text())["state"] == "ok"
+    for stage, trainings in {"04_rlhf": 3, "06_classify": 5, "07_distill": 3}.items():
+        text = (run / f"{stage}.ipynb").read_text()
+        assert text.count("Launching training on 2") >= trainings, stage
+
+
+# ---------------------------------------------------------------- the GPU profile
+
+def test_gpu_profile_asks_for_qlora_as_02s_main_scope_and_is_refused_where_it_cannot_run(runs_dir, capsys, root,
+                                                                                        monkeypatch):
+    from nbft import cli
+
+    gpu = params.resolve(root / "params" / "gpu.yaml")
+    assert gpu["02_sft"].scope == "qlora" and gpu["02_sft"].device == "cuda" and "qlora" in gpu["03_peft"].methods
+    monkeypatch.setattr(train, "qlora_needs", lambda: "a CUDA GPU")  # what a CPU machine says
+    rc = cli.main(["run", "--params", str(root / "params" / "smoke.yaml"), "--set", "02_sft.scope=qlora"])
+    err = capsys.readouterr().err
+    assert rc == cli.EXIT_BAD_INPUT and "02_sft.scope: qlora needs a CUDA GPU" in err
+    assert not runs_dir.exists() or not list(runs_dir.iterdir())
+
+
+def test_qlora_scope_reloads_the_model_in_4_bits_or_says_what_is_missing(tiny, monkeypatch):
+    base, tok = tiny
+    monkeypatch.setattr(train, "qlora_needs", lambda: "a CUDA GPU and the bitsandbytes package")
+    p = params.SFTParams(model="tiny-llama", scope="qlora")
+    with pytest.raises(ValueError, match="qlora needs a CUDA GPU and the bitsandbytes package"):
+        train.finetune(copy.deepcopy(base), tok, [], [], p, scope="qlora")
+    assert train.learning_rate_for(p, "qlora") == p.learning_rate

@@ -266,7 +266,7 @@ def test_name_tables_are_copies_of_the_tables_that_own_them():
     from nbft import peft, rag, tasks, train
 
     assert P.DEMO_TASKS == tuple(tasks.TASKS) and P.PEFT_METHODS == tuple(peft.METHODS)
-    assert P.SCOPES == train.SCOPES and P.INDEXES == tuple(rag.INDEX_KINDS) and P.STAGE_NAMES == tuple(P.STAGES)
+    assert P.SCOPES == train.SCOPES and P.SFT_SCOPES == train.SFT_SCOPES and P.INDEXES == tuple(rag.INDEX_KINDS) and P.STAGE_NAMES == tuple(P.STAGES)
 
 
 @pytest.mark.parametrize("text, match", [
