@@ -94,6 +94,8 @@ def attach(trainer) -> None:
     TRACKING.calls += 1
     name = f"{TRACKING.calls:02d}-{type(trainer).__name__}"
     trainer.args.run_name = f"{TRACKING.stage}-{name}"
+    if hasattr(trainer.args, "project"):  # trackio's project (transformers' default: "huggingface")
+        trainer.args.project = os.environ.get("TRACKIO_PROJECT", "nbft")
     from transformers.integrations import TensorBoardCallback
 
     for cb in trainer.callback_handler.callbacks:
