@@ -75,8 +75,7 @@ def nbft_path(model, tok, records, held_out, lora, steps: int, batch: int, lr: f
 
 
 def summary(log_history: list[dict], seconds: float, eval_loss: float) -> dict:
-    logs = [r for r in log_history if "loss" in r and "eval_loss" not in r]
-    tokens = int(logs[-1]["num_tokens"]) if logs and "num_tokens" in logs[-1] else 0
+    tokens = train.trained_tokens(log_history)
     return {"tokens_per_second": tokens / seconds, "seconds": seconds, "tokens": tokens, "final_loss": eval_loss}
 
 

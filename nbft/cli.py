@@ -150,7 +150,7 @@ def _track(run_dir: Path, stage: str, p, label: str) -> None:
         return
     try:
         metrics = runs.read_json(run_dir / "metrics.json", {}).get(stage) or {}
-        tracking.log_stage(run_dir, stage, p.report_to, dataclasses.asdict(p), metrics)
+        tracking.log_stage(run_dir, stage, p.report_to, dataclasses.asdict(p), runs.flatten(metrics))
     except Exception as e:
         message = f"{stage}: final metrics not sent to {', '.join(p.report_to)} ({type(e).__name__}: {e})"
         runs.write_status(run_dir, append={"warnings": message})

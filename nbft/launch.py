@@ -119,19 +119,17 @@ def _worker(build: Callable, out: str, evaluate: bool, finish: Callable, around:
          "steps": trainer.state.global_step, "backend": str(getattr(state, "backend", ""))}))
     state.wait_for_everyone()
     if state.is_main_process:
-        logs = [r for r in trainer.state.log_history if "num_tokens" in r and "eval_loss" not in r]
         torch.save(finish(trainer.model), folder / "model.pt")
         (folder / "result.json").write_text(json.dumps(
             {"seconds": seconds, "steps": trainer.state.global_step, "eval_loss": eval_loss,
-             "tokens": int(logs[-1]["num_tokens"]) if logs else 0, "log_history": trainer.state.log_history,
-             "trainer": type(trainer).__name__}, default=float))
+             "log_history": trainer.state.log_history, "trainer": type(trainer).__name__}, default=float))
     state.wait_for_everyone()
 
 
 def run(build: Callable, evaluate: bool, finish: Callable, around: Callable) -> dict[str, Any]:
     """Train what ``build`` makes in ``LAUNCH.num_processes`` processes (accelerate's ``notebook_launcher``), as
     ``train.fit`` would: inside ``around()`` (its compact LM head), the model ``finish``-ed;
-    returns {"model", "seconds", "steps", "tokens", "eval_loss", "log_history", "trainer", "ranks"} where
+    returns {"model", "seconds", "steps", "eval_loss", "log_history", "trainer", "ranks"} where
     ``ranks`` is each rank's record (``rank``, ``world_size``, ``examples``: hashes of the examples it saw,
     ``steps``)."""
     from accelerate import notebook_launcher

@@ -112,11 +112,8 @@ def _freeze(model, p):
     return train.apply_scope(model, "freeze", p.freeze_top_n, p.freeze_train_head)
 
 
-_qlora_needs = train.qlora_needs
-
-
 def _qlora(model, p):
-    """4-bit NF4 base (bitsandbytes) + LoRA (``train.quantized_4bit``). Only runs where _qlora_needs() is empty."""
+    """4-bit NF4 base (bitsandbytes) + LoRA (``train.quantized_4bit``). Only runs where train.qlora_needs() is empty."""
     from peft import get_peft_model
 
     return get_peft_model(train.quantized_4bit(model), _lora()(p))
@@ -183,7 +180,7 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("p_tuning", "prompt", _peft(_ptuning), False, note="virtual tokens from a small MLP encoder"),
     Method("bottleneck_adapter", "adapter", _bottleneck, False,
            note="Houlsby adapters after attention and MLP (nbft, not in peft); nonlinear, so not mergeable"),
-    Method("qlora", "reparam", _qlora, True, needs=_qlora_needs, note="4-bit NF4 base + LoRA"),
+    Method("qlora", "reparam", _qlora, True, needs=train.qlora_needs, note="4-bit NF4 base + LoRA"),
 ]}
 
 

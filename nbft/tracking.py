@@ -103,31 +103,25 @@ def attach(trainer) -> None:
             cb.logging_dir = str(TRACKING.folder / "tensorboard" / TRACKING.stage / name)
 
 
-def numbers(metrics: dict, prefix: str = "") -> dict[str, float]:
-    """The finite numbers of a nested metrics dict, keys joined with '/' (what a tracker can plot)."""
-    out: dict[str, float] = {}
-    for k, v in metrics.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(numbers(v, key + "/"))
-        elif isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-            out[key] = float(v)
-    return out
+def numbers(flat: dict) -> dict[str, float]:
+    """The finite numbers of flattened metrics (``runs.flatten``: dotted keys): what a tracker can plot."""
+    return {k: float(v) for k, v in flat.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
 
 
 def _flat_params(parameters: dict) -> dict[str, str]:
     return {k: str(v)[:500] for k, v in parameters.items()}
 
 
-def log_stage(run_dir: str | Path, stage: str, report_to, parameters: dict, metrics: dict) -> list[str]:
-    """The stage's parameters and final metrics to every tracker of ``report_to`` (``nbft run`` calls it when a
-    stage ends ok). Returns what was written, one line per tracker."""
+def log_stage(run_dir: str | Path, stage: str, report_to, parameters: dict, flat_metrics: dict) -> list[str]:
+    """The stage's parameters and final metrics (flattened: ``runs.flatten``) to every tracker of ``report_to``
+    (``nbft run`` calls it when a stage ends ok). Returns what was written, one line per tracker."""
     names = trackers(report_to)
     if not names:
         return []
     folder = Path(run_dir) / "tracking"
     _environment(folder, Path(run_dir).name)
-    values, params = numbers(metrics), _flat_params(parameters)
+    values, params = numbers(flat_metrics), _flat_params(parameters)
     written = []
     if "tensorboard" in names:
         from torch.utils.tensorboard import SummaryWriter

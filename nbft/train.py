@@ -408,8 +408,8 @@ def fit(trainer, evaluate: bool = False) -> TrainResult:
     if not hasattr(trainer, "train"):  # a function that builds the trainer
         if launch.wanted():  # num_processes > 1: each process builds its own (no checkpoints, no live monitors)
             r = launch.run(trainer, evaluate, finish, compact_lm_head)
-            return TrainResult(r["model"], None, r["seconds"], r["steps"], r["tokens"], r["eval_loss"],
-                               r["log_history"], ranks=r["ranks"])
+            return TrainResult(r["model"], None, r["seconds"], r["steps"], trained_tokens(r["log_history"]),
+                               r["eval_loss"], r["log_history"], ranks=r["ranks"])
         trainer = trainer()
     trainer.remove_callback(PrinterCallback)
     slot = resume = None
@@ -459,10 +459,15 @@ def fit(trainer, evaluate: bool = False) -> TrainResult:
         seconds = earlier + time.perf_counter() - started[0]
     with compact_lm_head():
         eval_loss = trainer.evaluate()["eval_loss"] if evaluate else None
-    logs = [r for r in trainer.state.log_history if "num_tokens" in r and "eval_loss" not in r]
-    tokens = int(logs[-1]["num_tokens"]) if logs else 0  # TRL counts the non-padding tokens trained on
-    return TrainResult(finish(trainer.model), trainer, seconds, trainer.state.global_step, tokens, eval_loss,
-                       list(trainer.state.log_history), resumed_from)
+    return TrainResult(finish(trainer.model), trainer, seconds, trainer.state.global_step,
+                       trained_tokens(trainer.state.log_history), eval_loss, list(trainer.state.log_history),
+                       resumed_from)
+
+
+def trained_tokens(log_history: list[dict]) -> int:
+    """The non-padding tokens a training call trained on, as TRL counts them in its log (0 when it does not)."""
+    logs = [r for r in log_history if "num_tokens" in r and "eval_loss" not in r]
+    return int(logs[-1]["num_tokens"]) if logs else 0
 
 
 def _final_checkpoint_light(trainer):

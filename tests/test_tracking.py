@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from nbft import cli, data, params, tracking, train
+from nbft import cli, data, params, runs, tracking, train
 
 
 @pytest.fixture()
@@ -36,8 +36,8 @@ def sft_two_runs(tiny, steps: int = 3):
     return out
 
 
-STAGE_METRICS = {"task_score_after": 0.75, "scope_comparison": {"lora": {"task_score": 0.5}}, "note": "words",
-                 "nan": float("nan")}
+STAGE_METRICS = runs.flatten({"task_score_after": 0.75, "scope_comparison": {"lora": {"task_score": 0.5}},
+                              "note": "words", "nan": float("nan"), "findings": ["a sentence"]})
 
 
 def test_tensorboard_event_files_load_in_tensorboards_reader_with_loss_and_final_metrics(tiny, tracked):
@@ -58,7 +58,7 @@ def test_tensorboard_event_files_load_in_tensorboards_reader_with_loss_and_final
     assert written and "tensorboard" in written[0]
     final = EventAccumulator(str(run_dir / "tracking" / "tensorboard" / "02_sft" / "final")).Reload()
     assert final.Scalars("final/task_score_after")[0].value == pytest.approx(0.75)
-    assert final.Scalars("final/scope_comparison/lora/task_score")[0].value == pytest.approx(0.5)
+    assert final.Scalars("final/scope_comparison.lora.task_score")[0].value == pytest.approx(0.5)
     assert "final/nan" not in final.Tags()["scalars"] and "final/note" not in final.Tags()["scalars"]
 
 
@@ -79,7 +79,7 @@ def test_mlflow_local_store_reads_back_with_mlflows_client(tiny, tracked):
             [r["loss"] for r in res.log_history if "loss" in r], rel=1e-5)
     stage = found["02_sft"].data
     assert stage.metrics["task_score_after"] == pytest.approx(0.75)
-    assert stage.metrics["scope_comparison/lora/task_score"] == pytest.approx(0.5)
+    assert stage.metrics["scope_comparison.lora.task_score"] == pytest.approx(0.5)
     assert stage.params["model"] == "tiny-llama" and "nan" not in stage.metrics
 
 
@@ -107,6 +107,6 @@ def test_a_misspelt_tracker_names_the_closest(runs_dir, capsys, root):
 
 
 def test_numbers_keeps_finite_numbers_with_their_path():
-    assert tracking.numbers(STAGE_METRICS) == {"task_score_after": 0.75, "scope_comparison/lora/task_score": 0.5}
+    assert tracking.numbers(STAGE_METRICS) == {"task_score_after": 0.75, "scope_comparison.lora.task_score": 0.5}
     assert tracking.numbers({"ok": True, "n": 3}) == {"n": 3.0}
     assert json.dumps(tracking.numbers({}))
