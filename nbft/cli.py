@@ -297,15 +297,29 @@ def pick_jobs(jobs: str | int, resolved: dict) -> int:
     return n
 
 
-def _threads_kernel_manager(threads: int):
-    """A kernel manager whose kernels use ``threads`` intra-op threads (OMP_NUM_THREADS, which torch reads when it
-    starts): the lanes of ``--jobs`` share the cores instead of each taking all of them."""
+#: glibc malloc settings every notebook kernel nbft starts runs with (a value already in the environment wins;
+#: the Makefile exports the same ones for ``make lab`` and the tests). By default glibc serves each allocation above
+#: a threshold it adjusts at run time with a fresh mapping and unmaps it when freed, so every training step and every
+#: generated token faults zero-filled pages in again: ~100k page faults a second and 10-25% of a kernel's time in
+#: the OS during a pipeline run. Blocks up to 32 MiB (glibc's maximum threshold) from the heap, freed memory kept
+#: for the next step: 1.18x on training and generation, peak memory +0.1% (benchmarks/allocator.py,
+#: docs/measurements.md).
+KERNEL_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(2**32),
+              "MALLOC_TOP_PAD_": str(256 * 2**20)}
+
+
+def _threads_kernel_manager(threads: int | None):
+    """A kernel manager whose kernels run with ``KERNEL_ENV`` and, with ``threads``, use that many intra-op threads
+    (OMP_NUM_THREADS, which torch reads when it starts): the lanes of ``--jobs`` share the cores instead of each
+    taking all of them."""
     from jupyter_client import AsyncKernelManager
 
     class ThreadsKernelManager(AsyncKernelManager):
         async def _async_launch_kernel(self, kernel_cmd, **kw):
-            kw["env"] = {**(kw.get("env") or os.environ), "OMP_NUM_THREADS": str(threads),
-                         "MKL_NUM_THREADS": str(threads)}
+            env = {**KERNEL_ENV, **(kw.get("env") or os.environ)}
+            if threads:
+                env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+            kw["env"] = env
             return await super()._async_launch_kernel(kernel_cmd, **kw)
 
     return ThreadsKernelManager
@@ -394,7 +408,7 @@ def _execute(resolved, stages, run_dir, progress, verbose, label, resume, runnin
             print(f"{num[stage]} {stage} ok earlier (skipped)", flush=True)
 
     def papermill(stage):  # the one call that may run in a lane's thread: no status or index writes here
-        kw = {"kernel_manager_class": _threads_kernel_manager(threads)} if threads else {}
+        kw = {"kernel_manager_class": _threads_kernel_manager(threads)}
         pm.execute_notebook(str(nb_dir / f"{stage}.ipynb"), str(run_dir / f"{stage}.ipynb"),
                             parameters=dataclasses.asdict(resolved[stage]), kernel_name="python3",
                             progress_bar=progress and not threads, cwd=None if threads else str(nb_dir),

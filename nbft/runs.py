@@ -487,7 +487,8 @@ def kernel_env(run: "Run") -> dict:
             "hub_offline": models.hub_offline(), "device": run.device, "precision": run.precision,
             "env": {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "HF_HUB_DISABLE_TELEMETRY", "OMP_NUM_THREADS",
                                                     "TOKENIZERS_PARALLELISM", RUNS_ENV, "WORLD_SIZE", "RANK",
-                                                    "LOCAL_RANK", "MASTER_ADDR")}}
+                                                    "LOCAL_RANK", "MASTER_ADDR", "MALLOC_MMAP_THRESHOLD_",
+                                                    "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")}}
 
 
 def record_kernel_env(run: "Run") -> None:

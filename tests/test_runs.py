@@ -590,23 +590,38 @@ def test_bad_jobs_exits_2_before_any_folder(runs_dir, capsys, jobs, words):
     assert words in capsys.readouterr().err and not list(runs_dir.glob("*"))
 
 
-def test_threads_kernel_manager_gives_its_kernels_their_share_of_the_cores():
+def test_kernel_manager_gives_its_kernels_their_share_of_the_cores_and_the_allocator_settings():
     import asyncio
 
     from nbft import cli
 
-    got = {}
+    got = []
 
     class Base:
         async def _async_launch_kernel(self, kernel_cmd, **kw):
-            got.update(kw["env"])
+            got.append(kw["env"])
 
     import jupyter_client
     original = jupyter_client.AsyncKernelManager
     try:
         jupyter_client.AsyncKernelManager = Base
-        manager = cli._threads_kernel_manager(3)
+        lanes, alone = cli._threads_kernel_manager(3), cli._threads_kernel_manager(None)
     finally:
         jupyter_client.AsyncKernelManager = original
-    asyncio.run(manager()._async_launch_kernel(["python"], env={"PATH": "/bin"}))
-    assert got == {"PATH": "/bin", "OMP_NUM_THREADS": "3", "MKL_NUM_THREADS": "3"}
+    asyncio.run(lanes()._async_launch_kernel(["python"], env={"PATH": "/bin"}))
+    asyncio.run(alone()._async_launch_kernel(["python"], env={"PATH": "/bin", "MALLOC_TOP_PAD_": "0"}))
+    assert got[0] == {"PATH": "/bin", "OMP_NUM_THREADS": "3", "MKL_NUM_THREADS": "3", **cli.KERNEL_ENV}
+    # one lane: torch's own thread count; a value the user set wins over nbft's
+    assert got[1] == {**cli.KERNEL_ENV, "PATH": "/bin", "MALLOC_TOP_PAD_": "0"}
+    assert int(cli.KERNEL_ENV["MALLOC_MMAP_THRESHOLD_"]) <= 32 * 2**20  # glibc ignores a larger threshold
+
+
+def test_makefile_exports_the_kernels_allocator_settings():
+    """make lab / make test run with what nbft run gives its kernels (cli.KERNEL_ENV)."""
+    import re
+
+    from nbft import cli
+
+    text = (ROOT / "Makefile").read_text()
+    exported = dict(re.findall(r"^export (MALLOC_\w+) \?= (\S+)$", text, re.M))
+    assert exported == cli.KERNEL_ENV
