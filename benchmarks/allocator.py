@@ -2,7 +2,7 @@
 allocator's environment (glibc malloc tunables, torch's transparent-huge-page allocations), one thread each.
 
     .venv/bin/python benchmarks/allocator.py [--model smollm2-135m-instruct] [--steps 8] [--repeats 2]
-                                             [--settings default glibc thp both]
+                                             [--settings default glibc thp both] [--lanes 1]
 
 Why: during a pipeline run each notebook kernel spent 10-25% of its time in the kernel (``stime``), with ~100k
 minor page faults a second: glibc hands every allocation above its mmap threshold (at most 32 MiB, adjusted at
@@ -19,7 +19,9 @@ zero-filled pages again. The settings:
 Each child loads the model, runs LoRA SFT (``train.sft``: the stages' path) and full fine-tuning for ``--steps``
 steps each, then greedy batched generation (``evaluate.generate``, 32 prompts, 48 tokens), and reports seconds,
 minor page faults and system time of each part (``resource.getrusage``) and its peak memory. Settings run
-interleaved (A B C D, A B C D, ...): a busy machine slows each alike; the table gives medians. Not a test.
+interleaved (A B C D, A B C D, ...): a busy machine slows each alike; the table gives medians. ``--lanes 2``: two
+children of the same setting at once, as ``nbft run --jobs 2`` runs two stages (each child's parts are counted).
+Not a test.
 """
 from __future__ import annotations
 
@@ -95,25 +97,31 @@ def main(argv=None) -> dict:
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    ap.add_argument("--lanes", type=int, default=1, help="children of a setting at once (nbft run --jobs)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         print("RESULT " + json.dumps(child(args.model, args.steps)), flush=True)
         return {}
     print(f"model {args.model}; LoRA and full fine-tuning {args.steps} steps each (batch 8), generation 32 x 48 "
-          f"tokens; one thread; load average {os.getloadavg()[0]:.1f}", flush=True)
+          f"tokens; one thread, {args.lanes} at once; load average {os.getloadavg()[0]:.1f}", flush=True)
     runs: dict[str, list[dict]] = {s: [] for s in args.settings}
     for rep in range(args.repeats):
         for name in args.settings:
             env = {k: v for k, v in os.environ.items() if k not in CLEARED}
             env.update(SETTINGS[name], OMP_NUM_THREADS="1")
-            proc = subprocess.run([sys.executable, __file__, "--child", "--model", args.model, "--steps",
-                                   str(args.steps)], env=env, capture_output=True, text=True, check=True)
-            r = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))[7:])
-            runs[name].append(r)
-            print(f"  repeat {rep + 1} {name:<8} " + "  ".join(
-                f"{k} {v['seconds']:.1f} s ({v['minflt'] / 1e3:.0f}k faults, sys {v['stime']:.1f} s)"
-                for k, v in r.items() if isinstance(v, dict)) + f"  peak {r['peak_rss_mb']} MiB", flush=True)
+            procs = [subprocess.Popen([sys.executable, __file__, "--child", "--model", args.model, "--steps",
+                                       str(args.steps)], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                      text=True) for _ in range(args.lanes)]
+            for proc in procs:
+                out, _ = proc.communicate()
+                if proc.returncode:
+                    raise SystemExit(f"{name}: the child exited {proc.returncode}")
+                r = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
+                runs[name].append(r)
+                print(f"  repeat {rep + 1} {name:<8} " + "  ".join(
+                    f"{k} {v['seconds']:.1f} s ({v['minflt'] / 1e3:.0f}k faults, sys {v['stime']:.1f} s)"
+                    for k, v in r.items() if isinstance(v, dict)) + f"  peak {r['peak_rss_mb']} MiB", flush=True)
     parts = [k for k, v in runs[args.settings[0]][0].items() if isinstance(v, dict)]
     print("\n| setting | " + " | ".join(f"{k} s" for k in parts) + " | sum s | x default | minor faults | peak MiB |")
     print("|---|" + "---|" * (len(parts) + 4))

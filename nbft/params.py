@@ -165,7 +165,8 @@ class EvalArgs:
     """Evaluation by generation on held-out items (``evaluate.generate``)."""
 
     max_new_tokens: int = _f(48, "generation length for evaluation", min=1)
-    eval_batch_size: int = _f(16, "prompts per generation batch", min=1)
+    eval_batch_size: int = _f(64, "prompts per generation batch (on 2 CPU cores 64 generate 1.6x faster than 16)",
+                              min=1)
     n_eval: int = _f(0, "score at most this many held-out items (0: all)", min=0)
 
 
@@ -259,7 +260,6 @@ class RLHFParams(EvalArgs, LoraArgs, Common):
     lora_target: str = _f("q_proj,k_proj,v_proj,o_proj", "modules LoRA wraps: all-linear or a comma-separated list "
                           "(attention only: fewer adapters, faster sampling)")
     max_new_tokens: int = _f(48, "reply length for sampling, RL and evaluation")
-    eval_batch_size: int = _f(32)
     n_eval: int = _f(0, "judge at most this many held-out prompts (0: all)")
     policy: str = _f("auto", "starting policy: auto (this run's 02_sft merged model if there is one, else the model) "
                      "| base (the model) | a folder")

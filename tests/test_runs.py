@@ -578,7 +578,9 @@ def test_jobs_1_is_one_stage_at_a_time_in_order(runs_dir, monkeypatch):
     order = sorted(seen, key=lambda s: seen[s]["start"])
     assert rc == 0 and order == list(params.STAGES)
     assert all(seen[a]["end"] <= seen[b]["start"] for a, b in zip(order, order[1:]))
-    assert all(t["kernel_manager"] is None for t in seen.values())
+    # one lane: kernels get the allocator settings only, not a thread count
+    assert all(t["kernel_manager"] is not None and t["kernel_manager"].__name__ == "ThreadsKernelManager"
+               for t in seen.values())
 
 
 @pytest.mark.parametrize("jobs, words", [("0", "at least 1"), ("two", "a whole number"), ("-1", "at least 1")])
