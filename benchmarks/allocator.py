@@ -15,6 +15,7 @@ zero-filled pages again. The settings:
 - ``thp``: ``THP_MEM_ALLOC_ENABLE=1``: torch's CPU allocator asks for transparent huge pages (``madvise``) for
   tensors of 2 MiB and more (one fault per 2 MiB instead of per 4 KiB).
 - ``both``.
+- ``heap``: ``glibc`` and no mmap at all (``MALLOC_MMAP_MAX_=0``): every block, the largest too, from the heap.
 
 Each child loads the model, runs LoRA SFT (``train.sft``: the stages' path) and full fine-tuning for ``--steps``
 steps each, then greedy batched generation (``evaluate.generate``, 32 prompts, 48 tokens), and reports seconds,
@@ -39,6 +40,9 @@ SETTINGS = {
     "thp": {"THP_MEM_ALLOC_ENABLE": "1"},
 }
 SETTINGS["both"] = {**SETTINGS["glibc"], **SETTINGS["thp"]}
+#: no mmap at all (``MALLOC_MMAP_MAX_=0``): tensors above 32 MiB too (logits, the embedding's gradient and its bf16
+#: copy) come from the heap and stay there once freed.
+SETTINGS["heap"] = {**SETTINGS["glibc"], "MALLOC_MMAP_MAX_": "0"}
 CLEARED = sorted({k for env in SETTINGS.values() for k in env})
 
 

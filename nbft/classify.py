@@ -268,7 +268,7 @@ def batched(model, tokenizer, texts: list[str], fn, precision: str, batch_size: 
         for s in range(0, len(order), batch_size):
             idx = order[s:s + batch_size]
             enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, **tokenize).to(device)
-            with models.autocast(model, precision, mixed=True):  # a LoRA row: bf16 base, fp32 adapters and head
+            with models.autocast(model, precision):
                 rows = fn(model, enc).float().cpu().numpy()
             out = np.zeros((len(texts), rows.shape[1]), dtype=np.float32) if out is None else out
             out[idx] = rows
@@ -418,12 +418,7 @@ def prepare(model, scope: str, p: params.ClassifyParams):
     if scope == "lora":
         from peft import get_peft_model
 
-        config = train.lora_config(p, "SEQ_CLS")
-        model = get_peft_model(train.bf16_frozen_base(model, p, config), config)  # the head trains (SEQ_CLS)
-        for w in model.parameters():  # adapters and head in fp32 (peft casts the adapters, not its head copy)
-            if w.requires_grad and w.dtype != torch.float32:
-                w.data = w.data.float()
-        return model
+        return get_peft_model(model, train.lora_config(p, "SEQ_CLS"))  # peft keeps the head trainable (SEQ_CLS)
     if scope == "head":
         model.requires_grad_(False)
     elif scope == "top_n":
@@ -455,10 +450,7 @@ def fit_classifier(model, tokenizer, records: list[dict], labels: list[str], p: 
                 max_steps=max_steps, per_device_train_batch_size=p.batch_size, gradient_accumulation_steps=p.grad_accum))
             return Trainer(model=model, args=args, train_dataset=ds, processing_class=tokenizer,
                            data_collator=DataCollatorWithPadding(tokenizer))
-        # a LoRA row's bf16 base beside its fp32 adapters and head needs autocast; accelerate does not wrap a model
-        # it trained once again (the adaptation curve's from_source arm), so nbft turns it on here
-        with models.autocast(model, "auto", mixed=True):
-            result = train.fit(build)
+        result = train.fit(build)
     epochs = result.steps * p.batch_size * p.grad_accum / max(len(records), 1)
     result.train_tokens = int(n_tokens * epochs)
     return result

@@ -351,20 +351,14 @@ def pick_precision(precision: str = "auto", device: str = "cpu") -> str:
     return precision
 
 
-def autocast(model, precision: str, mixed: bool = False):
-    """bf16 autocast (CPU or GPU) when asked for and the weights are fp32 (``mixed``: when any weight is, e.g. the
-    trained head of a classifier whose base is held in bf16 by ``train.bf16_frozen_base``, and always for a model
-    with both bf16 and fp32 weights), fp16 autocast on a GPU; else a no-op.
+def autocast(model, precision: str):
+    """bf16 autocast (CPU or GPU) when asked for and the weights are fp32, fp16 autocast on a GPU; else a no-op.
 
     The inference-side twin of the trainers' mixed precision: ``with models.autocast(model, "bf16"): model(...)``.
     Under ``torch.no_grad`` each weight is cast once for the whole block (``cast_once``), not at every call.
     """
     device_type = next(model.parameters()).device.type
-    if mixed and {torch.bfloat16, torch.float32} <= {w.dtype for w in model.parameters()}:
-        precision = "bf16"  # the only way a model with both runs, whatever was asked
-    fp32 = (any(w.dtype == torch.float32 for w in model.parameters()) if mixed
-            else next(model.parameters()).dtype == torch.float32)
-    if precision == "bf16" and fp32:
+    if precision == "bf16" and next(model.parameters()).dtype == torch.float32:
         return cast_once(model, torch.autocast(device_type=device_type, dtype=torch.bfloat16))
     if precision == "fp16" and device_type == "cuda":
         return cast_once(model, torch.autocast(device_type="cuda", dtype=torch.float16))
