@@ -14,8 +14,8 @@ STAMP       = $(VENV)/.nbft-installed
 export HF_HUB_OFFLINE ?= 1
 export HF_HUB_DISABLE_TELEMETRY ?= 1
 export TOKENIZERS_PARALLELISM ?= false
-# glibc malloc: blocks up to 32 MiB from the heap, freed memory kept (no page faults at every step: 1.18x on
-# training and generation, benchmarks/allocator.py). The same values as nbft.cli.KERNEL_ENV (nbft run's kernels).
+# glibc malloc: blocks up to 32 MiB from the heap, freed memory kept (page faults -55%; 0.99-1.18x on training
+# and generation, benchmarks/allocator.py). The same values as nbft.cli.KERNEL_ENV (nbft run's kernels).
 export MALLOC_MMAP_THRESHOLD_ ?= 33554432
 export MALLOC_TRIM_THRESHOLD_ ?= 4294967296
 export MALLOC_TOP_PAD_ ?= 268435456

@@ -302,7 +302,8 @@ def pick_jobs(jobs: str | int, resolved: dict) -> int:
 #: a threshold it adjusts at run time with a fresh mapping and unmaps it when freed, so every training step and every
 #: generated token faults zero-filled pages in again: ~100k page faults a second and 10-25% of a kernel's time in
 #: the OS during a pipeline run. Blocks up to 32 MiB (glibc's maximum threshold) from the heap, freed memory kept
-#: for the next step: 1.18x on training and generation, peak memory +0.1% (benchmarks/allocator.py,
+#: for the next step: page faults -55%, time in the OS ~1%; on training and generation 1.18x alone, 1.12x and 0.99x
+#: in two runs with two lanes (the machine's noise is of that size), peak memory unchanged (benchmarks/allocator.py,
 #: docs/measurements.md).
 KERNEL_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(2**32),
               "MALLOC_TOP_PAD_": str(256 * 2**20)}
