@@ -40,6 +40,10 @@ ADAPTER_BASE_FILE = "nbft_base.json"
 CHECKSUM_ATTR = "nbft_checksum"
 #: Merged copies of adapter folders kept in ``cache_dir()/merged`` (the least recently used go first).
 MERGED_CACHE_KEEP = 4
+#: ...and every entry used within this many seconds stays too: a run resolves a merged folder and loads it minutes
+#: later, while another run (or the test suite) on the same machine builds its own (measured: a run's 04 lost its
+#: policy that way when the tests ran beside it).
+MERGED_CACHE_GRACE_S = 24 * 3600
 
 
 class ModelError(ValueError):
@@ -303,9 +307,11 @@ def _num_labels(folder: Path) -> int:
         return int(f.get_slice(heads[0]).get_shape()[0]) if heads else 1
 
 
-def cached_build(kind: str, key: str, build, keep: int = MERGED_CACHE_KEEP) -> Path:
+def cached_build(kind: str, key: str, build, keep: int = MERGED_CACHE_KEEP,
+                 grace_s: float = MERGED_CACHE_GRACE_S) -> Path:
     """``cache_dir()/kind/<hash of key>``, built once by ``build(folder)`` (which writes ``SOURCE_FILE`` last: a
-    folder without it is unfinished) and marked as used; the ``keep`` most recently used entries of ``kind`` stay.
+    folder without it is unfinished) and marked as used; the ``keep`` most recently used entries of ``kind`` stay,
+    and so does every entry used within ``grace_s`` seconds (another process may be about to load it).
     For model folders a run derives (merged adapters, pruned students): rebuilt on demand, never in a run folder."""
     target = cache_dir() / kind / hashlib.sha256(key.encode()).hexdigest()[:16]
     if not (target / SOURCE_FILE).is_file():
@@ -313,8 +319,9 @@ def cached_build(kind: str, key: str, build, keep: int = MERGED_CACHE_KEEP) -> P
         _atomic_build(target, build)
         entries = sorted((d for d in target.parent.iterdir() if d.is_dir() and (d / SOURCE_FILE).is_file()),
                          key=lambda d: d.stat().st_mtime, reverse=True)
+        now = time.time()
         for d in entries[keep:]:
-            if d != target:
+            if d != target and now - d.stat().st_mtime > grace_s:
                 shutil.rmtree(d, ignore_errors=True)
     os.utime(target)  # most recently used
     return target

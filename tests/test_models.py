@@ -124,3 +124,24 @@ def test_one_offline_test_shared_by_models_and_runs(monkeypatch):
     for value, offline in (("on", True), ("1", True), ("TRUE", True), ("yes", True), ("0", False), ("off", False)):
         monkeypatch.setenv("HF_HUB_OFFLINE", value)
         assert models.hub_offline() is offline, value
+
+
+def test_cached_build_keeps_the_newest_and_every_entry_used_lately(tmp_path, monkeypatch):
+    """Eviction never takes a folder another process may be about to load: the `keep` newest stay, and so does
+    every entry used within the grace period; only older ones beyond `keep` go."""
+    import os
+    import time
+
+    monkeypatch.setenv("NBFT_CACHE", str(tmp_path))
+
+    def build(folder):
+        (folder / models.SOURCE_FILE).write_text("{}")
+
+    made = [models.cached_build("merged", f"k{i}", build, keep=2, grace_s=3600) for i in range(4)]
+    assert all(d.is_dir() for d in made)  # all four used just now: none evicted although keep is 2
+    old = time.time() - 7200
+    for d in made[:3]:
+        os.utime(d, (old, old))
+    newest = models.cached_build("merged", "k4", build, keep=2, grace_s=3600)
+    # the two newest (k4, k3) stay; k0-k2, unused for two hours, go
+    assert sorted(d.name for d in newest.parent.iterdir()) == sorted([newest.name, made[3].name])
