@@ -33,10 +33,11 @@ import statistics
 import subprocess
 import sys
 
+from nbft.cli import KERNEL_ENV
+
 SETTINGS = {
     "default": {},
-    "glibc": {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(2**32),
-              "MALLOC_TOP_PAD_": str(256 * 2**20)},
+    "glibc": dict(KERNEL_ENV),  # what nbft run gives its kernels
     "thp": {"THP_MEM_ALLOC_ENABLE": "1"},
 }
 SETTINGS["both"] = {**SETTINGS["glibc"], **SETTINGS["thp"]}
