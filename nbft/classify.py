@@ -254,27 +254,6 @@ def word_ids(tokenizer, words: list[str]) -> list[int]:
     return ids
 
 
-@timing.timed("scoring")
-@torch.no_grad()
-def batched(model, tokenizer, texts: list[str], fn, precision: str, batch_size: int = 16, side: str = "right",
-            **tokenize) -> np.ndarray:
-    """``fn(model, encoded_batch) -> (batch x d) tensor`` over ``texts`` in length-sorted batches (little padding),
-    under the precision's autocast; rows come back in input order as float32 (n x d)."""
-    model.eval()
-    device = next(model.parameters()).device
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    out = None
-    with models.padding_side(tokenizer, side):
-        for s in range(0, len(order), batch_size):
-            idx = order[s:s + batch_size]
-            enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, **tokenize).to(device)
-            with models.autocast(model, precision):
-                rows = fn(model, enc).float().cpu().numpy()
-            out = np.zeros((len(texts), rows.shape[1]), dtype=np.float32) if out is None else out
-            out[idx] = rows
-    return out if out is not None else np.zeros((0, 0), dtype=np.float32)
-
-
 def shared_prefix(seqs: list[list[int]]) -> int:
     """Length of the token prefix every sequence shares, leaving each at least one token of its own."""
     if not seqs:
@@ -345,7 +324,7 @@ def llm_features(model, tokenizer, texts: list[str], layer: int | None, precisio
         hs = [hs[layer]] if layer is not None else hs
         mask = enc["attention_mask"].unsqueeze(-1).float()
         return torch.cat([(h.float() * mask).sum(1) / mask.sum(1) for h in hs], 1)
-    x = batched(model, tokenizer, texts, fn, precision, batch_size, truncation=True, max_length=max_length)
+    x = evaluate.batched(model, tokenizer, texts, fn, precision, batch_size, truncation=True, max_length=max_length)
     return x if layer is not None else x.reshape(len(texts), -1, model.config.hidden_size)
 
 
@@ -459,7 +438,7 @@ def fit_classifier(model, tokenizer, records: list[dict], labels: list[str], p: 
 def classifier_probs(model, tokenizer, texts: list[str], precision: str, max_length: int = 96,
                      batch_size: int = 16) -> np.ndarray:
     """Softmax of a sequence-classification model's logits (n x labels)."""
-    return batched(model, tokenizer, texts, lambda m, enc: torch.softmax(m(**enc).logits.float(), -1), precision,
+    return evaluate.batched(model, tokenizer, texts, lambda m, enc: torch.softmax(m(**enc).logits.float(), -1), precision,
                    batch_size, truncation=True, max_length=max_length)
 
 
@@ -481,7 +460,7 @@ def trained_classifier(p: params.ClassifyParams, tokenizer, records: list[dict],
 # ---------------------------------------------------------------- one row
 
 def run_approach(name: str, p: params.ClassifyParams, tokenizer, d: ClassData, precision: str, lm=None,
-                 keep: bool = False) -> dict:
+                 keep: bool = False, tag_above: float | None = None) -> dict:
     """One row of the table on the stage's data: metrics on the source test set (``accuracy``, ``f1``, ``auc``,
     ``trainable_params``, ``seconds`` (training), ``ms_per_example`` (inference)), ``target_accuracy`` where there
     is a target test set, and per-example predictions (``pred``, ``confidence``, ``target_pred``); feature rows
@@ -489,6 +468,8 @@ def run_approach(name: str, p: params.ClassifyParams, tokenizer, d: ClassData, p
 
     ``lm``: the base causal LM for the prompting and ``features_llm`` rows (loaded here if not given).
     ``keep``: a trained row also returns its model (``model``; the caller frees it with ``models.release``).
+    ``tag_above``: predict the unlabelled texts (``unlabelled_pred``, the tags for conditional pretraining) only if
+    this row would become the tagger, its ``tag_accuracy`` above this (``tag_bar`` of the rows so far); None: always.
     """
     a = APPROACHES[name]
     labels, pos = d.labels, positive(p, d.labels)
@@ -559,7 +540,8 @@ def run_approach(name: str, p: params.ClassifyParams, tokenizer, d: ClassData, p
             tprobs = predict([r["text"] for r in d.target_test], "target")
             row["target_accuracy"] = scores(labels, [r["label"] for r in d.target_test], tprobs, pos)["accuracy"]
             row["target_pred"] = [labels[i] for i in tprobs.argmax(1)]
-        if d.unlabelled and a.kind != "prompt":  # candidate tags for conditional pretraining (tagger_of picks)
+        if d.unlabelled and a.kind != "prompt" and (tag_above is None or tag_accuracy(row) > tag_above):
+            # candidate tags for conditional pretraining (tagger_of picks); a row that cannot win skips the pass
             row["unlabelled_pred"] = [labels[i] for i in predict(d.unlabelled, "unlabelled").argmax(1)]
         if keep and a.kind == "trained":
             row["model"], result.model = result.model, None
@@ -631,14 +613,24 @@ def tag(label: str) -> str:
     return f"[{label}]"
 
 
+def tag_accuracy(row: dict) -> float:
+    """What picks the tagger: the row's target-domain accuracy, its source test accuracy where there is no target."""
+    return row["target_accuracy"] if row.get("target_accuracy") is not None else row["accuracy"]
+
+
 def tagger_of(rows: dict[str, dict]) -> str | None:
     """The approach whose predictions tag the unlabelled corpus: of the rows that predicted it (``unlabelled_pred``:
-    the trained and feature rows), the one most accurate on the target domain (on the source test set where there
-    is no target); ties go to the earlier row. None when no row predicted it."""
-    def accuracy(k):
-        r = rows[k]
-        return r["target_accuracy"] if r.get("target_accuracy") is not None else r["accuracy"]
-    return max((k for k, r in rows.items() if r.get("unlabelled_pred")), key=accuracy, default=None)
+    the trained and feature rows), the one with the best ``tag_accuracy``; ties go to the earlier row. None when no
+    row predicted it."""
+    return max((k for k, r in rows.items() if r.get("unlabelled_pred")), key=lambda k: tag_accuracy(rows[k]),
+               default=None)
+
+
+def tag_bar(rows: dict[str, dict]) -> float | None:
+    """The ``tag_accuracy`` a new row must beat to become the tagger (``run_approach``'s ``tag_above``): the best
+    of the rows that predicted the unlabelled texts; None before any did."""
+    best = tagger_of(rows)
+    return tag_accuracy(rows[best]) if best is not None else None
 
 
 def tagged_corpus(texts: list[str], predicted: list[str]) -> list[dict]:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
 from . import corpora, data, files, models, tasks, timing
@@ -114,6 +115,27 @@ def _generate(model, tokenizer, prompts, max_new_tokens, batch_size, precision, 
             for i, t in zip(idx, texts):
                 out[i] = t.strip()
     return out
+
+
+@timing.timed("scoring")
+@torch.no_grad()
+def batched(model, tokenizer, texts: list[str], fn, precision: str, batch_size: int = 16, side: str = "right",
+            **tokenize) -> np.ndarray:
+    """``fn(model, encoded_batch) -> (batch x d) tensor`` over ``texts`` in length-sorted batches (little padding),
+    under the precision's autocast; rows come back in input order as float32 (n x d)."""
+    model.eval()
+    device = next(model.parameters()).device
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out = None
+    with models.padding_side(tokenizer, side):
+        for s in range(0, len(order), batch_size):
+            idx = order[s:s + batch_size]
+            enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, **tokenize).to(device)
+            with models.autocast(model, precision):
+                rows = fn(model, enc).float().cpu().numpy()
+            out = np.zeros((len(texts), rows.shape[1]), dtype=np.float32) if out is None else out
+            out[idx] = rows
+    return out if out is not None else np.zeros((0, 0), dtype=np.float32)
 
 
 def perplexity(model, tokenizer, texts: list[str], batch_size: int = 8, max_length: int = 512,

@@ -348,29 +348,25 @@ def train_reward_model(model, tokenizer, pairs: list[dict], p, callbacks=(), sav
     return out
 
 
-@torch.no_grad()
-def reward_scores(rm, tokenizer, prompts: list, replies: list[str], batch_size: int = 16,
+def reward_scores(rm, tokenizer, prompts: list, replies: list[str], batch_size: int = 64,
                   precision: str = "fp32") -> list[float]:
-    """The reward model's score of each (prompt, reply), with the chat template as in training."""
-    rm.eval()
+    """The reward model's score of each (prompt, reply), with the chat template as in training (length-sorted
+    batches, ``evaluate.batched``)."""
     texts = [tokenizer.apply_chat_template(_messages(pr) + [{"role": "assistant", "content": r}], tokenize=False)
              for pr, r in zip(prompts, replies)]
-    out = []
-    device = next(rm.parameters()).device
-    with models.padding_side(tokenizer, "right"):
-        for i in range(0, len(texts), batch_size):
-            enc = tokenizer(texts[i:i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False,
-                            truncation=True, max_length=512).to(device)
-            with models.autocast(rm, precision):
-                out += rm(**enc).logits[:, 0].float().tolist()
-    return out
+    if not texts:
+        return []
+    out = evaluate.batched(rm, tokenizer, texts, lambda m, enc: m(**enc).logits[:, :1], precision, batch_size,
+                           add_special_tokens=False, truncation=True, max_length=512)
+    return out[:, 0].tolist()
 
 
 def pair_accuracy(rm, tokenizer, pairs: list[dict], precision: str = "fp32") -> tuple[float, list[float], list[float]]:
     """Share of pairs the reward model ranks like the rule (chosen above rejected); and both score lists."""
     prompts = [q["prompt"] for q in pairs]
-    chosen = reward_scores(rm, tokenizer, prompts, [q["chosen"] for q in pairs], precision=precision)
-    rejected = reward_scores(rm, tokenizer, prompts, [q["rejected"] for q in pairs], precision=precision)
+    scored = reward_scores(rm, tokenizer, prompts + prompts, [q["chosen"] for q in pairs] + [q["rejected"] for q in pairs],
+                           precision=precision)  # one pass: chosen and rejected replies share length-sorted batches
+    chosen, rejected = scored[:len(pairs)], scored[len(pairs):]
     acc = sum(c > r for c, r in zip(chosen, rejected)) / max(1, len(pairs))
     return acc, chosen, rejected
 

@@ -55,3 +55,11 @@ def test_profile_table_gives_each_stage_its_split_and_the_ratio_between_two_runs
     row = next(line for line in out.splitlines() if line.startswith("| 02_sft"))
     assert row.split("|")[1:-1] == [" 02_sft ", " 1 ", " 40 ", " 5 ", " 1 ", " 2 ", " 60 ", " 120 ", " 0.50 "]
     assert "01_data_prep" not in out  # no profile recorded: not a row
+
+
+def test_lora_dropout_benchmark_times_both_paths_at_both_settings(capsys):
+    rows = load("lora_dropout").main(["--model", "tiny-llama", "--steps", "2", "--repeats", "1"])
+    assert [r["path"] for r in rows] == ["02 instruction SFT, batch 8", "06 LoRA classifier, batch 16"]
+    assert all(r["seconds_0.05"] > 0 and r["seconds_0"] > 0 and r["speedup"] > 0 for r in rows)
+    assert all(math.isfinite(r["loss_0.05"]) and math.isfinite(r["loss_0"]) for r in rows)
+    assert "dropout 0.05" in capsys.readouterr().out

@@ -233,6 +233,24 @@ def test_the_tagger_is_the_row_most_accurate_on_the_target_domain():
     assert classify.tagger_of({"zero_shot": rows["zero_shot"]}) is None
 
 
+def test_tag_bar_is_what_a_new_row_must_beat_and_rows_below_it_skip_the_unlabelled_pass(tmp_path):
+    assert classify.tag_bar({}) is None and classify.tag_bar({"zero_shot": {"accuracy": 0.9}}) is None
+    rows = {"features_minilm": {"accuracy": 0.8, "target_accuracy": 0.72, "unlabelled_pred": ["a"]},
+            "lora": {"accuracy": 0.85, "target_accuracy": 0.56, "unlabelled_pred": ["b"]}}
+    assert classify.tag_bar(rows) == 0.72
+    src = three_class_csv(tmp_path / "src.csv")
+    p = user_params(src, target_data=three_class_csv(tmp_path / "tgt.csv", repeat=2), cpt_texts=6)
+    tok = models.load_tokenizer(p.model)
+    d = classify.load_data(p)
+    always = classify.run_approach("features_minilm", p, tok, d, "fp32")
+    assert len(always["unlabelled_pred"]) == len(d.unlabelled) == 6
+    acc = classify.tag_accuracy(always)
+    below = classify.run_approach("features_minilm", p, tok, d, "fp32", tag_above=acc)  # a tie cannot win
+    above = classify.run_approach("features_minilm", p, tok, d, "fp32", tag_above=acc - 0.01)
+    assert "unlabelled_pred" not in below and above["unlabelled_pred"] == always["unlabelled_pred"]
+    assert below["target_accuracy"] == always["target_accuracy"]  # only the unlabelled pass is skipped
+
+
 def test_findings_name_the_tagger_and_its_accuracy_when_the_tags_do_not_steer():
     cond = {"positive": "spam", "rate_by_tag": {"ham": 0.1, "spam": 0.2}, "rate_untagged": 0.15, "control": 0.1,
             "ppl_general_before": 22.5, "ppl_general_after": 30.0, "tagger": "lora"}

@@ -224,7 +224,8 @@ def test_a_group_field_comes_only_from_its_group(group):
 def test_redeclared_default_keeps_the_groups_help():
     assert P.PEFTParams().batch_size == 4 and P.TrainArgs().batch_size == 8
     assert P.help_text(P.PEFTParams)["batch_size"] == P.help_text(P.TrainArgs)["batch_size"]
-    assert P.RLHFParams().lora_dropout == 0.0 and P.help_text(P.RLHFParams)["lora_dropout"] == "dropout on the LoRA input"
+    assert P.PEFTParams().lora_alpha == 16 and P.LoraArgs().lora_alpha == 32
+    assert P.help_text(P.PEFTParams)["lora_alpha"] == P.help_text(P.LoraArgs)["lora_alpha"]
     assert P.help_text(P.RAGParams)["epochs"] != P.help_text(P.PEFTParams)["epochs"]  # redeclared with its own help
 
 
