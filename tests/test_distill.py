@@ -1,4 +1,5 @@
 """07_distill on the tiny model: the cut-down student, the tokenizer check, each method row, gaps, findings."""
+import contextlib
 import dataclasses
 import json
 import math
@@ -289,6 +290,31 @@ def setup(tok, tmp_path_factory):
     p = small()
     imitation = distill.imitation_data(teacher, tok, d, p, "fp32")
     return p, d, str(folder), teacher, imitation
+
+
+def test_distill_samples_under_one_autocast_block_and_trains_exactly_as_with_autocast_per_token(setup, tok,
+                                                                                               monkeypatch):
+    """The student's on-policy sampling runs inside one ``models.autocast`` block (each weight cast once per call,
+    not at every token); the casts are the same bf16 values, so the samples and the losses do not change."""
+    from trl import DistillationTrainer
+
+    assert callable(getattr(DistillationTrainer, "_generate_single_turn", None))  # the TRL method nbft wraps
+    p, d, folder, teacher, _ = setup
+    p = dataclasses.replace(p, precision="bf16" if models.cpu_supports_bf16() else "fp32")
+
+    def losses():
+        student, _ = models.load_model(folder, "cpu", tokenizer=tok)
+        r = distill.distill_student(student, teacher, tok, d.prompts, p)
+        out = [h["loss"] for h in r.log_history if "loss" in h]
+        r.release()
+        return out
+    calls, real = [], models.autocast
+    monkeypatch.setattr(models, "autocast", lambda m, precision: calls.append(precision) or real(m, precision))
+    one_block = losses()
+    assert calls and set(calls) == {p.precision}  # every sampling call went through the block
+    monkeypatch.setattr(models, "autocast", lambda m, precision: contextlib.nullcontext())  # no block at all
+    per_token = losses()
+    assert len(one_block) == p.max_steps and one_block == per_token
 
 
 def test_imitation_data_is_the_teachers_replies_to_every_training_prompt(setup, tok):
