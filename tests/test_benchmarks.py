@@ -63,3 +63,10 @@ def test_lora_dropout_benchmark_times_both_paths_at_both_settings(capsys):
     assert all(r["seconds_0.05"] > 0 and r["seconds_0"] > 0 and r["speedup"] > 0 for r in rows)
     assert all(math.isfinite(r["loss_0.05"]) and math.isfinite(r["loss_0"]) for r in rows)
     assert "dropout 0.05" in capsys.readouterr().out
+
+
+def test_distill_sampling_benchmark_compares_one_autocast_block_with_per_token_at_equal_losses(capsys):
+    out = load("distill_sampling").main(["--model", "tiny-llama", "--steps", "2", "--repeats", "1", "--layers", "1"])
+    assert out["seconds_one_block"] > 0 and out["seconds_per_token"] > 0 and out["speedup"] > 0
+    assert out["same_losses"]  # the same bf16 casts either way
+    assert "one block" in capsys.readouterr().out
