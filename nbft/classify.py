@@ -438,8 +438,8 @@ def fit_classifier(model, tokenizer, records: list[dict], labels: list[str], p: 
 def classifier_probs(model, tokenizer, texts: list[str], precision: str, max_length: int = 96,
                      batch_size: int = 16) -> np.ndarray:
     """Softmax of a sequence-classification model's logits (n x labels)."""
-    return evaluate.batched(model, tokenizer, texts, lambda m, enc: torch.softmax(m(**enc).logits.float(), -1), precision,
-                   batch_size, truncation=True, max_length=max_length)
+    return evaluate.batched(model, tokenizer, texts, lambda m, enc: torch.softmax(m(**enc).logits.float(), -1),
+                            precision, batch_size, truncation=True, max_length=max_length)
 
 
 @contextlib.contextmanager

@@ -364,8 +364,8 @@ def reward_scores(rm, tokenizer, prompts: list, replies: list[str], batch_size: 
 def pair_accuracy(rm, tokenizer, pairs: list[dict], precision: str = "fp32") -> tuple[float, list[float], list[float]]:
     """Share of pairs the reward model ranks like the rule (chosen above rejected); and both score lists."""
     prompts = [q["prompt"] for q in pairs]
-    scored = reward_scores(rm, tokenizer, prompts + prompts, [q["chosen"] for q in pairs] + [q["rejected"] for q in pairs],
-                           precision=precision)  # one pass: chosen and rejected replies share length-sorted batches
+    replies = [q["chosen"] for q in pairs] + [q["rejected"] for q in pairs]
+    scored = reward_scores(rm, tokenizer, prompts + prompts, replies, precision=precision)  # both in one pass
     chosen, rejected = scored[:len(pairs)], scored[len(pairs):]
     acc = sum(c > r for c, r in zip(chosen, rejected)) / max(1, len(pairs))
     return acc, chosen, rejected
