@@ -12,7 +12,6 @@ the medians. Not a test.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import statistics
 
@@ -33,7 +32,7 @@ def sft_run(model_spec, tok, records, steps, dropout) -> dict:
 
 
 def classifier_run(model_spec, tok, d, steps, dropout) -> dict:
-    p = dataclasses.replace(params.ClassifyParams(model=model_spec), lora_dropout=dropout)
+    p = params.ClassifyParams(model=model_spec, lora_dropout=dropout)
     with classify.trained_classifier(p, tok, d.train, d.labels, "lora", max_steps=steps) as r:
         return _row(r)
 
