@@ -93,7 +93,7 @@ def _without_widgets(trainer) -> None:
 
 def _worker(build: Callable, out: str, evaluate: bool, finish: Callable, around: Callable) -> None:
     """One rank: build the trainer (accelerate reads the process group from the launcher's environment), train
-    (inside ``around()``), write what this rank saw; rank 0 writes the model (``finish``-ed) and the log."""
+    (inside ``around(trainer)``), write what this rank saw; rank 0 writes the model (``finish``-ed) and the log."""
     from accelerate import PartialState
 
     from transformers import PrinterCallback
@@ -108,10 +108,10 @@ def _worker(build: Callable, out: str, evaluate: bool, finish: Callable, around:
     seen: list[str] = []
     _record_examples(trainer, seen)
     t0 = time.perf_counter()
-    with around():
+    with around(trainer):
         trainer.train()
     seconds = time.perf_counter() - t0
-    with around():
+    with around(trainer):
         eval_loss = trainer.evaluate()["eval_loss"] if evaluate else None
     folder = Path(out)
     (folder / f"rank{state.process_index}.json").write_text(json.dumps(
@@ -128,7 +128,7 @@ def _worker(build: Callable, out: str, evaluate: bool, finish: Callable, around:
 
 def run(build: Callable, evaluate: bool, finish: Callable, around: Callable) -> dict[str, Any]:
     """Train what ``build`` makes in ``LAUNCH.num_processes`` processes (accelerate's ``notebook_launcher``), as
-    ``train.fit`` would: inside ``around()`` (its compact LM head), the model ``finish``-ed;
+    ``train.fit`` would: inside ``around(trainer)`` (its CPU layouts), the model ``finish``-ed;
     returns {"model", "seconds", "steps", "eval_loss", "log_history", "trainer", "ranks"} where
     ``ranks`` is each rank's record (``rank``, ``world_size``, ``examples``: hashes of the examples it saw,
     ``steps``)."""

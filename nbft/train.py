@@ -385,6 +385,65 @@ def compact_lm_head():
             module._use_triton = original
 
 
+def _pretrained(model):
+    """The transformers model inside ``model`` (itself, or the one a peft wrapper holds), or None."""
+    from transformers import PreTrainedModel
+
+    return next((m for m in model.modules() if isinstance(m, PreTrainedModel)), None)
+
+
+@contextlib.contextmanager
+def attention(model, implementation: str):
+    """``model`` runs ``implementation`` (transformers' ``set_attn_implementation``: eager, sdpa, ...) for the
+    block, its own one again after; nothing changes for a model without the switch."""
+    inner = _pretrained(model)
+    before = getattr(getattr(inner, "config", None), "_attn_implementation", None)
+    if inner is None or before is None or before == implementation:
+        yield
+        return
+    inner.set_attn_implementation(implementation)
+    try:
+        yield
+    finally:
+        inner.set_attn_implementation(before)
+
+
+@contextlib.contextmanager
+def eager_attention_in_loss(trainer):
+    """On CPU the trainer's training forward passes (``compute_loss`` with gradients on) run eager attention
+    instead of sdpa for the block: torch's CPU flash-attention backward was a fifth of a LoRA SFT step on 2 cores
+    and eager's matmul + softmax backward is cheaper at these lengths (``benchmarks/attention.py``: issue 16).
+    Generation (GRPO/RLOO and distillation sample inside ``train()``) and no-grad scoring keep sdpa, faster there.
+    The backward pass follows the graph its forward recorded, so switching around ``compute_loss`` suffices."""
+    import torch
+
+    model = trainer.model
+    param = next(model.parameters(), None)
+    if param is None or param.device.type != "cpu" or "compute_loss" in vars(trainer):
+        yield
+        return
+    original = trainer.compute_loss
+
+    def compute_loss(*args, **kwargs):
+        if not torch.is_grad_enabled():
+            return original(*args, **kwargs)
+        with attention(model, "eager"):
+            return original(*args, **kwargs)
+
+    trainer.compute_loss = compute_loss
+    try:
+        yield
+    finally:
+        del trainer.compute_loss
+
+
+@contextlib.contextmanager
+def cpu_layouts(trainer):
+    """What ``fit`` trains and evaluates inside: ``compact_lm_head`` and ``eager_attention_in_loss``."""
+    with compact_lm_head(), eager_attention_in_loss(trainer):
+        yield
+
+
 @timing.timed("training")
 def fit(trainer, evaluate: bool = False) -> TrainResult:
     """``trainer.train()`` for any TRL/transformers trainer — or for the trainer a function builds, which is what
@@ -407,7 +466,7 @@ def fit(trainer, evaluate: bool = False) -> TrainResult:
 
     if not hasattr(trainer, "train"):  # a function that builds the trainer
         if launch.wanted():  # num_processes > 1: each process builds its own (no checkpoints, no live monitors)
-            r = launch.run(trainer, evaluate, finish, compact_lm_head)
+            r = launch.run(trainer, evaluate, finish, cpu_layouts)
             return TrainResult(r["model"], None, r["seconds"], r["steps"], trained_tokens(r["log_history"]),
                                r["eval_loss"], r["log_history"], ranks=r["ranks"])
         trainer = trainer()
@@ -454,10 +513,10 @@ def fit(trainer, evaluate: bool = False) -> TrainResult:
         trainer._load_rng_state(str(resume))  # the RNG as the finished call left it
         seconds = earlier  # loading is not training
     else:
-        with compact_lm_head():
+        with cpu_layouts(trainer):
             trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
         seconds = earlier + time.perf_counter() - started[0]
-    with compact_lm_head():
+    with cpu_layouts(trainer):
         eval_loss = trainer.evaluate()["eval_loss"] if evaluate else None
     return TrainResult(finish(trainer.model), trainer, seconds, trainer.state.global_step,
                        trained_tokens(trainer.state.log_history), eval_loss, list(trainer.state.log_history),

@@ -105,6 +105,39 @@ def test_compact_lm_head_gives_the_same_loss_and_gradients(tiny):
     assert compact == pytest.approx(plain, rel=1e-6) and torch.allclose(g_plain, g_compact, atol=1e-6)
 
 
+def test_training_forward_runs_eager_attention_with_the_same_loss_and_gradients(tiny):
+    """train.eager_attention_in_loss: on CPU the loss with gradients runs eager attention (sdpa's CPU backward is
+    slow), no-grad passes keep sdpa, and the model leaves the block with its own implementation; in fp32 eager and
+    sdpa give the same loss and gradients."""
+    from trl import SFTTrainer
+
+    base, tok = tiny
+    assert base.config._attn_implementation == "sdpa"  # what transformers loads: the switch has work to do
+    records = data.prepare(params.DataPrepParams(model="tiny-llama", n_examples=40), tok).splits["train"][:4]
+    p = params.SFTParams(model="tiny-llama", batch_size=4, precision="fp32")
+    with train.scratch_dir() as tmp:
+        trainer = SFTTrainer(model=copy.deepcopy(base), args=train.sft_config(p, tmp, 1e-3),
+                             train_dataset=train.to_dataset(records), processing_class=tok)
+        batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+        seen: list[str] = []
+        hook = trainer.model.model.layers[0].self_attn.register_forward_pre_hook(
+            lambda module, args: seen.append(module.config._attn_implementation))
+        results = []
+        for eager in (False, True):
+            trainer.model.zero_grad()
+            with train.eager_attention_in_loss(trainer) if eager else contextlib.nullcontext():
+                loss = trainer.compute_loss(trainer.model, dict(batch))
+                with torch.no_grad():
+                    trainer.compute_loss(trainer.model, dict(batch))
+            loss.backward()
+            results.append((float(loss.detach()), trainer.model.lm_head.weight.grad.clone()))
+        hook.remove()
+    assert seen == ["sdpa", "sdpa", "eager", "sdpa"]
+    assert trainer.model.config._attn_implementation == "sdpa" and "compute_loss" not in vars(trainer)
+    (plain, g_plain), (eager, g_eager) = results
+    assert eager == pytest.approx(plain, rel=1e-5) and torch.allclose(g_plain, g_eager, atol=1e-5)
+
+
 def test_lora_at_bf16_holds_the_frozen_base_in_bf16_and_the_adapters_in_fp32(tiny):
     base, tok = tiny
     records = data.prepare(params.DataPrepParams(model="tiny-llama", n_examples=40), tok).splits["train"][:8]
