@@ -3,6 +3,7 @@ import contextlib
 import copy
 import json
 import time
+from unittest import mock
 from pathlib import Path
 
 import pytest
@@ -103,6 +104,38 @@ def test_compact_lm_head_gives_the_same_loss_and_gradients(tiny):
     (plain, g_plain, _), (compact, g_compact, n) = results
     assert n == len(train.FUSED_HEAD_MODULES)  # both TRL modules still pick the layout this way
     assert compact == pytest.approx(plain, rel=1e-6) and torch.allclose(g_plain, g_compact, atol=1e-6)
+
+
+def test_bf16_head_gemms_keep_the_head_gradients_and_replace_trls_fp32_gemms():
+    """train.bf16_head_gemms: TRL's chunked LM head backward on CPU with bf16 operands runs its long GEMMs in bf16 —
+    the gradients stay within bf16 rounding of TRL's fp32 ones; short sums and fp32 operands keep TRL's function."""
+    from trl.kernels import chunked_logprob
+
+    torch.manual_seed(0)
+    vocab, width, n = 40000, 64, 200  # two vocabulary slices of TRL's 32768, as SmolLM2's 49152 has
+    weight = (torch.randn(vocab, width) * 0.05).to(torch.bfloat16).requires_grad_()
+    hidden = torch.randn(n, width, dtype=torch.bfloat16).requires_grad_()
+    targets = torch.randint(0, vocab, (n,))
+    calls = []
+    original = chunked_logprob._addmm_fp32
+    grads = []
+    for fast in (False, True):
+        hidden.grad = weight.grad = None
+        with mock.patch.object(chunked_logprob, "_addmm_fp32",
+                               lambda acc, a, b: (calls.append(a.shape[1]), original(acc, a, b))[1]):
+            with train.bf16_head_gemms() if fast else contextlib.nullcontext() as n_patched:
+                logp = chunked_logprob.ChunkedLogProbFunction.apply(hidden, weight, None, targets, 1.0, 32768, None,
+                                                                    1.0, ())[0]
+                (-logp.mean()).backward()
+        grads.append((hidden.grad.float(), weight.grad.float()))
+    assert n_patched == 1 and chunked_logprob._addmm_fp32 is original  # restored after the block
+    (h32, w32), (h16, w16) = grads
+    # TRL's function: the hidden states' and the weight's gradient per slice; with the patch only the weight's, whose
+    # sum runs over the 200 tokens (< BF16_HEAD_MIN_SUM), reaches it
+    assert calls == [32768, n, vocab - 32768, n] + [n, n] and n < train.BF16_HEAD_MIN_SUM
+    assert torch.allclose(h16, h32, rtol=2e-2, atol=1e-3 * h32.abs().max())
+    assert not torch.equal(h16, h32)  # the bf16 GEMM ran (TRL's fp32 one rounds differently)
+    assert torch.equal(w16, w32)
 
 
 def test_training_forward_runs_eager_attention_with_the_same_loss_and_gradients(tiny):

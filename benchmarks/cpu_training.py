@@ -1,13 +1,15 @@
-"""Attention in training on CPU: nbft's training path with eager attention in the loss (``train.eager_attention_in_loss``,
-the default) against the same path with transformers' default sdpa, interleaved in one process:
-02's LoRA and full SFT (``train.sft``) and 06's LoRA classifier (``classify.fit_classifier``).
+"""Two CPU training layouts of ``train.fit``, each taken out in turn, interleaved in one process: eager attention in
+the loss (``train.eager_attention_in_loss``; without it transformers' default sdpa) and bf16 GEMMs in the backward
+of TRL's chunked LM head (``train.bf16_head_gemms``; without it TRL's fp32 GEMMs). Paths: 02's LoRA and full SFT
+(``train.finetune``) and 06's LoRA classifier (``classify.fit_classifier``, no TRL head: the head row is skipped).
 
-    .venv/bin/python benchmarks/attention.py [--steps 12] [--repeats 2] [--threads 1]
+    .venv/bin/python benchmarks/cpu_training.py [--steps 12] [--repeats 2] [--threads 1] [--paths ...]
 
 torch's CPU flash-attention kernel (what sdpa picks on CPU) has a slow backward: at these sequence lengths it was a
-fifth of a LoRA step on one core, in a profile of 02's SFT path. Prints, per path and attention: seconds, tokens per
-second and the final loss (SFT: the evaluation loss on 16 held-out examples; classifier: the mean of the last 4
-training losses), and the ratio of the medians. Not a test: the numbers depend on the machine.
+fifth of a LoRA step on one core in a profile of 02's SFT path; TRL's fp32 head GEMMs (and the fp32 copies of the
+head they need) another tenth. Prints, per path and variant: seconds, tokens per second and the final loss (SFT:
+the evaluation loss on 16 held-out examples; classifier: the mean of the last 4 training losses), and each
+variant's time over nbft's. Not a test: the numbers depend on the machine.
 """
 from __future__ import annotations
 
@@ -22,9 +24,15 @@ import torch
 from nbft import classify, data, models, params, train
 
 
-def sdpa_everywhere():
-    """nbft's path without the eager switch: the trainers' forward passes keep transformers' default (sdpa)."""
-    return mock.patch.object(train, "eager_attention_in_loss", lambda trainer: contextlib.nullcontext())
+#: variant -> the ``train`` context it replaces with a no-op (nbft: none).
+VARIANTS = {"nbft": None, "sdpa attention": "eager_attention_in_loss", "fp32 head GEMMs": "bf16_head_gemms"}
+
+
+def without(variant: str):
+    name = VARIANTS[variant]
+    if name is None:
+        return contextlib.nullcontext()
+    return mock.patch.object(train, name, lambda *a: contextlib.nullcontext())
 
 
 def sft_run(model_spec, tok, records, held_out, steps, scope) -> dict:
@@ -50,6 +58,7 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1, help="1: one lane of nbft run --jobs 2")
+    ap.add_argument("--paths", nargs="*", default=[], help="path names (default: all)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     tok = models.load_tokenizer(args.model)
@@ -62,21 +71,21 @@ def main(argv=None) -> list[dict]:
     print(f"model {args.model}; {args.steps} steps, {args.threads} thread(s); load average {os.getloadavg()[0]:.1f}",
           flush=True)
     rows = []
-    for name, fn in paths.items():
-        res: dict[str, list[dict]] = {"sdpa": [], "eager": []}
+    for name in args.paths or paths:
+        variants = [v for v in VARIANTS if not (name.startswith("06") and v == "fp32 head GEMMs")]
+        res: dict[str, list[dict]] = {v: [] for v in variants}
         for rep in range(args.repeats):
-            for variant in (("sdpa", "eager") if rep % 2 == 0 else ("eager", "sdpa")):  # alternate which goes first
-                with sdpa_everywhere() if variant == "sdpa" else contextlib.nullcontext():
-                    r = fn()
+            for variant in variants if rep % 2 == 0 else variants[::-1]:  # alternate the order
+                with without(variant):
+                    r = paths[name]()
                 res[variant].append(r)
                 print(f"  {name} repeat {rep + 1} {variant}: {r['seconds']:.1f} s, {r['tokens_per_second']:.0f} "
                       f"tokens/s, loss {r['loss']:.4f}", flush=True)
         med = {k: {m: statistics.median(x[m] for x in rs) for m in rs[0]} for k, rs in res.items()}
-        row = {"path": name, **{f"{m}_{k}": med[k][m] for k in med for m in ("seconds", "loss")},
-               "speedup": med["sdpa"]["seconds"] / med["eager"]["seconds"]}
-        rows.append(row)
-        print(f"| {name} | sdpa {row['seconds_sdpa']:.1f} s, loss {row['loss_sdpa']:.4f} | eager "
-              f"{row['seconds_eager']:.1f} s, loss {row['loss_eager']:.4f} | x{row['speedup']:.2f} |", flush=True)
+        for v in variants:
+            rows.append({"path": name, "variant": v, **med[v], "x_nbft": med[v]["seconds"] / med["nbft"]["seconds"]})
+            print(f"| {name} | {v} | {med[v]['seconds']:.1f} s | loss {med[v]['loss']:.4f} | "
+                  f"{rows[-1]['x_nbft']:.2f}x nbft's time |", flush=True)
     print(f"load average {os.getloadavg()[0]:.1f}")
     return rows
 
