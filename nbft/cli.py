@@ -745,6 +745,56 @@ def cmd_vendor(args) -> int:
     return 0
 
 
+#: What the stage kernels import, at the top of a notebook or inside nbft's functions. ``nbft precompile`` (the
+#: Makefile's install, after ``pip install --no-compile``) imports them once with bytecode writing on: pip's own
+#: compile step byte-compiles every module of every package (a minute on 2 cores, most of it never imported), and
+#: where ``PYTHONDONTWRITEBYTECODE`` is set nothing else would write them, so each kernel would compile its imports
+#: again (issue 16).
+PRECOMPILE = (
+    "nbft.classify", "nbft.cli", "nbft.distill", "nbft.export", "nbft.knowledge", "nbft.peft", "nbft.rag",
+    "nbft.report", "nbft.rlhf", "nbft.sft", "nbft.tracking", "nbft.widgets",
+    "transformers:LlamaForCausalLM", "transformers:LlamaForSequenceClassification", "transformers:BertModel",
+    "transformers:AutoModelForCausalLM", "transformers:Trainer", "transformers:DataCollatorWithPadding",
+    "trl:SFTTrainer", "trl:GRPOTrainer", "trl:RLOOTrainer", "trl:DPOTrainer", "trl:KTOTrainer", "trl:RewardTrainer",
+    "trl:DistillationTrainer", "trl.kernels.chunked_logprob", "peft:get_peft_model", "accelerate", "datasets",
+    "faiss", "sentence_transformers:SentenceTransformer", "sklearn.linear_model", "sklearn.model_selection",
+    "sklearn.metrics", "sklearn.pipeline", "sklearn.decomposition", "matplotlib.pyplot", "ipywidgets",
+    "IPython.display", "ipykernel.kernelapp", "ipykernel.ipkernel", "papermill", "nbconvert:HTMLExporter",
+    "nbformat", "yaml",
+)
+
+
+def cmd_precompile(args) -> int:
+    """Import ``PRECOMPILE`` (``module`` or ``module:attribute``, for packages that load their parts lazily) with
+    bytecode writing on (see there); what is not installed is skipped and named."""
+    import importlib
+    import time
+
+    sys.dont_write_bytecode = False
+    t0, missing = time.perf_counter(), []
+    for name in PRECOMPILE:
+        module, _, attribute = name.partition(":")
+        try:
+            loaded = importlib.import_module(module)
+            if attribute:
+                getattr(loaded, attribute)
+        except (ImportError, AttributeError):
+            missing.append(name)
+    import importlib.util
+    import py_compile
+
+    for module in list(sys.modules.values()):  # imported before the flag went off: nbft's command line itself
+        source = getattr(module, "__file__", None) or ""
+        if source.endswith(".py") and not Path(importlib.util.cache_from_source(source)).exists():
+            try:
+                py_compile.compile(source, doraise=True)
+            except (OSError, py_compile.PyCompileError):
+                pass  # a read-only location: that module compiles in memory, as before
+    print(f"nbft precompile: {len(PRECOMPILE) - len(missing)} modules and their imports byte-compiled in "
+          f"{time.perf_counter() - t0:.0f} s" + (f" (not installed: {', '.join(missing)})" if missing else ""))
+    return 0
+
+
 def cmd_list(args) -> int:
     rows = runs.list_runs()
     if not rows:
@@ -833,6 +883,8 @@ def main(argv: list[str] | None = None) -> int:
     tr.set_defaults(fn=cmd_train)
     vd = sub.add_parser("vendor", help="fetch the widget renderer for offline HTML reports (npm registry, once)")
     vd.set_defaults(fn=cmd_vendor)
+    pc = sub.add_parser("precompile", help="byte-compile what the stage kernels import (after pip --no-compile)")
+    pc.set_defaults(fn=cmd_precompile)
     ls = sub.add_parser("list", help="runs with status and headline metrics")
     ls.set_defaults(fn=cmd_list)
     pp = sub.add_parser("params", help="show resolved parameters with help text")

@@ -117,3 +117,35 @@ def test_notebook_imports_its_stage_module_plus_the_core_and_sets_up_with_one_ca
         assert copied not in code, f"{stage}: {copied} belongs in nbft (nbft.setup / train.trained / models.release)"
     defs = [n.name for t in trees for n in ast.walk(t) if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
     assert not defs, f"{stage} defines {defs}: logic belongs in its stage module"
+
+
+#: Third-party packages nbft imports only for optional extras (trackers, 4-bit), not in a default run's kernels.
+OPTIONAL_IMPORTS = {"wandb", "mlflow", "trackio", "bitsandbytes"}
+
+
+def test_precompile_covers_every_package_nbft_imports_and_each_entry_resolves():
+    """``nbft precompile`` (the Makefile's install compiles only what it imports): every third-party package an nbft
+    module imports and every trl trainer it uses is on ``cli.PRECOMPILE``; and the command itself finds every entry
+    (a renamed class would leave its kernels compiling in memory again)."""
+    from nbft import cli
+
+    covered = {e.partition(":")[0].split(".")[0] for e in cli.PRECOMPILE}
+    names = {e.partition(":")[2] for e in cli.PRECOMPILE}
+    stdlib = set(sys.stdlib_module_names)
+    packages, trainers = set(), set()
+    for path in PACKAGE.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                packages |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                packages.add(node.module.split(".")[0])
+                if node.module == "trl":
+                    trainers |= {a.name for a in node.names if a.name.endswith("Trainer")}
+    missing = packages - stdlib - covered - OPTIONAL_IMPORTS - {"nbft", "torch", "numpy", "psutil", "safetensors",
+                                                                  "huggingface_hub", "jinja2", "jupyter_client"}
+    assert not missing, f"add to nbft.cli.PRECOMPILE: {sorted(missing)}"
+    assert trainers and trainers <= names, f"trl trainers not on PRECOMPILE: {sorted(trainers - names)}"
+    out = subprocess.run([sys.executable, "-m", "nbft.cli", "precompile"], capture_output=True, text=True,
+                         timeout=600, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "nbft precompile:" in out.stdout and "not installed" not in out.stdout, out.stdout
