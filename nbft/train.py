@@ -448,7 +448,7 @@ def attention(model, implementation: str):
 def eager_attention_in_loss(trainer):
     """On CPU the trainer's training forward passes (``compute_loss`` with gradients on) run eager attention
     instead of sdpa for the block: torch's CPU flash-attention backward was a fifth of a LoRA SFT step on 2 cores
-    and eager's matmul + softmax backward is cheaper at these lengths (``benchmarks/attention.py``: issue 16).
+    and eager's matmul + softmax backward is cheaper at these lengths (``benchmarks/cpu_training.py``: issue 16).
     Generation (GRPO/RLOO and distillation sample inside ``train()``) and no-grad scoring keep sdpa, faster there.
     The backward pass follows the graph its forward recorded, so switching around ``compute_loss`` suffices."""
     import torch
