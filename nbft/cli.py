@@ -768,6 +768,8 @@ def cmd_precompile(args) -> int:
     """Import ``PRECOMPILE`` (``module`` or ``module:attribute``, for packages that load their parts lazily) with
     bytecode writing on (see there); what is not installed is skipped and named."""
     import importlib
+    import importlib.util
+    import py_compile
     import time
 
     sys.dont_write_bytecode = False
@@ -780,9 +782,6 @@ def cmd_precompile(args) -> int:
                 getattr(loaded, attribute)
         except (ImportError, AttributeError):
             missing.append(name)
-    import importlib.util
-    import py_compile
-
     for module in list(sys.modules.values()):  # imported before the flag went off: nbft's command line itself
         source = getattr(module, "__file__", None) or ""
         if source.endswith(".py") and not Path(importlib.util.cache_from_source(source)).exists():

@@ -70,3 +70,12 @@ def test_distill_sampling_benchmark_compares_one_autocast_block_with_per_token_a
     assert out["seconds_one_block"] > 0 and out["seconds_per_token"] > 0 and out["speedup"] > 0
     assert out["same_losses"]  # the same bf16 casts either way
     assert "one block" in capsys.readouterr().out
+
+
+def test_cpu_training_benchmark_takes_each_layout_out_in_turn(capsys):
+    rows = load("cpu_training").main(["--model", "tiny-llama", "--steps", "2", "--repeats", "1",
+                                      "--paths", "02 SFT lora, batch 8", "06 LoRA classifier, batch 16"])
+    assert [(r["path"][:2], r["variant"]) for r in rows] == [
+        ("02", "nbft"), ("02", "sdpa attention"), ("02", "fp32 head GEMMs"), ("06", "nbft"), ("06", "sdpa attention")]
+    assert all(r["seconds"] > 0 and math.isfinite(r["loss"]) and r["x_nbft"] > 0 for r in rows)
+    assert "nbft's time" in capsys.readouterr().out

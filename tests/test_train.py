@@ -82,9 +82,9 @@ def test_padding_free_batches_give_the_padded_loss(tiny):
                   learning_rate=1e-3, padding_free=True, max_steps=1)
 
 
-def test_compact_lm_head_gives_the_same_loss_and_gradients(tiny):
-    """train.compact_lm_head: TRL's fused head scores only labelled positions on CPU too — same loss and gradients.
-    Fails loudly if TRL stops choosing the layout with ``_use_triton`` (the patch would silently do nothing)."""
+@contextlib.contextmanager
+def sft_trainer_and_batch(tiny):
+    """An fp32 SFTTrainer on a copy of tiny-llama (nbft's config) and one collated batch of 4 demo examples."""
     from trl import SFTTrainer
 
     base, tok = tiny
@@ -93,7 +93,13 @@ def test_compact_lm_head_gives_the_same_loss_and_gradients(tiny):
     with train.scratch_dir() as tmp:
         trainer = SFTTrainer(model=copy.deepcopy(base), args=train.sft_config(p, tmp, 1e-3),
                              train_dataset=train.to_dataset(records), processing_class=tok)
-        batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+        yield trainer, trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+
+
+def test_compact_lm_head_gives_the_same_loss_and_gradients(tiny):
+    """train.compact_lm_head: TRL's fused head scores only labelled positions on CPU too — same loss and gradients.
+    Fails loudly if TRL stops choosing the layout with ``_use_triton`` (the patch would silently do nothing)."""
+    with sft_trainer_and_batch(tiny) as (trainer, batch):
         results = []
         for compact in (False, True):
             trainer.model.zero_grad()
@@ -142,16 +148,8 @@ def test_training_forward_runs_eager_attention_with_the_same_loss_and_gradients(
     """train.eager_attention_in_loss: on CPU the loss with gradients runs eager attention (sdpa's CPU backward is
     slow), no-grad passes keep sdpa, and the model leaves the block with its own implementation; in fp32 eager and
     sdpa give the same loss and gradients."""
-    from trl import SFTTrainer
-
-    base, tok = tiny
-    assert base.config._attn_implementation == "sdpa"  # what transformers loads: the switch has work to do
-    records = data.prepare(params.DataPrepParams(model="tiny-llama", n_examples=40), tok).splits["train"][:4]
-    p = params.SFTParams(model="tiny-llama", batch_size=4, precision="fp32")
-    with train.scratch_dir() as tmp:
-        trainer = SFTTrainer(model=copy.deepcopy(base), args=train.sft_config(p, tmp, 1e-3),
-                             train_dataset=train.to_dataset(records), processing_class=tok)
-        batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    assert tiny[0].config._attn_implementation == "sdpa"  # what transformers loads: the switch has work to do
+    with sft_trainer_and_batch(tiny) as (trainer, batch):
         seen: list[str] = []
         hook = trainer.model.model.layers[0].self_attn.register_forward_pre_hook(
             lambda module, args: seen.append(module.config._attn_implementation))
