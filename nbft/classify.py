@@ -273,8 +273,8 @@ def prompt_probs(model, tokenizer, prompts: list[str], ids: list[int], precision
     """Softmax over the label words' first tokens of the next-token distribution after each prompt.
 
     The prompts' shared token prefix (the chat template's system turn, the few-shot examples) runs once and its
-    key/value cache serves every batch, so ``few_shot`` costs about what ``zero_shot`` does; the rest of each
-    prompt is left-padded after the prefix (masked, positions counted from the prefix)."""
+    key/value cache (``models.kv_cache``) serves every batch, so ``few_shot`` costs about what ``zero_shot`` does;
+    the rest of each prompt is left-padded after the prefix (masked, positions counted from the prefix)."""
     model.eval()
     device = next(model.parameters()).device
     seqs = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in prompts]
@@ -284,7 +284,8 @@ def prompt_probs(model, tokenizer, prompts: list[str], ids: list[int], precision
     prefix = None
     if n and seqs:
         with models.autocast(model, precision):
-            prefix = model(input_ids=torch.tensor([seqs[0][:n]], device=device), use_cache=True).past_key_values
+            prefix = model(input_ids=torch.tensor([seqs[0][:n]], device=device), use_cache=True,
+                           past_key_values=models.kv_cache(model, precision)).past_key_values
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     for s in range(0, len(order), batch_size):
         idx = order[s:s + batch_size]

@@ -55,7 +55,7 @@ def model_key(model) -> str | None:
     return json.dumps([source, sum(w.numel() for w in params), str(params[0].dtype), f"{total:.12e}"])
 
 
-def _memo(kind: str, model, payload: dict, compute: Callable):
+def memo(kind: str, model, payload: dict, compute: Callable):
     """``compute()``, or its earlier result for the same model and ``payload`` from the run's cache."""
     key = model_key(model) if CACHE.folder is not None else None
     if key is None:
@@ -89,7 +89,7 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 48, bat
     if do_sample or not cache:
         return _generate(model, tokenizer, prompts, max_new_tokens, batch_size, precision, do_sample, seed,
                          **gen_kwargs)
-    return _memo("generate", model, {"prompts": list(prompts), "max_new_tokens": max_new_tokens, "batch_size": batch_size,
+    return memo("generate", model, {"prompts": list(prompts), "max_new_tokens": max_new_tokens, "batch_size": batch_size,
                                      "precision": precision, "kwargs": gen_kwargs},
                  lambda: _generate(model, tokenizer, prompts, max_new_tokens, batch_size, precision, False, seed,
                                    **gen_kwargs))
@@ -108,9 +108,11 @@ def _generate(model, tokenizer, prompts, max_new_tokens, batch_size, precision, 
             idx = order[start:start + batch_size]
             enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True,
                             add_special_tokens=False).to(device)
+            cache = models.kv_cache(model, precision) if "past_key_values" not in gen_kwargs else None
             with models.autocast(model, precision):
                 ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=do_sample,
-                                     pad_token_id=tokenizer.pad_token_id, **gen_kwargs)
+                                     pad_token_id=tokenizer.pad_token_id,
+                                     **({"past_key_values": cache} if cache is not None else {}), **gen_kwargs)
             texts = tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
             for i, t in zip(idx, texts):
                 out[i] = t.strip()
@@ -142,7 +144,7 @@ def perplexity(model, tokenizer, texts: list[str], batch_size: int = 8, max_leng
                precision: str = "fp32") -> float:
     """Token-weighted perplexity of ``texts`` (of a loaded model: from the run's cache when it has it)."""
     model.eval()
-    return _memo("perplexity", model, {"texts": list(texts), "batch_size": batch_size, "max_length": max_length,
+    return memo("perplexity", model, {"texts": list(texts), "batch_size": batch_size, "max_length": max_length,
                                        "precision": precision},
                  lambda: _perplexity(model, tokenizer, texts, batch_size, max_length, precision))
 

@@ -61,7 +61,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from . import corpora, data, evaluate, models, rag, tasks
+from . import corpora, data, evaluate, models, rag, tasks, timing
 from .data import DataError
 from .tasks import normalize
 
@@ -662,16 +662,30 @@ def mc_loglik(model, tokenizer, prompts: Sequence[str], options: Sequence[Sequen
 
     ``prompts``: rendered prompts (``open_prompt``); ``options[i]``: the candidate replies
     to ``prompts[i]``. Prompt and option are tokenized separately (no special tokens added)
-    and concatenated, as generation would continue the prompt. Each prompt is read once:
-    ``batch_size`` prompts at a time (sorted by length, left-padded) fill a key/value cache,
-    which is copied once per option; the options (right-padded) then continue from it, each
-    with its true positions. So a 4-option question costs one prompt pass, not four.
+    and concatenated, as generation would continue the prompt. Each prompt is read once
+    (``read_prompts``): a 4-option question costs one prompt pass, not four.
     Returns, per prompt, one float per option (higher: more likely).
     """
-    import torch
-
     if len(prompts) != len(options):
         raise ValueError(f"{len(prompts)} prompts for {len(options)} option lists")
+    return read_prompts(model, tokenizer, prompts, options, 0, batch_size, precision)[0]
+
+
+@timing.timed("generation")
+def read_prompts(model, tokenizer, prompts: Sequence[str], options: Sequence[Sequence[str]], max_new_tokens: int,
+                 batch_size: int = 16, precision: str = "fp32") -> tuple[list[list[float]], list[str]]:
+    """One prompt pass serves both question forms: (``mc_loglik``'s scores of ``options[i]`` after ``prompts[i]``,
+    greedy replies of ``max_new_tokens`` to every prompt; 0: none).
+
+    ``batch_size`` prompts at a time (sorted by token length, left-padded) fill a key/value cache with all their
+    tokens but the last. Generation continues a copy of it from the last prompt token (transformers' ``generate``
+    reads only the tokens the cache lacks); the options (right-padded, each row its true positions) continue the
+    cache itself after the last prompt token, the cache's rows copied once per option. Asking 100 questions open and
+    as multiple choice used to prefill every prompt twice (docs/measurements.md)."""
+    import copy
+
+    import torch
+
     p_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     o_ids: list[list[list[int]]] = []
     for i, opts in enumerate(options):
@@ -683,10 +697,11 @@ def mc_loglik(model, tokenizer, prompts: Sequence[str], options: Sequence[Sequen
             if not ids:
                 raise ValueError(f"option {j} of prompt {i} is empty")
             o_ids[i].append(ids)
-    out = [[0.0] * len(opts) for opts in options]
-    todo = sorted((i for i in range(len(prompts)) if o_ids[i]), key=lambda i: len(p_ids[i]))
+    scores = [[0.0] * len(opts) for opts in options]
+    replies = [""] * len(prompts)
+    todo = sorted((i for i in range(len(prompts)) if o_ids[i] or max_new_tokens), key=lambda i: len(p_ids[i]))
     if not todo:
-        return out
+        return scores, replies
     model.eval()
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -705,22 +720,32 @@ def mc_loglik(model, tokenizer, prompts: Sequence[str], options: Sequence[Sequen
             batch = todo[s:s + batch_size]
             ids, mask = padded([p_ids[i] for i in batch], left=True)
             pos = (mask.cumsum(-1) - 1).clamp(min=0)
-            first = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
-            cache, last = first.past_key_values, first.logits[:, -1].float()
+            cache = None
+            if ids.shape[1] > 1:  # every token but the last (a row of pads only is masked out)
+                cache = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=pos[:, :-1],
+                              past_key_values=models.kv_cache(model, precision), use_cache=True,
+                              logits_to_keep=1).past_key_values
+            if max_new_tokens:
+                out = model.generate(input_ids=ids, attention_mask=mask, past_key_values=copy.deepcopy(cache),
+                                     max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+                for i, text in zip(batch, tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)):
+                    replies[i] = text.strip()
             rows = [(b, j) for b, i in enumerate(batch) for j in range(len(o_ids[i]))]
+            if not rows:
+                continue
             pick = torch.tensor([b for b, _ in rows], device=device)
-            cache.batch_select_indices(pick)
-            opt = [o_ids[batch[b]][j] for b, j in rows]
-            o_tok, o_mask = padded(opt, left=False)
-            o_pos = mask.sum(-1)[pick][:, None] + torch.arange(o_tok.shape[1], device=device)
-            logits = model(input_ids=o_tok, attention_mask=torch.cat([mask[pick], o_mask], 1), position_ids=o_pos,
-                           past_key_values=cache, use_cache=True).logits.float()
-            # option token t is predicted by the prompt's last position (t = 0) or option position t - 1
-            pred = torch.log_softmax(torch.cat([last[pick][:, None], logits[:, :-1]], 1), dim=-1)
-            lp = pred.gather(2, o_tok[:, :, None])[:, :, 0] * o_mask
+            if cache is not None:
+                cache.batch_select_indices(pick)
+            # the last prompt token, then the option: position t predicts option token t
+            o_tok, o_mask = padded([ids[b, -1:].tolist() + o_ids[batch[b]][j] for b, j in rows], left=False)
+            o_pos = mask.sum(-1)[pick][:, None] - 1 + torch.arange(o_tok.shape[1], device=device)
+            logits = model(input_ids=o_tok, attention_mask=torch.cat([mask[pick][:, :-1], o_mask], 1),
+                           position_ids=o_pos, past_key_values=cache, use_cache=cache is not None).logits.float()
+            pred = torch.log_softmax(logits[:, :-1], dim=-1)
+            lp = pred.gather(2, o_tok[:, 1:, None])[:, :, 0] * o_mask[:, 1:]
             for r, (b, j) in enumerate(rows):
-                out[batch[b]][j] = float(lp[r].sum())
-    return out
+                scores[batch[b]][j] = float(lp[r].sum())
+    return scores, replies
 
 
 def score_mc(loglik: Sequence[Sequence[float]], facts: Sequence[Fact]) -> tuple[float, list[bool]]:
@@ -760,12 +785,15 @@ def ask(model, tokenizer, facts: Sequence[Fact], contexts: Sequence | None = Non
     multiple choice (``mc_loglik`` after the same prompt). ``contexts[i]``: passages for question i."""
     prompts = [open_prompt(f, tokenizer, context=contexts[i] if contexts is not None else None, shots=shots)
                for i, f in enumerate(facts)]
-    outputs = evaluate.generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                precision=precision)
+    options = [list(f.options or ()) for f in facts]
+    model.eval()
+    loglik, outputs = evaluate.memo(
+        "ask", model, {"prompts": prompts, "options": options, "max_new_tokens": max_new_tokens,
+                       "batch_size": batch_size, "precision": precision},
+        lambda: read_prompts(model, tokenizer, prompts, options, max_new_tokens, batch_size, precision))
     open_acc, open_ok = score_open(outputs, facts)
     with_options = [i for i, f in enumerate(facts) if f.options]
-    ll = mc_loglik(model, tokenizer, [prompts[i] for i in with_options], [facts[i].options for i in with_options],
-                   batch_size=batch_size, precision=precision)
+    ll = [loglik[i] for i in with_options]
     mc_acc, mc_ok = score_mc(ll, [facts[i] for i in with_options]) if with_options else (float("nan"), [])
     return {"open": open_acc, "mc": mc_acc, "open_ok": open_ok, "mc_ok": mc_ok, "outputs": outputs,
             "mc_choice": [max(range(len(s)), key=s.__getitem__) for s in ll], "n_open": len(facts),

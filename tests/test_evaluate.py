@@ -63,3 +63,31 @@ def test_evaluation_of_a_loaded_model_is_cached_in_the_run_and_a_changed_model_m
         assert evaluate.model_key(again) is None
     finally:
         evaluate.cache_into(None)
+
+
+def test_bf16_kv_cache_stores_bf16_and_leaves_the_replies_as_they_were(tiny, monkeypatch):
+    """models.kv_cache: under bf16 autocast keys and values are kept in bf16 (what attention casts them to anyway), so
+    greedy replies are those of transformers' own cache; other precisions and prompt learning get None."""
+    from peft import PromptTuningConfig, get_peft_model
+
+    from nbft import models
+
+    model, tok = tiny
+    assert models.kv_cache(model, "fp32") is None
+    prompts = [tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False)
+               for q in ["a much longer question about many different things", "hi", "what is it?"]]
+    enc = tok(prompts[:1], return_tensors="pt", add_special_tokens=False)
+    cache = models.kv_cache(model, "bf16")
+    with torch.no_grad(), models.autocast(model, "bf16"):
+        model(**enc, past_key_values=cache, use_cache=True)
+    assert len(cache.layers) == model.config.num_hidden_layers
+    assert {(layer.keys.dtype, layer.values.dtype) for layer in cache.layers} == {(torch.bfloat16, torch.bfloat16)}
+    assert cache.get_seq_length() == enc["input_ids"].shape[1]
+    ours = evaluate.generate(model, tok, prompts, max_new_tokens=8, batch_size=3, precision="bf16", cache=False)
+    monkeypatch.setattr(models, "kv_cache", lambda m, p: None)
+    assert evaluate.generate(model, tok, prompts, max_new_tokens=8, batch_size=3, precision="bf16", cache=False) == ours
+    monkeypatch.undo()
+    import copy
+
+    prompted = get_peft_model(copy.deepcopy(model), PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
+    assert models.kv_cache(prompted, "bf16") is None

@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 
-from nbft import corpora, knowledge, rag, tasks
+from nbft import corpora, evaluate, knowledge, rag, tasks
 from nbft.data import DataError
 from nbft.knowledge import Fact
 
@@ -462,3 +462,28 @@ def test_findings_follow_the_numbers():
     acc["ft_paraphrase"]["open"], acc["rag"]["open"] = 0.01, 0.05
     text = " ".join(knowledge.findings(acc, {0: 0.05, 2: 0.01}, {3: 0.95}, 3))
     assert "Retrieval does not win" in text and "Paraphrases do not help" in text and "is better than RAG alone" in text
+
+
+def test_one_prompt_pass_serves_open_replies_and_multiple_choice(tiny, facts):
+    """read_prompts (ask): the prompt's prefill is shared by greedy generation and the options' scores; in fp32 the
+    replies are evaluate.generate's and the scores the one-by-one log-likelihoods, whatever the batch size."""
+    model, tok = tiny
+    model = copy.deepcopy(model)
+    torch.manual_seed(0)
+    with torch.no_grad():  # the untrained tiny model replies with newlines only: noise makes replies that differ
+        for w in model.parameters():
+            w.add_(torch.randn_like(w) * 0.1)
+    picked = [facts[i] for i in (0, 13, 60, 101)]
+    prompts = [knowledge.open_prompt(f, tok, shots=knowledge.FEW_SHOT[:i]) for i, f in enumerate(picked)]
+    options = [list(f.options) for f in picked]
+    options[1] = []  # a question without options still gets its reply
+    expected = [[manual_loglik(model, tok, p, o) for o in opts] for p, opts in zip(prompts, options)]
+    replies = evaluate.generate(model, tok, prompts, max_new_tokens=6, batch_size=1, cache=False)
+    assert len(set(replies)) > 1
+    for bs in (1, 3, 64):
+        scores, got = knowledge.read_prompts(model, tok, prompts, options, 6, bs)
+        assert got == replies
+        assert scores[1] == [] and [len(s) for s in scores] == [4, 0, 4, 4]
+        for g, e in zip(scores, expected):
+            assert g == pytest.approx(e, abs=1e-4)
+    assert knowledge.read_prompts(model, tok, prompts, options, 0)[1] == [""] * 4  # scores only
