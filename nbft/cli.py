@@ -259,8 +259,10 @@ def _stop_children() -> None:
 NEEDS = {"02_sft": ("01_data_prep",), "03_peft": ("01_data_prep",), "04_rlhf": ("02_sft",),
          "07_distill": ("01_data_prep", "02_sft")}
 #: With ``--jobs`` above 1, the order in which a free lane takes the stages that are ready: the chain the others
-#: wait for first, then the longest (the default profile's stage times, docs/measurements.md), the report last.
-LANE_ORDER = ("01_data_prep", "02_sft", "06_classify", "04_rlhf", "03_peft", "05_rag_vs_ft", "07_distill",
+#: wait for first, then the longest, the report last. With two lanes and the default profile's stage times
+#: (docs/measurements.md, 2026-12-02: 01 8, 02 352, 06 610, 03 578, 04 512, 05 ~500, 07 288 s) this gives lanes
+#: 01-02-03-05 and 06-04-07, ~1410 and ~1390 s, where 01-02-04-05 and 06-03-07 were ~1350 and ~1440.
+LANE_ORDER = ("01_data_prep", "02_sft", "06_classify", "03_peft", "04_rlhf", "05_rag_vs_ft", "07_distill",
               "99_report")
 
 
