@@ -7,11 +7,12 @@ outputs.
 
 For each precision: seconds for the loop (batch 1) and for batches, the speed-up, and how many outputs are the same
 (fp32: all of them — left padding with a correct attention mask does not change a greedy reply; bf16: a padded
-batch can round differently). ``--static-cache`` adds a batched row with transformers' static KV cache;
-``--static-cache`` runs in fp32 only (under bf16 autocast transformers allocates the cache in the weights' fp32 and
-the bf16 states do not fit it). ``--frozen`` freezes the weights first, as they are under a LoRA adapter after training (bf16 autocast then casts
-each weight once per batch: ``models.cast_once``). The issue 16 bar: batched >= 5x the loop. Not a test: the
-numbers depend on the machine (the load average is printed).
+batch can round differently). Under bf16 a row ``batched, own cache`` generates with transformers' own key/value
+cache instead of ``models.kv_cache``'s bf16 one (the keys then stay fp32). ``--static-cache`` adds a batched row
+with transformers' static KV cache, in fp32 only (under bf16 autocast transformers allocates the cache in the
+weights' fp32 and the bf16 states do not fit it). ``--frozen`` freezes the weights first, as they are under a LoRA
+adapter after training (bf16 autocast then casts each weight once per batch: ``models.cast_once``). The issue 16
+bar: batched >= 5x the loop. Not a test: the numbers depend on the machine (the load average is printed).
 """
 from __future__ import annotations
 
@@ -54,6 +55,8 @@ def main(argv=None) -> list[dict]:
         gen = lambda batch, **kw: evaluate.generate(model, tok, prompts, args.new_tokens, batch, precision, **kw)
         loop, loop_s = timed(lambda: gen(1))
         variants = {"batched": {}}
+        if precision == "bf16":  # transformers' own cache (fp32 keys), as before models.kv_cache
+            variants["batched, own cache"] = {"past_key_values": None}
         if args.static_cache and precision == "fp32":  # under bf16 autocast the static cache (allocated in the
             variants["batched, static cache"] = {"cache_implementation": "static"}  # fp32 weights' dtype) fails
         for name, kw in variants.items():

@@ -579,10 +579,13 @@ def metrics_row(row: dict) -> dict:
 
 # ---------------------------------------------------------------- domain adaptation
 
-def adapt_curve(p: params.ClassifyParams, tokenizer, d: ClassData, source_model, precision: str) -> dict:
+def adapt_curve(p: params.ClassifyParams, tokenizer, d: ClassData, source_model, precision: str,
+                source_accuracy: float | None = None) -> dict:
     """For each N in ``p.adapt_sizes``: target accuracy after ``p.adapt_steps`` steps on the first N target
     examples, starting from the source-trained model (``from_source``) and from the base (``from_base``).
-    Returns {N: {"from_source", "from_base"}}; ``source_model`` itself is not changed."""
+    Returns {N: {"from_source", "from_base"}}; ``source_model`` itself is not changed. ``source_accuracy``: the
+    source model's target accuracy where its row has measured it (``run_approach``'s ``target_accuracy``, the same
+    computation): N = 0's ``from_source``, not measured again."""
     scope = APPROACHES[p.adapt_approach].scope
     labels, gold = d.labels, [r["label"] for r in d.target_test]
     texts = [r["text"] for r in d.target_test]
@@ -595,7 +598,8 @@ def adapt_curve(p: params.ClassifyParams, tokenizer, d: ClassData, source_model,
         examples = d.target_train[:n]
         if n == 0:
             base = prepare(models.load_classifier(p.model, tokenizer, len(labels), p.device, labels), scope, p)
-            curve[n] = {"from_source": acc(source_model), "from_base": acc(base)}
+            curve[n] = {"from_source": acc(source_model) if source_accuracy is None else source_accuracy,
+                        "from_base": acc(base)}
             models.release(base)
             continue
         start = copy.deepcopy(source_model)

@@ -418,26 +418,46 @@ def generation_speed(model, tokenizer, prompts: list[str], max_new_tokens: int, 
     """Generated tokens per second: ``prompts`` as one batch, exactly ``max_new_tokens`` each (EOS held off), after a
     short warm-up; the best of ``repeats`` timings (a shared CPU only ever makes a run slower). The same prompts and
     length for every model, so the numbers compare."""
-    evaluate.generate(model, tokenizer, prompts[:1], 2, 1, precision, cache=False)
-    best = math.inf
+    return speeds({"model": model}, tokenizer, prompts, max_new_tokens, precision, repeats)["model"]
+
+
+def speeds(named: dict, tokenizer, prompts: list[str], max_new_tokens: int, precision: str,
+           repeats: int = 2) -> dict[str, float]:
+    """``generation_speed`` of several models timed in turn, round by round (``repeats`` rounds, the best of each
+    model's timings): models compared by their speeds see the same moments of a shared machine. Timed one after the
+    other in separate steps, an untrained student once measured 253 generated tokens/s beside trained copies of
+    itself at 313-430 (the other lane of ``nbft run --jobs 2`` was busy then), and the speed-up over the teacher
+    fell to 1.9x from 2.1-3.1x (docs/measurements.md)."""
+    for model in named.values():
+        evaluate.generate(model, tokenizer, prompts[:1], 2, 1, precision, cache=False)
+    best = {name: math.inf for name in named}
     for _ in range(repeats):  # never from the run's cache (evaluate.cache_into): this is a timing
-        t0 = time.perf_counter()
-        evaluate.generate(model, tokenizer, prompts, max_new_tokens, len(prompts), precision, cache=False,
-                          min_new_tokens=max_new_tokens)
-        best = min(best, time.perf_counter() - t0)
-    return len(prompts) * max_new_tokens / best
+        for name, model in named.items():
+            t0 = time.perf_counter()
+            evaluate.generate(model, tokenizer, prompts, max_new_tokens, len(prompts), precision, cache=False,
+                              min_new_tokens=max_new_tokens)
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return {name: len(prompts) * max_new_tokens / b for name, b in best.items()}
 
 
-def evaluate_student(model, tokenizer, d: DistillData, p: params.DistillParams, precision: str) -> dict:
+def speed_prompts(d: DistillData, p: params.DistillParams) -> list[str]:
+    """The held-out prompts every speed is measured on (``p.speed_prompts`` of them)."""
+    return [r["prompt"] for r in d.test[: p.speed_prompts]]
+
+
+def evaluate_student(model, tokenizer, d: DistillData, p: params.DistillParams, precision: str,
+                     speed: bool = True) -> dict:
     """Everything the stage measures about one model (teacher or student): 02's ``evaluate_model`` (task score,
     answer accuracy, general questions, general-text perplexity, replies, format verdicts), the per-reply answer
-    verdicts (``answer_passed``), ``knowledge_score``, size and generation speed."""
+    verdicts (``answer_passed``), ``knowledge_score``, size and generation speed (``speed=False``: not timed here;
+    the teacher and the untrained student are timed side by side, ``speeds``)."""
     res = evaluate.evaluate_model(model, tokenizer, d.test, d.check, precision, p.max_new_tokens, p.eval_batch_size)
     res["answer_passed"] = [tasks.check_contains(o, r["reference"]) for o, r in zip(res["outputs"], d.test)]
     res["knowledge_score"] = knowledge_score(res)
     res.update(size(model))
-    res["gen_tokens_per_second"] = generation_speed(model, tokenizer, [r["prompt"] for r in d.test[: p.speed_prompts]],
-                                                    p.max_new_tokens, precision)
+    if speed:
+        res["gen_tokens_per_second"] = generation_speed(model, tokenizer, speed_prompts(d, p), p.max_new_tokens,
+                                                        precision)
     return res
 
 

@@ -83,7 +83,8 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 48, bat
     Prompts are sorted by length so each batch pads little; outputs come back in input order.
     The model is put in eval mode (after ``trainer.train()`` it is left in training mode,
     and dropout then garbles generations). Greedy replies of a loaded model come from the run's cache
-    when it has them (``cache_into``); ``cache=False`` always generates (what a timing measures).
+    when it has them (``cache_into``); ``cache=False`` always generates (what a timing measures). Under bf16
+    autocast the key/value cache is ``models.kv_cache``'s (``past_key_values=None``: transformers' own).
     """
     model.eval()
     if do_sample or not cache:

@@ -424,32 +424,31 @@ def trunk_and_branches(base_loader: Callable, tokenizer, adapters: dict[str, Pat
         model.load_adapter(adapters[n], adapter_name=n)
     model.eval()
 
-    def score_all() -> dict[str, float]:
-        return {t: evaluate.evaluate_model(model, tokenizer, recs, "auto", precision, max_new_tokens, batch_size,
-                                           probe=False)["task_score"] for t, recs in tests.items()}
+    first = {t: {} for t in tasks}  # the reply to each task's first prompt, per adapter: the samples below
+
+    def score_all(name: str) -> dict[str, float]:
+        out = {}
+        for t, recs in tests.items():
+            ev = evaluate.evaluate_model(model, tokenizer, recs, "auto", precision, max_new_tokens, batch_size,
+                                         probe=False)
+            out[t], first[t][name] = ev["task_score"], ev["outputs"][0]
+        return out
 
     scores = {}
     for n in names:
         model.set_adapter(n)
-        scores[n] = score_all()
+        scores[n] = score_all(n)
     with model.disable_adapter():
-        scores["base (adapters off)"] = score_all()
+        scores["base (adapters off)"] = score_all("base")
     if weights:
         model.add_weighted_adapter(names, weights, adapter_name="combined", combination_type="linear")
         model.set_adapter("combined")
-        scores[f"combined {weights}"] = score_all()
+        scores[f"combined {weights}"] = score_all("combined")
 
-    # one prompt per task, every adapter's reply
-    samples = []
-    for t in tasks:
-        prompt = tests[t][0]["prompt"]
-        row = {"task": t, "prompt": tests[t][0]["messages"][-2]["content"]}
-        for n in [*names, *(["combined"] if weights else [])]:
-            model.set_adapter(n)
-            row[n] = evaluate.generate(model, tokenizer, [prompt], max_new_tokens, precision=precision)[0]
-        with model.disable_adapter():
-            row["base"] = evaluate.generate(model, tokenizer, [prompt], max_new_tokens, precision=precision)[0]
-        samples.append(row)
+    # one prompt per task, every adapter's reply (from the scoring above: the same greedy reply, not generated again)
+    columns = [*names, *(["combined"] if weights else []), "base"]
+    samples = [{"task": t, "prompt": tests[t][0]["messages"][-2]["content"], **{c: first[t][c] for c in columns}}
+               for t in tasks]
 
     # merge adapter 0 into a standalone model; it must reload with plain transformers and give the same logits
     model.set_adapter(names[0])

@@ -39,6 +39,15 @@ def test_generation_benchmark_compares_batches_with_the_loop_at_equal_outputs(ca
     assert "same outputs 6/6" in capsys.readouterr().out
 
 
+def test_ask_benchmark_times_one_prompt_pass_against_two_at_equal_answers(capsys):
+    rows = load("ask").main(["--model", "tiny-llama", "--facts", "5", "--new-tokens", "3", "--batch", "4",
+                             "--precision", "fp32", "--repeats", "1"])
+    assert [r["form"] for r in rows] == ["plain", "context"]
+    # fp32: one prompt pass gives the replies and picks of two
+    assert all(r["same_replies"] == r["same_mc"] == r["n"] == 5 and r["speedup"] > 0 for r in rows)
+    assert "same multiple-choice picks 5/5" in capsys.readouterr().out
+
+
 def test_profile_table_gives_each_stage_its_split_and_the_ratio_between_two_runs(tmp_path):
     import json
 

@@ -1,7 +1,7 @@
 """06_classify on the tiny model: data readers and their errors, the approach table, scores, adaptation."""
 import csv
-from collections import Counter
 import dataclasses
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -205,6 +205,9 @@ def test_adaptation_curve_and_conditional_pretraining_on_a_target_file(tmp_path)
     curve = classify.adapt_curve(p, tok, d, row["model"], "fp32")
     assert set(curve) == {0, 4} and all(0 <= v <= 1 for c in curve.values() for v in c.values())
     assert curve[0]["from_source"] == pytest.approx(row["target_accuracy"])
+    # the row's own measurement is the same computation: passed in, it is not measured again
+    again = classify.adapt_curve(dataclasses.replace(p, adapt_sizes=[0]), tok, d, row["model"], "fp32", 0.125)
+    assert set(again) == {0} and again[0]["from_source"] == 0.125 and 0 <= again[0]["from_base"] <= 1
     models.release(row.pop("model"))
     assert len(row["unlabelled_pred"]) == len(d.unlabelled) == 6 and set(row["unlabelled_pred"]) <= set(d.labels)
     feats = classify.run_approach("features_minilm", p, tok, d, "fp32")

@@ -1,4 +1,5 @@
 """07_distill on the tiny model: the cut-down student, the tokenizer check, each method row, gaps, findings."""
+import copy
 import contextlib
 import dataclasses
 import json
@@ -8,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from nbft import data, distill, models, params, runs, tasks
+from nbft import data, distill, evaluate, models, params, runs, tasks
 
 
 def small(**kw):
@@ -372,3 +373,21 @@ def test_load_data_takes_labelled_then_unlabelled_from_the_train_split(runs_dir,
     student = distill.make_student(run, p, tok)
     assert student["layers"] == 1 and student["kept"] == [0] and (Path(student["spec"]) / "config.json").is_file()
     assert Path(student["spec"]).is_relative_to(models.cache_dir()) and distill.make_student(run, p, tok) == student
+
+
+def test_speeds_time_the_models_in_turn_round_by_round(tiny, monkeypatch):
+    """distill.speeds: a warm-up each, then every round times each model once, so models compared by their speeds
+    see the same moments of a shared machine; the best timing of each, in generated tokens per second."""
+    model, tok = tiny
+    other = copy.deepcopy(model)
+    names, calls, real = {id(model): "teacher", id(other): "student"}, [], evaluate.generate
+
+    def spy(m, *a, **k):
+        calls.append((names[id(m)], k.get("min_new_tokens")))
+        return real(m, *a, **k)
+
+    monkeypatch.setattr(distill.evaluate, "generate", spy)
+    got = distill.speeds({"teacher": model, "student": other}, tok, ["hi", "hello there"], 3, "fp32", repeats=2)
+    assert set(got) == {"teacher", "student"} and all(v > 0 for v in got.values())
+    assert calls == [("teacher", None), ("student", None)] + [("teacher", 3), ("student", 3)] * 2
+    assert distill.generation_speed(model, tok, ["hi"], 3, "fp32") > 0

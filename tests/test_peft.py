@@ -79,3 +79,33 @@ def test_at_least_twelve_methods_and_unknown_name():
 def test_learning_rate_rule_covers_every_family():
     for m in peft.METHODS.values():
         assert peft.learning_rate(m, P) > 0
+
+
+def test_trunk_and_branches_scores_every_adapter_and_shows_each_ones_first_reply(tiny, tmp_path):
+    """Two LoRA adapters on one base: a score per adapter (and none, and a mix) per task, and per task the reply of
+    each to its first prompt — taken from the scoring pass, the same as generating it alone (fp32)."""
+    from peft import LoraConfig, get_peft_model
+
+    from nbft import data, evaluate
+
+    model, tok = tiny
+    folders = {}
+    for i, name in enumerate(["A", "B"]):
+        torch.manual_seed(i)  # random B matrices: each adapter changes the replies its own way
+        m = get_peft_model(copy.deepcopy(model), LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+        m.save_pretrained(tmp_path / name)
+        folders[name] = tmp_path / name
+    splits = data.prepare(params.DataPrepParams(model="tiny-llama", n_examples=24), tok).splits
+    tests = {"json_qa": splits["test"][:3], "other": splits["validation"][:3]}
+    r = peft.trunk_and_branches(base_loader, tok, folders, tests, "fp32", 5, 4, [0.5, 0.5])
+    assert list(r["scores"]) == ["A", "B", "base (adapters off)", "combined [0.5, 0.5]"]
+    assert all(set(s) == set(tests) and all(0 <= v <= 1 for v in s.values()) for s in r["scores"].values())
+    assert [row["task"] for row in r["samples"]] == list(tests)
+    for row, recs in zip(r["samples"], tests.values()):
+        assert list(row) == ["task", "prompt", "A", "B", "combined", "base"]
+        for name in ("A", "B", "combined"):
+            r["model"].set_adapter(name)
+            assert row[name] == evaluate.generate(r["model"], tok, [recs[0]["prompt"]], 5, cache=False)[0]
+        with r["model"].disable_adapter():
+            assert row["base"] == evaluate.generate(r["model"], tok, [recs[0]["prompt"]], 5, cache=False)[0]
+    assert len({row["A"] for row in r["samples"]} | {row["B"] for row in r["samples"]}) > 1
