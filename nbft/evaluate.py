@@ -91,9 +91,9 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 48, bat
         return _generate(model, tokenizer, prompts, max_new_tokens, batch_size, precision, do_sample, seed,
                          **gen_kwargs)
     return memo("generate", model, {"prompts": list(prompts), "max_new_tokens": max_new_tokens, "batch_size": batch_size,
-                                     "precision": precision, "kwargs": gen_kwargs},
-                 lambda: _generate(model, tokenizer, prompts, max_new_tokens, batch_size, precision, False, seed,
-                                   **gen_kwargs))
+                                    "precision": precision, "kwargs": gen_kwargs},
+                lambda: _generate(model, tokenizer, prompts, max_new_tokens, batch_size, precision, False, seed,
+                                  **gen_kwargs))
 
 
 @timing.timed("generation")
@@ -146,8 +146,8 @@ def perplexity(model, tokenizer, texts: list[str], batch_size: int = 8, max_leng
     """Token-weighted perplexity of ``texts`` (of a loaded model: from the run's cache when it has it)."""
     model.eval()
     return memo("perplexity", model, {"texts": list(texts), "batch_size": batch_size, "max_length": max_length,
-                                       "precision": precision},
-                 lambda: _perplexity(model, tokenizer, texts, batch_size, max_length, precision))
+                                      "precision": precision},
+                lambda: _perplexity(model, tokenizer, texts, batch_size, max_length, precision))
 
 
 @timing.timed("scoring")

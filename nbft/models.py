@@ -381,7 +381,7 @@ def kv_cache(model, precision: str):
     values come out of their projection in bf16; transformers' cache stores each as it comes, so every generated
     token concatenates the whole fp32 key cache again and attention casts it to bf16 again, layer by layer. This
     cache stores both in bf16 as they arrive — the cast attention makes anyway, so the outputs are the same — and
-    greedy generation of 64 prompts x 48 tokens on one thread took 0.87-0.91x the time, outputs identical
+    greedy generation of 64 prompts x 48 tokens on one thread took 0.86-0.91x the time, outputs identical
     (docs/measurements.md). Layers that are not plain (sliding windows) keep transformers' own behaviour; models
     that bring their own cache (peft's prompt learning) and other precisions get None."""
     if precision != "bf16" or next(model.parameters()).dtype != torch.float32:
