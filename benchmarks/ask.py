@@ -49,15 +49,13 @@ def main(argv=None) -> list[dict]:
             return knowledge.read_prompts(model, tok, prompts, options, args.new_tokens, args.batch, args.precision)
 
         secs: dict[str, list[float]] = {"two": [], "one": []}
+        got: dict[str, tuple] = {}
         for _ in range(args.repeats):
             for name, fn in (("two", two_passes), ("one", one_pass)):
                 t0 = time.perf_counter()
-                out = fn()
+                got[name] = fn()
                 secs[name].append(time.perf_counter() - t0)
-                if name == "two":
-                    two = out
-                else:
-                    one = out
+        two, one = got["two"], got["one"]
         pick = [[max(range(len(s)), key=s.__getitem__) for s in ll] for ll in (two[0], one[0])]
         row = {"form": form, "seconds_two_passes": min(secs["two"]), "seconds_one_pass": min(secs["one"]),
                "same_replies": sum(a == b for a, b in zip(two[1], one[1])),
