@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from . import corpora, data, evaluate, messages, models, params, timing, train
+from . import corpora, data, evaluate, files, messages, models, params, timing, train
 
 #: The lines the written findings draw (recorded as ``thresholds`` in metrics.json).
 THRESHOLDS = {
@@ -64,7 +64,6 @@ APPROACHES = {a.name: a for a in [
     Approach("lora", "trained", "fine-tuning II, parameter-efficient: LoRA + head", "lora"),
     Approach("full", "trained", "fine-tuning II: every weight + head", "full"),
 ]}
-assert tuple(APPROACHES) == params.CLASSIFY_APPROACHES
 
 
 # ---------------------------------------------------------------- data
@@ -139,7 +138,8 @@ def load_data(p: params.ClassifyParams) -> ClassData:
     else:
         recs = read_labelled(p.source_data, p.text_column, p.label_column, p.hf_split)
         tr, te = stratified_split(recs, p.test_fraction, p.seed, p.source_data)
-        d = ClassData(sorted({r["label"] for r in recs}), tr, te, source=f"{p.source_data} ({len(tr)} train, {len(te)} test)")
+        d = ClassData(sorted({r["label"] for r in recs}), tr, te,
+                      source=f"{files.relative(p.source_data)} ({len(tr)} train, {len(te)} test)")
     if p.target_data == BUILTIN and p.source_data == BUILTIN:
         n_pool = max([*p.adapt_sizes, 0])
         social = messages.generate("social", n_pool + p.n_test, p.seed + 1)
@@ -153,7 +153,7 @@ def load_data(p: params.ClassifyParams) -> ClassData:
             raise data.DataError(f"{unseen[0]['where']}: label {unseen[0]['label']!r} is not among the labels of "
                                  f"{p.source_data} ({', '.join(d.labels)}); the classifier cannot predict it")
         d.target_train, d.target_test = stratified_split(recs, p.test_fraction, p.seed, p.target_data)
-        d.target = f"{p.target_data} ({len(d.target_train)} to adapt from, {len(d.target_test)} test)"
+        d.target = f"{files.relative(p.target_data)} ({len(d.target_train)} to adapt from, {len(d.target_test)} test)"
     pool = d.target_train or d.train
     d.unlabelled = d.unlabelled or [r["text"] for r in pool][: p.cpt_texts]
     if p.n_eval:

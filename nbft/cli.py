@@ -53,37 +53,28 @@ def _stage_names(only: list[str] | None) -> list[str]:
     return [s for s in P.STAGES if s in out]
 
 
-#: (stage, parameter) -> the values that are names, not paths; any other value is a path to make absolute.
-PATH_PARAMETERS = {("04_rlhf", "policy"): ("auto", "base"), ("04_rlhf", "preferences"): ("builtin",),
-                   ("05_rag_vs_ft", "knowledge_base"): ("builtin",), ("05_rag_vs_ft", "questions"): ("",)}
-#: (stage, parameter) that name a dataset: a local file (made absolute), or a built-in or hub name (kept).
-DATASET_PARAMETERS = (("01_data_prep", "dataset"), ("06_classify", "source_data"), ("06_classify", "target_data"))
-#: (stage, parameter) that name a model: a local folder (made absolute), or a built-in name or hub id (kept).
-MODEL_PARAMETERS = (("07_distill", "teacher"), ("07_distill", "student"))
-
-
 def _absolutize_paths(resolved: dict) -> None:
-    """Relative data paths are relative to where ``nbft run`` was started; notebooks run elsewhere."""
+    """Relative data paths are relative to where ``nbft run`` was started; notebooks run elsewhere. Which parameters
+    are paths, and how a path is told from a name, is in the stage table (``params.Stage.paths``)."""
     from . import data
 
-    for stage, key in DATASET_PARAMETERS:
-        value = getattr(resolved[stage], key)
-        if value and data.is_file_spec(value):
-            setattr(resolved[stage], key, str(Path(value).expanduser().resolve()))
-    for (stage, key), names in PATH_PARAMETERS.items():
-        value = getattr(resolved[stage], key)
-        if value not in names:
-            setattr(resolved[stage], key, str(Path(value).expanduser().resolve()))
-    for stage, key in MODEL_PARAMETERS:
-        value = getattr(resolved[stage], key)
-        if value not in ("auto", "base") and Path(value).expanduser().is_dir():
-            setattr(resolved[stage], key, str(Path(value).expanduser().resolve()))
-    for p in resolved.values():  # a common parameter: the same path in every stage
-        if p.accelerate_config:
-            p.accelerate_config = str(Path(p.accelerate_config).expanduser().resolve())
-    rp = resolved["99_report"]  # run folders given as paths; bare names stay names under runs/
-    rp.compare_runs = [str(Path(r).expanduser().resolve()) if Path(r).expanduser().is_dir() else r
-                       for r in rp.compare_runs]
+    def absolute(value: str) -> str:
+        return str(Path(value).expanduser().resolve())
+
+    def convert(value, param: P.PathParam):
+        if param.kind == "runs":  # run folders given as paths; bare names stay names under runs/
+            return [absolute(r) if Path(r).expanduser().is_dir() else r for r in value]
+        if value in param.names:
+            return value
+        if param.kind == "dataset":
+            return absolute(value) if value and data.is_file_spec(value) else value
+        if param.kind == "model":
+            return absolute(value) if Path(value).expanduser().is_dir() else value
+        return absolute(value)
+
+    for stage, p in resolved.items():
+        for param in (*P.STAGES[stage].paths, *P.COMMON_PATHS):
+            setattr(p, param.key, convert(getattr(p, param.key), param))
 
 
 def preflight(resolved: dict, stages: list[str]) -> None:
@@ -92,11 +83,11 @@ def preflight(resolved: dict, stages: list[str]) -> None:
     ``check_inputs``: data files, preference pairs, documents and questions, runs to compare), and 01_data_prep's
     whole chain with the model's tokenizer (filters that remove everything, empty splits). Parameter ranges and
     names were checked when the parameters were resolved."""
-    from . import classify, data, distill, knowledge, launch, models, report, rlhf, tracking, train
+    import importlib
 
-    checks = {"01_data_prep": data.check_inputs, "04_rlhf": rlhf.check_inputs,
-              "05_rag_vs_ft": knowledge.check_inputs, "06_classify": classify.check_inputs,
-              "07_distill": distill.check_inputs, "99_report": report.check_inputs}
+    from . import data, launch, models, tracking, train
+
+    checks = {s: getattr(importlib.import_module(f"nbft.{P.STAGES[s].module}"), "check_inputs", None) for s in stages}
     for spec in dict.fromkeys(resolved[s].model for s in stages):
         models.resolve(spec)
     for device in dict.fromkeys(resolved[s].device for s in stages):
@@ -117,7 +108,7 @@ def preflight(resolved: dict, stages: list[str]) -> None:
         except Exception as e:
             raise P.ParamError(f"accelerate_config {common.accelerate_config}: {type(e).__name__}: {e}") from None
     for stage in stages:
-        if stage in checks:
+        if checks[stage] is not None:
             checks[stage](resolved[stage])
     if "01_data_prep" in stages:  # the whole data chain, tokenizer filters and split sizes included
         data.check_prepared(resolved["01_data_prep"], models.load_tokenizer(resolved["01_data_prep"].model))
@@ -253,24 +244,11 @@ def _stop_children() -> None:
     psutil.wait_procs(children, timeout=5)
 
 
-#: What a stage reads from earlier stages of the same run: 02, 03 and 07 train on 01's data, 04 and 07 start from
-#: 02's model (05 and 06 make their own data); 99_report reads every other stage. With ``--jobs`` above 1 a stage
-#: starts once those of its needs that are in the run have ended ok.
-NEEDS = {"02_sft": ("01_data_prep",), "03_peft": ("01_data_prep",), "04_rlhf": ("02_sft",),
-         "07_distill": ("01_data_prep", "02_sft")}
-#: With ``--jobs`` above 1, the order in which a free lane takes the stages that are ready: the chain the others
-#: wait for first, then the longest, the report last. With two lanes and the default profile's stage times
-#: (docs/measurements.md, 2026-12-02: 01 8, 02 352, 06 610, 03 578, 04 512, 05 ~500, 07 288 s) this gives lanes
-#: 01-02-03-05 and 06-04-07, ~1410 and ~1390 s, where 01-02-04-05 and 06-03-07 were ~1350 and ~1440.
-LANE_ORDER = ("01_data_prep", "02_sft", "06_classify", "03_peft", "04_rlhf", "05_rag_vs_ft", "07_distill",
-              "99_report")
-
-
 def needs(stage: str, stages: list[str]) -> list[str]:
-    """The stages of ``stages`` that ``stage`` must wait for (``NEEDS``; the report waits for all)."""
-    if stage == "99_report":
-        return [s for s in stages if s != stage]
-    return [s for s in NEEDS.get(stage, ()) if s in stages]
+    """The stages of ``stages`` that ``stage`` must wait for: those it reads (``params.Stage.needs``; "*": every
+    other stage of the run, as the report does)."""
+    wanted = P.STAGES[stage].needs
+    return [s for s in stages if s != stage and ("*" in wanted or s in wanted)]
 
 
 def cpu_count() -> int:
@@ -311,13 +289,21 @@ KERNEL_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_
               "MALLOC_TOP_PAD_": str(256 * 2**20)}
 
 
-def _threads_kernel_manager(threads: int | None):
+def _threads_kernel_manager(threads: int | None, sockets: str):
     """A kernel manager whose kernels run with ``KERNEL_ENV`` and, with ``threads``, use that many intra-op threads
     (OMP_NUM_THREADS, which torch reads when it starts): the lanes of ``--jobs`` share the cores instead of each
-    taking all of them."""
+    taking all of them. The kernel talks to the runner over IPC (unix sockets in ``sockets``, a private folder of
+    the caller's), not TCP: ipykernel warns on every start over TCP without CurveZMQ keys that anyone on the machine
+    could read the traffic; a unix socket in a 0700 folder is this user's alone. The connection file goes in the same
+    folder (jupyter_client's default would put the sockets in the kernel's working directory)."""
     from jupyter_client import AsyncKernelManager
 
     class ThreadsKernelManager(AsyncKernelManager):
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            self.transport = "ipc"
+            self.connection_file = os.path.join(sockets, "kernel.json")  # sockets: <sockets>/kernel-ipc-<n>
+
         async def _async_launch_kernel(self, kernel_cmd, **kw):
             env = {**KERNEL_ENV, **(kw.get("env") or os.environ)}
             if threads:
@@ -411,11 +397,17 @@ def _execute(resolved, stages, run_dir, progress, verbose, label, resume, runnin
             print(f"{num[stage]} {stage} ok earlier (skipped)", flush=True)
 
     def papermill(stage):  # the one call that may run in a lane's thread: no status or index writes here
-        kw = {"kernel_manager_class": _threads_kernel_manager(threads)}
-        pm.execute_notebook(str(nb_dir / f"{stage}.ipynb"), str(run_dir / f"{stage}.ipynb"),
-                            parameters=dataclasses.asdict(resolved[stage]), kernel_name="python3",
-                            progress_bar=progress and not threads, cwd=None if threads else str(nb_dir),
-                            log_output=verbose, **kw)
+        # The kernel's sockets: a fresh 0700 folder per stage, short (a unix socket's path has ~107 bytes), removed
+        # with whatever a killed kernel left in it.
+        import tempfile
+
+        tmp = tempfile.gettempdir()
+        with tempfile.TemporaryDirectory(prefix="nbft-kernel-", dir=tmp if len(tmp) < 60 else "/tmp") as sockets:
+            kw = {"kernel_manager_class": _threads_kernel_manager(threads, sockets)}
+            pm.execute_notebook(str(nb_dir / f"{stage}.ipynb"), str(run_dir / f"{stage}.ipynb"),
+                                parameters=dataclasses.asdict(resolved[stage]), kernel_name="python3",
+                                progress_bar=progress and not threads, cwd=None if threads else str(nb_dir),
+                                log_output=verbose, **kw)
 
     def started(stage):
         print(f"{num[stage]} {stage} ...", flush=True)
@@ -467,8 +459,7 @@ def _execute(resolved, stages, run_dir, progress, verbose, label, resume, runnin
                 return ended(stage, e)
             ended(stage, None)
     else:
-        rank = {s: i for i, s in enumerate(LANE_ORDER)}
-        order = sorted(todo, key=lambda s: (rank.get(s, len(rank)), stages.index(s)))
+        order = sorted(todo, key=lambda s: (P.STAGES[s].lane, stages.index(s)))
         lanes: dict = {}
         failed = 0
         cwd = os.getcwd()
@@ -753,8 +744,8 @@ def cmd_vendor(args) -> int:
 #: where ``PYTHONDONTWRITEBYTECODE`` is set nothing else would write them, so each kernel would compile its imports
 #: again (issue 16).
 PRECOMPILE = (
-    "nbft.classify", "nbft.cli", "nbft.distill", "nbft.export", "nbft.knowledge", "nbft.peft", "nbft.rag",
-    "nbft.report", "nbft.rlhf", "nbft.sft", "nbft.tracking", "nbft.widgets",
+    *sorted({f"nbft.{m}" for s in P.STAGE_TABLE for m in (s.module, *s.also)}),  # the stage modules (the table)
+    "nbft.cli", "nbft.export", "nbft.tracking", "nbft.widgets",
     "transformers:LlamaForCausalLM", "transformers:LlamaForSequenceClassification", "transformers:BertModel",
     "transformers:AutoModelForCausalLM", "transformers:Trainer", "transformers:DataCollatorWithPadding",
     "trl:SFTTrainer", "trl:GRPOTrainer", "trl:RLOOTrainer", "trl:DPOTrainer", "trl:KTOTrainer", "trl:RewardTrainer",

@@ -21,13 +21,11 @@ import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from . import files, params, tasks
 
 FILE_SUFFIXES = (".jsonl", ".json", ".csv")
-FORMATS = ("alpaca", "messages", "sharegpt", "prompt_completion", "text")
-TEMPLATES = ("chat", "alpaca")
 SPLITS = ("train", "validation", "test")
 
 ALPACA_TEMPLATE = (
@@ -188,27 +186,8 @@ def load_raw(dataset: str, seed: int = 0, n_examples: int = 320, hf_split: str =
 
 # ---------------------------------------------------------------- formats
 
-# format -> (fields that identify it, fields it requires)
-_FORMAT_KEYS = {
-    "messages": ({"messages"}, ["messages"]),
-    "sharegpt": ({"conversations"}, ["conversations"]),
-    "alpaca": ({"instruction"}, ["instruction", "output"]),
-    "prompt_completion": ({"prompt", "completion"}, ["prompt", "completion"]),
-    "text": ({"text"}, ["text"]),
-}
 _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                    "system": "system", "model": "assistant", "bot": "assistant"}
-
-
-def detect_format(rec: dict, where: str = "") -> str:
-    for fmt, (marks, _) in _FORMAT_KEYS.items():
-        if marks & rec.keys() == marks:
-            return fmt
-    raise DataError(
-        f"{where}: cannot tell the format from fields {sorted(rec)}; expected one of: "
-        "messages (role/content), conversations (from/value), instruction/input/output (Alpaca), "
-        "prompt/completion, text"
-    )
 
 
 def _require(rec: dict, fields: Iterable[str], fmt: str, where: str) -> None:
@@ -250,42 +229,85 @@ def check_messages(msgs: Any, where: str, key: str) -> list[dict]:
     return out
 
 
+def _from_messages(rec: dict, where: str) -> list[dict]:
+    return check_messages(rec["messages"], where, "messages")
+
+
+def _from_sharegpt(rec: dict, where: str) -> list[dict]:
+    conv = rec["conversations"]
+    if not isinstance(conv, list) or not conv:
+        raise DataError(f"{where}: field 'conversations' must be a non-empty list")
+    msgs = []
+    for j, m in enumerate(conv):
+        if not isinstance(m, dict) or "from" not in m or "value" not in m:
+            raise DataError(f"{where}: conversations[{j}] needs fields 'from' and 'value'")
+        role = _SHAREGPT_ROLES.get(str(m["from"]).lower())
+        if role is None:
+            close = difflib.get_close_matches(str(m["from"]).lower(), list(_SHAREGPT_ROLES), n=1)
+            raise DataError(f"{where}: conversations[{j}].from: unknown speaker {str(m['from'])[:60]!r}"
+                            + (f" (did you mean '{close[0]}'?)" if close else f"; use {', '.join(_SHAREGPT_ROLES)}"))
+        msgs.append({"role": role, "content": _text(m, "value", where, f"conversations[{j}].value")})
+    return msgs
+
+
+def _from_alpaca(rec: dict, where: str) -> list[dict]:
+    user = _text(rec, "instruction", where)
+    if rec.get("input"):
+        user += "\n\n" + _text(rec, "input", where)
+    return [{"role": "user", "content": user}, {"role": "assistant", "content": _text(rec, "output", where)}]
+
+
+def _from_prompt_completion(rec: dict, where: str) -> list[dict]:
+    """Plain strings or message lists."""
+    p, c = rec["prompt"], rec["completion"]
+    msgs = (check_messages(p, where, "prompt") if isinstance(p, list)
+            else [{"role": "user", "content": _text(rec, "prompt", where)}])
+    return msgs + (check_messages(c, where, "completion") if isinstance(c, list)
+                   else [{"role": "assistant", "content": _text(rec, "completion", where)}])
+
+
+@dataclass(frozen=True)
+class Format:
+    """One row of ``FORMATS``: a record format nbft reads."""
+
+    name: str
+    marks: frozenset  # the fields that identify it (``data_format: auto``: the first row whose marks a record has)
+    required: tuple[str, ...]  # the fields it needs
+    messages: Callable[[dict, str], list[dict]] | None  # record, where -> chat messages (None: raw text)
+    note: str  # how a user would recognize it
+
+
+#: format -> its row, in the order ``detect_format`` tries them. Adding a format is adding a row (and its name to
+#: ``params.FORMATS``).
+FORMATS: dict[str, Format] = {f.name: f for f in [
+    Format("messages", frozenset({"messages"}), ("messages",), _from_messages, "messages (role/content)"),
+    Format("sharegpt", frozenset({"conversations"}), ("conversations",), _from_sharegpt, "conversations (from/value)"),
+    Format("alpaca", frozenset({"instruction"}), ("instruction", "output"), _from_alpaca,
+           "instruction/input/output (Alpaca)"),
+    Format("prompt_completion", frozenset({"prompt", "completion"}), ("prompt", "completion"),
+           _from_prompt_completion, "prompt/completion"),
+    Format("text", frozenset({"text"}), ("text",), None, "text"),
+]}
+
+
+def detect_format(rec: dict, where: str = "") -> str:
+    for fmt in FORMATS.values():
+        if fmt.marks <= rec.keys():
+            return fmt.name
+    raise DataError(f"{where}: cannot tell the format from fields {sorted(rec)[:20]}; expected one of: "
+                    + ", ".join(f.note for f in FORMATS.values()))
+
+
 def normalize_record(rec: dict, where: str, fmt: str = "auto") -> dict:
     """One raw record -> canonical form (see module docstring)."""
     fmt = detect_format(rec, where) if fmt == "auto" else fmt
-    if fmt not in _FORMAT_KEYS:
+    if fmt not in FORMATS:
         raise DataError(f"data_format: unknown format {fmt!r}; use auto or one of {', '.join(FORMATS)}")
-    _require(rec, _FORMAT_KEYS[fmt][1], fmt, where)
-    if fmt == "text":
+    row = FORMATS[fmt]
+    _require(rec, row.required, fmt, where)
+    if row.messages is None:
         return {"text": _text(rec, "text", where)}
-    if fmt == "messages":
-        msgs = check_messages(rec["messages"], where, "messages")
-    elif fmt == "sharegpt":
-        conv = rec["conversations"]
-        if not isinstance(conv, list) or not conv:
-            raise DataError(f"{where}: field 'conversations' must be a non-empty list")
-        msgs = []
-        for j, m in enumerate(conv):
-            if not isinstance(m, dict) or "from" not in m or "value" not in m:
-                raise DataError(f"{where}: conversations[{j}] needs fields 'from' and 'value'")
-            role = _SHAREGPT_ROLES.get(str(m["from"]).lower())
-            if role is None:
-                close = difflib.get_close_matches(str(m["from"]).lower(), list(_SHAREGPT_ROLES), n=1)
-                raise DataError(f"{where}: conversations[{j}].from: unknown speaker {m['from']!r}"
-                                + (f" (did you mean '{close[0]}'?)" if close else
-                                   f"; use {', '.join(_SHAREGPT_ROLES)}"))
-            msgs.append({"role": role, "content": _text(m, "value", where, f"conversations[{j}].value")})
-    elif fmt == "alpaca":
-        user = _text(rec, "instruction", where)
-        if rec.get("input"):
-            user += "\n\n" + _text(rec, "input", where)
-        msgs = [{"role": "user", "content": user}, {"role": "assistant", "content": _text(rec, "output", where)}]
-    else:  # prompt_completion, plain strings or message lists
-        p, c = rec["prompt"], rec["completion"]
-        msgs = (check_messages(p, where, "prompt") if isinstance(p, list)
-                else [{"role": "user", "content": _text(rec, "prompt", where)}])
-        msgs += (check_messages(c, where, "completion") if isinstance(c, list)
-                 else [{"role": "assistant", "content": _text(rec, "completion", where)}])
+    msgs = row.messages(rec, where)
     if msgs[-1]["role"] != "assistant":
         raise DataError(f"{where}: the last message must be the assistant's reply (got role {msgs[-1]['role']!r})")
     if not any(m["role"] == "user" for m in msgs):
@@ -304,14 +326,25 @@ def normalize(raw: list[tuple[str, dict]], fmt: str = "auto") -> list[dict]:
 
 # ---------------------------------------------------------------- templates
 
+def _chat_prompt(messages: list[dict], tokenizer) -> str:
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def _alpaca_prompt(messages: list[dict], tokenizer) -> str:
+    instruction = "\n\n".join(m["content"] for m in messages if m["role"] != "assistant")
+    return ALPACA_TEMPLATE.format(instruction=instruction)
+
+
+#: template -> how it renders a prompt from messages (ending where the reply starts). Adding a template is adding a
+#: row (and its name to ``params.TEMPLATES``).
+TEMPLATES: dict[str, Callable[[list[dict], Any], str]] = {"chat": _chat_prompt, "alpaca": _alpaca_prompt}
+
+
 def render_prompt(messages: list[dict], tokenizer, template: str = "chat") -> str:
     """The prompt text for ``messages`` (without the reply), ending where the reply starts."""
-    if template == "chat":
-        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    if template == "alpaca":
-        instruction = "\n\n".join(m["content"] for m in messages if m["role"] != "assistant")
-        return ALPACA_TEMPLATE.format(instruction=instruction)
-    raise DataError(f"template: unknown template {template!r}; use one of {', '.join(TEMPLATES)}")
+    if template not in TEMPLATES:
+        raise DataError(f"template: unknown template {template!r}; use one of {', '.join(TEMPLATES)}")
+    return TEMPLATES[template](messages, tokenizer)
 
 
 def render(rec: dict, tokenizer, template: str = "chat") -> dict:
@@ -495,7 +528,7 @@ def for_stage(run, p, tokenizer) -> tuple[dict[str, list[dict]], str]:
     """
     up = run.upstream("01_data_prep")
     if up is not None and (up / "train.jsonl").is_file():
-        return load_splits(up), f"01_data_prep artifacts in this run ({up})"
+        return load_splits(up), f"01_data_prep artifacts in this run ({files.relative(up, run.path)})"
     prepared = prepare(data_params_for(run, p), tokenizer)
     return prepared.splits, "built here with 01_data_prep's default parameters (no 01_data_prep in this run)"
 

@@ -73,7 +73,6 @@ METHODS = {m.name: m for m in [
     Method("distill", "teacher_logits", "DistillationTrainer (TRL)",
            "generalized JSD to the teacher's next-token distributions on the student's own sampled completions"),
 ]}
-assert tuple(METHODS) == params.DISTILL_METHODS
 TRAINED = tuple(k for k, m in METHODS.items() if m.data != "none")
 
 #: what every evaluated model records (teacher, student_base, each method)
@@ -178,11 +177,12 @@ def teacher_spec(run, p: params.DistillParams) -> tuple[str, str]:
         saved = train.saved_model(up) if up is not None else None
         if saved is not None:
             return str(saved), f"this run's SFT model (02_sft, {saved.name})"
-        return p.model, (f"the model itself ({p.model}): this run has no 02_sft model, so the teacher has not been "
+        return p.model, (f"the model itself ({files.relative(p.model, run.path if run else None)}): this run has no "
+                         "02_sft model, so the teacher has not been "
                          "taught the task's format and the style gap may be zero")
     if p.teacher == "base":
-        return p.model, f"the model itself ({p.model})"
-    return p.teacher, f"the model {p.teacher}"
+        return p.model, f"the model itself ({files.relative(p.model, run.path if run else None)})"
+    return p.teacher, f"the model {files.relative(p.teacher, run.path if run else None)}"
 
 
 def make_student(run, p: params.DistillParams, tokenizer) -> dict:
@@ -193,7 +193,8 @@ def make_student(run, p: params.DistillParams, tokenizer) -> dict:
         from transformers import AutoConfig
 
         n = AutoConfig.from_pretrained(models.resolve(p.student).path).get_text_config().num_hidden_layers
-        return {"spec": p.student, "note": f"the model {p.student}", "layers": n, "kept": None, "source_layers": None}
+        return {"spec": p.student, "note": f"the model {files.relative(p.student, run.path if run else None)}",
+                "layers": n, "kept": None, "source_layers": None}
     source = models.resolve(p.model)
     folder = models.cached_build(
         "students", f"{source.sha256 or source.path}:{p.student_layers}:{p.student_blocks}",
@@ -202,7 +203,8 @@ def make_student(run, p: params.DistillParams, tokenizer) -> dict:
     chosen = "highest block influence" if p.student_blocks == "influence" else "evenly spaced"
     return {"spec": info["path"], "layers": len(info["kept"]), "kept": info["kept"],
             "source_layers": info["source_layers"], "influence": info["influence"],
-            "note": f"{p.model} with {len(info['kept'])} of its {info['source_layers']} blocks kept "
+            "note": f"{files.relative(p.model, run.path if run else None)} with {len(info['kept'])} of its "
+                    f"{info['source_layers']} blocks kept "
                     f"({', '.join(map(str, info['kept']))}: {chosen}), initialised from them"}
 
 

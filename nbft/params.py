@@ -69,18 +69,66 @@ def params_dataclass(cls):
 
 
 # ---------------------------------------------------------------- the names list parameters choose from
-# Copies of the tables that own them (params imports no other nbft module but the leaf ``files``); tests/test_params.py
-# checks each against its table.
+# Every ``choices`` of a field is one of these tables. A table owned elsewhere is a copy (params imports no other
+# nbft module but the leaf ``files``): ``NAME_TABLES`` says whose, and one test (tests/test_architecture.py) checks
+# every copy against its owner, and that no field's choices are a table missing here.
 
-DEMO_TASKS = ("json_qa", "sort_numbers", "uppercase", "count_items", "reverse_list")  # nbft.tasks.TASKS
-SCOPES = ("lora", "freeze", "full")  # nbft.train.SCOPES
-SFT_SCOPES = (*SCOPES, "qlora")  # nbft.train.SFT_SCOPES
-INDEXES = ("flat", "ivf", "hnsw")  # nbft.rag.INDEX_KINDS
-PEFT_METHODS = ("full", "freeze", "bitfit", "lora", "dora", "rslora", "loha", "vera", "ia3", "prompt_tuning",
-                "prefix_tuning", "p_tuning", "bottleneck_adapter", "qlora")  # nbft.peft.METHODS
-STAGE_NAMES = ("01_data_prep", "02_sft", "03_peft", "04_rlhf", "05_rag_vs_ft", "06_classify", "07_distill",
-               "99_report")  # STAGES below
-TRACKERS = ("none", "tensorboard", "mlflow", "wandb", "trackio")  # nbft.tracking.TRACKERS, and none
+
+@dataclass(frozen=True)
+class NameTable:
+    """Names a parameter may take: ``owner`` ("module.TABLE", or "params" for a table owned here) holds the same
+    names in the same order (``part``: some of them), plus ``extra`` names that mean "none" or "auto"."""
+
+    owner: str
+    names: tuple[str, ...]
+    extra: tuple[str, ...] = ()
+    part: bool = False
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        return (*self.extra, *self.names)
+
+
+NAME_TABLES: dict[str, NameTable] = {}
+
+
+def _names(key: str, owner: str, *names: str, extra: tuple[str, ...] = (), part: bool = False) -> tuple[str, ...]:
+    """Register a name table under ``key`` and return its choices (``extra`` first)."""
+    NAME_TABLES[key] = NameTable(owner, tuple(names), tuple(extra), part)
+    return NAME_TABLES[key].choices
+
+
+DEMO_TASKS = _names("DEMO_TASKS", "tasks.TASKS", "json_qa", "sort_numbers", "uppercase", "count_items", "reverse_list")
+SECOND_TASKS = _names("SECOND_TASKS", "tasks.TASKS", "sort_numbers", "uppercase", "count_items", "reverse_list",
+                      part=True)
+TASK_CHECKS = _names("TASK_CHECKS", "tasks.CHECKS", "json_answer", "exact", "contains", extra=("auto",))
+SCOPES = _names("SCOPES", "train.SCOPES", "lora", "freeze", "full")
+SFT_SCOPES = _names("SFT_SCOPES", "train.SFT_SCOPES", "lora", "freeze", "full", "qlora")
+ADAPTER_OR_FULL = _names("ADAPTER_OR_FULL", "train.SCOPES", "lora", "full", part=True)
+STUDENT_SCOPES = _names("STUDENT_SCOPES", "train.SCOPES", "full", "lora", "freeze", part=True)
+MODES = _names("MODES", "train.MODES", "instruction", "continued_pretraining")
+FORMATS = _names("FORMATS", "data.FORMATS", "messages", "sharegpt", "alpaca", "prompt_completion", "text",
+                 extra=("auto",))
+TEMPLATES = _names("TEMPLATES", "data.TEMPLATES", "chat", "alpaca")
+INDEXES = _names("INDEXES", "rag.INDEX_KINDS", "flat", "ivf", "hnsw")
+PEFT_METHODS = _names("PEFT_METHODS", "peft.METHODS", "full", "freeze", "bitfit", "lora", "dora", "rslora", "loha",
+                      "vera", "ia3", "prompt_tuning", "prefix_tuning", "p_tuning", "bottleneck_adapter", "qlora")
+RL_ALGOS = _names("RL_ALGOS", "rlhf.RL_ALGOS", "grpo", "rloo")
+PREFERENCE_LOSSES = _names("PREFERENCE_LOSSES", "rlhf.PREFERENCE_LOSSES", "dpo", "ipo", "kto")
+CLASSIFY_APPROACHES = _names("CLASSIFY_APPROACHES", "classify.APPROACHES", "zero_shot", "few_shot", "features_llm",
+                             "features_minilm", "head_only", "top_n", "lora", "full")
+CLASSIFY_TRAINED = _names("CLASSIFY_TRAINED", "classify.APPROACHES", "head_only", "top_n", "lora", "full", part=True)
+DISTILL_METHODS = _names("DISTILL_METHODS", "distill.METHODS", "student_base", "gold_sft", "imitation", "distill")
+STAGE_NAMES = _names("STAGE_NAMES", "params.STAGES", "01_data_prep", "02_sft", "03_peft", "04_rlhf", "05_rag_vs_ft",
+                     "06_classify", "07_distill", "99_report")
+TRACKERS = _names("TRACKERS", "tracking.TRACKERS", "tensorboard", "mlflow", "wandb", "trackio", extra=("none",))
+# owned here: no other table holds these names
+DEVICES = _names("DEVICES", "params", "auto", "cpu", "cuda")
+PRECISIONS = _names("PRECISIONS", "params", "auto", "bf16", "fp32", "fp16")
+EMBED_PRECISIONS = _names("EMBED_PRECISIONS", "params", "auto", "fp32", "bf16")
+FEATURE_LAYER_SELECT = _names("FEATURE_LAYER_SELECT", "params", "cv", "fixed")
+STUDENT_BLOCKS = _names("STUDENT_BLOCKS", "params", "influence", "evenly")
+SAMPLING = _names("SAMPLING", "params", "greedy", "sample")
 MAX_NAME = 100  # run names, and so grid values: a folder name stays well under the file system's 255 bytes
 
 
@@ -110,9 +158,9 @@ class Common:
 
     model: str = _f("smollm2-135m-instruct", "model spec: smollm2-135m-instruct, tiny-llama, a local folder or a hub id")
     seed: int = _f(0, "seed for python, numpy, torch and data shuffling", min=0)
-    device: str = _f("auto", "auto | cpu | cuda", ("auto", "cpu", "cuda"))
+    device: str = _f("auto", "auto | cpu | cuda", DEVICES)
     precision: str = _f("auto", "auto (bf16 where the hardware supports it) | bf16 | fp32 | fp16",
-                        ("auto", "bf16", "fp32", "fp16"))
+                        PRECISIONS)
     run_name: str = _f("", "run folder name under runs/; empty: a new timestamped run")
     report_to: list[str] = _f([], "experiment trackers every trainer logs to, and the stage's parameters and final "
                               "metrics when it ends, under runs/<run>/tracking/: tensorboard, mlflow (a local file "
@@ -179,22 +227,19 @@ class DataPrepParams(Common):
 
     dataset: str = _f("demo", "'demo' (built-in), a .jsonl/.json/.csv file, or a Hugging Face dataset name")
     data_format: str = _f("auto", "auto | alpaca | messages | sharegpt | prompt_completion | text",
-                          ("auto", "alpaca", "messages", "sharegpt", "prompt_completion", "text"))
+                          FORMATS)
     hf_split: str = _f("train", "split to read when dataset is a Hugging Face dataset name")
     n_examples: int = _f(320, "size of the built-in demo dataset (before its planted duplicates and junk)", min=1)
     demo_tasks: list[str] = _f(["json_qa"], "demo tasks: one (single-task) or several (a multi-task mix): "
                                "json_qa, sort_numbers, uppercase, count_items, reverse_list", DEMO_TASKS, min_items=1)
     max_records: int = _f(0, "keep at most this many raw records (0: all)", min=0)
-    template: str = _f("chat", "chat (the model's chat template) | alpaca", ("chat", "alpaca"))
+    template: str = _f("chat", "chat (the model's chat template) | alpaca", TEMPLATES)
     dedup: bool = _f(True, "drop exact duplicates (whitespace/case-insensitive)")
     check_format: bool = _f(True, "drop replies that fail their record's own task check (off-format)")
     min_tokens: int = _f(4, "drop examples whose response has fewer tokens", min=0)
     max_tokens: int = _f(384, "drop examples whose prompt+response has more tokens", min=1)
     validation_fraction: float = _f(0.1, "fraction of examples for validation", min=0, lt=1)
     test_fraction: float = _f(0.15, "fraction of examples held out for testing", gt=0, lt=1)
-
-
-TASK_CHECK_CHOICES = ("auto", "json_answer", "exact", "contains")
 
 
 @params_dataclass
@@ -204,7 +249,7 @@ class SFTParams(EvalArgs, LoraArgs, ScopeArgs, TrainArgs, Common):
     epochs: float = _f(1.0, "passes over the training split (every instruction run of the stage uses the same budget)")
     n_eval: int = _f(0, "score at most this many held-out test prompts (0: all)")
     mode: str = _f("instruction", "main run: instruction (prompt/response, loss on responses) | "
-                   "continued_pretraining (raw domain text, loss on every token)", ("instruction", "continued_pretraining"))
+                   "continued_pretraining (raw domain text, loss on every token)", MODES)
     scope: str = _f("lora", "main run trains: lora (adapters) | freeze (top freeze_top_n blocks) | full (every weight) "
                     "| qlora (LoRA on the model in 4 bits: a CUDA GPU and bitsandbytes)", SFT_SCOPES)
     max_train_examples: int = _f(0, "train on at most this many examples (0: all)", min=0)
@@ -215,10 +260,10 @@ class SFTParams(EvalArgs, LoraArgs, ScopeArgs, TrainArgs, Common):
     quality_size: int = _f(16, "clean vs unfiltered data, this many examples each, same steps (0 to skip; at a "
                            "sweep size the sweep's clean run is reused)", min=0)
     cpt_docs: int = _f(60, "continued pretraining: documents of the built-in invented-world corpus (0 to skip)", min=0)
-    cpt_scope: str = _f("full", "continued pretraining trains this scope", ("lora", "freeze", "full"))
+    cpt_scope: str = _f("full", "continued pretraining trains this scope", SCOPES)
     cpt_epochs: float = _f(2.0, "continued pretraining: passes over the domain documents", gt=0)
     task_check: str = _f("auto", "programmatic check for the task score: auto (the data's own), json_answer, exact, contains",
-                         TASK_CHECK_CHOICES)
+                         TASK_CHECKS)
 
 
 @params_dataclass
@@ -247,10 +292,10 @@ class PEFTParams(EvalArgs, LoraArgs, ScopeArgs, TrainArgs, Common):
     prompt_learning_rate: float = _f(2e-2, "learning rate, family prompt (prompt, prefix, p-tuning)", gt=0)
     adapter_learning_rate: float = _f(1e-3, "learning rate, family adapter (bottleneck)", gt=0)
     second_task: str = _f("uppercase", "task of the second adapter for the trunk-and-branches demo",
-                          ("sort_numbers", "uppercase", "count_items", "reverse_list"))
+                          SECOND_TASKS)
     n_second_task: int = _f(96, "examples of the second task (built-in demo)", min=1)
     combine_weights: list[float] = _f([0.5, 0.5], "weights of the two adapters in the weighted combination ([] to skip)")
-    task_check: str = _f("auto", "programmatic check for the task score", TASK_CHECK_CHOICES)
+    task_check: str = _f("auto", "programmatic check for the task score", TASK_CHECKS)
 
 
 @params_dataclass
@@ -273,20 +318,20 @@ class RLHFParams(EvalArgs, LoraArgs, Common):
     template_pairs: int = _f(1, "per prompt, pair the best sample against this many template-broken copies (0: none)", min=0)
     temperature: float = _f(1.0, "sampling temperature (pair building and RL)", gt=0)
     max_length: int = _f(192, "truncate prompt+reply to this many tokens in reward-model and DPO training", min=8)
-    rm_scope: str = _f("lora", "reward model trains: lora (adapters + head) | full", ("lora", "full"))
+    rm_scope: str = _f("lora", "reward model trains: lora (adapters + head) | full", ADAPTER_OR_FULL)
     rm_learning_rate: float = _f(5e-4, "reward model learning rate", gt=0)
     rm_epochs: float = _f(1.0, "reward model passes over the training pairs", gt=0)
     rm_batch_size: int = _f(8, "pairs per reward-model step", min=1)
     policy_scope: str = _f("lora", "RL and DPO train: lora (reference: the adapter switched off) | full (reference: a reloaded copy)",
-                           ("lora", "full"))
-    rl_algo: str = _f("grpo", "online RL: grpo | rloo (both TRL; no PPOTrainer in TRL 1.16)", ("grpo", "rloo"))
+                           ADAPTER_OR_FULL)
+    rl_algo: str = _f("grpo", "online RL: grpo | rloo (both TRL; no PPOTrainer in TRL 1.16)", RL_ALGOS)
     rl_steps: int = _f(12, "RL optimizer steps", min=1)
     rl_prompts_per_step: int = _f(4, "prompts per RL step", min=1)
     num_generations: int = _f(4, "sampled replies per prompt per RL step (the group)", min=2)
     rl_learning_rate: float = _f(2e-4, "RL learning rate", gt=0)
     kl_beta: float = _f(0.05, "KL penalty weight to the reference policy", min=0)
     rule_reward_weight: float = _f(0.0, "add the rule as a second RL reward with this weight (0: the judge stays unseen)", min=0)
-    preference_loss: str = _f("dpo", "RL-free path: dpo | ipo | kto", ("dpo", "ipo", "kto"))
+    preference_loss: str = _f("dpo", "RL-free path: dpo | ipo | kto", PREFERENCE_LOSSES)
     dpo_learning_rate: float = _f(2e-4, "DPO learning rate", gt=0)
     dpo_beta: float = _f(0.1, "DPO beta (strength of the implicit KL to the reference)", gt=0)
     dpo_epochs: float = _f(1.0, "DPO passes over the training pairs", gt=0)
@@ -309,19 +354,15 @@ class RAGParams(EvalArgs, LoraArgs, ScopeArgs, TrainArgs, Common):
     overlap_words: int = _f(8, "retrieval: words shared by neighbouring chunks", min=0)
     embed_precision: str = _f("auto", "query embedder precision: auto (bf16 where the CPU supports it: ~5 instead of "
                               "~9 ms per query) | fp32 | bf16; documents are always embedded in fp32",
-                              ("auto", "fp32", "bf16"))
-    index: str = _f("hnsw", "faiss index the RAG methods use: flat (exact) | ivf | hnsw", ("flat", "ivf", "hnsw"))
+                              EMBED_PRECISIONS)
+    index: str = _f("hnsw", "faiss index the RAG methods use: flat (exact) | ivf | hnsw", INDEXES)
     compare_indexes: list[str] = _f(["flat", "ivf", "hnsw"], "index types measured side by side (recall, latency)", INDEXES)
     top_k: int = _f(1, "passages put in the prompt", min=1)
     recall_ks: list[int] = _f([1, 3, 5], "k values for recall@k of the gold chunk", min=1)
     few_shot: int = _f(4, "in-context examples for few_shot (general knowledge: they teach the answer format only)", min=0)
-    scope: str = _f("full", "fine-tuning on the documents trains: lora | freeze | full", ("lora", "freeze", "full"))
+    scope: str = _f("full", "fine-tuning on the documents trains: lora | freeze | full", SCOPES)
     paraphrases: int = _f(4, "ft_paraphrase: K paraphrases of every fact added to the documents", min=1)
     paraphrase_sweep: list[int] = _f([], "more K values for the paraphrase curve (0 and paraphrases are always in it)", min=0)
-
-
-CLASSIFY_APPROACHES = ("zero_shot", "few_shot", "features_llm", "features_minilm", "head_only", "top_n", "lora", "full")
-CLASSIFY_TRAINED = ("head_only", "top_n", "lora", "full")
 
 
 @params_dataclass
@@ -357,7 +398,7 @@ class ClassifyParams(EvalArgs, LoraArgs, ScopeArgs, TrainArgs, Common):
     few_shot_k: int = _f(4, "few_shot: examples in the prompt, balanced over labels", min=1)
     feature_layer_select: str = _f("cv", "features_llm: cv (the hidden layer and the logistic regression's strength "
                                    "chosen by 5-fold cross-validation on the training set; one forward pass gives "
-                                   "every layer) | fixed (feature_layer)", ("cv", "fixed"))
+                                   "every layer) | fixed (feature_layer)", FEATURE_LAYER_SELECT)
     feature_layer: int = _f(-6, "features_llm with feature_layer_select fixed: hidden layer to mean-pool (negative: "
                             "from the top; 0: embeddings)")
     adapt_approach: str = _f("lora", "domain adaptation reuses this trained approach", CLASSIFY_TRAINED)
@@ -370,9 +411,6 @@ class ClassifyParams(EvalArgs, LoraArgs, ScopeArgs, TrainArgs, Common):
     n_generate: int = _f(32, "conditional pretraining: samples generated per tag (and untagged)", min=1)
     positive_label: str = _f("spam", "conditional pretraining and ROC-AUC: the label whose rate is measured "
                              "(not among the labels: the last label in sorted order)")
-
-
-DISTILL_METHODS = ("student_base", "gold_sft", "imitation", "distill")
 
 
 @params_dataclass
@@ -396,9 +434,9 @@ class DistillParams(EvalArgs, LoraArgs, ScopeArgs, TrainArgs, Common):
     student_layers: int = _f(10, "auto student: blocks kept (SmolLM2-135M has 30)", min=1)
     student_blocks: str = _f("influence", "auto student: which blocks: influence (those that change their input "
                              "most on general text, ShortGPT's block influence; first and last always) | evenly "
-                             "(evenly spaced, first and last included)", ("influence", "evenly"))
+                             "(evenly spaced, first and last included)", STUDENT_BLOCKS)
     scope: str = _f("full", "what trains in the student: full (every weight) | lora (adapters) | freeze (top "
-                    "freeze_top_n blocks)", ("full", "lora", "freeze"))
+                    "freeze_top_n blocks)", STUDENT_SCOPES)
     methods: list[str] = _f(list(DISTILL_METHODS), "rows of nbft.distill.METHODS, in table order: "
                             + ", ".join(DISTILL_METHODS) + " (student_base always runs: both gaps are measured from it)", DISTILL_METHODS, min_items=1)
     n_train: int = _f(32, "labelled training prompts (with their reference replies) from the train split (0: all)", min=0)
@@ -406,7 +444,7 @@ class DistillParams(EvalArgs, LoraArgs, ScopeArgs, TrainArgs, Common):
                            "train split)", min=0)
     max_steps: int = _f(16, "optimizer steps of every trained row (the shared budget)", min=1)
     imitation_sampling: str = _f("greedy", "imitation: the teacher's replies are greedy | sample",
-                                 ("greedy", "sample"))
+                                 SAMPLING)
     imitation_temperature: float = _f(0.7, "imitation with imitation_sampling sample: sampling temperature", gt=0)
     beta: float = _f(0.5, "distill: generalized JSD between student and teacher, 0 forward KL(teacher||student), "
                      "0.5 JSD, 1 reverse KL", min=0, max=1)
@@ -415,7 +453,7 @@ class DistillParams(EvalArgs, LoraArgs, ScopeArgs, TrainArgs, Common):
     speed_prompts: int = _f(16, "speed: held-out prompts generated as one batch, max_new_tokens each (forced), best of "
                               "two timings", min=1)
     task_check: str = _f("auto", "programmatic check for the task (style) score: auto (the data's own), json_answer, "
-                         "exact, contains", TASK_CHECK_CHOICES)
+                         "exact, contains", TASK_CHECKS)
 
 
 @params_dataclass
@@ -427,17 +465,79 @@ class ReportParams(Common):
     stages: list[str] = _f([], "stages to show (empty: every stage the runs recorded)", STAGE_NAMES)
 
 
-#: notebook stem -> its parameter dataclass, in pipeline order.
-STAGES: dict[str, type] = {
-    "01_data_prep": DataPrepParams,
-    "02_sft": SFTParams,
-    "03_peft": PEFTParams,
-    "04_rlhf": RLHFParams,
-    "05_rag_vs_ft": RAGParams,
-    "06_classify": ClassifyParams,
-    "07_distill": DistillParams,
-    "99_report": ReportParams,
-}
+# ---------------------------------------------------------------- the stage table
+
+#: Kinds of path-like parameter (``PathParam``): how ``nbft run`` tells a path (made absolute where it is started:
+#: the notebooks run elsewhere) from a name.
+PATH_KINDS = ("path", "dataset", "model", "runs")
+
+
+@dataclass(frozen=True)
+class PathParam:
+    """A parameter that may name a file or folder: ``path`` (a path unless it is one of ``names``), ``dataset`` (a
+    local file when ``data.is_file_spec`` says so, else a built-in or hub name), ``model`` (a folder when it is one,
+    else a built-in name or hub id), ``runs`` (a list: each item a run folder when it is one, else a run name)."""
+
+    key: str
+    kind: str
+    names: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One row of the stage table: everything the runner, the report, the install and the tests know of a stage.
+    Adding a stage is adding a row here, its parameter dataclass above, its module, its notebook, its sections in
+    params/*.yaml and its tests (docs/architecture.md, "Where new things go")."""
+
+    name: str  # the notebook's stem: notebooks/<name>.ipynb, runs/<run>/<name>.ipynb and .html, metrics.json's section
+    params: type  # its parameter dataclass
+    module: str  # the nbft module that owns the stage's glue: THRESHOLDS, findings, check_inputs (if it reads files)
+    also: tuple[str, ...] = ()  # other nbft modules only this stage's notebook imports
+    needs: tuple[str, ...] = ()  # the stages whose artifacts it reads in a run ("*": every other stage of the run)
+    headline: tuple[str, ...] = ()  # its headline metrics (dotted keys): index.html, 99_report, ``nbft list``
+    paths: tuple[PathParam, ...] = ()  # its path-like parameters
+    lane: int = 0  # with --jobs > 1, a free lane takes the ready stage of the lowest lane first
+
+    @property
+    def notebook(self) -> str:
+        return f"notebooks/{self.name}.ipynb"
+
+
+#: The stage table, in pipeline order. Lanes (``--jobs 2``): the chain the others wait for first, then the longest,
+#: the report last; with the default profile's stage times (docs/measurements.md, 2026-12-02: 01 8, 02 352, 06 610,
+#: 03 578, 04 512, 05 ~500, 07 288 s) two lanes run 01-02-03-05 and 06-04-07, ~1410 and ~1390 s.
+STAGE_TABLE = (
+    Stage("01_data_prep", DataPrepParams, "data", lane=0,
+          headline=("n_raw", "n_train", "n_validation", "n_test"),
+          paths=(PathParam("dataset", "dataset"),)),
+    Stage("02_sft", SFTParams, "sft", needs=("01_data_prep",), lane=1,
+          headline=("task_score_before", "task_score_after", "ppl_general_before", "ppl_general_after",
+                    "train_seconds")),
+    Stage("03_peft", PEFTParams, "peft", needs=("01_data_prep",), lane=3,
+          headline=("n_methods_ok", "adapter_switch_ok", "lora_vs_full.lora_task_score",
+                    "lora_vs_full.full_task_score")),
+    Stage("04_rlhf", RLHFParams, "rlhf", needs=("02_sft",), lane=4,
+          headline=("rm_accuracy", "winrate_rl_vs_sft", "winrate_dpo_vs_sft", "rl_kl"),
+          paths=(PathParam("policy", "path", ("auto", "base")), PathParam("preferences", "path", ("builtin",)))),
+    Stage("05_rag_vs_ft", RAGParams, "knowledge", also=("rag",), lane=5,
+          headline=("acc.rag.open", "acc.ft.open", "acc.ft_paraphrase.open", "retrieval_ms_p50", "n_eval"),
+          paths=(PathParam("knowledge_base", "path", ("builtin",)), PathParam("questions", "path", ("",)))),
+    Stage("06_classify", ClassifyParams, "classify", lane=2,
+          headline=("methods.features_llm.accuracy", "methods.lora.accuracy", "shift.target_accuracy",
+                    "conditional.control"),
+          paths=(PathParam("source_data", "dataset"), PathParam("target_data", "dataset"))),
+    Stage("07_distill", DistillParams, "distill", needs=("01_data_prep", "02_sft"), lane=6,
+          headline=("methods.imitation.style_gap_closed", "methods.imitation.knowledge_gap_closed",
+                    "methods.distill.knowledge_gap_closed", "speedup"),
+          paths=(PathParam("teacher", "model", ("auto", "base")), PathParam("student", "model", ("auto",)))),
+    Stage("99_report", ReportParams, "report", needs=("*",), lane=7,
+          headline=("compare_runs", "n_tables"),
+          paths=(PathParam("compare_runs", "runs"),)),
+)
+#: notebook stem -> its row of the stage table, in pipeline order.
+STAGES: dict[str, Stage] = {s.name: s for s in STAGE_TABLE}
+#: Common parameters that name a file (one value for every stage).
+COMMON_PATHS = (PathParam("accelerate_config", "path", ("",)),)
 COMMON = "common"
 
 
@@ -450,7 +550,7 @@ def common_names() -> list[str]:
 
 
 def defaults(stage: str) -> dict[str, Any]:
-    return dataclasses.asdict(STAGES[stage]())
+    return dataclasses.asdict(STAGES[stage].params())
 
 
 def help_text(cls: type) -> dict[str, str]:
@@ -472,7 +572,7 @@ def described(cls: type) -> dict[str, str]:
 def parameters_cell(stage: str) -> str:
     """The source of a notebook's ``parameters`` cell: one ``name = default  # help`` line per field,
     in dataclass order (``nbft params --sync-notebooks`` writes it into notebooks/)."""
-    cls = STAGES[stage]
+    cls = STAGES[stage].params
     return "\n".join(f"{f.name} = {getattr(cls(), f.name)!r}  # {f.metadata.get('help', '')}"
                      for f in dataclasses.fields(cls))
 
@@ -595,7 +695,7 @@ def _closest(key: str, valid: list[str]) -> str:
 
 def build(stage: str, values: dict[str, Any], where: str = "") -> Any:
     """Validate ``values`` (a flat mapping) into the stage's dataclass."""
-    cls = STAGES[stage]
+    cls = STAGES[stage].params
     hints = typing.get_type_hints(cls)
     valid = field_names(cls)
     for key in values:
@@ -617,10 +717,10 @@ def from_namespace(stage: str, namespace: dict[str, Any]) -> Any:
     Used by every notebook's setup cell, so a plain ``papermill -p`` run is
     type-checked the same way as ``nbft run``.
     """
-    missing = [k for k in field_names(STAGES[stage]) if k not in namespace]
+    missing = [k for k in field_names(STAGES[stage].params) if k not in namespace]
     if missing:
         raise ParamError(f"{stage}: the parameters cell does not define {', '.join(missing)}")
-    return build(stage, {k: namespace[k] for k in field_names(STAGES[stage])}, where=f"{stage}: ")
+    return build(stage, {k: namespace[k] for k in field_names(STAGES[stage].params)}, where=f"{stage}: ")
 
 
 # ---------------------------------------------------------------- YAML profiles
@@ -699,7 +799,7 @@ def parse_profile(path: str | Path) -> dict[str, dict[str, Any]]:
             data[sec] = body = {}
         if not isinstance(body, dict):
             raise ParamError(f"{where}section '{sec}' must be a mapping of key: value")
-        cls = Common if sec == COMMON else STAGES[sec]
+        cls = Common if sec == COMMON else STAGES[sec].params
         hints = typing.get_type_hints(cls)
         valid = field_names(cls) if sec == COMMON else [k for k in field_names(cls) if k not in common_names()]
         for key, value in body.items():
@@ -734,12 +834,12 @@ def _parse_set(item: str, profile: dict[str, dict[str, Any]]) -> None:
         owners = [sec]
     else:  # a bare key: the common section, else every stage that has it
         name = key
-        owners = [COMMON] if name in common_names() else [s for s in STAGES if name in field_names(STAGES[s])]
+        owners = [COMMON] if name in common_names() else [s for s in STAGES if name in field_names(STAGES[s].params)]
         if not owners:
-            every = sorted({n for s in STAGES.values() for n in field_names(s)})
+            every = sorted({n for s in STAGES.values() for n in field_names(s.params)})
             raise ParamError(f"--set {key}: unknown parameter{_closest(name, every)}")
     for sec in owners:
-        cls = Common if sec == COMMON else STAGES[sec]
+        cls = Common if sec == COMMON else STAGES[sec].params
         hints = typing.get_type_hints(cls)
         if name not in hints or (sec != COMMON and name in common_names()):
             valid = field_names(cls) if sec == COMMON else [k for k in field_names(cls) if k not in common_names()]

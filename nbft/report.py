@@ -3,10 +3,11 @@
 ``stage_table`` / ``compare_table`` / ``key_figures`` / ``params_diff`` are 99_report's tables (every value
 written by ``fmt``); ``resolve_runs`` / ``load_runs`` find the runs to report. ``write_index(run_dir)``
 renders ``runs/<run>/index.html`` from the Jinja template ``templates/run_index/index.html.j2``:
-every stage's report with its headline metrics (``runs.HEADLINE``), escaped.
+every stage's report with its headline metrics (the stage table's ``headline``), escaped.
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import os
@@ -194,6 +195,50 @@ def findings(loaded: dict[str, dict], stages: list[str], diff: list[dict]) -> li
         if silent:
             out.append(f"Run {name}: {', '.join(silent)} recorded no findings.")
     return out
+
+
+# ---------------------------------------------------------------- a stage report's parameters
+
+def _shown_value(value, run_dir) -> str:
+    """A parameter's value as its report shows it: a Python literal, absolute paths as ``files.relative`` writes
+    them."""
+    if isinstance(value, str):
+        return repr(files.relative(value, run_dir))
+    if isinstance(value, list):
+        return repr([files.relative(v, run_dir) if isinstance(v, str) else v for v in value])
+    return repr(value)
+
+
+def parameters_html(stage: str, p, run_dir: str | Path | None = None) -> str:
+    """The parameters a stage ran with, as the first thing its report shows: a table of those whose value differs
+    from the default of the stage's dataclass (parameter, value, default, what it does), then every parameter in a
+    collapsed ``<details>`` element. Everything is escaped (values are user text); an absolute path shows relative
+    to the run folder ``run_dir`` or the project, else as its bare name (``files.relative``)."""
+    import html
+
+    defaults = type(p)()
+    fields = dataclasses.fields(p)
+
+    def table(chosen) -> str:
+        rows = "".join(f"<tr><td class='v'>{html.escape(f.name)}</td>"
+                       f"<td class='v'>{html.escape(_shown_value(getattr(p, f.name), run_dir))}</td>"
+                       f"<td class='v'>{html.escape(_shown_value(getattr(defaults, f.name), run_dir))}</td>"
+                       f"<td>{html.escape(f.metadata.get('help', ''))}</td></tr>" for f in chosen)
+        return ("<table><thead><tr><th>parameter</th><th>value</th><th>default</th><th>what it does</th></tr></thead>"
+                f"<tbody>{rows}</tbody></table>")
+
+    changed = [f for f in fields if getattr(p, f.name) != getattr(defaults, f.name)]
+    title = f"<p><strong>Parameters of {html.escape(stage)}</strong>: " + (
+        f"{len(changed)} of {len(fields)} differ from the defaults</p>{table(changed)}" if changed
+        else f"all {len(fields)} at their defaults</p>")
+    return (f"<div class='nbft-parameters'>{PARAMETERS_CSS}{title}<details><summary>all {len(fields)} parameters"
+            f"</summary>{table(fields)}</details></div>")
+
+
+#: The parameters table's look (JupyterLab's own style right-aligns table cells).
+PARAMETERS_CSS = ("<style>.nbft-parameters th, .nbft-parameters td {text-align: left; vertical-align: top}"
+                  " .nbft-parameters td.v {font-family: monospace; white-space: pre-wrap; word-break: break-word}"
+                  "</style>")
 
 
 # ---------------------------------------------------------------- the run's index page

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import files, timing
+from . import files, params, timing
 
 RUNS_ENV = "NBFT_RUNS_DIR"
 CHECKPOINTS = "checkpoints"  # <run>/checkpoints/<stage>/: the trainers' checkpoints while a stage runs
@@ -71,8 +71,6 @@ class RunError(ValueError):
 def check_free(name: str, root: Path | None = None) -> Path:
     """The path of a new named run; refused early (before preflight) when the name is invalid or taken.
     ``reserve_run_dir`` is what makes it the caller's."""
-    from . import params
-
     params.check_run_name(name)
     path = (root or runs_root()) / name
     if path.exists():
@@ -342,7 +340,7 @@ def open_run(p, stage: str) -> Run:
     A notebook run by hand (not by ``nbft run``: ``NBFT_RUNNER`` unset) into a run whose ``.lock`` a live
     process other than this one holds is refused: that ``nbft run`` is writing it.
     """
-    from . import models, params
+    from . import models
 
     if p.run_name:
         params.check_run_name(p.run_name)  # validated by the parameters already; the folder stays under runs/
@@ -387,8 +385,6 @@ def setup(stage: str, namespace: dict) -> tuple[Any, Run]:
         p, run = nbft.setup("02_sft", globals())
     """
     import warnings
-
-    from . import params
 
     for message, category in QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category)
@@ -519,22 +515,6 @@ def write_status(run_dir: Path, append: dict | None = None, **fields: Any) -> di
     return status
 
 
-#: stage -> its headline metrics, in order: the run's index.html, 99_report's key figures and ``nbft list``
-#: (the first two) show these.
-HEADLINE = {
-    "01_data_prep": ["n_raw", "n_train", "n_validation", "n_test"],
-    "02_sft": ["task_score_before", "task_score_after", "ppl_general_before", "ppl_general_after", "train_seconds"],
-    "03_peft": ["n_methods_ok", "adapter_switch_ok", "lora_vs_full.lora_task_score", "lora_vs_full.full_task_score"],
-    "04_rlhf": ["rm_accuracy", "winrate_rl_vs_sft", "winrate_dpo_vs_sft", "rl_kl"],
-    "05_rag_vs_ft": ["acc.rag.open", "acc.ft.open", "acc.ft_paraphrase.open", "retrieval_ms_p50", "n_eval"],
-    "06_classify": ["methods.features_llm.accuracy", "methods.lora.accuracy", "shift.target_accuracy",
-                    "conditional.control"],
-    "07_distill": ["methods.imitation.style_gap_closed", "methods.imitation.knowledge_gap_closed",
-                   "methods.distill.knowledge_gap_closed", "speedup"],
-    "99_report": ["compare_runs", "n_tables"],
-}
-
-
 def flatten(metrics: dict, prefix: str = "") -> dict[str, Any]:
     """Nested metrics as dotted keys with scalar values (``{"acc": {"rag": {"open": .8}}}`` ->
     ``{"acc.rag.open": .8}``); lists of scalars are kept whole, lists of rows are left out
@@ -553,9 +533,9 @@ def flatten(metrics: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def headline(stage: str, metrics: dict) -> dict[str, Any]:
-    """The stage's headline metrics that are present (``HEADLINE``); else its first scalar ones."""
+    """The stage's headline metrics that are present (the stage table's ``headline``); else its first scalar ones."""
     flat = flatten(metrics)
-    keys = [k for k in HEADLINE.get(stage, []) if k in flat]
+    keys = [k for k in (params.STAGES[stage].headline if stage in params.STAGES else ()) if k in flat]
     if not keys:
         keys = [k for k, v in flat.items() if isinstance(v, (int, float, bool, str))][:4]
     return {k: flat[k] for k in keys}
@@ -574,7 +554,7 @@ def run_state(run_dir: Path, status: dict) -> str:
 
 def list_runs(root: Path | None = None, per_stage: int = 2) -> list[dict]:
     """One row per run folder: name, state (``run_state``), stages recorded and the first ``per_stage``
-    headline metrics of each stage (``HEADLINE``, as in the run's index.html). A run whose metrics.json or
+    headline metrics of each stage (the stage table's ``headline``, as in the run's index.html). A run whose metrics.json or
     status.json cannot be read, or has the wrong shape, is listed as ``unreadable`` (with why), the others as usual."""
     root = root or runs_root()
     rows = []

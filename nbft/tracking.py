@@ -19,12 +19,10 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .params import ParamError
 
-#: tracker -> the module it needs
-TRACKERS = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb", "trackio": "trackio"}
 
 
 class TrackingError(ParamError):
@@ -38,10 +36,10 @@ def trackers(report_to) -> list[str]:
 
 def check(report_to) -> None:
     """Every tracker ``report_to`` names is installed; else one message naming the missing ones and the install."""
-    missing = [t for t in trackers(report_to) if importlib.util.find_spec(TRACKERS[t]) is None]
+    missing = [t for t in trackers(report_to) if importlib.util.find_spec(TRACKERS[t].module) is None]
     if missing:
         raise TrackingError(f"report_to: {', '.join(missing)} not installed; pip install -e '.[tracking]' "
-                            f"(or pip install {' '.join(TRACKERS[t] for t in missing)})")
+                            f"(or pip install {' '.join(TRACKERS[t].module for t in missing)})")
 
 
 @dataclass
@@ -113,6 +111,67 @@ def _flat_params(parameters: dict) -> dict[str, str]:
     return {k: str(v)[:500] for k, v in parameters.items()}
 
 
+def _final_tensorboard(folder: Path, run_name: str, stage: str, params: dict, values: dict) -> Path:
+    from torch.utils.tensorboard import SummaryWriter
+
+    out = folder / "tensorboard" / stage / "final"
+    with SummaryWriter(log_dir=str(out)) as w:
+        w.add_text("parameters", "\n".join(f"    {k}: {v}" for k, v in params.items()), 0)
+        for k, v in values.items():
+            w.add_scalar(f"final/{k}", v, 0)
+    return out
+
+
+def _final_mlflow(folder: Path, run_name: str, stage: str, params: dict, values: dict) -> Path:
+    import mlflow
+
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    mlflow.set_experiment(run_name)
+    with mlflow.start_run(run_name=stage):
+        mlflow.log_params(params)
+        mlflow.log_metrics({_mlflow_key(k): v for k, v in values.items()})
+    return folder / "mlflow"
+
+
+def _final_wandb(folder: Path, run_name: str, stage: str, params: dict, values: dict) -> Path:
+    import wandb
+
+    r = wandb.init(project=os.environ["WANDB_PROJECT"], name=f"{run_name}-{stage}", mode="offline",
+                   dir=os.environ["WANDB_DIR"], config=params, reinit="finish_previous")
+    r.summary.update(values)
+    r.finish()
+    return folder / "wandb"
+
+
+def _final_trackio(folder: Path, run_name: str, stage: str, params: dict, values: dict) -> Path:
+    import trackio
+
+    trackio.init(project=os.environ["TRACKIO_PROJECT"], name=f"{run_name}-{stage}", config=params)
+    trackio.log(values)
+    trackio.finish()
+    return folder / "trackio"
+
+
+@dataclass(frozen=True)
+class Tracker:
+    """One row of ``TRACKERS``: the module a tracker needs, and how the stage's parameters and final metrics reach
+    it (``final(tracking folder, run name, stage, parameters, numbers) -> where it wrote``). Its per-step logging is
+    transformers' own callback, pointed at the run folder by ``_environment``."""
+
+    name: str
+    module: str
+    final: Callable[[Path, str, str, dict, dict], Path]
+
+
+#: tracker -> its row. Adding a tracker is adding a row (and its name to ``params.TRACKERS``).
+TRACKERS: dict[str, Tracker] = {t.name: t for t in [
+    Tracker("tensorboard", "tensorboard", _final_tensorboard),
+    Tracker("mlflow", "mlflow", _final_mlflow),
+    Tracker("wandb", "wandb", _final_wandb),
+    Tracker("trackio", "trackio", _final_trackio),
+]}
+
+
 def log_stage(run_dir: str | Path, stage: str, report_to, parameters: dict, flat_metrics: dict) -> list[str]:
     """The stage's parameters and final metrics (flattened: ``runs.flatten``) to every tracker of ``report_to``
     (``nbft run`` calls it when a stage ends ok). Returns what was written, one line per tracker."""
@@ -122,41 +181,7 @@ def log_stage(run_dir: str | Path, stage: str, report_to, parameters: dict, flat
     folder = Path(run_dir) / "tracking"
     _environment(folder, Path(run_dir).name)
     values, params = numbers(flat_metrics), _flat_params(parameters)
-    written = []
-    if "tensorboard" in names:
-        from torch.utils.tensorboard import SummaryWriter
-
-        out = folder / "tensorboard" / stage / "final"
-        with SummaryWriter(log_dir=str(out)) as w:
-            w.add_text("parameters", "\n".join(f"    {k}: {v}" for k, v in params.items()), 0)
-            for k, v in values.items():
-                w.add_scalar(f"final/{k}", v, 0)
-        written.append(f"tensorboard: {out}")
-    if "mlflow" in names:
-        import mlflow
-
-        mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
-        mlflow.set_experiment(Path(run_dir).name)
-        with mlflow.start_run(run_name=stage):
-            mlflow.log_params(params)
-            mlflow.log_metrics({_mlflow_key(k): v for k, v in values.items()})
-        written.append(f"mlflow: {folder / 'mlflow'}")
-    if "wandb" in names:
-        import wandb
-
-        r = wandb.init(project=os.environ["WANDB_PROJECT"], name=f"{Path(run_dir).name}-{stage}", mode="offline",
-                       dir=os.environ["WANDB_DIR"], config=params, reinit="finish_previous")
-        r.summary.update(values)
-        r.finish()
-        written.append(f"wandb: {folder / 'wandb'}")
-    if "trackio" in names:
-        import trackio
-
-        trackio.init(project=os.environ["TRACKIO_PROJECT"], name=f"{Path(run_dir).name}-{stage}", config=params)
-        trackio.log(values)
-        trackio.finish()
-        written.append(f"trackio: {folder / 'trackio'}")
-    return written
+    return [f"{name}: {TRACKERS[name].final(folder, Path(run_dir).name, stage, params, values)}" for name in names]
 
 
 def _mlflow_key(key: str) -> str:

@@ -9,14 +9,16 @@ from pathlib import Path
 
 import pytest
 
+from nbft import params
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "nbft"
 MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
 CORE = {"files", "params", "tasks", "corpora", "models", "data", "train", "evaluate", "runs", "export", "report",
         "widgets"}
-STAGE_MODULES = {"01_data_prep": set(), "02_sft": {"sft"}, "03_peft": {"peft"}, "04_rlhf": {"rlhf"},
-                 "05_rag_vs_ft": {"knowledge", "rag"}, "06_classify": {"classify"},
-                 "07_distill": {"distill"}, "99_report": set()}
+#: stage -> the stage-only modules its notebook imports (the stage table's module and ``also``, less the core)
+STAGE_MODULES = {s.name: {s.module, *s.also} - CORE for s in params.STAGE_TABLE}
+NOTEBOOKS = sorted(p.stem for p in (ROOT / "notebooks").glob("*.ipynb"))
 
 
 def nbft_imports(tree: ast.AST) -> list[tuple[str, str, int]]:
@@ -102,6 +104,48 @@ def notebook_code(stage: str) -> list[str]:
     nb = json.loads((ROOT / "notebooks" / f"{stage}.ipynb").read_text())
     return ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"
             and "parameters" not in c.get("metadata", {}).get("tags", [])]
+
+
+def test_every_notebook_is_a_row_of_the_stage_table_and_every_row_names_what_exists():
+    """notebooks/ and the stage table hold the same stages (a notebook outside the table would escape every rule of
+    this file); each row's modules exist, its needs are stages, its path parameters and headline keys are its own."""
+    assert NOTEBOOKS == sorted(params.STAGES), (
+        f"notebooks not in params.STAGE_TABLE: {sorted(set(NOTEBOOKS) - set(params.STAGES))}; "
+        f"rows without a notebook: {sorted(set(params.STAGES) - set(NOTEBOOKS))}")
+    for s in params.STAGE_TABLE:
+        assert (ROOT / s.notebook).is_file()
+        assert {s.module, *s.also} <= set(MODULES), (s.name, s.module, s.also)
+        assert set(s.needs) <= {*params.STAGES, "*"} - {s.name}, (s.name, s.needs)
+        fields = params.field_names(s.params)
+        assert all(p.key in fields and p.kind in params.PATH_KINDS for p in s.paths), (s.name, s.paths)
+        assert s.headline and len(set(s.headline)) == len(s.headline), s.name
+    assert len({s.lane for s in params.STAGE_TABLE}) == len(params.STAGE_TABLE), "lanes: one rank per stage"
+    assert all(p.key in params.common_names() for p in params.COMMON_PATHS)
+
+
+def test_every_name_table_equals_the_table_it_copies_and_every_choice_is_a_name_table():
+    """``params.NAME_TABLES``: each copy holds its owner's names in its owner's order (``part``: some of them); and
+    every field of every stage's dataclass that has ``choices`` takes them from a registered name table."""
+    import dataclasses
+    import importlib
+
+    for key, table in params.NAME_TABLES.items():
+        if table.owner == "params":
+            continue
+        module, attr = table.owner.rsplit(".", 1)
+        owner = tuple(getattr(importlib.import_module(f"nbft.{module}"), attr))
+        if table.part:
+            assert set(table.names) <= set(owner), f"params.{key}: {sorted(set(table.names) - set(owner))} not in {table.owner}"
+        else:
+            assert table.names == owner, f"params.{key} {table.names} != {table.owner} {owner}"
+        assert not set(table.extra) & set(owner), (key, table.extra)
+    registered = {t.choices for t in params.NAME_TABLES.values()}
+    for cls in (params.Common, *(s.params for s in params.STAGE_TABLE)):
+        for f in dataclasses.fields(cls):
+            choices = f.metadata.get("choices")
+            assert not choices or choices in registered, (
+                f"{cls.__name__}.{f.name}: choices {choices} are not a table of params.NAME_TABLES (register them "
+                "with params._names, naming the table they copy)")
 
 
 @pytest.mark.parametrize("stage", list(STAGE_MODULES))

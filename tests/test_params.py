@@ -29,7 +29,7 @@ def test_parameters_cell_mirrors_dataclass(root, stage):
     for line in src.splitlines():
         assert "#" in line, f"{stage}: every parameter line says what it does: {line!r}"
     expected = P.defaults(stage)
-    assert list(cell) == list(expected), f"{stage}: names/order differ from {P.STAGES[stage].__name__}"
+    assert list(cell) == list(expected), f"{stage}: names/order differ from {P.STAGES[stage].params.__name__}"
     assert cell == expected
     # papermill must be able to read every line (it warns and skips what it cannot parse)
     assert set(papermill.inspect_notebook(str(root / "notebooks" / f"{stage}.ipynb"))) == set(expected)
@@ -157,7 +157,7 @@ def test_from_namespace_validates_notebook_values():
 
 
 def test_every_field_has_help():
-    for cls in P.STAGES.values():
+    for cls in (s.params for s in P.STAGES.values()):
         for f in dataclasses.fields(cls):
             assert f.metadata.get("help"), f"{cls.__name__}.{f.name} has no help text"
 
@@ -193,10 +193,10 @@ def test_default_profile_comments_are_each_stages_own_help(root):
             section = line.rstrip(":")
             continue
         key, comment = line.strip().split(":", 1)[0], line.split("  # ", 1)[1]
-        cls = P.Common if section == P.COMMON else P.STAGES[section]
+        cls = P.Common if section == P.COMMON else P.STAGES[section].params
         assert comment == P.described(cls)[key], (section, key, comment)
         seen += 1
-    assert seen == len(P.common_names()) + sum(len(P.field_names(c)) - len(P.common_names()) for c in P.STAGES.values())
+    assert seen == len(P.common_names()) + sum(len(P.field_names(c)) - len(P.common_names()) for c in (s.params for s in P.STAGES.values()))
 
 
 GROUPS = [P.TrainArgs, P.ScopeArgs, P.LoraArgs, P.EvalArgs]
@@ -209,13 +209,13 @@ def test_a_group_field_comes_only_from_its_group(group):
     """A stage has a group's fields only by composing the group (so a function that takes the group can rely on
     every field), and a stage that redeclares one only to change its default keeps the group's help."""
     names = P.field_names(group)
-    for stage, cls in P.STAGES.items():
+    for stage, cls in ((s.name, s.params) for s in P.STAGE_TABLE):
         mine = [n for n in names if n in P.field_names(cls) and (stage, n) not in OWN]
         if issubclass(cls, group):
             assert mine == names, stage
         else:
             assert not mine, f"{stage} declares {mine} without composing {group.__name__}"
-    for cls in P.STAGES.values():
+    for cls in (s.params for s in P.STAGES.values()):
         for n in names:
             if issubclass(cls, group):
                 assert P.help_text(cls)[n], (cls.__name__, n)
@@ -247,7 +247,7 @@ def test_every_numeric_parameter_has_a_range_that_its_default_meets():
     """Issue 15: ranges declared next to the help text (``_f(min=, gt=, ...)``), shown by ``nbft params``."""
     import typing
 
-    for stage, cls in P.STAGES.items():
+    for stage, cls in ((s.name, s.params) for s in P.STAGE_TABLE):
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             numeric = hints[f.name] in (int, float) or typing.get_args(hints[f.name]) in ((int,), (float,))
@@ -258,16 +258,9 @@ def test_every_numeric_parameter_has_a_range_that_its_default_meets():
 
 
 def test_redeclared_field_keeps_its_groups_range():
-    assert P.range_text(P.STAGES["02_sft"].__dataclass_fields__["epochs"].metadata) == "> 0"
-    assert P.range_text(P.STAGES["03_peft"].__dataclass_fields__["batch_size"].metadata) == ">= 1"
+    assert P.range_text(P.SFTParams.__dataclass_fields__["epochs"].metadata) == "> 0"
+    assert P.range_text(P.PEFTParams.__dataclass_fields__["batch_size"].metadata) == ">= 1"
     assert P.range_text({"min": 0, "lt": 1}) == "[0, 1)" and P.range_text({"gt": 0, "max": 1}) == "(0, 1]"
-
-
-def test_name_tables_are_copies_of_the_tables_that_own_them():
-    from nbft import peft, rag, tasks, train
-
-    assert P.DEMO_TASKS == tuple(tasks.TASKS) and P.PEFT_METHODS == tuple(peft.METHODS)
-    assert P.SCOPES == train.SCOPES and P.SFT_SCOPES == train.SFT_SCOPES and P.INDEXES == tuple(rag.INDEX_KINDS) and P.STAGE_NAMES == tuple(P.STAGES)
 
 
 @pytest.mark.parametrize("text, match", [

@@ -111,11 +111,14 @@ def _record_many(args):
         runs.record_metrics(Path(run_dir), stage, {f"m{i}": i})
 
 
+@pytest.mark.timeout(120)
 def test_metrics_read_modify_write_from_four_processes_loses_nothing(tmp_path):
+    """Four processes merge into one metrics.json at once. ``spawn``: a ``fork`` from this process (it has threads:
+    torch's, the tokenizers') once left a worker stuck forever on a lock held at fork time."""
     import multiprocessing
 
-    with multiprocessing.get_context("fork").Pool(4) as pool:
-        pool.map(_record_many, [(str(tmp_path), f"s{k}") for k in range(4)])
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        pool.map(_record_many, [(str(tmp_path), f"s{k}") for k in range(4)], chunksize=1)
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert {s: len(v) for s, v in m.items()} == {f"s{k}": 25 for k in range(4)}
 
@@ -607,10 +610,13 @@ def test_kernel_manager_gives_its_kernels_their_share_of_the_cores_and_the_alloc
     original = jupyter_client.AsyncKernelManager
     try:
         jupyter_client.AsyncKernelManager = Base
-        lanes, alone = cli._threads_kernel_manager(3), cli._threads_kernel_manager(None)
+        lanes, alone = cli._threads_kernel_manager(3, "/s"), cli._threads_kernel_manager(None, "/s")
     finally:
         jupyter_client.AsyncKernelManager = original
-    asyncio.run(lanes()._async_launch_kernel(["python"], env={"PATH": "/bin"}))
+    km = lanes()
+    # over unix sockets in the caller's private folder (no TCP: ipykernel's unencrypted-transport warning)
+    assert (km.transport, km.connection_file) == ("ipc", "/s/kernel.json")
+    asyncio.run(km._async_launch_kernel(["python"], env={"PATH": "/bin"}))
     asyncio.run(alone()._async_launch_kernel(["python"], env={"PATH": "/bin", "MALLOC_TOP_PAD_": "0"}))
     assert got[0] == {"PATH": "/bin", "OMP_NUM_THREADS": "3", "MKL_NUM_THREADS": "3", **cli.KERNEL_ENV}
     # one lane: torch's own thread count; a value the user set wins over nbft's
