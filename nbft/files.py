@@ -86,3 +86,33 @@ def read_text(path: str | Path) -> str:
         col = e.start - (blob.rfind(b"\n", 0, e.start) + 1) + 1
         raise DecodeError(f"{path} line {line}: not UTF-8 text (byte 0x{blob[e.start]:02x} at column {col}); "
                           "save the file as UTF-8") from None
+
+
+def project_root(start: str | Path | None = None) -> Path | None:
+    """The nbft project: the nearest folder at or above ``start`` (the working directory) holding notebooks/ and
+    params/, else the one nbft itself is in (an editable install), else None."""
+    here = Path(start or Path.cwd()).resolve()
+    for d in (here, *here.parents, Path(__file__).resolve().parent.parent):
+        if (d / "notebooks").is_dir() and (d / "params").is_dir():
+            return d
+    return None
+
+
+def relative(path: str | Path, run_dir: str | Path | None = None) -> str:
+    """``path`` as a report shows it, with nothing of the machine's folders in it: ``runs/<run>/...`` under the run
+    folder ``run_dir`` (or another run beside it), relative to the project under the project (``project_root``),
+    else its bare name. Anything that is not an absolute path (a relative path, a built-in name, a hub id, "")
+    comes back as it is."""
+    text = str(path)
+    p = Path(os.path.expanduser(text))
+    if not p.is_absolute():
+        return text
+    roots = [(Path(run_dir).parent, "runs")] if run_dir else []
+    root = project_root()
+    if root is not None:
+        roots.append((root, ""))
+    for base, prefix in roots:
+        for a, b in ((p, base), (p.resolve(), base.resolve())):
+            if a == b or b in a.parents:
+                return (Path(prefix) / a.relative_to(b)).as_posix() if prefix or a != b else "."
+    return p.name or text

@@ -227,7 +227,8 @@ def resolve(spec: str) -> ModelSource:
             meta = folder / SOURCE_FILE
             sha = json.loads(meta.read_text()).get("sha256", "") if meta.is_file() else (
                 _sha256(weights[0]) if len(weights) == 1 else "")
-            return ModelSource(spec, str(folder.resolve()), "folder", f"local folder {folder.resolve()}", sha)
+            return ModelSource(spec, str(folder.resolve()), "folder", f"local folder {files.relative(folder.resolve())}",
+                               sha)
     elif len(tried) == 1:
         tried.append(f"local folder {folder.resolve()}: not found")
 
@@ -236,7 +237,7 @@ def resolve(spec: str) -> ModelSource:
             from huggingface_hub import snapshot_download
 
             path = snapshot_download(spec, allow_patterns=["*.json", "*.safetensors", "*.model", "*.jinja", "*.txt"])
-            return ModelSource(spec, path, "hub", f"hub id {spec} (local snapshot {path})")
+            return ModelSource(spec, path, "hub", f"hub id {spec} (its snapshot in the local hub cache)")
         except Exception as e:  # offline, missing, gated ...
             why = "HF_HUB_OFFLINE=1 and not in the local hub cache" if hub_offline() else type(e).__name__
             tried.append(f"hub id '{spec}': {why}")
@@ -278,7 +279,7 @@ def merged_source(spec: str, folder: Path) -> ModelSource:
     base = resolve(base_spec)
     sha = hashlib.sha256(f"{base.sha256 or base.path}:{_sha256(folder / 'adapter_model.safetensors')}"
                          .encode()).hexdigest()
-    origin = f"adapter {folder.resolve()} merged into {base_spec}"
+    origin = f"adapter {files.relative(folder.resolve())} merged into {files.relative(base_spec)}"
 
     def build(tmp: Path) -> None:
         from peft import PeftConfig, PeftModel
@@ -296,7 +297,7 @@ def merged_source(spec: str, folder: Path) -> ModelSource:
         (tmp / SOURCE_FILE).write_text(json.dumps({"spec": spec, "origin": origin, "sha256": sha}, indent=1))
 
     target = cached_build("merged", sha, build)
-    return ModelSource(spec, str(target), "adapter", f"{origin} (cached in {target})", sha)
+    return ModelSource(spec, str(target), "adapter", f"{origin} (cached in the model cache: merged/{target.name})", sha)
 
 
 def _num_labels(folder: Path) -> int:

@@ -35,7 +35,7 @@ from typing import Callable
 
 import torch
 
-from . import data, evaluate, models, tasks, train
+from . import data, evaluate, files, models, tasks, train
 from .tasks import answer_of
 from .train import lora_config, trainer_args
 
@@ -285,7 +285,8 @@ def load_pairs(path: str | Path) -> list[dict]:
             raise data.DataError(f"{where}: 'chosen' and 'rejected' are the same reply; a pair needs two different ones")
         pairs.append(dict(prompt=prompt, chosen=text(rec["chosen"]), rejected=text(rec["rejected"]),
                           chosen_score=rule_score(_user_text(prompt), text(rec["chosen"])),
-                          rejected_score=rule_score(_user_text(prompt), text(rec["rejected"])), source=where))
+                          rejected_score=rule_score(_user_text(prompt), text(rec["rejected"])),
+                          source=where.replace(str(Path(path)), files.relative(path), 1)))
     if not pairs:
         raise data.DataError(f"{path}: no preference pairs")
     return pairs
@@ -523,11 +524,11 @@ def starting_policy(run, p) -> tuple[str, str]:
         saved = train.saved_model(up) if up is not None else None
         if saved is not None:
             return str(saved), f"this run's SFT model (02_sft, {saved.name})"
-        return p.model, f"the model itself ({p.model}): this run has no 02_sft model"
+        return p.model, f"the model itself ({files.relative(p.model, run.path)}): this run has no 02_sft model"
     if p.policy == "base":
-        return p.model, f"the model itself ({p.model})"
+        return p.model, f"the model itself ({files.relative(p.model, run.path)})"
     check_policy(p.policy)
-    return p.policy, f"the folder {p.policy}"
+    return p.policy, f"the folder {files.relative(p.policy, run.path)}"
 
 
 def check_policy(policy: str) -> None:
