@@ -433,7 +433,7 @@ def speeds(named: dict, tokenizer, prompts: list[str], max_new_tokens: int, prec
     for model in named.values():
         evaluate.generate(model, tokenizer, prompts[:1], 2, 1, precision, cache=False)
     best = {name: math.inf for name in named}
-    for _ in range(repeats):  # never from the run's cache (evaluate.cache_into): this is a timing
+    for _ in range(repeats):  # never from the run's cache (settings.eval_cache): this is a timing
         for name, model in named.items():
             t0 = time.perf_counter()
             evaluate.generate(model, tokenizer, prompts, max_new_tokens, len(prompts), precision, cache=False,

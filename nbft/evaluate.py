@@ -2,7 +2,7 @@
 
 Scoring a reply (the checks, the answer parser) is model-free and lives in ``nbft.tasks``.
 
-In a run (``runs.setup`` calls ``cache_into(<run>/cache)``) greedy generations and perplexities of a model as it was
+In a run (``kernel.setup`` sets ``settings.eval_cache`` to ``<run>/cache``) greedy generations and perplexities of a model as it was
 loaded (``models.load_model`` marks it with its checksum) are kept in the run folder and reused: the base model's
 scores are computed once per run, whichever stages ask for them, and a resumed stage does not compute them again.
 The key is the model's checksum and a fingerprint of its weights (a trained or pruned copy misses), the texts and
@@ -13,32 +13,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
-from . import corpora, data, files, models, tasks, timing
-
-
-@dataclass
-class Cache:
-    """Where this process keeps evaluation results (``cache_into``); ``hits`` and ``misses`` count lookups."""
-
-    folder: Path | None = None
-    hits: int = 0
-    misses: int = 0
-
-
-CACHE = Cache()
-
-
-def cache_into(folder: str | Path | None) -> None:
-    """Keep evaluation results of loaded (untrained) models in ``folder`` from now on (None: keep nothing)."""
-    CACHE.folder = Path(folder) if folder is not None else None
-    CACHE.hits = CACHE.misses = 0
+from . import corpora, data, files, models, settings, tasks, timing
 
 
 def model_key(model) -> str | None:
@@ -57,20 +38,21 @@ def model_key(model) -> str | None:
 
 def memo(kind: str, model, payload: dict, compute: Callable):
     """``compute()``, or its earlier result for the same model and ``payload`` from the run's cache."""
-    key = model_key(model) if CACHE.folder is not None else None
+    where = settings.current()
+    key = model_key(model) if where.eval_cache is not None else None
     if key is None:
         return compute()
     digest = hashlib.sha256(json.dumps([kind, key, payload], sort_keys=True, default=str).encode()).hexdigest()
-    path = CACHE.folder / f"{kind}-{digest[:20]}.json"
+    path = where.eval_cache / f"{kind}-{digest[:20]}.json"
     try:
         value = json.loads(path.read_text())["value"]
-        CACHE.hits += 1
+        where.eval_hits += 1
         return value
     except (OSError, ValueError, KeyError):
         pass
     value = compute()
-    CACHE.misses += 1
-    CACHE.folder.mkdir(parents=True, exist_ok=True)
+    where.eval_misses += 1
+    where.eval_cache.mkdir(parents=True, exist_ok=True)
     files.write_json(path, {"kind": kind, "model": key, "value": value})
     return value
 
@@ -83,7 +65,7 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 48, bat
     Prompts are sorted by length so each batch pads little; outputs come back in input order.
     The model is put in eval mode (after ``trainer.train()`` it is left in training mode,
     and dropout then garbles generations). Greedy replies of a loaded model come from the run's cache
-    when it has them (``cache_into``); ``cache=False`` always generates (what a timing measures). Under bf16
+    when it has them (``settings.eval_cache``); ``cache=False`` always generates (what a timing measures). Under bf16
     autocast the key/value cache is ``models.kv_cache``'s (``past_key_values=None``: transformers' own).
     """
     model.eval()

@@ -22,33 +22,24 @@ import json
 import os
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-
-@dataclass
-class Launch:
-    """How this process's trainers train: ``runs.setup`` sets it from the common parameters."""
-
-    num_processes: int = 1
-    port: int = 29500
+from . import settings
 
 
-LAUNCH = Launch()
-
-
-def launch_with(num_processes: int = 1, accelerate_config: str = "") -> None:
-    """Trainers built from now on train in ``num_processes`` processes (an accelerate config file's
-    ``num_processes`` and ``main_process_port`` when ``accelerate_config`` names one and ``num_processes`` is 1)."""
+def processes(num_processes: int = 1, accelerate_config: str = "") -> tuple[int, int]:
+    """(processes, port) trainers train in: ``num_processes``, or an accelerate config file's ``num_processes`` and
+    ``main_process_port`` when ``accelerate_config`` names one and ``num_processes`` is 1 (``kernel.setup`` keeps
+    them in ``settings``)."""
     n, port = int(num_processes), 29500
     if accelerate_config:
         cfg = read_config(accelerate_config)
         n = n if n > 1 else max(1, int(cfg.num_processes or 1))
         port = int(cfg.main_process_port or port)
-    LAUNCH.num_processes, LAUNCH.port = n, port
+    return n, port
 
 
 def read_config(path: str | Path):
@@ -65,7 +56,7 @@ def in_launched_process() -> bool:
 
 def wanted() -> bool:
     """Should ``train.fit`` launch processes for the next training?"""
-    return LAUNCH.num_processes > 1 and not in_launched_process()
+    return settings.current().num_processes > 1 and not in_launched_process()
 
 
 def _example_hash(feature) -> str:
@@ -127,7 +118,7 @@ def _worker(build: Callable, out: str, evaluate: bool, finish: Callable, around:
 
 
 def run(build: Callable, evaluate: bool, finish: Callable, around: Callable) -> dict[str, Any]:
-    """Train what ``build`` makes in ``LAUNCH.num_processes`` processes (accelerate's ``notebook_launcher``), as
+    """Train what ``build`` makes in ``settings.num_processes`` processes (accelerate's ``notebook_launcher``), as
     ``train.fit`` would: inside ``around(trainer)`` (its CPU layouts), the model ``finish``-ed;
     returns {"model", "seconds", "steps", "eval_loss", "log_history", "trainer", "ranks"} where
     ``ranks`` is each rank's record (``rank``, ``world_size``, ``examples``: hashes of the examples it saw,
@@ -135,16 +126,17 @@ def run(build: Callable, evaluate: bool, finish: Callable, around: Callable) -> 
     from accelerate import notebook_launcher
     from accelerate.state import AcceleratorState
 
+    where = settings.current()
     AcceleratorState._reset_state(reset_partial_state=True)  # this process's one-process trainers are done
     with tempfile.TemporaryDirectory(prefix="nbft-launch-") as out:
         t0 = time.perf_counter()
-        notebook_launcher(_worker, args=(build, out, evaluate, finish, around), num_processes=LAUNCH.num_processes,
-                          use_port=str(LAUNCH.port))
+        notebook_launcher(_worker, args=(build, out, evaluate, finish, around), num_processes=where.num_processes,
+                          use_port=str(where.port))
         wall = time.perf_counter() - t0
         AcceleratorState._reset_state(reset_partial_state=True)
         folder = Path(out)
         if not (folder / "result.json").is_file():
-            raise RuntimeError(f"the {LAUNCH.num_processes} training processes ended without rank 0's result")
+            raise RuntimeError(f"the {where.num_processes} training processes ended without rank 0's result")
         result = json.loads((folder / "result.json").read_text())
         result["model"] = torch.load(folder / "model.pt", weights_only=False)
         result["ranks"] = [json.loads(f.read_text()) for f in sorted(folder.glob("rank*.json"))]

@@ -25,7 +25,6 @@ import json
 import math
 import os
 import platform
-import random
 import re
 import subprocess
 import sys
@@ -68,11 +67,22 @@ class RunError(ValueError):
     """A run folder cannot be used: it exists, another live run holds it, or it cannot be resumed."""
 
 
+def run_dir(name: str, root: Path | None = None, key: str = "run name") -> Path:
+    """The folder of run ``name``: the one place a run name becomes a path (``--name``, ``--resume``, ``--run``,
+    sweep points, a notebook's ``run_name``). The name is checked (``params.check_run_name``) and the folder must
+    lie directly under the runs folder, even through a symlink."""
+    params.check_run_name(name, key)
+    root = root or runs_root()
+    path = root / name
+    if path.resolve().parent != root.resolve():
+        raise params.ParamError(f"{key} {name!r}: the run folder must be directly under {root}")
+    return path
+
+
 def check_free(name: str, root: Path | None = None) -> Path:
     """The path of a new named run; refused early (before preflight) when the name is invalid or taken.
     ``reserve_run_dir`` is what makes it the caller's."""
-    params.check_run_name(name)
-    path = (root or runs_root()) / name
+    path = run_dir(name, root)
     if path.exists():
         raise FileExistsError(f"run '{name}' already exists at {path}; runs are never overwritten — pick another "
                               f"--name (or continue it: nbft run --resume {name})")
@@ -220,17 +230,6 @@ def release(run_dir: Path) -> None:
             (Path(run_dir) / LOCK_FILE).unlink()
 
 
-def seed_everything(seed: int) -> None:
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if torch.cuda.is_available():
-        torch.cuda.manual_seed_all(seed)
-
-
 def _clean(x):
     """NaN/inf -> None so metrics.json stays valid JSON; numpy/torch scalars -> python."""
     if hasattr(x, "item") and not isinstance(x, (list, dict, str)):
@@ -343,11 +342,7 @@ def open_run(p, stage: str) -> Run:
     from . import models
 
     if p.run_name:
-        params.check_run_name(p.run_name)  # validated by the parameters already; the folder stays under runs/
-        root = runs_root()
-        path = root / p.run_name
-        if path.resolve().parent != root.resolve():
-            raise params.ParamError(f"run_name {p.run_name!r}: the run folder must be directly under {root}")
+        path = run_dir(p.run_name, key="run_name")
         info = lock_info(path) if os.environ.get(RUNNER_ENV) != "1" else None
         if info and holder_alive(info) and (info.get("pid"), info.get("host")) != (os.getpid(), platform.node()):
             raise RunError(f"run_name {p.run_name!r}: that run is being written by {lock_holder(path, info)} "
@@ -359,50 +354,6 @@ def open_run(p, stage: str) -> Run:
         write_env(path, p)
     device = models.pick_device(p.device)
     return Run(path, stage, device, models.pick_precision(p.precision, device))
-
-
-#: Library messages a notebook reader cannot act on: transformers 5 renamed gradient checkpointing; peft
-#: ignores position ids of prompt-learning methods by design; peft BEFT on Llama (no biases) — the bitfit
-#: row already says it is not mergeable. Silenced by ``setup`` (inside a notebook), never on import.
-QUIET_WARNINGS = (
-    (r".*is deprecated and will be removed in v6.*", FutureWarning),
-    (r"Position ids are not supported for parameter efficient tuning.*", Warning),
-    (r"Detected that the base layer has no bias term.*", Warning),
-)
-
-
-def setup(stage: str, namespace: dict) -> tuple[Any, Run]:
-    """Every notebook's setup cell: validate the parameters the ``parameters`` cell (or Papermill) put in
-    ``namespace`` (``run_name`` included: a name that would leave runs/ fails here), seed everything, open the
-    run folder, record what this kernel runs with in env.json, point the trainers' checkpoints at
-    ``<run>/checkpoints/<stage>/`` (``save_steps``; only in a stage ``nbft run`` executes: it deletes them when
-    the stage ends ok and resumes from them with ``--resume``), keep evaluation results of loaded models in
-    ``<run>/cache/`` (``evaluate.cache_into``), start the stage's time profile (``timing``), pick
-    device and precision, print a header.
-
-    Returns ``(p, run)``: the stage's parameter dataclass and its :class:`Run` (``run.device``, ``run.precision``)::
-
-        p, run = nbft.setup("02_sft", globals())
-    """
-    import warnings
-
-    for message, category in QUIET_WARNINGS:
-        warnings.filterwarnings("ignore", message=message, category=category)
-    from . import evaluate, launch, tracking, train
-
-    p = params.from_namespace(stage, namespace)
-    timing.reset()  # the stage's profile (Run.record writes it) starts here
-    seed_everything(p.seed)
-    run = open_run(p, stage)
-    record_kernel_env(run)
-    runner = os.environ.get(RUNNER_ENV) == "1"  # checkpoints are for `nbft run --resume`, which deletes them
-    train.checkpoint_into(run.path / CHECKPOINTS / stage if p.save_steps and runner else None)
-    evaluate.cache_into(run.path / EVAL_CACHE)
-    tracking.into(run.path, stage, p.report_to)
-    launch.launch_with(p.num_processes, p.accelerate_config)
-    print(f"{stage}: run folder {run.path}\nmodel: {p.model}   device: {run.device}   precision: {run.precision}"
-          f"   seed: {p.seed}")
-    return p, run
 
 
 # ---------------------------------------------------------------- environment capture
@@ -470,30 +421,6 @@ def write_env(run_dir: Path, p=None) -> dict:
     env = environment(p)
     files.write_json(Path(run_dir) / "env.json", env)
     return env
-
-
-def kernel_env(run: "Run") -> dict:
-    """What this process (a notebook's kernel) actually runs with: python, pid, threads, hub offline mode as
-    huggingface_hub sees it, device and precision. ``setup`` records it in env.json under kernels.<stage>."""
-    import torch
-
-    from . import models
-
-    return {"python": sys.executable, "pid": os.getpid(), "torch_threads": torch.get_num_threads(),
-            "hub_offline": models.hub_offline(), "device": run.device, "precision": run.precision,
-            "env": {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "HF_HUB_DISABLE_TELEMETRY", "OMP_NUM_THREADS",
-                                                    "TOKENIZERS_PARALLELISM", RUNS_ENV, "WORLD_SIZE", "RANK",
-                                                    "LOCAL_RANK", "MASTER_ADDR", "MALLOC_MMAP_THRESHOLD_",
-                                                    "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")}}
-
-
-def record_kernel_env(run: "Run") -> None:
-    path = run.path / "env.json"
-    with files.locked(path):
-        env = read_mapping(path)
-        kernels = env.get("kernels") if isinstance(env.get("kernels"), dict) else {}
-        env["kernels"] = {**kernels, run.stage: kernel_env(run)}
-        files.write_json(path, env)
 
 
 # ---------------------------------------------------------------- status and listing

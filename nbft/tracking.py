@@ -3,7 +3,8 @@ parameters and final metrics go to the same trackers when a stage ends, all unde
 
 One row per tracker (``TRACKERS``): the module it needs (``pip install -e .[tracking]`` installs all four) and
 how it is pointed at the run folder. transformers' own callbacks do the per-step logging (``report_to`` in the
-trainer arguments); this module only says where they write and adds the end-of-stage record:
+trainer arguments); this module only says where they write (``kernel.setup`` puts the stage's trackers and folder in
+``settings``) and adds the end-of-stage record:
 
 - tensorboard: event files in ``tracking/tensorboard/<stage>/<NN>-<trainer>/`` (one folder per training call) and
   ``tracking/tensorboard/<stage>/final/`` (the stage's metrics as scalars at step 0, its parameters as text);
@@ -17,12 +18,12 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from . import settings
 from .params import ParamError
-
 
 
 class TrackingError(ParamError):
@@ -42,29 +43,15 @@ def check(report_to) -> None:
                             f"(or pip install {' '.join(TRACKERS[t].module for t in missing)})")
 
 
-@dataclass
-class Tracking:
-    """Where this process's trainers report (``runs.setup`` points it at the run; ``into``)."""
-
-    folder: Path | None = None
-    stage: str = ""
-    report_to: list[str] = field(default_factory=list)
-    calls: int = 0
+def tracking_folder(run_dir: str | Path, report_to) -> Path | None:
+    """``<run_dir>/tracking/`` when ``report_to`` names a tracker, else None (``kernel.setup`` keeps it in
+    ``settings.tracking``)."""
+    return Path(run_dir) / "tracking" if trackers(report_to) else None
 
 
-TRACKING = Tracking()
-
-
-def into(run_dir: str | Path | None, stage: str = "", report_to=()) -> None:
-    """Trainers built from now on report to ``report_to`` under ``<run_dir>/tracking/`` (``None``: nowhere)."""
-    TRACKING.folder = Path(run_dir) / "tracking" if run_dir is not None and trackers(report_to) else None
-    TRACKING.stage, TRACKING.report_to, TRACKING.calls = stage, trackers(report_to), 0
-    if TRACKING.folder is not None:
-        _environment(TRACKING.folder, Path(run_dir).name)
-
-
-def _environment(folder: Path, run_name: str) -> None:
-    """Point each tracker's own settings at the run folder (transformers' callbacks read them)."""
+def environment(folder: Path, run_name: str) -> None:
+    """Point each tracker's own settings at the run's tracking folder (transformers' callbacks read them):
+    ``kernel.setup`` calls it when the stage reports to a tracker, ``log_stage`` before its final record."""
     os.environ["MLFLOW_TRACKING_URI"] = (folder / "mlflow").resolve().as_uri()
     os.environ["MLFLOW_EXPERIMENT_NAME"] = run_name
     # mlflow 3.17 keeps its file store "in maintenance mode" behind this switch; a folder of plain files is what a
@@ -80,25 +67,27 @@ def _environment(folder: Path, run_name: str) -> None:
 
 
 def report_to() -> list[str] | str:
-    """``report_to`` for the trainer arguments: the trackers ``into`` set, or ``"none"``."""
-    return list(TRACKING.report_to) if TRACKING.folder is not None else "none"
+    """``report_to`` for the trainer arguments: the stage's trackers (``settings.report_to``), or ``"none"``."""
+    where = settings.current()
+    return list(where.report_to) if where.tracking is not None else "none"
 
 
 def attach(trainer) -> None:
     """Before ``trainer.train()``: name this training call (``<stage>-<NN>-<Trainer>``, the mlflow/wandb/trackio
     run name) and give its tensorboard events their own folder under the run's ``tracking/``."""
-    if TRACKING.folder is None:
+    where = settings.current()
+    if where.tracking is None:
         return
-    TRACKING.calls += 1
-    name = f"{TRACKING.calls:02d}-{type(trainer).__name__}"
-    trainer.args.run_name = f"{TRACKING.stage}-{name}"
+    where.tracked_calls += 1
+    name = f"{where.tracked_calls:02d}-{type(trainer).__name__}"
+    trainer.args.run_name = f"{where.stage}-{name}"
     if hasattr(trainer.args, "project"):  # trackio's project (transformers' default: "huggingface")
         trainer.args.project = os.environ.get("TRACKIO_PROJECT", "nbft")
     from transformers.integrations import TensorBoardCallback
 
     for cb in trainer.callback_handler.callbacks:
         if isinstance(cb, TensorBoardCallback):
-            cb.logging_dir = str(TRACKING.folder / "tensorboard" / TRACKING.stage / name)
+            cb.logging_dir = str(where.tracking / "tensorboard" / where.stage / name)
 
 
 def numbers(flat: dict) -> dict[str, float]:
@@ -156,7 +145,7 @@ def _final_trackio(folder: Path, run_name: str, stage: str, params: dict, values
 class Tracker:
     """One row of ``TRACKERS``: the module a tracker needs, and how the stage's parameters and final metrics reach
     it (``final(tracking folder, run name, stage, parameters, numbers) -> where it wrote``). Its per-step logging is
-    transformers' own callback, pointed at the run folder by ``_environment``."""
+    transformers' own callback, pointed at the run folder by ``environment``."""
 
     name: str
     module: str
@@ -179,7 +168,7 @@ def log_stage(run_dir: str | Path, stage: str, report_to, parameters: dict, flat
     if not names:
         return []
     folder = Path(run_dir) / "tracking"
-    _environment(folder, Path(run_dir).name)
+    environment(folder, Path(run_dir).name)
     values, params = numbers(flat_metrics), _flat_params(parameters)
     return [f"{name}: {TRACKERS[name].final(folder, Path(run_dir).name, stage, params, values)}" for name in names]
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from . import files, launch, models, timing, tracking
+from . import files, launch, models, settings, timing, tracking
 
 SCOPES = ("lora", "freeze", "full")
 #: What ``finetune`` (02_sft's main run and scope comparison) also trains: LoRA on a 4-bit NF4 base (QLoRA,
@@ -137,26 +137,6 @@ def learning_rate_for(rates, scope: str) -> float:
 
 # ---------------------------------------------------------------- checkpoints in the run folder
 
-@dataclass
-class Checkpointing:
-    """Where this process's trainers checkpoint: ``runs.setup`` points it at ``<run>/checkpoints/<stage>/``.
-    ``calls`` numbers the training calls of the stage (``fit``), so a re-executed stage finds each call's folder."""
-
-    folder: Path | None = None
-    calls: int = 0
-    saves: int = 0
-
-
-CHECKPOINTING = Checkpointing()
-
-
-def checkpoint_into(folder: str | Path | None) -> None:
-    """Trainers built from now on checkpoint under ``folder`` every ``save_steps`` (``Common``) and resume from
-    their last checkpoint there (``None``: no checkpoints, the trainer's folder is temporary)."""
-    CHECKPOINTING.folder = Path(folder) if folder is not None else None
-    CHECKPOINTING.calls = 0
-
-
 def last_checkpoint(folder: str | Path) -> Path | None:
     """The newest complete ``checkpoint-N`` in ``folder`` (transformers writes ``trainer_state.json`` last);
     incomplete ones (a kill while saving) are removed."""
@@ -199,7 +179,7 @@ def resumable(model) -> bool:
 def trainer_args(common, output_dir: str | Path, gradient_checkpointing: bool = False, **overrides) -> dict[str, Any]:
     """Arguments every nbft trainer config shares (SFT, reward, GRPO/RLOO, DPO/KTO, distillation), from the
     ``Common`` group: CPU-aware precision, linear schedule, logs every step, seeded; in a run folder
-    (``checkpoint_into``) a checkpoint every ``save_steps`` steps, only the last one kept (``fit`` puts it in the
+    (``settings.current().checkpoints``) a checkpoint every ``save_steps`` steps, only the last one kept (``fit`` puts it in the
     run folder and resumes from it); ``overrides`` win."""
     device = models.pick_device(common.device)
     precision = models.pick_precision(common.precision, device)
@@ -214,8 +194,8 @@ def trainer_args(common, output_dir: str | Path, gradient_checkpointing: bool = 
         use_cpu=device == "cpu",
         logging_steps=1,
         eval_strategy="no",
-        save_strategy="steps" if CHECKPOINTING.folder is not None and common.save_steps > 0 else "no",
-        report_to=tracking.report_to(),  # runs.setup: common.report_to, into <run>/tracking/
+        save_strategy="steps" if settings.current().checkpoints is not None and common.save_steps > 0 else "no",
+        report_to=tracking.report_to(),  # kernel.setup: common.report_to, into <run>/tracking/
         disable_tqdm=True,
         seed=common.seed,
         data_seed=common.seed,
@@ -489,7 +469,7 @@ def fit(trainer, evaluate: bool = False) -> TrainResult:
     (``log_history`` keeps them); then the model cleaned up for inference (``finish``) and, with
     ``evaluate``, the eval loss.
 
-    In a run folder (``checkpoint_into``, trainer saving every ``save_steps``) the trainer checkpoints into
+    In a run folder (``settings.current().checkpoints``, trainer saving every ``save_steps``) the trainer checkpoints into
     ``<run>/checkpoints/<stage>/<NN>-<trainer>-<fingerprint>/`` and, when that folder already has a checkpoint
     (the stage is running again after a crash), resumes from it: model, optimizer, scheduler, RNG state, data
     position and log history, so the model, the log and the tokens trained on equal an uninterrupted run's.
@@ -515,10 +495,11 @@ def fit(trainer, evaluate: bool = False) -> TrainResult:
 
         trainer.args.save_strategy = SaveStrategy.NO  # its checkpoint could not bring the training back
     earlier, resumed_from = 0.0, None
-    if CHECKPOINTING.folder is not None and trainer.args.save_strategy == "steps":
-        CHECKPOINTING.calls += 1
-        slot = CHECKPOINTING.folder / (f"{CHECKPOINTING.calls:02d}-{type(trainer).__name__}-"
-                                       f"{_fingerprint(trainer, trainer.args.output_dir)}")
+    where = settings.current()
+    if where.checkpoints is not None and trainer.args.save_strategy == "steps":
+        where.training_calls += 1
+        slot = where.checkpoints / (f"{where.training_calls:02d}-{type(trainer).__name__}-"
+                                    f"{_fingerprint(trainer, trainer.args.output_dir)}")
         trainer.args.output_dir = str(slot)
         resume = last_checkpoint(slot)
         if resume is not None:
@@ -527,10 +508,7 @@ def fit(trainer, evaluate: bool = False) -> TrainResult:
             if recorded is None:
                 resumed_from = int(resume.name.removeprefix("checkpoint-"))
         trainer.add_callback(_final_checkpoint_light(trainer))
-        trainer.add_callback(_clock(earlier, started))  # before the test's kill hook: the record is on disk first
-        hook = _kill_hook()
-        if hook is not None:
-            trainer.add_callback(hook)
+        trainer.add_callback(_clock(earlier, started))
     finished = False
     if resume is not None:
         state = json.loads((resume / "trainer_state.json").read_text())
@@ -581,31 +559,6 @@ def _final_checkpoint_light(trainer):
                 trainer._save_rng_state(str(Path(args.output_dir) / f"checkpoint-{state.global_step}"))
 
     return FinalCheckpointLight()
-
-
-#: Test hook (tests/test_runs.py): ``NBFT_TEST_KILL_AFTER_CHECKPOINT=N`` kills this kernel and the ``nbft run``
-#: that started it (SIGKILL, as a power cut would) right after the N-th checkpoint this process saved.
-KILL_HOOK_ENV = "NBFT_TEST_KILL_AFTER_CHECKPOINT"
-
-
-def _kill_hook():
-    """The callback behind ``KILL_HOOK_ENV``, or None when the variable is unset."""
-    import os
-
-    if not os.environ.get(KILL_HOOK_ENV):
-        return None
-    from transformers import TrainerCallback
-
-    class KillAfterCheckpoint(TrainerCallback):
-        def on_save(self, args, state, control, **kwargs):
-            CHECKPOINTING.saves += 1
-            if CHECKPOINTING.saves >= int(os.environ[KILL_HOOK_ENV]):
-                import signal
-
-                os.kill(os.getppid(), signal.SIGKILL)
-                os.kill(os.getpid(), signal.SIGKILL)
-
-    return KillAfterCheckpoint()
 
 
 def to_dataset(records: list[dict], mode: str = "instruction"):

@@ -60,8 +60,12 @@ def test_import_graph_is_acyclic():
 
     for m in graph:
         visit(m, [])
-    assert graph["tasks"] == [] and graph["files"] == [], "tasks and files are leaves"
+    assert graph["tasks"] == [] and graph["files"] == [] and graph["settings"] == [], "tasks, files, settings: leaves"
     assert graph["params"] == ["files"], "params imports only the leaf files"
+    # runs is the floor every stage stands on: run folders, metrics, status; the stage's process-wide settings are
+    # kernel's (through the leaf settings), never runs'
+    assert set(graph["runs"]) <= {"files", "params", "timing", "models"}, graph["runs"]
+    assert not {"train", "evaluate", "tracking", "launch"} & set(graph["runs"]), graph["runs"]
     for m in CORE:  # the core never reaches up into a stage module
         assert not set(graph[m]) & {"sft", "peft", "rlhf", "knowledge", "classify", "messages", "distill", "cli"}, (m, graph[m])
 

@@ -32,37 +32,38 @@ def test_training_monitor_draws_every_curve():
 
 
 def test_evaluation_of_a_loaded_model_is_cached_in_the_run_and_a_changed_model_misses(tmp_path):
-    """evaluate.cache_into (runs.setup): a loaded model's greedy replies and perplexity are computed once per run;
+    """settings.eval_cache (kernel.setup): a loaded model's greedy replies and perplexity are computed once per run;
     the same model loaded again hits; trained, merged or otherwise changed weights miss."""
-    from nbft import evaluate, models, train
+    from nbft import evaluate, models, settings, train
 
     tok = models.load_tokenizer("tiny-llama")
     prompts, texts = ["Hello there", "What is two plus two?"], ["Some text to score.", "And more text."]
-    evaluate.cache_into(tmp_path / "cache")
+    where = settings.Settings(eval_cache=tmp_path / "cache")
+    settings.use(where)
     try:
         model, _ = models.load_model("tiny-llama", "cpu", tokenizer=tok)
         outs = evaluate.generate(model, tok, prompts, 6)
         ppl = evaluate.perplexity(model, tok, texts)
-        assert (evaluate.CACHE.hits, evaluate.CACHE.misses) == (0, 2) and len(list((tmp_path / "cache").glob("*.json"))) == 2
+        assert (where.eval_hits, where.eval_misses) == (0, 2) and len(list((tmp_path / "cache").glob("*.json"))) == 2
         again, _ = models.load_model("tiny-llama", "cpu", tokenizer=tok)
         assert evaluate.generate(again, tok, prompts, 6) == outs and evaluate.perplexity(again, tok, texts) == ppl
-        assert evaluate.CACHE.hits == 2
+        assert where.eval_hits == 2
         evaluate.generate(again, tok, prompts, 7)  # another setting: a miss
-        assert evaluate.CACHE.misses == 3
-        assert evaluate.generate(again, tok, prompts, 7, cache=False) and evaluate.CACHE.hits == 2  # a timing: never cached
+        assert where.eval_misses == 3
+        assert evaluate.generate(again, tok, prompts, 7, cache=False) and where.eval_hits == 2  # a timing: never cached
         from nbft import distill
 
         distill.generation_speed(model, tok, prompts, 4, "fp32")  # twice, best of: both really generate
-        assert evaluate.CACHE.hits == 2
+        assert where.eval_hits == 2
         with torch.no_grad():
             next(again.parameters())[0, 0] += 1.0  # changed in place: the fingerprint differs
         assert evaluate.model_key(again) != evaluate.model_key(model)
         evaluate.perplexity(again, tok, texts)
-        assert evaluate.CACHE.misses == 4
+        assert where.eval_misses == 4
         train.finish(again)  # what a trained model goes through: no checksum, never looked up
         assert evaluate.model_key(again) is None
     finally:
-        evaluate.cache_into(None)
+        settings.use(settings.Settings())
 
 
 def test_bf16_kv_cache_stores_bf16_and_leaves_the_replies_as_they_were(tiny, monkeypatch):

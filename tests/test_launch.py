@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from nbft import data, launch, params, train
+from nbft import data, launch, params, settings, train
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 #: 2 processes x batch 4 vs 1 process x batch 8: the same examples in every step (accelerate hands out the one
@@ -16,9 +16,8 @@ LOSS_TOLERANCE = 1e-4  # largest relative difference of a step's loss
 
 @pytest.fixture()
 def two_processes():
-    launch.launch_with(2)
-    yield
-    launch.launch_with(1)
+    with settings.using(settings.Settings(num_processes=2)):
+        yield
 
 
 def sft(tiny, records, batch_size: int):
@@ -33,8 +32,8 @@ def test_sft_in_two_gloo_processes_splits_the_data_and_follows_the_one_process_l
     _, tok = tiny
     records = data.prepare(params.DataPrepParams(model="tiny-llama", n_examples=48), tok).splits["train"][:32]
     two = sft(tiny, records, batch_size=4)
-    launch.launch_with(1)
-    one = sft(tiny, records, batch_size=8)
+    with settings.using(settings.Settings()):
+        one = sft(tiny, records, batch_size=8)
     # both ranks took part, each with its own share of the data
     assert sorted(r["rank"] for r in two.ranks) == [0, 1] and {r["world_size"] for r in two.ranks} == {2}
     shards = [set(r["examples"]) for r in two.ranks]
@@ -88,14 +87,11 @@ def test_a_config_with_an_unknown_key_is_refused_before_anything_runs(runs_dir, 
     assert not runs_dir.exists() or not list(runs_dir.iterdir())
 
 
-def test_launch_with_reads_num_processes_from_a_config():
-    try:
-        launch.launch_with(1, str(next(c for c in CONFIGS if c.name == "cpu_2proc.yaml")))
-        assert launch.LAUNCH.num_processes == 2 and launch.wanted()
-        launch.launch_with(3, str(CONFIGS[0]))
-        assert launch.LAUNCH.num_processes == 3
-    finally:
-        launch.launch_with(1)
+def test_processes_come_from_num_processes_or_a_config():
+    assert launch.processes(1, str(next(c for c in CONFIGS if c.name == "cpu_2proc.yaml")))[0] == 2
+    assert launch.processes(3, str(CONFIGS[0]))[0] == 3
+    with settings.using(settings.Settings(num_processes=2)):
+        assert launch.wanted()
     assert not launch.wanted()
 
 

@@ -283,7 +283,8 @@ def test_sigkill_mid_training_then_resume_gives_the_metrics_of_a_run_never_kille
     args = ["run", "--params", SMOKE, "--only", "01_data_prep", "02_sft", "--no-progress", "--set", "save_steps=2",
             "--set", "compare_scopes=[full]", "--set", "sweep_sizes=[]", "--set", "quality_size=0", "--set", "cpt_docs=0"]
     ref = nbft(args + ["--name", "ref"], root)
-    killed = nbft(args + ["--name", "k"], root, env={"NBFT_TEST_KILL_AFTER_CHECKPOINT": "6"})
+    killed = nbft(args + ["--name", "k"], root, env={"NBFT_TEST_KILL_AFTER_CHECKPOINT": "6",
+                                                     "PYTHONPATH": str(ROOT / "tests" / "hooks")})
     assert killed.wait(timeout=400) == -signal.SIGKILL
     assert ref.wait(timeout=400) == 0
     time.sleep(1.5)  # the kernel's parent poller

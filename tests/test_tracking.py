@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from nbft import cli, data, params, runs, tracking, train
+from nbft import cli, data, params, runs, settings, tracking, train
 
 
 @pytest.fixture()
@@ -16,11 +16,14 @@ def tracked(tmp_path):
     run_dir.mkdir(parents=True)
 
     def start(report_to):
-        tracking.into(run_dir, "02_sft", report_to)
+        settings.use(settings.Settings(stage="02_sft", tracking=tracking.tracking_folder(run_dir, report_to),
+                                       report_to=tuple(tracking.trackers(report_to))))
+        if settings.current().tracking is not None:
+            tracking.environment(settings.current().tracking, run_dir.name)
         return run_dir
 
     yield start
-    tracking.into(None)
+    settings.use(settings.Settings())
 
 
 def sft_two_runs(tiny, steps: int = 3):

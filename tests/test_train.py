@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from nbft import data, evaluate, files, models, params, train
+from nbft import data, evaluate, files, models, params, settings, train
 
 
 def test_lora_sft_trains_only_adapters(tiny, tmp_path):
@@ -366,7 +366,7 @@ def test_checkpoints_resume_a_finished_call_and_skip_what_cannot_resume(tiny, tm
     assert train.trainer_args(p, tmp_path)["save_strategy"] == "no"  # no run folder: no checkpoints
     folder = tmp_path / "checkpoints" / "02_sft"
     try:
-        train.checkpoint_into(folder)
+        settings.use(settings.Settings(checkpoints=folder))
         assert train.trainer_args(p, tmp_path)["save_total_limit"] == 1
         first = train.sft(copy.deepcopy(base), tok, prep.splits["train"], [], p, learning_rate=1e-2,
                           peft_config=train.lora_config(p))
@@ -377,7 +377,7 @@ def test_checkpoints_resume_a_finished_call_and_skip_what_cannot_resume(tiny, tm
         (slot / "checkpoint-99").mkdir()  # a save cut short
         rng_after_first = torch.get_rng_state()
         torch.manual_seed(123)  # whatever happened in between
-        train.checkpoint_into(folder)  # the stage runs again
+        settings.use(settings.Settings(checkpoints=folder))  # the stage runs again
         again = train.sft(copy.deepcopy(base), tok, prep.splits["train"], [], p, learning_rate=1e-2,
                           peft_config=train.lora_config(p))
         assert not (slot / "checkpoint-99").exists() and again.steps == first.steps
@@ -386,7 +386,7 @@ def test_checkpoints_resume_a_finished_call_and_skip_what_cannot_resume(tiny, tm
         assert all(torch.equal(a[n], b[n]) for n in a if "lora_" in n)
         assert [r["loss"] for r in again.log_history if "loss" in r] == [r["loss"] for r in first.log_history if "loss" in r]
     finally:
-        train.checkpoint_into(None)
+        settings.use(settings.Settings())
 
 
 def test_prompt_encoders_are_not_resumable():
@@ -423,7 +423,7 @@ def test_a_resumed_call_counts_the_training_seconds_before_the_resume(tiny, tmp_
     folder = tmp_path / "checkpoints" / "02_sft"
 
     def call(callbacks=()):
-        train.checkpoint_into(folder)  # the stage runs (again)
+        settings.use(settings.Settings(checkpoints=folder))  # the stage runs (again)
         return train.sft(copy.deepcopy(base), tok, prep.splits["train"], [], p, learning_rate=1e-2,
                          peft_config=train.lora_config(p), callbacks=callbacks)
 
@@ -447,4 +447,4 @@ def test_a_resumed_call_counts_the_training_seconds_before_the_resume(tiny, tmp_
         blind = call()
         assert blind.resumed_from_step == resumed.steps and blind.tokens_per_second is None
     finally:
-        train.checkpoint_into(None)
+        settings.use(settings.Settings())
