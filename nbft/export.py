@@ -78,8 +78,15 @@ def _inline_js(text: str) -> str:
     return re.sub(r"</(script)", r"<\\/\1", text, flags=re.I)
 
 
+#: Cells whose source the HTML report leaves out (their outputs, if any, stay): the notebook's defaults and the
+#: values Papermill injected. The setup cell shows the parameters instead (``report.parameters_html``); the
+#: executed .ipynb keeps both cells.
+HIDDEN_INPUT_TAGS = ("parameters", "injected-parameters")
+
+
 def export_html(nb_path: str | Path, out: str | Path | None = None) -> Path:
-    """Write the executed notebook as one self-contained HTML file (default: next to it, ``.html``).
+    """Write the executed notebook as one self-contained HTML file (default: next to it, ``.html``), without the
+    source of the parameter cells (``HIDDEN_INPUT_TAGS``).
 
     Widgets render from the embedded state with the inlined renderer; without a vendored renderer
     (no registry reachable, nothing cached) each widget shows its static fallback instead.
@@ -87,6 +94,7 @@ def export_html(nb_path: str | Path, out: str | Path | None = None) -> Path:
     """
     import nbformat
     from nbconvert import HTMLExporter
+    from nbconvert.preprocessors import TagRemovePreprocessor
 
     nb_path = Path(nb_path)
     nb = nbformat.read(nb_path, as_version=4)
@@ -101,6 +109,7 @@ def export_html(nb_path: str | Path, out: str | Path | None = None) -> Path:
 
         warnings.warn(f"{nb_path.name}: widgets will show their static copies only ({e})", stacklevel=2)
     exporter = HTMLExporter(extra_template_basedirs=[str(TEMPLATES)], template_name=TEMPLATE)
+    exporter.register_preprocessor(TagRemovePreprocessor(remove_input_tags=set(HIDDEN_INPUT_TAGS)), enabled=True)
     body, _ = exporter.from_notebook_node(nb, resources=resources)
     out = Path(out) if out else nb_path.with_suffix(".html")
     return files.write_atomic(out, body)

@@ -93,7 +93,7 @@ def load_runs(folders) -> dict[str, dict]:
     for f in folders:
         f = Path(f)
         profile = yaml.safe_load((f / "params.yaml").read_text()) if (f / "params.yaml").exists() else {}
-        out[f.name] = {"path": f, "metrics": runs.read_json(f / "metrics.json", {}) or {},
+        out[f.name] = {"path": f, "metrics": runs.upgrade(runs.read_json(f / "metrics.json", {}) or {}),
                        "params": profile or {}, "status": runs.read_json(f / "status.json", {}) or {}}
     return out
 
@@ -220,9 +220,9 @@ def parameters_html(stage: str, p, run_dir: str | Path | None = None) -> str:
     fields = dataclasses.fields(p)
 
     def table(chosen) -> str:
-        rows = "".join(f"<tr><td class='v'>{html.escape(f.name)}</td>"
-                       f"<td class='v'>{html.escape(_shown_value(getattr(p, f.name), run_dir))}</td>"
-                       f"<td class='v'>{html.escape(_shown_value(getattr(defaults, f.name), run_dir))}</td>"
+        rows = "".join(f'<tr><td class="v">{html.escape(f.name)}</td>'
+                       f'<td class="v">{html.escape(_shown_value(getattr(p, f.name), run_dir))}</td>'
+                       f'<td class="v">{html.escape(_shown_value(getattr(defaults, f.name), run_dir))}</td>'
                        f"<td>{html.escape(f.metadata.get('help', ''))}</td></tr>" for f in chosen)
         return ("<table><thead><tr><th>parameter</th><th>value</th><th>default</th><th>what it does</th></tr></thead>"
                 f"<tbody>{rows}</tbody></table>")
@@ -231,7 +231,7 @@ def parameters_html(stage: str, p, run_dir: str | Path | None = None) -> str:
     title = f"<p><strong>Parameters of {html.escape(stage)}</strong>: " + (
         f"{len(changed)} of {len(fields)} differ from the defaults</p>{table(changed)}" if changed
         else f"all {len(fields)} at their defaults</p>")
-    return (f"<div class='nbft-parameters'>{PARAMETERS_CSS}{title}<details><summary>all {len(fields)} parameters"
+    return (f'<div class="nbft-parameters">{PARAMETERS_CSS}{title}<details><summary>all {len(fields)} parameters'
             f"</summary>{table(fields)}</details></div>")
 
 
@@ -256,7 +256,7 @@ def index_page(run_dir: str | Path) -> str:
     import jinja2
 
     run_dir = Path(run_dir)
-    metrics = runs.read_json(run_dir / "metrics.json", {}) or {}
+    metrics = runs.upgrade(runs.read_json(run_dir / "metrics.json", {}) or {})
     status = runs.read_json(run_dir / "status.json", {}) or {}
     names = [s for s in params.STAGES if s in metrics or (run_dir / f"{s}.html").exists() or s in status.get("stages", {})]
     stages = []

@@ -3,6 +3,7 @@
 One smoke run is shared by the tests of this module (module-scoped fixture);
 each bad-input test checks that it leaves that earlier run untouched.
 """
+import contextlib
 import hashlib
 import csv
 import json
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from html import escape
 from html.parser import HTMLParser
 
 from nbft import cli, export, models, params, peft, report
@@ -28,6 +30,28 @@ def snapshot(folder: Path) -> dict:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def stderr_of(run: Path) -> Path:
+    """Where ``smoke_run`` keeps what was written to file descriptor 2 while it ran (the kernels inherit it)."""
+    return run.parent.with_name(run.parent.name + "-stderr.txt")
+
+
+@contextlib.contextmanager
+def fd2_into(path: Path):
+    """File descriptor 2 (what child processes such as the notebook kernels write their stderr to) goes to ``path``
+    for the duration; afterwards the text is also written to the stderr it replaced (pytest shows it on a failure)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(path, "wb") as f:
+        os.dup2(f.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+    sys.stderr.write(path.read_text(errors="replace"))
+
+
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     runs_dir = tmp_path_factory.mktemp("runs")
@@ -37,7 +61,8 @@ def smoke_run(tmp_path_factory):
     os.chdir(ROOT)
     try:
         # two stages at once (make run's --jobs auto on 2 cores): every test of this module reads a parallel run
-        rc = cli.main(["run", "--params", SMOKE, "--name", "smoke", "--no-progress", "--jobs", "2"])
+        with fd2_into(stderr_of(runs_dir / "smoke")):
+            rc = cli.main(["run", "--params", SMOKE, "--name", "smoke", "--no-progress", "--jobs", "2"])
     finally:
         os.chdir(cwd)
     yield rc, runs_dir / "smoke"
@@ -280,6 +305,34 @@ def test_smoke_reports_read_as_reports(smoke_run):
     # 02_sft used 01's splits from the same run
     sft = (run / "02_sft.ipynb").read_text()
     assert "01_data_prep artifacts in this run" in sft
+    # the report leaves out the source of the defaults cell and of Papermill's injected cell (the executed notebook
+    # keeps both): a help comment of the defaults cell, Papermill's "# Parameters" comment
+    html = (run / "02_sft.html").read_text()
+    assert "celltag_parameters" in html and "celltag_injected-parameters" in html
+    assert escape(f"# {params.SFTParams.__dataclass_fields__['batch_size'].metadata['help']}") not in html
+    assert '<span class="c1"># Parameters</span>' not in html
+    nb = json.loads(sft)
+    assert [c["source"] for c in nb["cells"] if "injected-parameters" in c["metadata"].get("tags", [])]
+    # the kernels talk to the runner over unix sockets: no warning of an unencrypted TCP transport in the run's log
+    assert "[IPKernelApp] WARNING" not in stderr_of(run).read_text()
+
+
+def test_smoke_reports_open_with_their_parameters_and_show_no_machine_paths(smoke_run):
+    """A stage report's first output is its parameters table (what differs from the defaults, all of them one click
+    away); no report holds an absolute path of the machine (the run folder, the project, the home folder, /tmp/).
+    The setup cell makes both true: its first output is ``report.parameters_html(stage, p, run.path)``, and its header
+    prints the run folder and the model as ``files.relative`` writes them."""
+    _, run = smoke_run
+    for stage in params.STAGES:
+        html = (run / f"{stage}.html").read_text()
+        body = html[html.index("<body"):]  # (the head's style sheet names the output classes too)
+        first = body.index("jp-OutputArea-output")  # the report's first output ...
+        second = body.find("jp-OutputArea-output", first + 1)
+        assert first < body.index('class="nbft-parameters"') < (second if second > 0 else len(body)), stage  # ... is it
+        assert "differ from the defaults" in body and "parameters</summary>" in body, stage
+        for machine in (str(run.resolve()), str(run), str(ROOT), str(Path.home()) + "/", "/tmp/"):
+            assert machine not in html, (stage, machine, html[max(0, html.index(machine) - 200):][:300])
+    assert "runs/smoke/artifacts/01_data_prep" in (run / "02_sft.html").read_text()
 
 
 class Tables(HTMLParser):

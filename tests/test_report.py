@@ -211,3 +211,58 @@ def test_sweep_points_say_ok_failed_interrupted_or_not_run(runs_dir):
     results = {r: page.split(f">{r}</a>", 1)[1].split("</tr>", 1)[0].rsplit("<td>", 1)[1].split("<", 1)[0]
                for r in codes}
     assert results == {"a": "ok", "b": "failed", "c": "interrupted", "d": "interrupted", "e": "not run"}
+
+
+# ---------------------------------------------------------------- a stage report's parameters, paths as shown
+
+def test_parameters_html_shows_what_differs_then_every_parameter_escaped(tmp_path):
+    import dataclasses
+
+    from nbft import params
+
+    p = params.SFTParams()
+    p.batch_size, p.model = 3, HOSTILE[1]
+    page = report.parameters_html("02_sft", p, tmp_path / "runs" / "r1")
+    n = len(dataclasses.fields(p))
+    head, details = page.split("<details>")
+    assert "2 of %d differ from the defaults" % n in head
+    # the differing values, each with its default and its help text; nothing else before the details
+    assert '<td class="v">batch_size</td><td class="v">3</td><td class="v">8</td>' in head
+    assert "examples per optimizer step (per device)" in head and head.count("<tr>") == 1 + 2
+    assert "learning_rate" not in head
+    # the full set one click away
+    assert details.startswith(f"<summary>all {n} parameters</summary>")
+    for f in dataclasses.fields(p):
+        assert f'<td class="v">{f.name}</td>' in details, f.name
+    assert details.count("<tr>") == 1 + n
+    # a value is user text
+    assert "&lt;script&gt;alert(2)&lt;/script&gt;" in head
+    assert_inert(page)
+    # all at their defaults: no table before the details
+    page = report.parameters_html("02_sft", params.SFTParams())
+    assert f"all {n} at their defaults" in page and page.split("<details>")[0].count("<table>") == 0
+
+
+def test_parameters_html_shows_paths_relative_to_the_run_or_the_project(tmp_path, root):
+    from nbft import params
+
+    run = tmp_path / "runs" / "r1"
+    p = params.ReportParams(compare_runs=[str(run.parent / "r0"), str(root / "data" / "x.jsonl"),
+                                          str(tmp_path / "home" / "me" / "secret.jsonl")])
+    page = report.parameters_html("99_report", p, run)
+    assert "[&#x27;runs/r0&#x27;, &#x27;data/x.jsonl&#x27;, &#x27;secret.jsonl&#x27;]" in page
+    assert str(tmp_path) not in page and str(root) not in page
+
+
+@pytest.mark.parametrize("path, expected", [
+    ("{run}", "runs/r1"), ("{run}/artifacts/02_sft", "runs/r1/artifacts/02_sft"),
+    ("{runs}/r0/01_data_prep.html", "runs/r0/01_data_prep.html"),  # another run beside it
+    ("{root}/data/x.jsonl", "data/x.jsonl"), ("{root}", "."),
+    ("/elsewhere/me/secret.jsonl", "secret.jsonl"), ("~/data/y.csv", "y.csv"),
+    ("tiny-llama", "tiny-llama"), ("owner/name", "owner/name"), ("data/x.jsonl", "data/x.jsonl"), ("", ""),
+])
+def test_relative_shows_nothing_of_the_machine(path, expected, tmp_path, root):
+    from nbft import files
+
+    run = tmp_path / "runs" / "r1"
+    assert files.relative(path.format(run=run, runs=run.parent, root=root), run) == expected
