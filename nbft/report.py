@@ -93,7 +93,7 @@ def load_runs(folders) -> dict[str, dict]:
     for f in folders:
         f = Path(f)
         profile = yaml.safe_load((f / "params.yaml").read_text()) if (f / "params.yaml").exists() else {}
-        out[f.name] = {"path": f, "metrics": runs.upgrade(runs.read_json(f / "metrics.json", {}) or {}),
+        out[f.name] = {"path": f, "metrics": runs.read_json(f / "metrics.json", {}) or {},
                        "params": profile or {}, "status": runs.read_json(f / "status.json", {}) or {}}
     return out
 
@@ -256,7 +256,7 @@ def index_page(run_dir: str | Path) -> str:
     import jinja2
 
     run_dir = Path(run_dir)
-    metrics = runs.upgrade(runs.read_json(run_dir / "metrics.json", {}) or {})
+    metrics = runs.read_json(run_dir / "metrics.json", {}) or {}
     status = runs.read_json(run_dir / "status.json", {}) or {}
     names = [s for s in params.STAGES if s in metrics or (run_dir / f"{s}.html").exists() or s in status.get("stages", {})]
     stages = []
