@@ -708,6 +708,16 @@ def best(rows: dict[str, dict], kind: str | None = None) -> str | None:
     return max(ok, key=lambda k: (ok[k]["accuracy"], -ok[k]["trainable_params"])) if ok else None
 
 
+def metrics(d: ClassData, rows: dict[str, dict], shift: dict | None, curve: dict, cond: dict | None) -> dict:
+    """06_classify's section of metrics.json (with ``findings`` and ``thresholds`` added by the notebook): one row per
+    approach (``metrics_row``), the domain shift, the adaptation curve, conditional pretraining (its samples left
+    out); ``n_eval``: source-domain test messages, ``n_target_test``: target-domain ones."""
+    return {"methods": {k: metrics_row(v) for k, v in rows.items()}, "shift": shift,
+            "adapt_curve": {str(n): c for n, c in curve.items()},
+            "conditional": {k: v for k, v in (cond or {}).items() if k != "samples"} or None,
+            "labels": d.labels, "n_train": len(d.train), "n_eval": len(d.test), "n_target_test": len(d.target_test)}
+
+
 def findings(rows: dict[str, dict], shift: dict | None, curve: dict, cond: dict | None) -> list[str]:
     """Sentences from the numbers (``THRESHOLDS`` say what "beats", "costs", "pays" and "controls" meant)."""
     t, out = THRESHOLDS, []

@@ -14,6 +14,7 @@ Rendered record (exactly what the model sees; ``prompt`` + ``completion``)::
 from __future__ import annotations
 
 import csv
+from collections import Counter
 import difflib
 import io
 import json
@@ -482,6 +483,17 @@ def prepare(p, tokenizer) -> Prepared:
     rendered = [render(r, tokenizer, p.template) for r in records]
     kept, removed = quality_filter(rendered, tokenizer, p.min_tokens, p.max_tokens, p.check_format)
     return Prepared(split(kept, p.validation_fraction, p.test_fraction, p.seed), len(raw), n_dup, removed)
+
+
+def metrics(n_raw: int, n_removed_duplicates: int, removed_by_filter: dict[str, int],
+            splits: dict[str, list[dict]], stats: dict[str, dict]) -> dict:
+    """01_data_prep's section of metrics.json (with ``findings`` added by the notebook): each split's size
+    (``n_train``, ``n_validation``, ``n_test``), what cleaning removed, the training split's median length in tokens
+    and its examples per task."""
+    return {**{f"n_{name}": len(recs) for name, recs in splits.items()}, "n_raw": n_raw,
+            "n_removed_duplicates": n_removed_duplicates, "n_removed_filtered": sum(removed_by_filter.values()),
+            "removed_by_filter": removed_by_filter, "median_tokens": stats.get("train", {}).get("median"),
+            "n_by_task": dict(Counter(r.get("task", "(none)") for r in splits.get("train", [])))}
 
 
 def findings(n_raw: int, n_removed_duplicates: int, removed_by_filter: dict[str, int], splits: dict[str, list[dict]],

@@ -76,7 +76,7 @@ METHODS = {m.name: m for m in [
 TRAINED = tuple(k for k, m in METHODS.items() if m.data != "none")
 
 #: what every evaluated model records (teacher, student_base, each method)
-METRIC_KEYS = ("task_score", "answer_accuracy", "general_qa", "knowledge_score", "ppl_general", "params", "size_mb",
+METRIC_KEYS = ("task_score", "answer_accuracy", "general_qa", "knowledge_score", "ppl_general", "total_params", "size_mb",
                "gen_tokens_per_second")
 #: what a method row records besides
 ROW_KEYS = ("seconds", "steps", "style_gap_closed", "knowledge_gap_closed")
@@ -410,9 +410,9 @@ def knowledge_score(res: dict) -> float:
 
 
 def size(model) -> dict:
-    """{"params": parameters (tied weights once), "size_mb": their bytes in memory, MiB}."""
+    """{"total_params": parameters (tied weights once), "size_mb": their bytes in memory, MiB}."""
     ps = list(model.parameters())
-    return {"params": sum(x.numel() for x in ps), "size_mb": sum(x.numel() * x.element_size() for x in ps) / 2**20}
+    return {"total_params": sum(x.numel() for x in ps), "size_mb": sum(x.numel() * x.element_size() for x in ps) / 2**20}
 
 
 def generation_speed(model, tokenizer, prompts: list[str], max_new_tokens: int, precision: str,
@@ -553,7 +553,7 @@ def metrics(teacher: dict, base: dict, rows: dict[str, dict], notes: dict, stude
             "gap_notes": notes, "student_layers": student["layers"], "student_kept": student["kept"],
             "student_block_influence": student.get("influence"),
             "imitation_data": None if imitation is None else {
-                "n": len(imitation.replies), "sampling": imitation.sampling, "seconds": imitation.seconds,
+                "n_train": len(imitation.replies), "sampling": imitation.sampling, "seconds": imitation.seconds,
                 "task_score": imitation.task_score, "answer_accuracy": imitation.answer_accuracy},
             "n_train": len(d.train), "n_unlabelled": len(d.unlabelled), "n_eval": len(d.test), "task_check": d.check,
             "scope": p.scope, "max_steps": p.max_steps, "beta": p.beta}
@@ -586,8 +586,8 @@ def findings(teacher: dict, base: dict, rows: dict[str, dict], notes: dict, stud
     t, out = THRESHOLDS, []
     built = (f"{len(student['kept'])} of {student['source_layers']} blocks, " if student and student.get("kept") else "")
     speedup = base["gen_tokens_per_second"] / teacher["gen_tokens_per_second"] if teacher["gen_tokens_per_second"] else 0
-    out.append(f"Student ({built}{base['params'] / 1e6:.1f} M parameters, {base['size_mb']:.0f} MB) vs teacher "
-               f"({teacher['params'] / 1e6:.1f} M, {teacher['size_mb']:.0f} MB): {base['gen_tokens_per_second']:.0f} vs "
+    out.append(f"Student ({built}{base['total_params'] / 1e6:.1f} M parameters, {base['size_mb']:.0f} MB) vs teacher "
+               f"({teacher['total_params'] / 1e6:.1f} M, {teacher['size_mb']:.0f} MB): {base['gen_tokens_per_second']:.0f} vs "
                f"{teacher['gen_tokens_per_second']:.0f} generated tokens/s, {speedup:.1f}x — "
                + (f"at least {t['faster']:g}x faster." if speedup >= t["faster"] else f"short of {t['faster']:g}x."))
     out.append(f"The gaps to close: style (task score) teacher {teacher['task_score']:.2f} vs untrained student "

@@ -818,8 +818,27 @@ def select(facts: Sequence[Fact], n: int, seed: int = 0) -> list[Fact]:
     return out
 
 
+def curve_row(result: dict, n_train: int, run) -> dict:
+    """One point of the paraphrase curve: accuracy (open, multiple choice) after fine-tuning on ``n_train`` texts, and
+    the training's seconds and steps (``run``: its ``train.TrainResult``)."""
+    return {"open": result["open"], "mc": result["mc"], "n_train": n_train, "seconds": run.seconds, "steps": run.steps}
+
+
+def metrics(p, facts: list, results: dict[str, dict], order: list[str], curve_runs: dict, index_rows: list[dict], *,
+            recall_at_k: dict, retrieval_ms_p50: float, n_eval: int, n_mc: int, n_train: int, n_chunks: int) -> dict:
+    """05_rag_vs_ft's section of metrics.json (with ``findings`` and ``thresholds`` added by the notebook): accuracy
+    per method (open, multiple choice) and per fact type, the paraphrase curve (``curve_row``), retrieval's recall and
+    latency per index type; ``n_train``: the documents fine-tuning trains on."""
+    return {"accuracy": {m: {"open": results[m]["open"], "mc": results[m]["mc"]} for m in order},
+            "accuracy_by_type": {m: accuracy_by(facts, results[m]["open_ok"]) for m in order},
+            "recall_at_k": recall_at_k, "retrieval_ms_p50": retrieval_ms_p50,
+            "paraphrase_curve": {k: v["open"] for k, v in curve_runs.items()}, "paraphrase_runs": curve_runs,
+            "n_eval": n_eval, "n_mc": n_mc, "n_train": n_train, "n_chunks": n_chunks, "index": p.index,
+            "top_k": p.top_k, "indexes": {r["index"]: r for r in index_rows}}
+
+
 def findings(acc: dict, paraphrase_curve: dict, recall_at_k: dict, top_k: int) -> list[str]:
-    """One sentence per comparison the paper makes, worded by this run's numbers."""
+    """One sentence per comparison the paper makes, worded by this run's numbers (``acc``: ``metrics``' accuracy)."""
     out = []
     ft_only = {m: acc[m]["open"] for m in ("ft", "ft_paraphrase") if m in acc}
     if "rag" in acc:

@@ -302,7 +302,7 @@ class PeakRSS:
 
 
 #: A method that trains this share of the model's weights or more (full; freeze, ~10% for the default) is saved,
-#: measured (``adapter_mb``) and removed: a run keeps adapters (issue 16: a default run folder under 300 MB).
+#: measured (``size_mb``) and removed: a run keeps adapters (issue 16: a default run folder under 300 MB).
 KEEP_MAX_PCT = 5.0
 
 
@@ -311,7 +311,7 @@ def run_method(name: str, p, tokenizer, train_set: list[dict], validation: list[
     """Train one method under the shared budget and measure everything the results table shows.
 
     Returns a row: trainable_params, trainable_pct, seconds, tokens_per_second, peak_mem_mb, eval_loss,
-    task_score, adapter_mb, mergeable, merge_max_abs_diff, ppl_general, log_history, outputs, status.
+    task_score, size_mb, mergeable, merge_max_abs_diff, ppl_general, log_history, outputs, status.
     A method that cannot run here returns status "skipped: needs ..." and no numbers.
     """
     method = METHODS[name]
@@ -333,7 +333,7 @@ def run_method(name: str, p, tokenizer, train_set: list[dict], validation: list[
         row = {"status": "ok", "note": method.note, "trainable_params": trainable,
                "trainable_pct": 100 * trainable / total, "seconds": res.seconds,
                "tokens_per_second": res.tokens_per_second, "peak_mem_mb": mem.mb, "eval_loss": res.eval_loss,
-               "adapter_mb": saved_mb, "kept": kept, "mergeable": method.mergeable, "merge_max_abs_diff": None,
+               "size_mb": saved_mb, "kept": kept, "mergeable": method.mergeable, "merge_max_abs_diff": None,
                "learning_rate": learning_rate(method, p), "log_history": [r for r in res.log_history if "loss" in r]}
         ev = evaluate.evaluate_model(model, tokenizer, test_set, check, precision, p.max_new_tokens,
                                      p.eval_batch_size, probe=False)
@@ -372,6 +372,24 @@ def second_task_data(p, tokenizer) -> dict[str, list[dict]]:
     common = {k: getattr(p, k) for k in params.common_names()}
     dp = params.DataPrepParams(**common, n_examples=p.n_second_task, demo_tasks=[p.second_task])
     return data.prepare(dp, tokenizer).splits
+
+
+#: The numbers each method's row of the results table holds (``run_method``), in the table's order.
+COLUMNS = ("status", "trainable_params", "trainable_pct", "seconds", "tokens_per_second", "peak_mem_mb", "eval_loss",
+           "task_score", "size_mb", "mergeable", "merge_max_abs_diff", "ppl_general")
+
+
+def metrics(results: dict[str, dict], base: dict, lora_vs_full: dict, branches: dict, p, *, n_train: int,
+            n_eval: int) -> dict:
+    """03_peft's section of metrics.json (with ``findings`` and ``thresholds`` added by the notebook): one row per
+    method (``COLUMNS``), the trunk-and-branches demo, LoRA vs full, the base model's task score and forgetting
+    probe."""
+    return {"methods": {k: {c: v.get(c) for c in COLUMNS} for k, v in results.items()},
+            "n_methods_ok": sum(v["status"] == "ok" for v in results.values()),
+            "adapter_switch_ok": branches["ok"], "adapter_scores": branches["scores"],
+            "merged_reload_max_abs_diff": branches["merged_reload_max_abs_diff"], "lora_vs_full": lora_vs_full,
+            "task_score_before": base["task_score"], "ppl_general_before": base["ppl_general"],
+            "max_steps": p.max_steps, "n_train": n_train, "n_eval": n_eval}
 
 
 def findings(rows: dict[str, dict], base: dict, lora_vs_full: dict, branches: dict | None) -> list[str]:

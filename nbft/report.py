@@ -93,7 +93,7 @@ def load_runs(folders) -> dict[str, dict]:
     for f in folders:
         f = Path(f)
         profile = yaml.safe_load((f / "params.yaml").read_text()) if (f / "params.yaml").exists() else {}
-        out[f.name] = {"path": f, "metrics": runs.read_json(f / "metrics.json", {}) or {},
+        out[f.name] = {"path": f, "metrics": runs.upgrade(runs.read_json(f / "metrics.json", {}) or {}),
                        "params": profile or {}, "status": runs.read_json(f / "status.json", {}) or {}}
     return out
 
@@ -181,6 +181,11 @@ def check_inputs(p: params.ReportParams) -> None:
             raise params.ParamError(f"99_report.{e}") from None
 
 
+def metrics(loaded: dict[str, dict], stages: list[str], tables: list) -> dict:
+    """99_report's section of metrics.json (with ``findings`` added by the notebook)."""
+    return {"compare_runs": list(loaded), "stages": stages, "n_tables": len(tables)}
+
+
 def findings(loaded: dict[str, dict], stages: list[str], diff: list[dict]) -> list[str]:
     """What 99_report can say from the recorded numbers alone: what it compares, what differs, what is missing."""
     out = [f"{len(loaded)} run(s) compared over {len(stages)} stage(s): {', '.join(loaded)}."]
@@ -256,7 +261,7 @@ def index_page(run_dir: str | Path) -> str:
     import jinja2
 
     run_dir = Path(run_dir)
-    metrics = runs.read_json(run_dir / "metrics.json", {}) or {}
+    metrics = runs.upgrade(runs.read_json(run_dir / "metrics.json", {}) or {})
     status = runs.read_json(run_dir / "status.json", {}) or {}
     names = [s for s in params.STAGES if s in metrics or (run_dir / f"{s}.html").exists() or s in status.get("stages", {})]
     stages = []

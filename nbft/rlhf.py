@@ -559,6 +559,32 @@ def check_inputs(p) -> None:
         load_pairs(p.preferences)
 
 
+def metrics(p, judged: dict[str, dict], *, start: str, n_pairs_train: int, n_pairs_heldout: int, n_train: int,
+            rm_accuracy: float, rm_accuracy_train: float, rl_run, dpo_run, rm_run) -> dict:
+    """04_rlhf's section of metrics.json (``findings`` reads it; the notebook adds them and ``thresholds``):
+    ``judged`` is ``judge``'s verdict on the held-out prompts for each policy (sft, rl, dpo); ``*_run`` the three
+    trainings' ``train.TrainResult``. ``seconds``: the three trainings together (``seconds_by_part``: each)."""
+    n = len(judged["sft"]["reward"])
+    parts = {"reward_model": rm_run.seconds, "rl": rl_run.seconds, "dpo": dpo_run.seconds}
+    return {
+        "policy_start": start, "rl_algo": p.rl_algo, "preference_loss": p.preference_loss,
+        "n_pairs_train": n_pairs_train, "n_pairs_heldout": n_pairs_heldout, "n_train": n_train, "n_eval": n,
+        "rm_accuracy": rm_accuracy, "rm_accuracy_train": rm_accuracy_train,
+        "rl_mean_reward_before": sum(judged["sft"]["reward"]) / n, "rl_mean_reward_after": sum(judged["rl"]["reward"]) / n,
+        "dpo_mean_reward": sum(judged["dpo"]["reward"]) / n, "rl_kl": log_mean(rl_run.log_history, "kl"),
+        "rl_train_reward_first": log_mean(rl_run.log_history, "reward", first=True),
+        "rl_train_reward_last": log_mean(rl_run.log_history, "reward"),
+        "winrate_rl_vs_sft": win_rate(judged["rl"]["scores"], judged["sft"]["scores"]),
+        "winrate_dpo_vs_sft": win_rate(judged["dpo"]["scores"], judged["sft"]["scores"]),
+        "rule_score_sft": judged["sft"]["rule_score"], "rule_score_rl": judged["rl"]["rule_score"],
+        "rule_score_dpo": judged["dpo"]["rule_score"],
+        "pass_rate": {k: v["pass_rate"] for k, v in judged.items()},
+        "mean_words": {k: v["mean_words"] for k, v in judged.items()},
+        "distinct_trigrams": {k: v["distinct_trigrams"] for k, v in judged.items()},
+        "seconds": sum(parts.values()), "seconds_by_part": parts,
+    }
+
+
 def findings(m: dict) -> list[str]:
     """One sentence per result, worded by the numbers (whichever way they go) and ``THRESHOLDS``."""
     t = THRESHOLDS

@@ -442,6 +442,153 @@ def write_status(run_dir: Path, append: dict | None = None, **fields: Any) -> di
     return status
 
 
+# ---------------------------------------------------------------- the metrics vocabulary
+
+#: The metric names stages share, what each means and the kind of value it holds. A key of metrics.json at any depth
+#: that is one of these means exactly this; ``<name>_before`` / ``<name>_after``: the same measure of the stage's
+#: model before / after its main training (a row of a comparison describes one model: no suffix); ``<name>_by_<x>``:
+#: a mapping x -> <name>. Each stage builds its record in its own module (``<module>.metrics``);
+#: tests/test_metrics.py holds every stage's keys to this table.
+VOCABULARY: dict[str, tuple[str, str]] = {
+    "seconds": ("seconds", "wall-clock seconds of the training (or the work) the record or row describes"),
+    "tokens_per_second": ("rate", "training throughput: tokens trained on per second of training"),
+    "gen_tokens_per_second": ("rate", "generation throughput: tokens generated per second"),
+    "trainable_params": ("count", "weights that train"),
+    "trainable_pct": ("rate", "weights that train, % of all the model's weights"),
+    "total_params": ("count", "all the model's weights"),
+    "size_mb": ("rate", "what is kept on disk, MB"),
+    "peak_mem_mb": ("rate", "peak memory of the training, MB"),
+    "steps": ("count", "optimizer steps"),
+    "eval_loss": ("number", "loss on the validation split"),
+    "accuracy": ("share", "share of held-out items answered or labelled right (0-1)"),
+    "task_score": ("share", "share of held-out replies that pass the task's programmatic check (0-1)"),
+    "answer_accuracy": ("share", "share of held-out replies that contain the reference answer (0-1)"),
+    "general_qa": ("share", "share of general questions answered right: the forgetting probe (0-1)"),
+    "ppl_general": ("ppl", "perplexity on held-out general text: the forgetting probe"),
+    "n_train": ("count", "examples (documents, pairs, prompts) the stage's training, or the row's, used"),
+    "n_eval": ("count", "held-out items scored"),
+    "findings": ("text", "sentences written from the numbers"),
+    "thresholds": ("mapping", "what the findings' words (learned, within, ...) meant, as numbers"),
+    "profile": ("mapping", "where the stage's time went: loading, training, generation, scoring, other (seconds)"),
+}
+#: Names no stage may use, and the vocabulary name they mean.
+SYNONYMS = {"train_seconds": "seconds", "elapsed": "seconds", "time_s": "seconds", "secs": "seconds",
+            "train_tokens_per_second": "tokens_per_second", "adapter_mb": "size_mb", "model_mb": "size_mb",
+            "acc": "accuracy", "acc_by_type": "accuracy_by_type", "params": "total_params",
+            "num_params": "total_params", "n_params": "total_params", "n_documents": "n_train",
+            "n_examples": "n_train", "texts": "n_train", "n": "n_train", "ppl": "ppl_general"}
+#: Keys renamed when the vocabulary came (issue 34): (stage, old dotted path, '*' for any one key; the new path, or
+#: None where the value was a second copy of another key's). ``upgrade`` reads an older run's metrics.json through
+#: them, so old runs still list and compare under the new names.
+RENAMED = (
+    ("02_sft", "train_seconds", "seconds"),
+    ("02_sft", "train_tokens_per_second", "tokens_per_second"),
+    ("02_sft", "scope_comparison.*.ppl_general_after", "scope_comparison.*.ppl_general"),
+    ("02_sft", "scope_comparison.*.general_qa_after", "scope_comparison.*.general_qa"),
+    ("02_sft", "quality_comparison.n_examples", "quality_comparison.n_train"),
+    ("03_peft", "methods.*.adapter_mb", "methods.*.size_mb"),
+    ("04_rlhf", "seconds", "seconds_by_part"),  # was {reward_model, rl, dpo}: seconds is now their sum
+    ("05_rag_vs_ft", "acc", "accuracy"),
+    ("05_rag_vs_ft", "acc_by_type", "accuracy_by_type"),
+    ("05_rag_vs_ft", "n_documents", None),  # n_train's number
+    ("05_rag_vs_ft", "paraphrase_runs.*.texts", "paraphrase_runs.*.n_train"),
+    ("06_classify", "n_test", None),  # n_eval's number
+    ("07_distill", "teacher.params", "teacher.total_params"),
+    ("07_distill", "student_base.params", "student_base.total_params"),
+    ("07_distill", "methods.*.params", "methods.*.total_params"),
+    ("07_distill", "imitation_data.n", "imitation_data.n_train"),
+)
+
+
+def _rename(node: dict, old: list[str], new: list[str] | None) -> None:
+    """Move ``node[old...]`` to ``node[new...]`` in place ('*': every key at that level; None: drop it)."""
+    head, rest = old[0], old[1:]
+    keys = list(node) if head == "*" else [head] if head in node else []
+    for k in keys:
+        if rest:
+            if isinstance(node[k], dict):
+                _rename(node[k], rest, new[1:] if new else None)
+        elif new is None:
+            node.pop(k)
+        else:
+            target = k if new[0] == "*" else new[0]
+            if target not in node:
+                node[target] = node.pop(k)
+
+
+def upgrade(metrics: dict) -> dict:
+    """A run's metrics.json ({stage: section}) with the keys an older nbft wrote under their vocabulary names
+    (``RENAMED``); a copy, the file is not touched. 04's ``seconds`` (the sum of its trainings) is filled in from
+    ``seconds_by_part`` where an old run lacks it."""
+    import copy
+
+    out = copy.deepcopy(metrics)
+    for stage, old, new in RENAMED:
+        section = out.get(stage)
+        if isinstance(section, dict):
+            if stage == "04_rlhf" and old == "seconds" and not isinstance(section.get("seconds"), dict):
+                continue  # already the new form: a number
+            _rename(section, old.split("."), new.split(".") if new else None)
+    rl = out.get("04_rlhf")
+    if isinstance(rl, dict) and isinstance(rl.get("seconds_by_part"), dict) and "seconds" not in rl:
+        rl["seconds"] = sum(v for v in rl["seconds_by_part"].values() if isinstance(v, (int, float)))
+    return out
+
+
+def _kind_ok(kind: str, v: Any, nested: bool = False) -> bool:
+    """Does ``v`` hold what a vocabulary word of ``kind`` holds? A mapping of such values only where ``nested``
+    (``<word>_by_<x>``) or for shares (05's accuracy: method -> open, multiple choice)."""
+    if isinstance(v, dict) and kind != "mapping":
+        return (nested or kind == "share") and all(_kind_ok(kind, x, nested) for x in v.values())
+    number = isinstance(v, (int, float)) and not isinstance(v, bool)
+    return {"seconds": v is None or number and v >= 0, "rate": v is None or number and v >= 0,  # None: not measured
+            "count": v is None or isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+            "share": v is None or number and 0 <= v <= 1, "ppl": v is None or number and v > 0,
+            "number": v is None or number, "text": isinstance(v, list) and all(isinstance(x, str) for x in v),
+            "mapping": isinstance(v, dict)}[kind]
+
+
+def _word(key: str) -> str | None:
+    """The vocabulary word ``key`` is a form of: itself, ``<word>_before`` / ``_after``, ``<word>_by_<x>``."""
+    for form in (key, key.removesuffix("_before"), key.removesuffix("_after"), key.split("_by_")[0]):
+        if form in VOCABULARY:
+            return form
+    return None
+
+
+def vocabulary_problems(stage: str, section: dict) -> list[str]:
+    """What in one stage's section of metrics.json breaks the vocabulary: a synonym of a vocabulary name, a key
+    renamed since (``RENAMED``), a vocabulary name holding another kind of value (``seconds`` as a dict, a share
+    above 1), a row of a comparison (a mapping of mappings) with ``_before``/``_after`` keys. Empty: none."""
+    out = []
+    renamed = [old.split(".") for s, old, _ in RENAMED  # a vocabulary name renamed away (04's seconds as a dict):
+               if s == stage and _word(old.split(".")[-1]) is None]  # its kind check finds the old form
+
+    def matches(path: list[str], pattern: list[str]) -> bool:
+        return len(path) == len(pattern) and all(q in ("*", k) for k, q in zip(path, pattern))
+
+    def walk(node: dict, path: list[str], in_row: bool) -> None:
+        table = bool(node) and all(isinstance(v, dict) for v in node.values())
+        for key, value in node.items():
+            here = [*path, str(key)]
+            name = ".".join(here)
+            if key in SYNONYMS:
+                out.append(f"{stage}.{name}: say '{SYNONYMS[key]}' (runs.VOCABULARY)")
+            if any(matches(here, r) for r in renamed):
+                out.append(f"{stage}.{name}: renamed (runs.RENAMED)")
+            word = _word(str(key))
+            if word and not _kind_ok(VOCABULARY[word][0], value, nested="_by_" in str(key)):
+                out.append(f"{stage}.{name}: {str(value)[:60]!r} is not a {VOCABULARY[word][0]} "
+                           f"({word}: {VOCABULARY[word][1]})")
+            if in_row and str(key).endswith(("_before", "_after")):
+                out.append(f"{stage}.{name}: a row describes one model; drop the _before/_after")
+            if isinstance(value, dict) and word is None:
+                walk(value, here, in_row=table)
+
+    walk(section, [], in_row=False)
+    return out
+
+
 def flatten(metrics: dict, prefix: str = "") -> dict[str, Any]:
     """Nested metrics as dotted keys with scalar values (``{"acc": {"rag": {"open": .8}}}`` ->
     ``{"acc.rag.open": .8}``); lists of scalars are kept whole, lists of rows are left out
@@ -494,6 +641,7 @@ def list_runs(root: Path | None = None, per_stage: int = 2) -> list[dict]:
                 raise ValueError("metrics.json: a stage's section is not an object")
             if not isinstance(status.get("stages", {}), dict):
                 raise ValueError("status.json: 'stages' is not an object")
+            metrics = upgrade(metrics)
             head = {f"{s}.{k}": v for s, m in metrics.items() for k, v in list(headline(s, m).items())[:per_stage]}
             state = run_state(d, status) if status else ("notebook" if metrics else "empty")
             rows.append({"name": d.name, "state": state, "stages": ",".join(metrics), "metrics": head, "path": str(d)})

@@ -77,6 +77,36 @@ def change(before: float, after: float, lower_is_better: bool = False) -> str:
     return ("rose" if up else "fell") + (" (worse)" if up == lower_is_better else " (better)")
 
 
+def scope_row(result: dict, total_params: int) -> dict:
+    """One scope's row of the scope comparison (``metrics``' ``scope_comparison``): the trained model's task score and
+    forgetting probe, what trained and how long. ``result``: ``evaluate.evaluate_model``'s, with ``trainable_params``
+    and ``seconds``."""
+    return {"task_score": result["task_score"], "ppl_general": result["ppl_general"], "general_qa": result["general_qa"],
+            "trainable_params": result["trainable_params"],
+            "trainable_pct": 100 * result["trainable_params"] / total_params, "seconds": result["seconds"]}
+
+
+def metrics(p, base: dict, after: dict, main, *, n_train: int, n_eval: int, check: str, trainable_params: int,
+            total_params: int, by_size: dict, quality: dict, scopes: dict, cpt: tuple[float, float] | None) -> dict:
+    """02_sft's section of metrics.json (with ``findings`` and ``thresholds`` added by the notebook): ``base`` and
+    ``after`` are ``evaluate.evaluate_model``'s results before and after the main run ``main`` (a
+    ``train.TrainResult``), ``scopes`` the scope comparison (``scope_row``), ``cpt`` continued pretraining's domain
+    and general-text perplexity after (None: skipped)."""
+    return {
+        "task_score_before": base["task_score"], "task_score_after": after["task_score"],
+        "answer_accuracy_before": base["answer_accuracy"], "answer_accuracy_after": after["answer_accuracy"],
+        "task_score_by_task": after["by_task"], "task_check": check,
+        "ppl_general_before": base["ppl_general"], "ppl_general_after": after["ppl_general"],
+        "general_qa_before": base["general_qa"], "general_qa_after": after["general_qa"],
+        "eval_loss": main.eval_loss, "seconds": main.seconds, "tokens_per_second": main.tokens_per_second,
+        "trainable_params": trainable_params, "total_params": total_params, "n_train": n_train, "n_eval": n_eval,
+        "mode": p.mode, "scope": p.scope,
+        "task_score_by_size": by_size, "quality_comparison": quality, "scope_comparison": scopes,
+        "cpt_ppl_domain_before": base["ppl_domain"], "cpt_ppl_domain_after": cpt[0] if cpt else None,
+        "cpt_ppl_general_after": cpt[1] if cpt else None,
+    }
+
+
 def findings(base: dict, after: dict, scopes: dict, by_size: dict, quality: dict,
              cpt_domain: tuple[float, float] | None) -> list[str]:
     """Plain sentences, each with its numbers, about what 02_sft measured."""
@@ -96,9 +126,9 @@ def findings(base: dict, after: dict, scopes: dict, by_size: dict, quality: dict
                f"{base['general_qa']:.2f} -> {after['general_qa']:.2f} ({change(base['general_qa'], after['general_qa'])}).")
     for s, r in scopes.items():
         out.append(f"Scope {s}: {r['trainable_pct']:.2f}% of weights, {r['seconds']:.0f} s, task score {r['task_score']:.2f}, "
-                   f"general-text perplexity {r['ppl_general_after']:.2f} "
-                   f"({change(base['ppl_general'], r['ppl_general_after'], True)} vs base {base['ppl_general']:.2f}), "
-                   f"general questions {r['general_qa_after']:.2f}.")
+                   f"general-text perplexity {r['ppl_general']:.2f} "
+                   f"({change(base['ppl_general'], r['ppl_general'], True)} vs base {base['ppl_general']:.2f}), "
+                   f"general questions {r['general_qa']:.2f}.")
     if "lora" in scopes and "full" in scopes:
         gap = scopes["full"]["task_score"] - scopes["lora"]["task_score"]
         out.append(f"LoRA vs full fine-tuning: task score {scopes['lora']['task_score']:.2f} vs {scopes['full']['task_score']:.2f} "
@@ -106,7 +136,7 @@ def findings(base: dict, after: dict, scopes: dict, by_size: dict, quality: dict
                        f"LoRA comes within {t['lora_within']} of full fine-tuning." if abs(gap) <= t["lora_within"] else
                        "LoRA does better than full fine-tuning on this budget." if gap < 0 else
                        f"LoRA falls more than {t['lora_within']} short of full fine-tuning here."))
-        worse = max(scopes, key=lambda k: scopes[k]["ppl_general_after"])
+        worse = max(scopes, key=lambda k: scopes[k]["ppl_general"])
         out.append(f"The most forgetting (highest general-text perplexity after) came with scope '{worse}'.")
     if by_size:
         sizes = sorted(by_size)
@@ -115,7 +145,7 @@ def findings(base: dict, after: dict, scopes: dict, by_size: dict, quality: dict
             f"{enough} clean examples were enough for a score of {t['learned']}." if enough
             else f"no size reached {t['learned']}."))
     if quality:
-        out.append(f"Clean vs unfiltered at {quality['n_examples']} examples: {quality['clean']:.2f} vs {quality['unfiltered']:.2f} "
+        out.append(f"Clean vs unfiltered at {quality['n_train']} examples: {quality['clean']:.2f} vs {quality['unfiltered']:.2f} "
                    + ("(clean data wins)." if quality["clean"] > quality["unfiltered"] + t["clean_margin"] else
                       "(unfiltered did as well or better here)."))
     if cpt_domain:

@@ -254,7 +254,7 @@ def _method_html(name: str, row: dict, prompts: list[str]) -> str:
     ax.plot([h["step"] for h in row["log_history"]], [h["loss"] for h in row["log_history"]])
     ax.set_xlabel("step"); ax.set_ylabel("train loss"); ax.set_title(name)
     nums = {k: row[k] for k in ("trainable_params", "trainable_pct", "seconds", "tokens_per_second", "peak_mem_mb",
-                                "eval_loss", "task_score", "adapter_mb", "mergeable", "merge_max_abs_diff") if k in row}
+                                "eval_loss", "task_score", "size_mb", "mergeable", "merge_max_abs_diff") if k in row}
     samples = [{"prompt": q, "output": o, "pass": ok} for q, o, ok in zip(prompts, row["outputs"], row["passed"])][:6]
     return (f"<div style='display:flex;gap:16px'>{_png(fig)}{html_table([nums])}</div>"
             + html_table(samples, pass_cols=("pass",)))

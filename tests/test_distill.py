@@ -129,7 +129,7 @@ def test_build_student_from_a_spec_is_a_model_folder_of_the_source_blocks(tok, t
     ref = src.state_dict()
     for name, value in student.state_dict().items():
         assert torch.equal(value, ref[name]), name  # block 0 keeps its name and its weights
-    assert distill.size(student)["params"] < distill.size(src)["params"]
+    assert distill.size(student)["total_params"] < distill.size(src)["total_params"]
 
 
 def other_tokenizer_model(tmp_path, change):
@@ -347,7 +347,7 @@ def test_each_method_trains_the_student_and_is_scored(setup, tok, name, scope):
     for k in ("task_score", "answer_accuracy", "general_qa", "knowledge_score"):
         assert 0 <= row[k] <= 1, k
     assert row["ppl_general"] > 1 and row["gen_tokens_per_second"] > 0
-    assert row["params"] == distill.size(before)["params"] and row["size_mb"] > 0
+    assert row["total_params"] == distill.size(before)["total_params"] and row["size_mb"] > 0
     assert len(row["outputs"]) == len(row["answer_passed"]) == len(d.test)
     assert (row["data_seconds"] > 0) == (name == "imitation")
     models.release(after)

@@ -18,7 +18,7 @@ import pytest
 from html import escape
 from html.parser import HTMLParser
 
-from nbft import cli, export, models, params, peft, report
+from nbft import cli, export, models, params, peft, report, runs
 
 pytestmark = pytest.mark.notebook
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,7 +98,7 @@ def test_smoke_metrics(smoke_run):
     assert d["n_removed_duplicates"] > 0 and d["n_removed_filtered"] > 0  # the demo's planted problems
     s = m["02_sft"]
     assert 0 <= s["task_score_before"] <= 1 and 0 <= s["task_score_after"] <= 1
-    assert s["eval_loss"] > 0 and s["train_tokens_per_second"] > 0
+    assert s["eval_loss"] > 0 and s["tokens_per_second"] > 0
     assert 0 < s["trainable_params"] < s["total_params"]
     # issue 3: forgetting probe, sweeps, scopes, continued pretraining
     for k in ["ppl_general_before", "ppl_general_after", "cpt_ppl_domain_before", "cpt_ppl_domain_after"]:
@@ -110,11 +110,11 @@ def test_smoke_metrics(smoke_run):
     assert set(s["task_score_by_size"]) == {str(n) for n in smoke.sweep_sizes} | {str(n_train)}
     assert set(s["scope_comparison"]) == set(smoke.compare_scopes)
     for scope, row in s["scope_comparison"].items():
-        assert set(row) >= {"task_score", "ppl_general_after", "trainable_params", "seconds"}
+        assert set(row) >= {"task_score", "ppl_general", "general_qa", "trainable_params", "seconds"}
         assert 0 <= row["task_score"] <= 1 and row["seconds"] > 0
     sc = s["scope_comparison"]
     assert sc["lora"]["trainable_params"] < sc["freeze"]["trainable_params"] < sc["full"]["trainable_params"] == s["total_params"]
-    assert s["quality_comparison"]["n_examples"] == smoke.quality_size
+    assert s["quality_comparison"]["n_train"] == smoke.quality_size
     assert set(s["task_score_by_task"]) == set(params.resolve(SMOKE)["01_data_prep"].demo_tasks)
     assert len(s["findings"]) >= 5
     # issue 4: one row per method, the table's columns, adapters on one base
@@ -131,7 +131,7 @@ def test_smoke_metrics(smoke_run):
             continue
         assert row["status"] == "ok"
         assert 0 < row["trainable_pct"] <= 100 and row["seconds"] > 0 and row["peak_mem_mb"] > 0
-        assert row["adapter_mb"] > 0 and 0 <= row["task_score"] <= 1 and row["eval_loss"] > 0
+        assert row["size_mb"] > 0 and 0 <= row["task_score"] <= 1 and row["eval_loss"] > 0
         assert isinstance(row["mergeable"], bool)
         if row["mergeable"] and k not in ("full", "freeze"):
             assert row["merge_max_abs_diff"] < 1e-2, (k, row["merge_max_abs_diff"])
@@ -149,12 +149,13 @@ def test_smoke_metrics(smoke_run):
     assert r["rl_kl"] > -1e-3 and r["n_pairs_train"] > 0 and r["n_pairs_heldout"] > 0
     assert r["n_eval"] >= 40 and r["policy_start"].startswith("this run's SFT model")
     assert set(r["mean_words"]) == set(r["pass_rate"]) == {"sft", "rl", "dpo"}
-    assert all(v > 0 for v in r["seconds"].values())
+    assert all(v > 0 for v in r["seconds_by_part"].values())
+    assert r["seconds"] == pytest.approx(sum(r["seconds_by_part"].values()))
     # issue 6: retrieval vs fine-tuning — every method in both forms, recall, latency, the paraphrase curve
     k = m["05_rag_vs_ft"]
     smoke_rag = params.resolve(SMOKE)["05_rag_vs_ft"]
-    assert set(k["acc"]) == {"base", "few_shot", "ft", "ft_paraphrase", "rag", "rag_ft"}
-    for method, a in k["acc"].items():
+    assert set(k["accuracy"]) == {"base", "few_shot", "ft", "ft_paraphrase", "rag", "rag_ft"}
+    for method, a in k["accuracy"].items():
         assert set(a) == {"open", "mc"} and all(0 <= v <= 1 for v in a.values()), method
     assert k["n_eval"] == smoke_rag.n_eval and "n_questions" not in k  # one name for it in every stage
     assert set(k["recall_at_k"]) == {str(x) for x in smoke_rag.recall_ks}
@@ -176,13 +177,13 @@ def test_smoke_metrics(smoke_run):
     cond = c["conditional"]
     assert set(cond["rate_by_tag"]) == {"ham", "spam"} and 0 <= cond["rate_untagged"] <= 1
     assert cond["judge"].startswith("rule") and cond["n_texts"] == smoke_cls.cpt_texts
-    assert c["n_train"] == smoke_cls.n_train and c["n_test"] == smoke_cls.n_test
+    assert c["n_train"] == smoke_cls.n_train and c["n_eval"] == smoke_cls.n_test
     # issue 14: distillation — teacher, untrained student, every method with both gaps, the student it built
     check_distill_metrics(m["07_distill"], params.resolve(SMOKE)["07_distill"])
     assert m["07_distill"]["teacher_model"].startswith("this run's SFT model")  # the teacher is 02's model
 
 
-DISTILL_KEYS = {"task_score", "answer_accuracy", "general_qa", "knowledge_score", "ppl_general", "params", "size_mb",
+DISTILL_KEYS = {"task_score", "answer_accuracy", "general_qa", "knowledge_score", "ppl_general", "total_params", "size_mb",
                 "gen_tokens_per_second"}
 
 
@@ -198,18 +199,28 @@ def check_distill_metrics(x, p):
         assert row["knowledge_score"] == pytest.approx((row["answer_accuracy"] + row["general_qa"]) / 2), name
     for name, row in x["methods"].items():
         assert set(row) == DISTILL_KEYS | {"seconds", "steps", "style_gap_closed", "knowledge_gap_closed"}, name
-        assert row["seconds"] > 0 and row["steps"] == p.max_steps and row["params"] == x["student_base"]["params"]
+        assert row["seconds"] > 0 and row["steps"] == p.max_steps and row["total_params"] == x["student_base"]["total_params"]
         for kind, key in (("style", "task_score"), ("knowledge", "knowledge_score")):
             gap = x["teacher"][key] - x["student_base"][key]
             if abs(gap) < 0.05:  # no gap: None, and the reason is recorded
                 assert row[f"{kind}_gap_closed"] is None and "no gap to close" in x["gap_notes"][kind]
             else:
                 assert row[f"{kind}_gap_closed"] == pytest.approx((row[key] - x["student_base"][key]) / gap)
-    assert x["student_layers"] == p.student_layers and x["student_base"]["params"] < x["teacher"]["params"]
+    assert x["student_layers"] == p.student_layers and x["student_base"]["total_params"] < x["teacher"]["total_params"]
     assert x["speedup"] == pytest.approx(x["student_base"]["gen_tokens_per_second"] / x["teacher"]["gen_tokens_per_second"])
     assert x["n_train"] == p.n_train and x["n_unlabelled"] == p.n_unlabelled and x["n_eval"] == p.n_eval
-    assert x["imitation_data"]["n"] == p.n_train + p.n_unlabelled
+    assert x["imitation_data"]["n_train"] == p.n_train + p.n_unlabelled
     assert any("Gudibande" in f for f in x["findings"]) and len(x["findings"]) >= 6
+
+
+def test_every_stage_speaks_the_metrics_vocabulary(smoke_run):
+    """Issue 34: one name for one measure in every stage (runs.VOCABULARY): no synonym, no key renamed since, every
+    vocabulary name holding its kind of value, comparison rows without _before/_after."""
+    _, run = smoke_run
+    m = json.loads((run / "metrics.json").read_text())
+    assert set(m) == set(params.STAGES)
+    problems = [p for stage, section in m.items() for p in runs.vocabulary_problems(stage, section)]
+    assert problems == []
 
 
 def test_every_stage_records_findings_and_what_they_mean(smoke_run):
@@ -301,7 +312,7 @@ def test_smoke_reports_read_as_reports(smoke_run):
     index = (run / "index.html").read_text()
     for stage in params.STAGES:
         assert f"href='{stage}.html'" in index
-    assert "acc.rag.open = <b>" in index and export.external_urls(index) == []
+    assert "accuracy.rag.open = <b>" in index and export.external_urls(index) == []
     # 02_sft used 01's splits from the same run
     sft = (run / "02_sft.ipynb").read_text()
     assert "01_data_prep artifacts in this run" in sft

@@ -26,17 +26,17 @@ def test_external_urls(html, expected):
 
 
 METRICS = {"01_data_prep": {"n_train": 10, "n_by_task": {"json_qa": 6, "uppercase": 4}},
-           "05_rag_vs_ft": {"acc": {"rag": {"open": 0.8125, "mc": 0.95}, "ft": {"open": 0.0, "mc": 0.25}},
+           "05_rag_vs_ft": {"accuracy": {"rag": {"open": 0.8125, "mc": 0.95}, "ft": {"open": 0.0, "mc": 0.25}},
                             "recall_at_k": {"1": 1.0}, "retrieval_ms_p50": 4.5512, "n_eval": 120,
                             "findings": ["words"], "rows": [{"a": 1}], "ks": [1, 3]}}
 
 
 def test_flatten_and_tables():
     flat = runs.flatten(METRICS["05_rag_vs_ft"])
-    assert flat == {"acc.rag.open": 0.8125, "acc.rag.mc": 0.95, "acc.ft.open": 0.0, "acc.ft.mc": 0.25,
+    assert flat == {"accuracy.rag.open": 0.8125, "accuracy.rag.mc": 0.95, "accuracy.ft.open": 0.0, "accuracy.ft.mc": 0.25,
                     "recall_at_k.1": 1.0, "retrieval_ms_p50": 4.5512, "n_eval": 120, "ks": [1, 3]}
     assert runs.headline("05_rag_vs_ft", METRICS["05_rag_vs_ft"]) == {
-        "acc.rag.open": 0.8125, "acc.ft.open": 0.0, "retrieval_ms_p50": 4.5512, "n_eval": 120}
+        "accuracy.rag.open": 0.8125, "accuracy.ft.open": 0.0, "retrieval_ms_p50": 4.5512, "n_eval": 120}
     assert runs.headline("unknown", {"a": 1, "b": {"c": 2}}) == {"a": 1, "b.c": 2}
     assert [report.fmt(v) for v in (0.123456, 3, True, None, [1, 0.5], "x")] == ["0.1235", "3", "True", "None",
                                                                                   "1, 0.5", "x"]
@@ -97,7 +97,7 @@ def test_index_links_every_stage_with_headline_metrics(runs_dir):
         assert page.count(f"href='{stage}.html'") == 1, stage
     assert page.index("01_data_prep.html") < page.index("05_rag_vs_ft.html") < page.index("99_report.html")
     assert "compare_runs = <b>r</b>" in page
-    assert "acc.rag.open = <b>0.8125</b>" in page and "n_train = <b>10</b>" in page and "12 s" in page
+    assert "accuracy.rag.open = <b>0.8125</b>" in page and "n_train = <b>10</b>" in page and "12 s" in page
     assert export.external_urls(page) == [] and "<script" not in page
 
 
