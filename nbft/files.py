@@ -88,11 +88,11 @@ def read_text(path: str | Path) -> str:
                           "save the file as UTF-8") from None
 
 
-def project_root(start: str | Path | None = None) -> Path | None:
+def project_root(start: str | Path | None = None, installed: bool = True) -> Path | None:
     """The nbft project: the nearest folder at or above ``start`` (the working directory) holding notebooks/ and
-    params/, else the one nbft itself is in (an editable install), else None."""
+    params/, else (``installed``) the one nbft itself is in (an editable install), else None."""
     here = Path(start or Path.cwd()).resolve()
-    for d in (here, *here.parents, Path(__file__).resolve().parent.parent):
+    for d in (here, *here.parents, *([Path(__file__).resolve().parent.parent] if installed else [])):
         if (d / "notebooks").is_dir() and (d / "params").is_dir():
             return d
     return None

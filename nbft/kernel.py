@@ -4,7 +4,8 @@
 the notebook's namespace, seeds everything, opens the run folder (``runs.open_run``), records what this kernel runs
 with in env.json (``kernel_env``), makes the stage's process-wide settings this process's (``stage_settings`` ->
 ``nbft.settings``: checkpoints, the evaluation cache, trackers, processes; read by train, evaluate, tracking and
-launch from there), starts the stage's time profile and prints a header.
+launch from there), starts the stage's time profile, shows the parameters that differ from the defaults (the
+report's first output: ``report.parameters_html``) and prints a header with paths relative to the run folder.
 """
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ import sys
 import warnings
 from typing import Any
 
-from . import files, launch, models, params, runs, settings, timing, tracking
+from IPython.display import HTML, display
+
+from . import files, launch, models, params, report, runs, settings, timing, tracking
 
 #: Library messages a notebook reader cannot act on: transformers 5 renamed gradient checkpointing; peft
 #: ignores position ids of prompt-learning methods by design; peft BEFT on Llama (no biases) — the bitfit
@@ -74,8 +77,9 @@ def setup(stage: str, namespace: dict) -> tuple[Any, runs.Run]:
     settings.use(where)
     if where.tracking is not None:
         tracking.environment(where.tracking, run.path.name)
-    print(f"{stage}: run folder {run.path}\nmodel: {p.model}   device: {run.device}   precision: {run.precision}"
-          f"   seed: {p.seed}")
+    display(HTML(report.parameters_html(stage, p, run.path)))  # the report's first output: what differs from the defaults
+    print(f"{stage}: run folder {files.relative(run.path, run.path)}\nmodel: {files.relative(p.model, run.path)}"
+          f"   device: {run.device}   precision: {run.precision}   seed: {p.seed}")
     return p, run
 
 

@@ -424,6 +424,21 @@ def findings(rows: dict[str, dict], base: dict, lora_vs_full: dict, branches: di
     return out
 
 
+def max_logit_diff(model, other, tokenizer, texts: list[str]) -> float:
+    """The largest |logit difference| between ``model`` and ``other`` on ``texts`` (padding left out), both run on
+    ``model``'s device: ``other`` (a copy reloaded from disk lands on the CPU) is moved there, and so are the
+    inputs; the difference is taken on the CPU in fp32."""
+    device = next(model.parameters()).device
+    other.to(device)
+    with models.padding_side(tokenizer, "right"):
+        enc = tokenizer(texts, return_tensors="pt", padding=True)
+    mask = enc["attention_mask"].bool()
+    inputs = {k: v.to(device) for k, v in enc.items()}
+    with torch.no_grad():
+        a, b = (m(**inputs).logits.float().cpu() for m in (model, other))
+    return float((a - b).abs()[mask].max())
+
+
 def trunk_and_branches(base_loader: Callable, tokenizer, adapters: dict[str, Path], tests: dict[str, list[dict]],
                        precision: str, max_new_tokens: int, batch_size: int, weights: list[float],
                        merged_dir: str | Path | None = None) -> dict:
@@ -477,11 +492,7 @@ def trunk_and_branches(base_loader: Callable, tokenizer, adapters: dict[str, Pat
         folder = merged_dir if merged_dir is not None else stack.enter_context(tempfile.TemporaryDirectory())
         models.save(merged, tokenizer, folder)
         reloaded = AutoModelForCausalLM.from_pretrained(folder).eval()
-    texts = [tests[t][0]["prompt"] for t in tasks]
-    with models.padding_side(tokenizer, "right"):
-        enc = tokenizer(texts, return_tensors="pt", padding=True)
-    with torch.no_grad():
-        diff = float((model(**enc).logits - reloaded(**enc).logits).abs()[enc["attention_mask"].bool()].max())
+    diff = max_logit_diff(model, reloaded, tokenizer, [tests[t][0]["prompt"] for t in tasks])
     del merged, reloaded
 
     off = "base (adapters off)"

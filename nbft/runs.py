@@ -42,12 +42,9 @@ RUNNER_ENV = "NBFT_RUNNER"  # "1" in the kernels `nbft run` starts: their traine
 
 
 def project_root(start: Path | None = None) -> Path | None:
-    """Nearest folder at or above ``start`` (cwd) holding notebooks/ and params/."""
-    here = (start or Path.cwd()).resolve()
-    for d in (here, *here.parents):
-        if (d / "notebooks").is_dir() and (d / "params").is_dir():
-            return d
-    return None
+    """Nearest folder at or above ``start`` (cwd) holding notebooks/ and params/ (``files.project_root``, without
+    falling back to where nbft is installed: runs/ and the notebooks are the project's you are in)."""
+    return files.project_root(start, installed=False)
 
 
 def runs_root() -> Path:

@@ -109,3 +109,27 @@ def test_trunk_and_branches_scores_every_adapter_and_shows_each_ones_first_reply
         with r["model"].disable_adapter():
             assert row["base"] == evaluate.generate(r["model"], tok, [recs[0]["prompt"]], 5, cache=False)[0]
     assert len({row["A"] for row in r["samples"]} | {row["B"] for row in r["samples"]}) > 1
+
+
+def test_max_logit_diff_runs_both_models_on_the_first_ones_device(tokenizer):
+    """03's merged-copy check with ``device: cuda``: the copy reloaded from disk is on the CPU while the model is on
+    the GPU. The copy and the inputs must follow the model. No GPU here: a model whose weights sit on the ``meta``
+    device stands for "another device", and each side records where its inputs were."""
+    import types
+
+    seen = {}
+
+    class Side(torch.nn.Module):
+        def __init__(self, name, device, offset):
+            super().__init__()
+            self.name, self.offset = name, offset
+            self.w = torch.nn.Parameter(torch.zeros(1, device=device))
+
+        def forward(self, input_ids, attention_mask):
+            seen[self.name] = (input_ids.device.type, self.w.device.type)
+            return types.SimpleNamespace(logits=torch.full((*input_ids.shape, 3), self.offset))
+
+    model, reloaded = Side("model", "meta", 0.0), Side("reloaded", "cpu", 0.25)
+    diff = peft.max_logit_diff(model, reloaded, tokenizer, ["a short prompt", "a longer prompt than the first one"])
+    assert seen == {"model": ("meta", "meta"), "reloaded": ("meta", "meta")}  # inputs and copy on the model's device
+    assert diff == 0.25
