@@ -168,7 +168,8 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("full", "full", _full, True, note="every weight; the reference"),
     Method("freeze", "partial", _freeze, True, note="top-N blocks + final norm"),
     Method("bitfit", "bias", _peft(_beft), False,
-           note="bias vectors only (peft BEFT); Llama's linears have no bias to merge into"),
+           note="added bias vectors only (peft BEFT): SmolLM2's linears have none, so BEFT adds zero biases and "
+                "trains those; none to merge into"),
     Method("lora", "reparam", _peft(_lora()), True, note="low-rank update on every linear"),
     Method("dora", "reparam", _peft(_lora(use_dora=True)), True, note="LoRA with a learned magnitude"),
     Method("rslora", "reparam", _peft(_lora(use_rslora=True)), True, note="LoRA scaled by alpha/sqrt(r)"),
