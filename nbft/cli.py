@@ -85,7 +85,7 @@ def preflight(resolved: dict, stages: list[str]) -> None:
     names were checked when the parameters were resolved."""
     import importlib
 
-    from . import data, launch, models, tracking, train
+    from . import data, launch, models, tracking
 
     checks = {s: getattr(importlib.import_module(f"nbft.{P.STAGES[s].module}"), "check_inputs", None) for s in stages}
     for spec in dict.fromkeys(resolved[s].model for s in stages):
@@ -93,12 +93,6 @@ def preflight(resolved: dict, stages: list[str]) -> None:
     for device in dict.fromkeys(resolved[s].device for s in stages):
         models.pick_device(device)  # cuda without a GPU fails here, not in the first notebook
     common = resolved[stages[0]]
-    if "02_sft" in stages:
-        sp = resolved["02_sft"]
-        asked = [k for k, v in (("scope", [sp.scope]), ("compare_scopes", sp.compare_scopes)) if "qlora" in v]
-        if asked and train.qlora_needs():
-            raise P.ParamError(f"02_sft.{asked[0]}: qlora needs {train.qlora_needs()} (pip install bitsandbytes on "
-                               "a GPU machine), or use lora")
     tracking.check(common.report_to)  # a tracker that is not installed fails here
     if common.accelerate_config:  # accelerate's own parser: a missing file or an unknown key fails here
         try:

@@ -77,6 +77,14 @@ def change(before: float, after: float, lower_is_better: bool = False) -> str:
     return ("rose" if up else "fell") + (" (worse)" if up == lower_is_better else " (better)")
 
 
+def check_inputs(p) -> None:
+    """Before any notebook runs: a QLoRA scope (main run or compared) needs what this machine may lack."""
+    asked = [k for k, v in (("scope", [p.scope]), ("compare_scopes", p.compare_scopes)) if "qlora" in v]
+    if asked and train.qlora_needs():
+        raise params.ParamError(f"02_sft.{asked[0]}: qlora needs {train.qlora_needs()} (pip install bitsandbytes on "
+                                "a GPU machine), or use lora")
+
+
 def scope_row(result: dict, total_params: int) -> dict:
     """One scope's row of the scope comparison (``metrics``' ``scope_comparison``): the trained model's task score and
     forgetting probe, what trained and how long. ``result``: ``evaluate.evaluate_model``'s, with ``trainable_params``
