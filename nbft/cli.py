@@ -517,9 +517,8 @@ def prepare_resume(name: str, params_file: str | None, sets: list[str]) -> tuple
     """Check that run ``name`` can be continued and with what: its own params.yaml (``--params`` must agree
     with it; ``--set`` may change parameters of the stages still to run, and is recorded), its stages in
     their order, which of them ended ok. Raises ParamError/RunError with the reason."""
-    P.check_run_name(name, "--resume")
     root = runs.runs_root()
-    run_dir = root / name
+    run_dir = runs.run_dir(name, root, "--resume")
     if not run_dir.is_dir():
         known = sorted(d.name for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
         close = difflib.get_close_matches(name, known, n=1)
@@ -603,13 +602,12 @@ def cmd_train(args) -> int:
     _offline_env()
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     try:
-        P.check_run_name(args.run, "--run")
-        own = runs.runs_root() / args.run / "params.yaml"  # a run that exists keeps its own parameters
+        run_dir = runs.run_dir(args.run, key="--run")
+        own = run_dir / "params.yaml"  # a run that exists keeps its own parameters
         params_file = args.params or (own if own.is_file() else DEFAULT_PARAMS)
         stages = _stage_names(args.stages)
         resolved = P.resolve(params_file, args.set)
         _absolutize_paths(resolved)
-        run_dir = runs.runs_root() / args.run
         status = runs.read_json(run_dir / "status.json", {}) if run_dir.is_dir() else {}
         done = [s for s in stages if (status.get("stages") or {}).get(s) == "ok"]
         if done:
@@ -679,7 +677,7 @@ def cmd_sweep(args) -> int:
         planned = []
         for point in (dict(zip(grid, combo)) for combo in itertools.product(*grid.values())):
             name = _point_name(sweep_name, point)
-            P.check_run_name(name, f"--grid {', '.join(f'{k}={v}' for k, v in point.items())}: the point's run name")
+            runs.run_dir(name, key=f"--grid {', '.join(f'{k}={v}' for k, v in point.items())}: the point's run name")
             planned.append((point, *_prepare(params_file, args.set + [f"{k}={v}" for k, v in point.items()],
                                              args.only, name)))
         names = [name for *_, name in planned]
