@@ -92,6 +92,15 @@ def preflight(resolved: dict, stages: list[str]) -> None:
         models.resolve(spec)
     for device in dict.fromkeys(resolved[s].device for s in stages):
         models.pick_device(device)  # cuda without a GPU fails here, not in the first notebook
+    for s in stages:  # processes beyond the machine's cores (CPU) or GPUs would only wait for each other
+        n, device = resolved[s].num_processes, models.pick_device(resolved[s].device)
+        if n > 1 and not launch.in_launched_process():
+            import torch
+
+            have = torch.cuda.device_count() if device == "cuda" else cpu_count()
+            if n > have:
+                raise P.ParamError(f"num_processes {n}: this machine has {have} "
+                                   f"{'GPU' if device == 'cuda' else 'CPU core'}{'s' * (have != 1)}; at most {have}")
     common = resolved[stages[0]]
     tracking.check(common.report_to)  # a tracker that is not installed fails here
     if common.accelerate_config:  # accelerate's own parser: a missing file or an unknown key fails here

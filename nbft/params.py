@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -130,6 +131,8 @@ FEATURE_LAYER_SELECT = _names("FEATURE_LAYER_SELECT", "params", "cv", "fixed")
 STUDENT_BLOCKS = _names("STUDENT_BLOCKS", "params", "influence", "evenly")
 SAMPLING = _names("SAMPLING", "params", "greedy", "sample")
 MAX_NAME = 100  # run names, and so grid values: a folder name stays well under the file system's 255 bytes
+MAX_INT = 2**32 - 1  # every integer parameter, unless its field says less (seeds: numpy takes up to 2^32 - 1)
+MAX_EPOCHS = 1000  # passes over the data: far beyond any budget here, and a mistyped 1e308 is refused
 
 
 def check_run_name(name: str, key: str = "run name") -> str:
@@ -139,9 +142,9 @@ def check_run_name(name: str, key: str = "run name") -> str:
     import re
 
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9._-]+", name):
-        raise ParamError(f"{key} {name!r}: use letters, digits, '.', '_' and '-' only")
+        raise ParamError(f"{key} {show(name)}: use letters, digits, '.', '_' and '-' only")
     if name.startswith("."):
-        raise ParamError(f"{key} {name!r}: must not start with '.' (hidden folders are not listed)")
+        raise ParamError(f"{key} {show(name)}: must not start with '.' (hidden folders are not listed)")
     if len(name) > MAX_NAME:
         raise ParamError(f"{key} '{name[:40]}...': {len(name)} characters, at most {MAX_NAME}")
     return name
@@ -157,7 +160,7 @@ class Common:
     """Shared by every notebook (the ``common`` section of a profile)."""
 
     model: str = _f("smollm2-135m-instruct", "model spec: smollm2-135m-instruct, tiny-llama, a local folder or a hub id")
-    seed: int = _f(0, "seed for python, numpy, torch and data shuffling", min=0)
+    seed: int = _f(0, "seed for python, numpy, torch and data shuffling", min=0, max=2**32 - 1)
     device: str = _f("auto", "auto | cpu | cuda", DEVICES)
     precision: str = _f("auto", "auto (bf16 where the hardware supports it) | bf16 | fp32 | fp16",
                         PRECISIONS)
@@ -180,7 +183,7 @@ class Common:
 class TrainArgs:
     """The training loop: passes, batch, sequence length (``train.sft_config``)."""
 
-    epochs: float = _f(1.0, "passes over the training data", gt=0)
+    epochs: float = _f(1.0, "passes over the training data", gt=0, max=MAX_EPOCHS)
     batch_size: int = _f(8, "examples per optimizer step (per device)", min=1)
     grad_accum: int = _f(1, "gradient accumulation steps", min=1)
     max_length: int = _f(256, "truncate training sequences to this many tokens", min=8)
@@ -261,7 +264,7 @@ class SFTParams(EvalArgs, LoraArgs, ScopeArgs, TrainArgs, Common):
                            "sweep size the sweep's clean run is reused)", min=0)
     cpt_docs: int = _f(60, "continued pretraining: documents of the built-in invented-world corpus (0 to skip)", min=0)
     cpt_scope: str = _f("full", "continued pretraining trains this scope", SCOPES)
-    cpt_epochs: float = _f(2.0, "continued pretraining: passes over the domain documents", gt=0)
+    cpt_epochs: float = _f(2.0, "continued pretraining: passes over the domain documents", gt=0, max=MAX_EPOCHS)
     task_check: str = _f("auto", "programmatic check for the task score: auto (the data's own), json_answer, exact, contains",
                          TASK_CHECKS)
 
@@ -320,7 +323,7 @@ class RLHFParams(EvalArgs, LoraArgs, Common):
     max_length: int = _f(192, "truncate prompt+reply to this many tokens in reward-model and DPO training", min=8)
     rm_scope: str = _f("lora", "reward model trains: lora (adapters + head) | full", ADAPTER_OR_FULL)
     rm_learning_rate: float = _f(5e-4, "reward model learning rate", gt=0)
-    rm_epochs: float = _f(1.0, "reward model passes over the training pairs", gt=0)
+    rm_epochs: float = _f(1.0, "reward model passes over the training pairs", gt=0, max=MAX_EPOCHS)
     rm_batch_size: int = _f(8, "pairs per reward-model step", min=1)
     policy_scope: str = _f("lora", "RL and DPO train: lora (reference: the adapter switched off) | full (reference: a reloaded copy)",
                            ADAPTER_OR_FULL)
@@ -334,7 +337,7 @@ class RLHFParams(EvalArgs, LoraArgs, Common):
     preference_loss: str = _f("dpo", "RL-free path: dpo | ipo | kto", PREFERENCE_LOSSES)
     dpo_learning_rate: float = _f(2e-4, "DPO learning rate", gt=0)
     dpo_beta: float = _f(0.1, "DPO beta (strength of the implicit KL to the reference)", gt=0)
-    dpo_epochs: float = _f(1.0, "DPO passes over the training pairs", gt=0)
+    dpo_epochs: float = _f(1.0, "DPO passes over the training pairs", gt=0, max=MAX_EPOCHS)
     dpo_batch_size: int = _f(8, "pairs per DPO step", min=1)
 
 
@@ -406,7 +409,7 @@ class ClassifyParams(EvalArgs, LoraArgs, ScopeArgs, TrainArgs, Common):
                                 "from the base, same N and steps)", min=0)
     adapt_steps: int = _f(6, "domain adaptation: optimizer steps per arm (small N repeats)", min=1)
     cpt_texts: int = _f(96, "conditional pretraining: unlabelled target texts tagged by the most accurate classifier on the target domain (0 to skip)", min=0)
-    cpt_epochs: float = _f(4.0, "conditional pretraining: passes over the tagged texts (every weight trains)", gt=0)
+    cpt_epochs: float = _f(4.0, "conditional pretraining: passes over the tagged texts (every weight trains)", gt=0, max=MAX_EPOCHS)
     cpt_learning_rate: float = _f(3e-4, "conditional pretraining: learning rate", gt=0)
     n_generate: int = _f(32, "conditional pretraining: samples generated per tag (and untagged)", min=1)
     positive_label: str = _f("spam", "conditional pretraining and ROC-AUC: the label whose rate is measured "
@@ -580,6 +583,17 @@ def parameters_cell(stage: str) -> str:
 
 # ---------------------------------------------------------------- type checks
 
+def show(value: Any, limit: int = 60) -> str:
+    """``value`` as an error message echoes it: a bounded repr (reprlib: long strings, numbers and lists cut, nesting
+    capped), so no value a user types — a 50 MB string, a 5000-digit number — is ever formatted whole."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxlevel, r.maxdict, r.maxlist, r.maxtuple, r.maxset = 2, 4, 6, 6, 4
+    r.maxstring, r.maxlong, r.maxother = limit, 40, limit
+    return r.repr(value)
+
+
 def _type_name(tp) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
@@ -591,13 +605,20 @@ def check_value(key: str, value: Any, tp, where: str = "") -> Any:
     if tp is bool:
         ok = isinstance(value, bool)
     elif tp is int:
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer() and abs(value) < 2**53:
+            value = int(value)  # 1e3, as people write a count
         ok = isinstance(value, int) and not isinstance(value, bool)
+        if ok and abs(value) > MAX_INT:
+            raise ParamError(f"{where}{key}: {show(value)} is too large (at most {MAX_INT})")
     elif tp is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         if ok:
-            value = float(value)
+            try:
+                value = float(value)
+            except OverflowError:
+                raise ParamError(f"{where}{key}: expected a finite number, got {show(value)}") from None
             if not math.isfinite(value):
-                raise ParamError(f"{where}{key}: expected a finite number, got {value!r}")
+                raise ParamError(f"{where}{key}: expected a finite number, got {show(value)}")
     elif tp is str:
         ok = isinstance(value, str)
     elif origin is list:
@@ -611,7 +632,7 @@ def check_value(key: str, value: Any, tp, where: str = "") -> Any:
         ok = True
     if not ok:
         raise ParamError(
-            f"{where}{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}"
+            f"{where}{key}: expected {_type_name(tp)}, got {type(value).__name__} {show(value)}"
         )
     return value
 
@@ -629,11 +650,11 @@ def check_choice(cls: type, key: str, value: Any, where: str = "") -> None:
         if choices and item not in choices:
             name = f"{key}[{i}]" if isinstance(value, list) else key
             hint = _closest(str(item), list(choices))
-            raise ParamError(f"{where}{name}: {item!r} is not one of {', '.join(map(str, choices))}"
+            raise ParamError(f"{where}{name}: {show(item)} is not one of {', '.join(map(str, choices))}"
                              + (hint if "did you mean" in hint else ""))
     if isinstance(value, list) and meta.get("min_items") and len(value) < meta["min_items"]:
         raise ParamError(f"{where}{key}: give at least {meta['min_items']} item(s)"
-                         + (f" of {', '.join(map(str, choices))}" if choices else "") + f", got {value!r}")
+                         + (f" of {', '.join(map(str, choices))}" if choices else "") + f", got {show(value)}")
 
 
 def range_text(meta) -> str:
@@ -662,7 +683,7 @@ def check_range(cls: type, key: str, value: Any, where: str = "") -> None:
                or (meta.get("max") is not None and v > meta["max"]) or (meta.get("lt") is not None and v >= meta["lt"]))
         if bad:
             name = f"{key}[{i}]" if isinstance(value, list) else key
-            raise ParamError(f"{where}{name}: {v!r} is out of range: must be {'in ' if rule[0] in '[(' else ''}{rule}"
+            raise ParamError(f"{where}{name}: {show(v)} is out of range: must be {'in ' if rule[0] in '[(' else ''}{rule}"
                              f" ({meta.get('help', '')[:80]})")
 
 
@@ -686,7 +707,7 @@ def check_rules(p, where: str = "") -> None:
     names = set(field_names(type(p)))
     for keys, ok, rule in RULES:
         if set(keys) <= names and not ok(p):
-            raise ParamError(f"{where}{' and '.join(f'{k}={getattr(p, k)!r}' for k in keys)}: {rule}")
+            raise ParamError(f"{where}{' and '.join(f'{k}={show(getattr(p, k))}' for k in keys)}: {rule}")
 
 
 def _closest(key: str, valid: list[str]) -> str:
@@ -730,8 +751,8 @@ def _key_lines(text: str) -> dict[tuple[str, ...], int]:
     """(section,) and (section, key) -> 1-based line number in the YAML text."""
     lines: dict[tuple[str, ...], int] = {}
     try:
-        root = yaml.compose(text)
-    except yaml.YAMLError:
+        root = yaml.compose(text, Loader=_StrictLoader)
+    except (yaml.YAMLError, RecursionError):
         return lines
     if not isinstance(root, yaml.MappingNode):
         return lines
@@ -745,7 +766,26 @@ def _key_lines(text: str) -> dict[tuple[str, ...], int]:
 
 
 class _StrictLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, refusing duplicate keys (YAML calls them an error; PyYAML keeps the last)."""
+    """PyYAML's safe loader for parameter files: duplicate keys refused (YAML calls them an error; PyYAML keeps the
+    last); anchors and aliases refused (a parameter file needs none, and nested aliases — "billion laughs" — expand
+    a few lines into an exponentially large value); numbers as people write them (``1e-5``, ``3E-4``: YAML 1.2 floats,
+    which YAML 1.1 reads as strings; ``.5`` and ``1_000`` already were); no dates (``2024-01-01`` stays text: no
+    parameter is a date)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent) or getattr(self.peek_event(), "anchor", None) is not None:
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, "anchors and aliases (&name, *name) are not allowed in parameter files", event.start_mark)
+        return super().compose_node(parent, index)
+
+
+_StrictLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_StrictLoader.add_implicit_resolver(  # YAML 1.2's exponent floats: 1e-5, 3E-4, 2.5e3 (1.1 wants a dot and a sign)
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
 
 
 def _mapping_without_duplicates(loader, node, deep=False):
@@ -767,8 +807,32 @@ _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _m
 
 
 def load_yaml(text: str) -> Any:
-    """``yaml.safe_load`` that refuses duplicate keys (raises ``yaml.YAMLError`` naming the line)."""
-    return yaml.load(text, Loader=_StrictLoader)
+    """``yaml.safe_load`` for parameters (``_StrictLoader``: no duplicate keys, no aliases, YAML 1.2 numbers, no
+    dates); raises ``yaml.YAMLError`` naming the line, or ParamError for a value Python cannot hold (a number of
+    more than 4300 digits)."""
+    try:
+        return yaml.load(text, Loader=_StrictLoader)
+    except ValueError as e:  # int() of a huge literal: Python's limit on integer digits
+        if isinstance(e, yaml.YAMLError):
+            raise
+        raise ParamError(f"a value Python cannot read: {str(e)[:120]}") from None
+
+
+def _raw_scalars(text: str) -> dict[tuple[str, str], str]:
+    """(section, key) -> the value exactly as written, for scalar values (a text parameter keeps what was typed:
+    ``run_name: 007`` is "007", not 7)."""
+    try:
+        root = yaml.compose(text, Loader=_StrictLoader)
+    except (yaml.YAMLError, RecursionError):
+        return {}
+    out = {}
+    if isinstance(root, yaml.MappingNode):
+        for knode, vnode in root.value:
+            if isinstance(vnode, yaml.MappingNode):
+                for k2, v2 in vnode.value:
+                    if isinstance(v2, yaml.ScalarNode):
+                        out[(str(knode.value), str(k2.value))] = v2.value
+    return out
 
 
 def parse_profile(path: str | Path) -> dict[str, dict[str, Any]]:
@@ -782,6 +846,8 @@ def parse_profile(path: str | Path) -> dict[str, dict[str, Any]]:
         raise ParamError(str(e)) from None
     try:
         data = load_yaml(text) or {}
+    except ParamError as e:
+        raise ParamError(f"{path}: {e}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark else ""
@@ -790,7 +856,7 @@ def parse_profile(path: str | Path) -> dict[str, dict[str, Any]]:
         raise ParamError(f"{path}: nested too deeply to be a parameter file") from None
     if not isinstance(data, dict):
         raise ParamError(f"{path}: expected a mapping of sections ({COMMON}, {', '.join(STAGES)})")
-    lines = _key_lines(text)
+    lines, raw = _key_lines(text), _raw_scalars(text)
     sections = [COMMON, *STAGES]
     for sec, body in data.items():
         where = f"{path} line {lines.get((str(sec),), '?')}: "
@@ -810,6 +876,8 @@ def parse_profile(path: str | Path) -> dict[str, dict[str, Any]]:
                                  f"'{COMMON}:'")
             if key not in hints:
                 raise ParamError(f"{where}{key}: unknown parameter{_closest(str(key), valid)}")
+            if hints[key] is str and not isinstance(value, str) and value is not None and (sec, key) in raw:
+                value = raw[(sec, key)]  # a name that looks like a number: the text as written
             body[key] = check_value("", value, hints[key], where=f"{where}{key}")
             check_field(cls, key, body[key], where)
     return data
@@ -821,13 +889,19 @@ def _parse_set(item: str, profile: dict[str, dict[str, Any]]) -> None:
     A bare key goes to the common section if it is common, else to every stage that has it.
     """
     if "=" not in item:
-        raise ParamError(f"--set {item!r}: expected key=value")
+        raise ParamError(f"--set {show(item)}: expected key=value")
     key, raw = item.split("=", 1)
     key = key.strip()
+    if len(key) > 200:
+        raise ParamError(f"--set: a key of {len(key)} characters ({show(key, 40)}) is no parameter")
     try:
         value = load_yaml(raw) if raw.strip() else ""
+    except yaml.composer.ComposerError as e:
+        raise ParamError(f"--set {key}: {e.problem}") from None
     except yaml.YAMLError:
         value = raw
+    except ParamError as e:
+        raise ParamError(f"--set {key}: {e}") from None
     except RecursionError:
         raise ParamError(f"--set {key}: the value is nested too deeply") from None
     if "." in key and key.split(".", 1)[0] in [COMMON, *STAGES]:
@@ -845,7 +919,7 @@ def _parse_set(item: str, profile: dict[str, dict[str, Any]]) -> None:
         if name not in hints or (sec != COMMON and name in common_names()):
             valid = field_names(cls) if sec == COMMON else [k for k in field_names(cls) if k not in common_names()]
             raise ParamError(f"--set {key}: unknown parameter for {sec}{_closest(name, valid)}")
-        v = raw if isinstance(value, int) and not isinstance(value, bool) and hints[name] is str else value  # run_name=2024
+        v = raw.strip() if hints[name] is str and not isinstance(value, str) else value  # run_name=2024: a name
         profile.setdefault(sec, {})[name] = check_value("", v, hints[name], where=f"--set {key}")
         check_field(cls, name, profile[sec][name], where=f"--set {key[:len(key) - len(name)]}")
 

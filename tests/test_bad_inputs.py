@@ -46,6 +46,10 @@ Q = {"question": "What colour is the sky of Zorbia?", "answer": "green", "doc_id
 DEEP = "[" * 100_000 + "]" * 100_000
 TOKENIZER = {"tokenizer.json": "{}", "tokenizer_config.json": "{}"}
 LABELLED = "text,label\nrefund my fee,billing\ncharged twice,billing\nsite is down,outage\ncannot log in,outage\n"
+#: "billion laughs": nine levels of nine aliases each, 9^9 strings once expanded
+BOMB = "common:\n  report_to: &l0 [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"  l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" for i in range(1, 10))
+BOMB_FLOW = "[&a [x, x, x, x, x, x, x, x, x], &b [*a, *a, *a, *a, *a, *a, *a, *a, *a], [*b, *b, *b, *b, *b, *b, *b, *b, *b]]"
 
 
 def only(stage, *rest):
@@ -60,7 +64,7 @@ def data(name, content, *rest, fmt=None):
 
 ROWS = [
     # ---------------------------------------------------------------- parameters: ranges, NaN/inf, fractions, lists
-    Row("epochs=0", ["run", "--set", "epochs=0"], ["epochs", "out of range", "> 0"]),
+    Row("epochs=0", ["run", "--set", "epochs=0"], ["epochs", "out of range", "in (0, 1000]"]),
     Row("02_sft.epochs=0", ["run", "--set", "02_sft.epochs=0"], ["02_sft.epochs", "out of range"]),
     Row("batch_size=0", ["run", "--set", "batch_size=0"], ["batch_size", ">= 1"]),
     Row("learning_rate=-1", ["run", "--set", "learning_rate=-1"], ["learning_rate", "-1.0", "> 0"]),
@@ -77,7 +81,7 @@ ROWS = [
     Row("n_examples=0", ["run", "--set", "n_examples=0"], ["n_examples", ">= 1"]),
     Row("n_examples=-5", ["run", "--set", "n_examples=-5"], ["n_examples", "-5"]),
     Row("max_records=-90", ["run", "--set", "max_records=-90"], ["max_records", ">= 0"]),
-    Row("seed=-1", ["run", "--set", "seed=-1"], ["seed", ">= 0"]),
+    Row("seed=-1", ["run", "--set", "seed=-1"], ["seed", "in [0, 4294967295]"]),
     Row("demo_tasks=[]", ["run", "--set", "demo_tasks=[]"], ["demo_tasks", "at least 1"]),
     Row("demo_tasks typo", ["run", "--set", "demo_tasks=[json_qa, sort_numbrs]"], ["did you mean 'sort_numbers'"]),
     Row("max_tokens=0", ["run", "--set", "max_tokens=0"], ["max_tokens", ">= 1"]),
@@ -114,7 +118,7 @@ ROWS = [
     Row("rl_steps=0", ["run", "--set", "rl_steps=0"], ["rl_steps"]),
     Row("chunk_words=0", ["run", "--set", "chunk_words=0"], ["chunk_words", ">= 1"]),
     Row("freeze_top_n=-1", ["run", "--set", "freeze_top_n=-1"], ["freeze_top_n"]),
-    Row("cpt_epochs=0", ["run", "--set", "02_sft.cpt_epochs=0"], ["cpt_epochs", "> 0"]),
+    Row("cpt_epochs=0", ["run", "--set", "02_sft.cpt_epochs=0"], ["cpt_epochs", "in (0, 1000]"]),
     Row("rm_epochs=-1", ["run", "--set", "rm_epochs=-1"], ["rm_epochs"]),
     Row("batch_size=two", ["run", "--set", "batch_size=two"], ["batch_size", "expected int", "'two'"]),
     Row("epochs=[1]", ["run", "--set", "epochs=[1]"], ["epochs", "expected float"]),
@@ -307,6 +311,22 @@ ROWS = [
     Row("report compare unknown run", only("99_report", "--set", "compare_runs=[nosuch]"),
         ["compare_runs", "'nosuch' is not a run folder"]),
     Row("report compare typo", only("99_report", "--set", "compare_runs=[earlierr]"), ["did you mean 'earlier'"]),
+    # ---------------------------------------------------------------- issue 29: bounded inputs, numbers as written
+    Row("params file alias bomb", ["run", "--params", "{tmp}/bomb.yaml"], ["bomb.yaml line 2", "anchors and aliases"],
+        files={"bomb.yaml": BOMB}),
+    Row("set alias bomb", ["run", "--set", "02_sft.compare_scopes=" + BOMB_FLOW],
+        ["--set 02_sft.compare_scopes", "anchors and aliases"]),
+    Row("resume a params.yaml alias bomb", ["run", "--resume", "bombed"], ["params.yaml line 2", "anchors and aliases"]),
+    Row("seed 5000 digits", ["run", "--set", "seed=" + "9" * 5000], ["--set seed", "cannot read"]),
+    Row("seed 5000 digits in a file", ["run", "--params", "{tmp}/p.yaml"], ["p.yaml", "cannot read"],
+        files={"p.yaml": "common:\n  seed: " + "9" * 5000 + "\n"}),
+    Row("epochs 400 digits", ["run", "--set", "epochs=" + "9" * 400], ["epochs", "expected a finite number", "..."]),
+    Row("seed 2^32", ["run", "--set", "seed=4294967296"], ["seed", "at most 4294967295"]),
+    Row("epochs 1e308", ["run", "--set", "epochs=1e308"], ["epochs", "in (0, 1000]"]),
+    Row("batch_size 1e12", ["run", "--set", "batch_size=1e12"], ["batch_size", "too large"]),
+    Row("num_processes 512", only("01_data_prep", "--set", "num_processes=512"), ["num_processes 512", "at most"]),
+    Row("100 kB value echoed cut", ["run", "--set", "02_sft.scope=" + "x" * 100_000], ["02_sft.scope", "..."]),
+    Row("100 kB key", ["run", "--set", "k" * 100_000 + "=1"], ["--set", "characters", "no parameter"]),
     # ---------------------------------------------------------------- resume
     Row("resume unknown", ["run", "--resume", "crashd"], ["--resume crashd", "no run folder", "did you mean 'crashed'"]),
     Row("resume ok run", ["run", "--resume", "earlier"], ["finished ok", "nothing to resume"]),
@@ -370,6 +390,10 @@ def runs_dir(tmp_path_factory):
     (root / "crashed" / ".lock").write_text(json.dumps({"pid": 2 ** 22 + 7, "host": platform.node(), "started": "-"}))
     (root / "busy" / ".lock").write_text(json.dumps({"pid": os.getpid(), "host": platform.node(), "started": "-",
                                                      "proc_start": runs._proc_start(os.getpid())}))
+    bombed = root / "bombed"  # crashed, with a crafted params.yaml
+    (bombed / "artifacts").mkdir(parents=True)
+    (bombed / "params.yaml").write_text(BOMB)
+    (bombed / "status.json").write_text(json.dumps({"state": "running", "stages": {"01_data_prep": "running"}}))
     (root / "garbled").mkdir()
     (root / "garbled" / "status.json").write_text('{"state": "ok", "stages": ["01_data_prep"]}')
     (root / "garbled" / "metrics.json").write_text('["not", "a", "mapping"]')

@@ -258,14 +258,14 @@ def test_every_numeric_parameter_has_a_range_that_its_default_meets():
 
 
 def test_redeclared_field_keeps_its_groups_range():
-    assert P.range_text(P.SFTParams.__dataclass_fields__["epochs"].metadata) == "> 0"
+    assert P.range_text(P.SFTParams.__dataclass_fields__["epochs"].metadata) == "(0, 1000]"
     assert P.range_text(P.PEFTParams.__dataclass_fields__["batch_size"].metadata) == ">= 1"
     assert P.range_text({"min": 0, "lt": 1}) == "[0, 1)" and P.range_text({"gt": 0, "max": 1}) == "(0, 1]"
 
 
 @pytest.mark.parametrize("text, match", [
     ("common:\n  seed: 1\n  seed: 2\n", "line 3: not valid YAML: duplicate key 'seed'"),
-    ("02_sft:\n  epochs: 0\n", "line 2: 02_sft.epochs: 0.0 is out of range: must be > 0"),
+    ("02_sft:\n  epochs: 0\n", r"line 2: 02_sft.epochs: 0.0 is out of range: must be in \(0, 1000\]"),
     ("01_data_prep:\n  validation_fraction: 0.5\n  test_fraction: 0.5\n", "sum to less than 1"),
     ("03_peft:\n  methods: [lora, lorra]\n", "methods\\[1\\]: 'lorra' is not one of .*did you mean 'lora'"),
     ("02_sft:\n  learning_rate: .inf\n", "finite"),
@@ -289,3 +289,44 @@ def test_notebook_run_name_is_validated_like_the_cli():
     ns = {**P.defaults("01_data_prep"), "run_name": "../../x"}
     with pytest.raises(P.ParamError, match="letters, digits"):
         P.from_namespace("01_data_prep", ns)
+
+
+@pytest.mark.parametrize("written, value", [("1e-5", 1e-5), ("3E-4", 3e-4), (".5", 0.5), ("2.5e-4", 2.5e-4),
+                                            ("1_000", 1000.0), ("5e-4", 5e-4)])
+def test_numbers_as_people_write_them(written, value, tmp_path):
+    """Issue 29: YAML 1.1 reads 1e-5 (no dot) as a string; nbft reads it, in a file and in --set, as a number."""
+    assert P.resolve(None, [f"02_sft.learning_rate={written}"])["02_sft"].learning_rate == pytest.approx(value)
+    f = tmp_path / "p.yaml"
+    f.write_text(f"02_sft:\n  learning_rate: {written}\n")
+    assert P.resolve(f)["02_sft"].learning_rate == pytest.approx(value)
+    assert P.resolve(None, ["03_peft.max_steps=1e2"])["03_peft"].max_steps == 100  # a whole number written as a float
+
+
+@pytest.mark.parametrize("name", ["2024-01-01", "007", "2024", "1e5", "true"])
+def test_a_name_that_looks_like_a_date_or_number_is_a_name(name, tmp_path):
+    assert P.resolve(None, [f"run_name={name}"])["02_sft"].run_name == name
+    f = tmp_path / "p.yaml"
+    f.write_text(f"common:\n  run_name: {name}\n")
+    assert P.resolve(f)["02_sft"].run_name == name
+
+
+def test_an_alias_bomb_is_refused_at_once_in_little_memory(tmp_path):
+    """Issue 29: nine levels of nine aliases ("billion laughs") in a params file: refused naming the line, in under
+    5 s and 500 MB (the nbft command in its own process, its peak resident memory measured by the OS)."""
+    import subprocess
+    import sys
+    import time
+
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("common:\n  report_to: &l0 [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"  l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" for i in range(1, 10)))
+    code = ("import resource, sys\nfrom nbft import cli\nrc = cli.main(sys.argv[1:])\n"
+            "print('maxrss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\nsys.exit(rc)")
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", code, "run", "--params", str(bomb)], capture_output=True, text=True,
+                         timeout=60, env={**__import__("os").environ, "NBFT_RUNS_DIR": str(tmp_path / "runs")})
+    seconds = time.perf_counter() - t0
+    assert out.returncode == 2 and "anchors and aliases" in out.stderr and "line 2" in out.stderr, out.stderr[-500:]
+    peak_mb = int(out.stderr.split("maxrss_kb")[1].split()[0]) / 1024
+    assert seconds < 5 and peak_mb < 500, (seconds, peak_mb)
+    assert not (tmp_path / "runs").exists()
