@@ -328,25 +328,56 @@ def clear_metrics(run_dir: Path, stage: str) -> None:
             files.write_json(path, all_metrics)
 
 
+def stage_ended_ok(run_dir: Path, stage: str) -> bool:
+    """Did ``stage`` end ok in this run? status.json says so (a run ``nbft run`` made); in a run made by notebooks
+    run by hand (no status.json), the stage recorded its metrics."""
+    status = read_json(Path(run_dir) / "status.json", None)
+    if isinstance(status, dict):
+        stages = status.get("stages")
+        return isinstance(stages, dict) and stages.get(stage) == "ok"
+    metrics = read_json(Path(run_dir) / "metrics.json", {})
+    return isinstance(metrics, dict) and stage in metrics
+
+
+def _hold(path: Path) -> None:
+    """This process (a notebook run by hand) holds the run's lock while it writes, as ``nbft run`` does: taken now
+    (a dead holder's lock is taken over, a live one's refused: ``acquire``), given back when the kernel exits."""
+    import atexit
+
+    info = lock_info(path)
+    if info and (info.get("pid"), info.get("host")) == (os.getpid(), platform.node()):
+        return  # already this process's
+    acquire(path)
+    atexit.register(release, path)
+
+
 def open_run(p, stage: str) -> Run:
     """The run folder a notebook writes into.
 
-    In a pipeline, ``nbft run`` has made ``runs/<run_name>``; a notebook run on its own
-    (empty ``run_name``) gets a new ``runs/<timestamp>-<stage>``. Records env.json if absent.
-    A notebook run by hand (not by ``nbft run``: ``NBFT_RUNNER`` unset) into a run whose ``.lock`` a live
-    process other than this one holds is refused: that ``nbft run`` is writing it.
+    In a pipeline, ``nbft run`` has made ``runs/<run_name>`` and holds its lock; a notebook run on its own (empty
+    ``run_name``) gets a new ``runs/<timestamp>-<stage>``. Records env.json if absent. Runs are append-only: a
+    notebook run by hand (not by ``nbft run``: ``NBFT_RUNNER`` unset) into a run where its stage already ended ok is
+    refused before anything is written (``stage_ended_ok``), and so is one into a run a live process holds; otherwise
+    it takes the run's lock like ``nbft run`` (``_hold``).
     """
     from . import models
 
+    by_hand = os.environ.get(RUNNER_ENV) != "1"
     if p.run_name:
         path = run_dir(p.run_name, key="run_name")
-        info = lock_info(path) if os.environ.get(RUNNER_ENV) != "1" else None
+        if by_hand and path.is_dir() and stage_ended_ok(path, stage):
+            raise RunError(f"run_name {p.run_name!r}: {stage} already ended ok in that run, and runs are never "
+                           f"rewritten; leave run_name empty (a new run) or pick a new name, or continue its unfinished "
+                           f"stages with: nbft run --resume {p.run_name}")
+        info = lock_info(path) if by_hand else None
         if info and holder_alive(info) and (info.get("pid"), info.get("host")) != (os.getpid(), platform.node()):
             raise RunError(f"run_name {p.run_name!r}: that run is being written by {lock_holder(path, info)} "
                            "(or pick another run_name)")
         path.mkdir(parents=True, exist_ok=True)
     else:
         path = reserve_run_dir(prefix=stage)
+    if by_hand:
+        _hold(path)
     if not (path / "env.json").exists():
         write_env(path, p)
     device = models.pick_device(p.device)

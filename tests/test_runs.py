@@ -1,4 +1,5 @@
 """Run folders: metrics merge, never overwrite, environment capture, listing."""
+import hashlib
 import json
 
 import pytest
@@ -634,3 +635,48 @@ def test_makefile_exports_the_kernels_allocator_settings():
     text = (ROOT / "Makefile").read_text()
     exported = dict(re.findall(r"^export (MALLOC_\w+) \?= (\S+)$", text, re.M))
     assert exported == cli.KERNEL_ENV
+
+
+def test_a_stage_that_ended_ok_is_never_run_again_into_its_run_by_hand(runs_dir, monkeypatch):
+    """Issue 29: runs are append-only. A notebook run by hand into a run where its stage ended ok (status.json, or
+    its metrics for a run made by hand) is refused before anything is written; an unfinished stage may run, and the
+    notebook then holds the run's lock as nbft run does."""
+    monkeypatch.delenv(runs.RUNNER_ENV, raising=False)
+    done = runs_dir / "done"
+    done.mkdir(parents=True)
+    runs.write_status(done, state="ok", stages={"01_data_prep": "ok", "02_sft": "failed"})
+    before = {f.name: f.read_bytes() for f in done.iterdir()}
+    with pytest.raises(runs.RunError, match="01_data_prep already ended ok in that run.*nbft run --resume done"):
+        runs.open_run(params.DataPrepParams(model="tiny-llama", run_name="done"), "01_data_prep")
+    assert {f.name: f.read_bytes() for f in done.iterdir()} == before
+    run = runs.open_run(params.SFTParams(model="tiny-llama", run_name="done"), "02_sft")  # failed: may run again
+    assert runs.lock_info(run.path)["pid"] == os.getpid()
+    runs.release(run.path)
+    by_hand = runs_dir / "by-hand"
+    by_hand.mkdir()
+    runs.record_metrics(by_hand, "01_data_prep", {"n_train": 3})
+    with pytest.raises(runs.RunError, match="already ended ok"):
+        runs.open_run(params.DataPrepParams(model="tiny-llama", run_name="by-hand"), "01_data_prep")
+    monkeypatch.setenv(runs.RUNNER_ENV, "1")  # nbft run's own kernels: the runner decides (--resume clears a stage)
+    assert runs.open_run(params.DataPrepParams(model="tiny-llama", run_name="by-hand"), "01_data_prep").path == by_hand
+
+
+@pytest.mark.notebook
+def test_papermill_into_a_finished_run_fails_and_changes_no_byte_of_it(tmp_path):
+    """Issue 29's reproduction: 01_data_prep run with plain papermill into a run whose 01 ended ok used to replace
+    its artifacts and metrics while params.yaml, the executed notebook and status still described the old run."""
+    root = tmp_path / "runs"
+    done = nbft(["run", "--params", SMOKE, "--only", "01_data_prep", "--no-progress", "--name", "fin"], root)
+    assert done.wait(timeout=300) == 0
+    before = {str(f.relative_to(root)): hashlib.sha256(f.read_bytes()).hexdigest() for f in root.rglob("*") if f.is_file()}
+    bindir = Path(sys.executable).parent
+    out = tmp_path / "out.ipynb"
+    proc = subprocess.run([str(bindir / "papermill"), str(ROOT / "notebooks" / "01_data_prep.ipynb"), str(out),
+                           "-p", "run_name", "fin", "-p", "model", "tiny-llama", "-p", "n_examples", "60",
+                           "-k", "python3", "--cwd", str(ROOT / "notebooks")],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "NBFT_RUNS_DIR": str(root), "PATH": f"{bindir}:{os.environ['PATH']}"})
+    assert proc.returncode != 0
+    assert "01_data_prep already ended ok in that run" in proc.stderr + out.read_text()
+    after = {str(f.relative_to(root)): hashlib.sha256(f.read_bytes()).hexdigest() for f in root.rglob("*") if f.is_file()}
+    assert after == before
