@@ -1,6 +1,6 @@
 """Two CPU training layouts of ``train.fit``, each taken out in turn, interleaved in one process: eager attention in
-the loss (``train.eager_attention_in_loss``; without it transformers' default sdpa) and bf16 GEMMs in the backward
-of TRL's chunked LM head (``train.bf16_head_gemms``; without it TRL's fp32 GEMMs). Paths: 02's LoRA and full SFT
+the loss (``trl_patches.eager_attention_in_loss``; without it transformers' default sdpa) and bf16 GEMMs in the backward
+of TRL's chunked LM head (``trl_patches.bf16_head_gemms``; without it TRL's fp32 GEMMs). Paths: 02's LoRA and full SFT
 (``train.finetune``) and 06's LoRA classifier (``classify.fit_classifier``, no TRL head: the head row is skipped).
 
     .venv/bin/python benchmarks/cpu_training.py [--steps 12] [--repeats 2] [--threads 1] [--paths ...]
@@ -21,10 +21,10 @@ from unittest import mock
 
 import torch
 
-from nbft import classify, data, models, params, train
+from nbft import classify, data, models, params, train, trl_patches
 
 
-#: variant -> the ``train`` context it replaces with a no-op (nbft: none).
+#: variant -> the ``trl_patches`` context it replaces with a no-op (nbft: none).
 VARIANTS = {"nbft": None, "sdpa attention": "eager_attention_in_loss", "fp32 head GEMMs": "bf16_head_gemms"}
 
 
@@ -32,7 +32,7 @@ def without(variant: str):
     name = VARIANTS[variant]
     if name is None:
         return contextlib.nullcontext()
-    return mock.patch.object(train, name, lambda *a: contextlib.nullcontext())
+    return mock.patch.object(trl_patches, name, lambda *a: contextlib.nullcontext())
 
 
 def sft_run(model_spec, tok, records, held_out, steps, scope) -> dict:

@@ -27,7 +27,7 @@ import tempfile
 import time
 from unittest import mock
 
-from nbft import data, models, params, train
+from nbft import data, models, params, train, trl_patches
 
 
 def trl_defaults(model, tok, records, held_out, lora, steps: int, batch: int, lr: float, seed: int,
@@ -66,7 +66,7 @@ def nbft_path(model, tok, records, held_out, lora, steps: int, batch: int, lr: f
         if without == "fp32 base":
             stack.enter_context(mock.patch.object(train, "bf16_frozen_base", lambda model, *a, **k: model))
         if without == "full head":
-            stack.enter_context(mock.patch.object(train, "compact_lm_head", contextlib.nullcontext))
+            stack.enter_context(mock.patch.object(trl_patches, "compact_lm_head", contextlib.nullcontext))
         result = train.sft(model, tok, records, held_out, p, learning_rate=lr, peft_config=train.lora_config(lora),
                            max_steps=steps, **overrides)
     out = summary(result.log_history, result.seconds, result.eval_loss)

@@ -45,7 +45,7 @@ from pathlib import Path
 
 import torch
 
-from . import corpora, data, evaluate, files, models, params, tasks, train
+from . import corpora, data, evaluate, files, models, params, tasks, train, trl_patches
 
 #: The lines the written findings draw (recorded as ``thresholds`` in metrics.json).
 THRESHOLDS = {
@@ -377,28 +377,22 @@ def distill_student(model, teacher, tokenizer, prompts: list[str], p: params.Dis
     from trl import DistillationConfig, DistillationTrainer
 
     datasets.disable_progress_bars()
-    train.apply_scope(model, p.scope if p.scope != "lora" else "full", p.freeze_top_n, p.freeze_train_head)
-    precision = models.pick_precision(p.precision, models.pick_device(p.device))
-
-    class Trainer(DistillationTrainer):
-        def _generate_single_turn(self, *args, **kwargs):
-            # The student's sampling under one autocast block: accelerate's bf16 wrapper enters autocast at every
-            # forward, i.e. at every sampled token, and casts every weight again each time; inside one outer block
-            # each weight is cast once per call (the same bf16 values: the samples do not change).
-            with models.autocast(self.model, precision):
-                return super()._generate_single_turn(*args, **kwargs)
+    model, peft_config, learning_rate = train.scoped(model, p, p.scope)
+    precision = train.training_precision(p)
+    # the student's sampling under one autocast block, not one per sampled token (trl_patches.sampling_in_one_block)
+    Trainer = trl_patches.sampling_in_one_block(DistillationTrainer, lambda m: models.autocast(m, precision))
 
     with train.scratch_dir() as tmp, models.padding_side(tokenizer, "left"):
         def build():
             args = DistillationConfig(**train.trainer_args(
-                p, tmp, p.gradient_checkpointing, learning_rate=train.learning_rate_for(p, p.scope),
+                p, tmp, p.gradient_checkpointing, learning_rate=learning_rate,
                 max_steps=p.max_steps, per_device_train_batch_size=p.batch_size, gradient_accumulation_steps=p.grad_accum,
                 beta=p.beta, temperature=p.distill_temperature, max_completion_length=p.max_new_tokens))
             return Trainer(model=model, teacher_model=teacher, args=args, processing_class=tokenizer,
                            train_dataset=datasets.Dataset.from_list([{"prompt": q} for q in prompts]),
-                           peft_config=train.lora_config(p) if p.scope == "lora" else None, callbacks=list(callbacks))
+                           peft_config=peft_config, callbacks=list(callbacks))
         result = train.fit(build)
-    train.remove_autocast_wrappers(teacher)  # the trainer prepared it too; the notebook may use it after
+    trl_patches.remove_autocast_wrappers(teacher)  # the trainer prepared it too; the notebook may use it after
     return result
 
 

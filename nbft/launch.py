@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import torch
 
-from . import settings
+from . import settings, trl_patches
 
 
 def processes(num_processes: int = 1, accelerate_config: str = "") -> tuple[int, int]:
@@ -124,16 +124,15 @@ def run(build: Callable, evaluate: bool, finish: Callable, around: Callable) -> 
     ``ranks`` is each rank's record (``rank``, ``world_size``, ``examples``: hashes of the examples it saw,
     ``steps``)."""
     from accelerate import notebook_launcher
-    from accelerate.state import AcceleratorState
 
     where = settings.current()
-    AcceleratorState._reset_state(reset_partial_state=True)  # this process's one-process trainers are done
+    trl_patches.reset_accelerate_state()  # this process's one-process trainers are done
     with tempfile.TemporaryDirectory(prefix="nbft-launch-") as out:
         t0 = time.perf_counter()
         notebook_launcher(_worker, args=(build, out, evaluate, finish, around), num_processes=where.num_processes,
                           use_port=str(where.port))
         wall = time.perf_counter() - t0
-        AcceleratorState._reset_state(reset_partial_state=True)
+        trl_patches.reset_accelerate_state()
         folder = Path(out)
         if not (folder / "result.json").is_file():
             raise RuntimeError(f"the {where.num_processes} training processes ended without rank 0's result")

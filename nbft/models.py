@@ -14,7 +14,6 @@ Specs:
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import importlib.util
 import json
@@ -27,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from . import files, timing
+from . import files, timing, trl_patches
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 TINY_MODEL = "tiny-llama"
@@ -384,7 +383,8 @@ def kv_cache(model, precision: str):
     cache stores both in bf16 as they arrive — the cast attention makes anyway, so the outputs are the same — and
     greedy generation of 64 prompts x 48 tokens on one thread took 0.86-0.91x the time, outputs identical
     (docs/measurements.md). Layers that are not plain (sliding windows) keep transformers' own behaviour; models
-    that bring their own cache (peft's prompt learning) and other precisions get None."""
+    that bring their own cache (peft's prompt learning) and other precisions get None. The layer is
+    ``trl_patches.bf16_cache_layer`` (a patch of transformers' cache, with its row there)."""
     if precision != "bf16" or next(model.parameters()).dtype != torch.float32:
         return None
     config = getattr(model, "active_peft_config", None)
@@ -393,20 +393,9 @@ def kv_cache(model, precision: str):
     from transformers.cache_utils import DynamicCache, DynamicLayer
 
     cache = DynamicCache(config=model.config)
-    cache.layers = [_bf16_layer()() if type(layer) is DynamicLayer else layer for layer in cache.layers]
+    layer = trl_patches.bf16_cache_layer()
+    cache.layers = [layer() if type(old) is DynamicLayer else old for old in cache.layers]
     return cache
-
-
-@functools.cache
-def _bf16_layer():
-    """transformers' ``DynamicLayer`` that stores what it is given in bf16 (``kv_cache``)."""
-    from transformers.cache_utils import DynamicLayer
-
-    class Bf16Layer(DynamicLayer):
-        def update(self, key_states, value_states, *args, **kwargs):
-            return super().update(key_states.to(torch.bfloat16), value_states.to(torch.bfloat16), *args, **kwargs)
-
-    return Bf16Layer
 
 
 @contextlib.contextmanager

@@ -1,4 +1,16 @@
-"""Thin wrappers over TRL trainers: configs built from nbft parameters, a run, a result.
+"""Thin wrappers over TRL trainers: configs built from nbft parameters, scopes, a run, a result, saving.
+
+- configs: ``trainer_args`` (what every trainer config shares), ``sft_config``, ``lora_config``;
+- scopes: ``apply_scope``, ``learning_rate_for``, ``scoped`` (both at once, for ``finetune`` and ``distill``), QLoRA
+  (``quantized_4bit``), ``training_precision``;
+- training: ``sft``, ``finetune``, ``trained`` (fresh model -> train -> yield -> free) and ``fit``, the one function
+  every trainer of every stage reaches (built by a function, so ``launch`` can build it in each process), with its
+  ``TrainResult``;
+- saving: ``save_tuned`` (adapters kept as adapters), ``saved_model``, ``merged_copy``.
+
+Checkpoints and resuming are ``nbft.checkpoints``' (``fit`` calls ``checkpoints.prepare``); every patch of TRL,
+transformers or accelerate and every call of a private name of theirs is ``nbft.trl_patches``' (``fit`` trains inside
+``trl_patches.cpu_layouts``, ``finish`` takes accelerate's wrappers off).
 
 Scopes (what trains) and modes (on what) of supervised fine-tuning:
 
@@ -20,17 +32,13 @@ and takes any parameters object that has them (every stage dataclass that compos
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import math
-import shutil
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from . import files, launch, models, settings, timing, tracking
+from . import checkpoints, launch, models, timing, tracking, trl_patches
 
 SCOPES = ("lora", "freeze", "full")
 #: What ``finetune`` (02_sft's main run and scope comparison) also trains: LoRA on a 4-bit NF4 base (QLoRA,
@@ -123,7 +131,7 @@ def quantized_4bit(model):
     if qlora_needs():
         raise ValueError(f"qlora needs {qlora_needs()}")
     q = AutoModelForCausalLM.from_pretrained(
-        model.config._name_or_path, device_map={"": 0},
+        model.config.name_or_path, device_map={"": 0},
         quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                                bnb_4bit_compute_dtype=torch.bfloat16))
     return prepare_model_for_kbit_training(q)
@@ -135,54 +143,33 @@ def learning_rate_for(rates, scope: str) -> float:
     return {"lora": rates.learning_rate, "freeze": rates.freeze_learning_rate, "full": rates.full_learning_rate}[scope]
 
 
-# ---------------------------------------------------------------- checkpoints in the run folder
-
-def last_checkpoint(folder: str | Path) -> Path | None:
-    """The newest complete ``checkpoint-N`` in ``folder`` (transformers writes ``trainer_state.json`` last);
-    incomplete ones (a kill while saving) are removed."""
-    done = []
-    for d in Path(folder).glob("checkpoint-*") if Path(folder).is_dir() else ():
-        if not d.name.removeprefix("checkpoint-").isdigit():
-            continue
-        if (d / "trainer_state.json").is_file():
-            done.append((int(d.name.removeprefix("checkpoint-")), d))
-        else:
-            shutil.rmtree(d, ignore_errors=True)
-    return max(done)[1] if done else None
+def scoped(model, p, scope: str):
+    """``model`` made trainable the way ``scope`` says, with what a trainer needs for it: ``(model, peft_config,
+    learning_rate)`` (``p``: ``ScopeArgs`` and ``LoraArgs``). ``lora``: every weight marked trainable and a LoRA
+    config (peft freezes the base when it wraps the model); ``freeze`` / ``full``: ``apply_scope``, no config;
+    ``qlora``: the model reloaded in 4 bits (``quantized_4bit``, a new object) and a LoRA config. The learning rate
+    is the scope's (``learning_rate_for``). Every scoped trainer goes through this (``finetune``, ``distill``)."""
+    if scope == "qlora":
+        model = quantized_4bit(model)
+    else:
+        apply_scope(model, scope if scope != "lora" else "full", p.freeze_top_n, p.freeze_train_head)
+    return model, lora_config(p) if scope in ("lora", "qlora") else None, learning_rate_for(p, scope)
 
 
-def _fingerprint(trainer, scratch: str) -> str:
-    """What makes a training call the same one again: trainer type, arguments (not the folder), the training
-    data (size, columns, a sample of rows) and the trainable parameters (names and shapes)."""
-    args = {k: v for k, v in trainer.args.to_dict().items()
-            if k not in ("output_dir", "logging_dir", "run_name") and not (isinstance(v, str) and scratch and scratch in v)}
-    ds = trainer.train_dataset
-    rows = []
-    if ds is not None and hasattr(ds, "__len__") and len(ds):
-        step = max(1, len(ds) // 16)
-        rows = [ds[i] for i in range(0, len(ds), step)][:17]
-    shapes = [(n, tuple(w.shape)) for n, w in trainer.model.named_parameters() if w.requires_grad]
-    blob = json.dumps([type(trainer).__name__, args, len(ds) if ds is not None and hasattr(ds, "__len__") else None,
-                       getattr(ds, "column_names", None), rows, shapes], sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:10]
-
-
-def resumable(model) -> bool:
-    """Can a checkpoint restore everything this model trains? Not for peft's prompt encoders (P-tuning, prefix
-    tuning with a projection): their checkpoint holds the virtual-token embeddings the encoder produced, not the
-    encoder, so a resumed run would continue from an untrained encoder. Those train again from the start."""
-    configs = getattr(model, "peft_config", {}) or {}
-    return not any(str(getattr(c, "peft_type", "")).endswith("P_TUNING") or getattr(c, "prefix_projection", False)
-                   for c in configs.values())
+def training_precision(common) -> str:
+    """The precision trainers train at, from the ``Common`` group (``models.pick_precision`` on the device
+    ``models.pick_device`` picks): what ``trainer_args`` gives every trainer and what runs beside a trainer
+    (``bf16_frozen_base``, ``distill``'s sampling block) reads."""
+    return models.pick_precision(common.precision, models.pick_device(common.device))
 
 
 def trainer_args(common, output_dir: str | Path, gradient_checkpointing: bool = False, **overrides) -> dict[str, Any]:
     """Arguments every nbft trainer config shares (SFT, reward, GRPO/RLOO, DPO/KTO, distillation), from the
-    ``Common`` group: CPU-aware precision, linear schedule, logs every step, seeded; in a run folder
-    (``settings.current().checkpoints``) a checkpoint every ``save_steps`` steps, only the last one kept (``fit`` puts it in the
-    run folder and resumes from it); ``overrides`` win."""
+    ``Common`` group: CPU-aware precision (``training_precision``), linear schedule, logs every step, seeded; in a run
+    folder a checkpoint every ``save_steps`` steps, only the last one kept (``checkpoints.save_args``: ``fit`` puts it
+    in the run folder and resumes from it); ``overrides`` win."""
     device = models.pick_device(common.device)
-    precision = models.pick_precision(common.precision, device)
+    precision = training_precision(common)
     kwargs: dict[str, Any] = dict(
         output_dir=str(output_dir),
         lr_scheduler_type="linear",
@@ -194,15 +181,13 @@ def trainer_args(common, output_dir: str | Path, gradient_checkpointing: bool = 
         use_cpu=device == "cpu",
         logging_steps=1,
         eval_strategy="no",
-        save_strategy="steps" if settings.current().checkpoints is not None and common.save_steps > 0 else "no",
         report_to=tracking.report_to(),  # kernel.setup: common.report_to, into <run>/tracking/
         disable_tqdm=True,
         seed=common.seed,
         data_seed=common.seed,
         dataloader_pin_memory=False,
     )
-    if kwargs["save_strategy"] == "steps":
-        kwargs.update(save_steps=common.save_steps, save_total_limit=1)
+    kwargs.update(checkpoints.save_args(common))
     kwargs.update(overrides)
     return kwargs
 
@@ -216,8 +201,7 @@ def padding_free_ok(model, peft_config=None) -> bool:
     configs = [peft_config] if peft_config is not None else list((getattr(model, "peft_config", {}) or {}).values())
     if any(getattr(c, "is_prompt_learning", False) for c in configs):
         return False
-    impl = getattr(getattr(model, "config", None), "_attn_implementation", None)
-    return impl in ("sdpa", "eager", "flash_attention_2", "flash_attention_3")
+    return trl_patches.attn_implementation(model) in ("sdpa", "eager", "flash_attention_2", "flash_attention_3")
 
 
 def bf16_frozen_base(model, common, peft_config=None):
@@ -228,8 +212,7 @@ def bf16_frozen_base(model, common, peft_config=None):
     returns the model (moved in place)."""
     import torch
 
-    precision = models.pick_precision(common.precision, models.pick_device(common.device))
-    if (precision == "bf16" and peft_config is not None and not getattr(peft_config, "is_prompt_learning", False)
+    if (training_precision(common) == "bf16" and peft_config is not None and not getattr(peft_config, "is_prompt_learning", False)
             and next(model.parameters()).dtype == torch.float32):
         model.to(torch.bfloat16)
     return model
@@ -265,9 +248,10 @@ def scratch_dir():
 
 
 def finish(model):
-    """After training: take accelerate's autocast wrappers off, switch to eval mode and drop the loaded checksum
-    (``models.CHECKSUM_ATTR``: the weights are not the loaded ones any more); returns the model."""
-    remove_autocast_wrappers(model)
+    """After training: take accelerate's autocast wrappers off (``trl_patches.remove_autocast_wrappers``), switch to
+    eval mode and drop the loaded checksum (``models.CHECKSUM_ATTR``: the weights are not the loaded ones any more);
+    returns the model."""
+    trl_patches.remove_autocast_wrappers(model)
     for module in model.modules():
         module.__dict__.pop(models.CHECKSUM_ATTR, None)
     model.eval()
@@ -305,260 +289,51 @@ class TrainResult:
         models.release(model)
 
 
-#: In each checkpoint ``fit`` makes: {"seconds": training seconds up to that checkpoint, "step": its step}.
-CLOCK_FILE = "nbft_clock.json"
-
-
-def checkpoint_seconds(checkpoint: Path) -> float | None:
-    """The training seconds up to ``checkpoint`` (its ``CLOCK_FILE``), or None when it has no readable record."""
-    try:
-        seconds = json.loads((Path(checkpoint) / CLOCK_FILE).read_text()).get("seconds")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return float(seconds) if isinstance(seconds, (int, float)) and seconds >= 0 else None
-
-
-def _clock(earlier: float, started: list[float]):
-    """A callback: each checkpoint records the training seconds up to it (``earlier`` plus this call's, timed from
-    ``started[0]``) in its ``CLOCK_FILE``."""
-    from transformers import TrainerCallback
-
-    class Clock(TrainerCallback):
-        def on_save(self, args, state, control, **kwargs):
-            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if folder.is_dir():
-                files.write_json(folder / CLOCK_FILE, {"seconds": earlier + time.perf_counter() - started[0],
-                                                       "step": state.global_step})
-
-    return Clock()
-
-
-#: TRL modules whose fused LM head picks its scoring layout with ``_use_triton`` (see ``compact_lm_head``).
-FUSED_HEAD_MODULES = ("trl.trainer.utils", "trl.trainer.distillation_trainer")
-
-
-@contextlib.contextmanager
-def compact_lm_head():
-    """TRL's fused LM head (SFT, GRPO/RLOO, distillation) projects only the positions that have a label when the
-    device has Triton; elsewhere it projects every position, prompt tokens included, so that a compiled graph (Neuron)
-    keeps one shape. In eager mode on CPU the compact layout is exact too, and with losses on replies only most
-    positions are prompt: measured on 2 cores (issue 16) SFT LoRA steps ran 1.5x faster, identical eval loss. For
-    the block, TRL's layout choice (``_use_triton`` as the ``FUSED_HEAD_MODULES`` see it) answers yes on CPU and
-    CUDA; the kernel itself still takes its torch path where there is no Triton."""
-    import importlib
-
-    patched = []
-    for name in FUSED_HEAD_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ImportError:
-            continue
-        original = getattr(module, "_use_triton", None)
-        if original is None:
-            continue
-        module._use_triton = lambda device, original=original: device.type in ("cpu", "cuda") or original(device)
-        patched.append((module, original))
-    try:
-        yield len(patched)
-    finally:
-        for module, original in patched:
-            module._use_triton = original
-
-
-#: ``bf16_head_gemms``: the shortest inner dimension of a head GEMM that runs in bf16 (shorter: fp32 is faster on CPU).
-BF16_HEAD_MIN_SUM = 256
-
-
-@contextlib.contextmanager
-def bf16_head_gemms():
-    """TRL's chunked LM head (``trl.kernels.chunked_logprob``) accumulates its backward GEMMs in fp32: on CUDA a bf16
-    GEMM with an fp32 output, elsewhere both operands cast to fp32 first — on CPU a copy of every 32768-row slice of
-    the 49152 x 576 head per step and an fp32 GEMM at a fifth of the bf16 one's speed (issue 16). For the block, on
-    CPU with bf16 operands and a long inner dimension (the hidden states' gradient sums over a 32768-token vocabulary
-    slice: 6x faster; a trained head's weight gradient sums over the batch's tokens, faster from ~256) the product
-    runs in bf16 (oneDNN accumulates in fp32 and rounds once) and is added to the fp32 accumulator: one rounding per
-    vocabulary slice (two for SmolLM2), as an autocast linear layer's backward rounds its product once. Other devices,
-    dtypes and short sums keep TRL's own function (``benchmarks/cpu_training.py``)."""
-    import torch
-
-    try:
-        from trl.kernels import chunked_logprob
-    except ImportError:
-        yield 0
-        return
-    original = chunked_logprob._addmm_fp32
-
-    def addmm(acc, a, b):
-        if acc.device.type == "cpu" and a.dtype == b.dtype == torch.bfloat16 and a.shape[1] >= BF16_HEAD_MIN_SUM:
-            acc.add_(torch.mm(a, b))
-        else:
-            original(acc, a, b)
-
-    chunked_logprob._addmm_fp32 = addmm
-    try:
-        yield 1
-    finally:
-        chunked_logprob._addmm_fp32 = original
-
-
-def _pretrained(model):
-    """The transformers model inside ``model`` (itself, or the one a peft wrapper holds), or None."""
-    from transformers import PreTrainedModel
-
-    return next((m for m in model.modules() if isinstance(m, PreTrainedModel)), None)
-
-
-@contextlib.contextmanager
-def attention(model, implementation: str):
-    """``model`` runs ``implementation`` (transformers' ``set_attn_implementation``: eager, sdpa, ...) for the
-    block, its own one again after; nothing changes for a model without the switch."""
-    inner = _pretrained(model)
-    before = getattr(getattr(inner, "config", None), "_attn_implementation", None)
-    if inner is None or before is None or before == implementation:
-        yield
-        return
-    inner.set_attn_implementation(implementation)
-    try:
-        yield
-    finally:
-        inner.set_attn_implementation(before)
-
-
-@contextlib.contextmanager
-def eager_attention_in_loss(trainer):
-    """On CPU the trainer's training forward passes (``compute_loss`` with gradients on) run eager attention
-    instead of sdpa for the block: torch's CPU flash-attention backward was a fifth of a LoRA SFT step on 2 cores
-    and eager's matmul + softmax backward is cheaper at these lengths (``benchmarks/cpu_training.py``: issue 16).
-    Generation (GRPO/RLOO and distillation sample inside ``train()``) and no-grad scoring keep sdpa, faster there.
-    The backward pass follows the graph its forward recorded, so switching around ``compute_loss`` suffices."""
-    import torch
-
-    model = trainer.model
-    param = next(model.parameters(), None)
-    if param is None or param.device.type != "cpu" or "compute_loss" in vars(trainer):
-        yield
-        return
-    original = trainer.compute_loss
-
-    def compute_loss(*args, **kwargs):
-        if not torch.is_grad_enabled():
-            return original(*args, **kwargs)
-        with attention(model, "eager"):
-            return original(*args, **kwargs)
-
-    trainer.compute_loss = compute_loss
-    try:
-        yield
-    finally:
-        del trainer.compute_loss
-
-
-@contextlib.contextmanager
-def cpu_layouts(trainer):
-    """What ``fit`` trains and evaluates inside: ``compact_lm_head``, ``bf16_head_gemms`` and
-    ``eager_attention_in_loss``."""
-    with compact_lm_head(), bf16_head_gemms(), eager_attention_in_loss(trainer):
-        yield
-
-
 @timing.timed("training")
 def fit(trainer, evaluate: bool = False) -> TrainResult:
     """``trainer.train()`` for any TRL/transformers trainer — or for the trainer a function builds, which is what
     every nbft stage passes: with ``num_processes`` > 1 (``launch``) each of the processes builds its own and
     trains its share of every batch, and the trained model comes back here — without the raw log dicts on the console
-    (``log_history`` keeps them); then the model cleaned up for inference (``finish``) and, with
-    ``evaluate``, the eval loss.
+    (``log_history`` keeps them), inside TRL's faster CPU layouts (``trl_patches.cpu_layouts``); then the model
+    cleaned up for inference (``finish``) and, with ``evaluate``, the eval loss.
 
-    In a run folder (``settings.current().checkpoints``, trainer saving every ``save_steps``) the trainer checkpoints into
-    ``<run>/checkpoints/<stage>/<NN>-<trainer>-<fingerprint>/`` and, when that folder already has a checkpoint
-    (the stage is running again after a crash), resumes from it: model, optimizer, scheduler, RNG state, data
-    position and log history, so the model, the log and the tokens trained on equal an uninterrupted run's.
-    Each checkpoint records the training seconds up to it (``CLOCK_FILE``), and a resumed call adds them to its
-    own; a checkpoint without that record gives ``resumed_from_step`` and no ``tokens_per_second``
-    (``TrainResult``). A finished call's last checkpoint has
-    no optimizer state (a resumed stage loads it instead of training again); ``nbft run`` deletes a stage's
-    checkpoints once the stage ends ok. Trainers whose checkpoint cannot restore their training (``resumable``)
-    do not checkpoint."""
+    In a run folder (``settings.current().checkpoints``, trainer saving every ``save_steps``) the call checkpoints
+    into its own slot and, when the slot already has a checkpoint (the stage is running again after a crash),
+    resumes from it: model, optimizer, scheduler, RNG state, data position and log history, so the model, the log
+    and the tokens trained on equal an uninterrupted run's (``checkpoints.prepare``). A resumed call's seconds add
+    the training seconds its checkpoint recorded; a checkpoint without that record gives ``resumed_from_step`` and
+    no ``tokens_per_second`` (``TrainResult``). A call whose last checkpoint is there loads it instead of training
+    (``checkpoints.load_finished``)."""
     from transformers import PrinterCallback
 
     if not hasattr(trainer, "train"):  # a function that builds the trainer
         if launch.wanted():  # num_processes > 1: each process builds its own (no checkpoints, no live monitors)
-            r = launch.run(trainer, evaluate, finish, cpu_layouts)
+            r = launch.run(trainer, evaluate, finish, trl_patches.cpu_layouts)
             return TrainResult(r["model"], None, r["seconds"], r["steps"], trained_tokens(r["log_history"]),
                                r["eval_loss"], r["log_history"], ranks=r["ranks"])
         trainer = trainer()
     trainer.remove_callback(PrinterCallback)
-    slot = resume = None
-    started = [time.perf_counter()]
-    if trainer.args.save_strategy == "steps" and not resumable(trainer.model):
-        from transformers.trainer_utils import SaveStrategy
-
-        trainer.args.save_strategy = SaveStrategy.NO  # its checkpoint could not bring the training back
-    earlier, resumed_from = 0.0, None
-    where = settings.current()
-    if where.checkpoints is not None and trainer.args.save_strategy == "steps":
-        where.training_calls += 1
-        slot = where.checkpoints / (f"{where.training_calls:02d}-{type(trainer).__name__}-"
-                                    f"{_fingerprint(trainer, trainer.args.output_dir)}")
-        trainer.args.output_dir = str(slot)
-        resume = last_checkpoint(slot)
-        if resume is not None:
-            recorded = checkpoint_seconds(resume)
-            earlier = recorded or 0.0
-            if recorded is None:
-                resumed_from = int(resume.name.removeprefix("checkpoint-"))
-        trainer.add_callback(_final_checkpoint_light(trainer))
-        trainer.add_callback(_clock(earlier, started))
-    finished = False
-    if resume is not None:
-        state = json.loads((resume / "trainer_state.json").read_text())
-        finished = state.get("global_step", 0) >= state.get("max_steps", 0) > 0
-        logged = [r["num_tokens"] for r in state.get("log_history", []) if "num_tokens" in r]
-        if logged and hasattr(trainer, "_total_train_tokens"):  # TRL counts tokens in the trainer, not its state
-            trainer._total_train_tokens = int(logged[-1])
-        print(f"{'loading the finished' if finished else 'resuming'} {type(trainer).__name__} from {resume} "
-              f"(step {state.get('global_step')} of {state.get('max_steps')})")
+    slot = checkpoints.prepare(trainer)
     tracking.attach(trainer)
-    started[0] = time.perf_counter()
-    if finished:  # train() would run one more step past max_steps before it noticed: load, don't train
-        from transformers import TrainerState
-
-        trainer._load_from_checkpoint(str(resume))
-        trainer.state = TrainerState.load_from_json(str(resume / "trainer_state.json"))
-        trainer._load_rng_state(str(resume))  # the RNG as the finished call left it
-        seconds = earlier  # loading is not training
+    slot.start()
+    if slot.finished:
+        checkpoints.load_finished(trainer, slot)
+        seconds = slot.earlier  # loading is not training
     else:
-        with cpu_layouts(trainer):
-            trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
-        seconds = earlier + time.perf_counter() - started[0]
-    with cpu_layouts(trainer):
+        with trl_patches.cpu_layouts(trainer):
+            trainer.train(resume_from_checkpoint=str(slot.resume) if slot.resume is not None else None)
+        seconds = slot.seconds()
+    with trl_patches.cpu_layouts(trainer):
         eval_loss = trainer.evaluate()["eval_loss"] if evaluate else None
     return TrainResult(finish(trainer.model), trainer, seconds, trainer.state.global_step,
                        trained_tokens(trainer.state.log_history), eval_loss, list(trainer.state.log_history),
-                       resumed_from)
+                       slot.resumed_from)
 
 
 def trained_tokens(log_history: list[dict]) -> int:
     """The non-padding tokens a training call trained on, as TRL counts them in its log (0 when it does not)."""
     logs = [r for r in log_history if "num_tokens" in r and "eval_loss" not in r]
     return int(logs[-1]["num_tokens"]) if logs else 0
-
-
-def _final_checkpoint_light(trainer):
-    """A callback: the checkpoint at the last step holds the model, the trainer state and the RNG state, not the
-    optimizer (nothing trains from it again; for a full fine-tune of a 135M model that is 1.1 of its 1.6 GB)."""
-    from transformers import TrainerCallback
-
-    class FinalCheckpointLight(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            if state.max_steps and state.global_step >= state.max_steps:
-                args.save_only_model = True
-
-        def on_save(self, args, state, control, **kwargs):
-            if args.save_only_model:
-                trainer._save_rng_state(str(Path(args.output_dir) / f"checkpoint-{state.global_step}"))
-
-    return FinalCheckpointLight()
 
 
 def to_dataset(records: list[dict], mode: str = "instruction"):
@@ -613,40 +388,15 @@ def sft(model, tokenizer, train: list[dict], validation: list[dict], p, learning
         return fit(build, evaluate=bool(validation))
 
 
-def remove_autocast_wrappers(model) -> int:
-    """Undo accelerate's mixed-precision forward wrappers, on the model and any submodule.
-
-    For bf16 training accelerate replaces ``forward`` on the prepared model (with peft: on the inner
-    transformers model too) by an autocast-wrapped copy. Left in place, every later call runs in bf16
-    whatever the caller asks for: evaluation at fp32 is silently bf16, and a merged model compared with
-    its adapter differs by nothing at all. Returns how many wrappers were removed.
-    """
-    import inspect
-
-    n = 0
-    for module in model.modules():
-        fwd = module.__dict__.get("forward")
-        if fwd is not None and hasattr(fwd, "__wrapped__"):
-            if inspect.unwrap(getattr(fwd, "__func__", fwd)) is inspect.unwrap(type(module).forward):
-                del module.__dict__["forward"]
-                module.__dict__.pop("_original_forward", None)
-                n += 1
-    return n
-
-
 def finetune(model, tokenizer, train: list[dict], validation: list[dict], p, scope: str = "lora",
              mode: str = "instruction", callbacks=(), **overrides) -> TrainResult:
     """``sft`` with a scope (``p``: ``Common``, ``TrainArgs``, ``ScopeArgs``, ``LoraArgs``): LoRA adapters,
     top-N blocks, every weight, or LoRA on the model reloaded in 4 bits (``qlora``), at the scope's learning
     rate."""
-    if scope == "qlora":
-        model = quantized_4bit(model)
-    else:
-        apply_scope(model, scope if scope != "lora" else "full", p.freeze_top_n, p.freeze_train_head)
-    overrides.setdefault("learning_rate", learning_rate_for(p, scope))
-    adapters = scope in ("lora", "qlora")
-    return sft(model, tokenizer, train, validation, p, peft_config=lora_config(p) if adapters else None,
-               callbacks=callbacks, mode=mode, **overrides)
+    model, peft_config, learning_rate = scoped(model, p, scope)
+    overrides.setdefault("learning_rate", learning_rate)
+    return sft(model, tokenizer, train, validation, p, peft_config=peft_config, callbacks=callbacks, mode=mode,
+               **overrides)
 
 
 @contextlib.contextmanager

@@ -1,15 +1,13 @@
 """Training wrappers on tiny-llama: LoRA SFT trains only the adapters and learns."""
-import contextlib
 import copy
 import json
 import time
-from unittest import mock
 from pathlib import Path
 
 import pytest
 import torch
 
-from nbft import data, evaluate, files, models, params, settings, train
+from nbft import checkpoints, data, evaluate, files, models, params, settings, train
 
 
 def test_lora_sft_trains_only_adapters(tiny, tmp_path):
@@ -80,93 +78,6 @@ def test_padding_free_batches_give_the_padded_loss(tiny):
     with pytest.raises(ValueError, match="longer than max_length"):
         train.sft(copy.deepcopy(base), tok, records, [], params.SFTParams(model="tiny-llama", max_length=longest),
                   learning_rate=1e-3, padding_free=True, max_steps=1)
-
-
-@contextlib.contextmanager
-def sft_trainer_and_batch(tiny):
-    """An fp32 SFTTrainer on a copy of tiny-llama (nbft's config) and one collated batch of 4 demo examples."""
-    from trl import SFTTrainer
-
-    base, tok = tiny
-    records = data.prepare(params.DataPrepParams(model="tiny-llama", n_examples=40), tok).splits["train"][:4]
-    p = params.SFTParams(model="tiny-llama", batch_size=4, precision="fp32")
-    with train.scratch_dir() as tmp:
-        trainer = SFTTrainer(model=copy.deepcopy(base), args=train.sft_config(p, tmp, 1e-3),
-                             train_dataset=train.to_dataset(records), processing_class=tok)
-        yield trainer, trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
-
-
-def test_compact_lm_head_gives_the_same_loss_and_gradients(tiny):
-    """train.compact_lm_head: TRL's fused head scores only labelled positions on CPU too — same loss and gradients.
-    Fails loudly if TRL stops choosing the layout with ``_use_triton`` (the patch would silently do nothing)."""
-    with sft_trainer_and_batch(tiny) as (trainer, batch):
-        results = []
-        for compact in (False, True):
-            trainer.model.zero_grad()
-            with train.compact_lm_head() if compact else contextlib.nullcontext() as n:
-                loss = trainer.compute_loss(trainer.model, dict(batch))
-            loss.backward()
-            results.append((float(loss.detach()), trainer.model.lm_head.weight.grad.clone(), n))
-    (plain, g_plain, _), (compact, g_compact, n) = results
-    assert n == len(train.FUSED_HEAD_MODULES)  # both TRL modules still pick the layout this way
-    assert compact == pytest.approx(plain, rel=1e-6) and torch.allclose(g_plain, g_compact, atol=1e-6)
-
-
-def test_bf16_head_gemms_keep_the_head_gradients_and_replace_trls_fp32_gemms():
-    """train.bf16_head_gemms: TRL's chunked LM head backward on CPU with bf16 operands runs its long GEMMs in bf16 —
-    the gradients stay within bf16 rounding of TRL's fp32 ones; short sums and fp32 operands keep TRL's function."""
-    from trl.kernels import chunked_logprob
-
-    torch.manual_seed(0)
-    vocab, width, n = 40000, 64, 200  # two vocabulary slices of TRL's 32768, as SmolLM2's 49152 has
-    weight = (torch.randn(vocab, width) * 0.05).to(torch.bfloat16).requires_grad_()
-    hidden = torch.randn(n, width, dtype=torch.bfloat16).requires_grad_()
-    targets = torch.randint(0, vocab, (n,))
-    calls = []
-    original = chunked_logprob._addmm_fp32
-    grads = []
-    for fast in (False, True):
-        hidden.grad = weight.grad = None
-        with mock.patch.object(chunked_logprob, "_addmm_fp32",
-                               lambda acc, a, b: (calls.append(a.shape[1]), original(acc, a, b))[1]):
-            with train.bf16_head_gemms() if fast else contextlib.nullcontext() as n_patched:
-                logp = chunked_logprob.ChunkedLogProbFunction.apply(hidden, weight, None, targets, 1.0, 32768, None,
-                                                                    1.0, ())[0]
-                (-logp.mean()).backward()
-        grads.append((hidden.grad.float(), weight.grad.float()))
-    assert n_patched == 1 and chunked_logprob._addmm_fp32 is original  # restored after the block
-    (h32, w32), (h16, w16) = grads
-    # TRL's function: the hidden states' and the weight's gradient per slice; with the patch only the weight's, whose
-    # sum runs over the 200 tokens (< BF16_HEAD_MIN_SUM), reaches it
-    assert calls == [32768, n, vocab - 32768, n] + [n, n] and n < train.BF16_HEAD_MIN_SUM
-    assert torch.allclose(h16, h32, rtol=2e-2, atol=1e-3 * h32.abs().max())
-    assert not torch.equal(h16, h32)  # the bf16 GEMM ran (TRL's fp32 one rounds differently)
-    assert torch.equal(w16, w32)
-
-
-def test_training_forward_runs_eager_attention_with_the_same_loss_and_gradients(tiny):
-    """train.eager_attention_in_loss: on CPU the loss with gradients runs eager attention (sdpa's CPU backward is
-    slow), no-grad passes keep sdpa, and the model leaves the block with its own implementation; in fp32 eager and
-    sdpa give the same loss and gradients."""
-    assert tiny[0].config._attn_implementation == "sdpa"  # what transformers loads: the switch has work to do
-    with sft_trainer_and_batch(tiny) as (trainer, batch):
-        seen: list[str] = []
-        hook = trainer.model.model.layers[0].self_attn.register_forward_pre_hook(
-            lambda module, args: seen.append(module.config._attn_implementation))
-        results = []
-        for eager in (False, True):
-            trainer.model.zero_grad()
-            with train.eager_attention_in_loss(trainer) if eager else contextlib.nullcontext():
-                loss = trainer.compute_loss(trainer.model, dict(batch))
-                with torch.no_grad():
-                    trainer.compute_loss(trainer.model, dict(batch))
-            loss.backward()
-            results.append((float(loss.detach()), trainer.model.lm_head.weight.grad.clone()))
-        hook.remove()
-    assert seen == ["sdpa", "sdpa", "eager", "sdpa"]
-    assert trainer.model.config._attn_implementation == "sdpa" and "compute_loss" not in vars(trainer)
-    (plain, g_plain), (eager, g_eager) = results
-    assert eager == pytest.approx(plain, rel=1e-5) and torch.allclose(g_plain, g_eager, atol=1e-5)
 
 
 def test_lora_at_bf16_holds_the_frozen_base_in_bf16_and_the_adapters_in_fp32(tiny):
@@ -371,7 +282,7 @@ def test_checkpoints_resume_a_finished_call_and_skip_what_cannot_resume(tiny, tm
         first = train.sft(copy.deepcopy(base), tok, prep.splits["train"], [], p, learning_rate=1e-2,
                           peft_config=train.lora_config(p))
         (slot,) = folder.iterdir()
-        final = train.last_checkpoint(slot)
+        final = checkpoints.last_checkpoint(slot)
         assert final.name == f"checkpoint-{first.steps}" and not (final / "optimizer.pt").exists()
         assert (final / "rng_state.pth").is_file()
         (slot / "checkpoint-99").mkdir()  # a save cut short
@@ -398,11 +309,11 @@ def test_prompt_encoders_are_not_resumable():
                                          num_attention_heads=2, vocab_size=64))
         return get_peft_model(m, cfg)
 
-    assert train.resumable(peft_model(LoraConfig(r=2, task_type="CAUSAL_LM")))
-    assert not train.resumable(peft_model(PromptEncoderConfig(task_type="CAUSAL_LM", num_virtual_tokens=2)))
-    assert not train.resumable(peft_model(PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=2,
+    assert checkpoints.resumable(peft_model(LoraConfig(r=2, task_type="CAUSAL_LM")))
+    assert not checkpoints.resumable(peft_model(PromptEncoderConfig(task_type="CAUSAL_LM", num_virtual_tokens=2)))
+    assert not checkpoints.resumable(peft_model(PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=2,
                                                              prefix_projection=True)))
-    assert train.resumable(torch.nn.Linear(2, 2))
+    assert checkpoints.resumable(torch.nn.Linear(2, 2))
 
 
 def test_a_resumed_call_counts_the_training_seconds_before_the_resume(tiny, tmp_path):
@@ -430,20 +341,20 @@ def test_a_resumed_call_counts_the_training_seconds_before_the_resume(tiny, tmp_
     try:
         cut = call([StopAt2()])
         (slot,) = folder.iterdir()
-        at2 = train.last_checkpoint(slot)
-        assert at2.name == "checkpoint-2" and 0 < train.checkpoint_seconds(at2) <= cut.seconds
-        files.write_json(at2 / train.CLOCK_FILE, {"seconds": 1000.0, "step": 2})  # a long first part
+        at2 = checkpoints.last_checkpoint(slot)
+        assert at2.name == "checkpoint-2" and 0 < checkpoints.checkpoint_seconds(at2) <= cut.seconds
+        files.write_json(at2 / checkpoints.CLOCK_FILE, {"seconds": 1000.0, "step": 2})  # a long first part
         t0 = time.perf_counter()
         resumed = call()
         wall = time.perf_counter() - t0
         assert resumed.steps > 2 and resumed.resumed_from_step is None
         assert 1000 < resumed.seconds < 1000 + wall
         assert resumed.tokens_per_second == pytest.approx(resumed.train_tokens / resumed.seconds)
-        final = train.last_checkpoint(slot)
-        assert final.name == f"checkpoint-{resumed.steps}" and train.checkpoint_seconds(final) >= 1000
+        final = checkpoints.last_checkpoint(slot)
+        assert final.name == f"checkpoint-{resumed.steps}" and checkpoints.checkpoint_seconds(final) >= 1000
         loaded = call()  # finished: loaded, not trained; its time is the training's
-        assert loaded.seconds == pytest.approx(train.checkpoint_seconds(final)) and loaded.train_tokens == resumed.train_tokens
-        (final / train.CLOCK_FILE).unlink()  # a checkpoint that did not record its time
+        assert loaded.seconds == pytest.approx(checkpoints.checkpoint_seconds(final)) and loaded.train_tokens == resumed.train_tokens
+        (final / checkpoints.CLOCK_FILE).unlink()  # a checkpoint that did not record its time
         blind = call()
         assert blind.resumed_from_step == resumed.steps and blind.tokens_per_second is None
     finally:
