@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import difflib
 import json
+import math
 import os
 import re
 import shutil
@@ -130,7 +131,8 @@ def _export_or_warn(run_dir: Path, nb_path: Path, label: str) -> Path | None:
         return _export_html(nb_path)
     except Exception as e:
         message = f"{nb_path.stem}: HTML report not written ({type(e).__name__}: {e}); the executed notebook is {nb_path}"
-        runs.write_status(run_dir, append={"warnings": message})
+        with contextlib.suppress(OSError):  # a full disk: the line below still says it
+            runs.write_status(run_dir, append={"warnings": message[:400]})
         print(f"{label}: warning: {' '.join(message.split())}", file=sys.stderr, flush=True)
         return None
 
@@ -344,8 +346,15 @@ def execute(resolved: dict, stages: list[str], run_dir: Path, progress: bool = T
             print(f"\n{label}: interrupted ({signal.Signals(signum).name}) in {where}; "
                   f"continue it with: nbft run --resume {run_dir.name}", file=sys.stderr, flush=True)
         return 128 + signum
-    except Exception as e:  # a bug in nbft itself: recorded, then shown in full
-        runs.write_status(run_dir, state="failed", error=f"{type(e).__name__}: {e}")
+    except Exception as e:  # a full disk: one line; anything else is a bug in nbft itself: recorded, then shown in full
+        full = files.disk_full(e)
+        with contextlib.suppress(OSError):  # never a second error from the handler of the first
+            runs.write_status(run_dir, state="failed", error=f"{'disk full: ' if full else ''}{type(e).__name__}: "
+                              f"{str(e)[:300]}", **({"reason": "disk full"} if full else {}))
+        if full:
+            print(f"{label}: FAILED: the disk is full ({e}); free some space, then continue the run with: "
+                  f"nbft run --resume {run_dir.name}", file=sys.stderr, flush=True)
+            return EXIT_FAILED
         raise
     finally:
         runs.release(run_dir)
@@ -378,16 +387,19 @@ def _execute(resolved, stages, run_dir, progress, verbose, label, resume, runnin
         p.run_name = run_dir.name
     _kernel_env(run_dir.parent)
     os.environ[runs.RUNNER_ENV] = "1"  # the kernels' trainers checkpoint: this runner resumes from and deletes them
-    files.write_atomic(run_dir / "params.yaml", P.to_yaml(resolved))
     done = set(resume["done"]) if resume else set()
+    # status.json first, small and with room to spare (runs.write_status): whatever fails next, a full disk
+    # included, the run can say why it stopped and be resumed
     if resume:
         resumed = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "from_state": resume["state"],
                    "skipped": sorted(done, key=stages.index), "set": resume["set"], "changed": resume["changed"]}
         runs.write_status(run_dir, state="running", failed_stage=None, failed_cell=None, error=None, signal=None,
                           append={"resumes": resumed})
+        files.write_atomic(run_dir / "params.yaml", P.to_yaml(resolved))
     else:
-        runs.write_env(run_dir, resolved[stages[0]])
         runs.write_status(run_dir, state="running", stages={s: "pending" for s in stages}, started=time.time())
+        files.write_atomic(run_dir / "params.yaml", P.to_yaml(resolved))
+        runs.write_env(run_dir, resolved[stages[0]])
     jobs = max(1, min(jobs, len([s for s in stages if s not in done]) or 1))
     threads = max(1, cpu_count() // jobs) if jobs > 1 else None
     print(f"{label}: {run_dir} ({len(stages)} stage{'s' * (len(stages) > 1)}: {', '.join(stages)})"
@@ -424,8 +436,14 @@ def _execute(resolved, stages, run_dir, progress, verbose, label, resume, runnin
         out = run_dir / f"{stage}.ipynb"
         if isinstance(error, PapermillExecutionError):
             where_cell = f"cell {error.cell_index} (In [{error.exec_count}])"
+            full = error.ename in ("OSError", "IOError") and re.search(r"\[Errno (28|122)\]", str(error.evalue))
             runs.write_status(run_dir, state="failed", stages={stage: "failed"}, failed_stage=stage,
-                              failed_cell=error.cell_index, error=f"{error.ename}: {error.evalue}")
+                              failed_cell=error.cell_index,
+                              error=f"{'disk full: ' if full else ''}{error.ename}: {error.evalue}",
+                              **({"reason": "disk full"} if full else {}))
+            if full:
+                print(f"{label}: the disk is full: free some space, then continue the run with: "
+                      f"nbft run --resume {run_dir.name}", file=sys.stderr)
             html = _export_or_warn(run_dir, out, label) if out.exists() else None
             _write_index(run_dir)
             print(f"{label}: FAILED in notebook {stage}.ipynb, {where_cell}: {error.ename}: {error.evalue}",
@@ -683,12 +701,23 @@ def cmd_sweep(args) -> int:
             sweep_name = runs.new_run_name(Path(params_file).stem + "-sweep")
             sweep_name += next((f"-{i}" for i in range(2, 10_000) if not (runs.runs_root() / f"{sweep_name}-{i}").exists()),
                                "") if (runs.runs_root() / sweep_name).exists() else ""
+        n_points = math.prod(len(v) for v in grid.values())
+        if n_points > args.max_points:
+            raise P.ParamError(f"--grid: {n_points} points ({' x '.join(str(len(v)) for v in grid.values())}), more "
+                               f"than --max-points {args.max_points}: each point is a whole run; narrow the grid or "
+                               "raise --max-points")
         planned = []
-        for point in (dict(zip(grid, combo)) for combo in itertools.product(*grid.values())):
+        for i, point in enumerate((dict(zip(grid, combo)) for combo in itertools.product(*grid.values())), 1):
+            said = ", ".join(f"{k}={v}" for k, v in point.items())
+            if n_points > 1 and sys.stderr.isatty() or n_points >= 10:
+                print(f"nbft sweep: checking point {i}/{n_points} ({said})", file=sys.stderr, flush=True)
             name = _point_name(sweep_name, point)
-            runs.run_dir(name, key=f"--grid {', '.join(f'{k}={v}' for k, v in point.items())}: the point's run name")
-            planned.append((point, *_prepare(params_file, args.set + [f"{k}={v}" for k, v in point.items()],
-                                             args.only, name)))
+            try:
+                runs.run_dir(name, key="the point's run name")
+                planned.append((point, *_prepare(params_file, args.set + [f"{k}={v}" for k, v in point.items()],
+                                                 args.only, name)))
+            except bad_input() as e:  # say which point: the same message for every point would not
+                raise type(e)(f"--grid point {i} of {n_points} ({said}): {e}") from None
         names = [name for *_, name in planned]
         if len(set(names)) != len(names):
             raise P.ParamError(f"--grid: two points give the same run name ({', '.join(names)})")
@@ -862,6 +891,8 @@ def main(argv: list[str] | None = None) -> int:
     sw.add_argument("--name", help="sweep name (its runs are <name>__<key>-<value>)")
     sw.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every point")
     sw.add_argument("--jobs", default="1", metavar="N", help="stages at once within each run (as nbft run --jobs)")
+    sw.add_argument("--max-points", type=int, default=64, metavar="N",
+                    help="refuse a grid of more points than this before validating any (default 64)")
     sw.add_argument("--no-progress", dest="progress", action="store_false")
     sw.add_argument("--verbose", action="store_true")
     sw.set_defaults(fn=cmd_sweep)
@@ -890,6 +921,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         return args.fn(args)
+    except bad_input() as e:  # an input error a command did not catch itself (nbft list with a bad runs folder, ...)
+        return _bad(args.cmd, e)
     except KeyboardInterrupt:  # before or after a run executes (preflight, listing): nothing to record
         print(f"\nnbft {args.cmd}: interrupted", file=sys.stderr)
         return 130

@@ -9,14 +9,29 @@ written by a notebook kernel while the runner reads it).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 from pathlib import Path
 from typing import Any
 
 
-def write_atomic(path: str | Path, data: str | bytes, encoding: str = "utf-8") -> Path:
-    """Write ``data`` to ``path`` all at once: temp file + fsync + ``os.replace`` (+ fsync of the folder)."""
+#: errno values that mean "no room to write": the disk is full, or the user's quota is spent.
+DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
+
+
+def disk_full(e: BaseException) -> bool:
+    """Is ``e`` a full disk (or quota)?"""
+    return isinstance(e, OSError) and e.errno in DISK_FULL
+
+
+def write_atomic(path: str | Path, data: str | bytes, encoding: str = "utf-8", in_place_if_full: bool = False) -> Path:
+    """Write ``data`` to ``path`` all at once: temp file + fsync + ``os.replace`` (+ fsync of the folder).
+
+    ``in_place_if_full`` (small files whose readers ignore trailing whitespace: status.json): when the disk is full,
+    so that no temporary file can be made, ``data`` is written over the file's own blocks instead, padded with
+    spaces to its old length — possible whenever it is no longer than the file already is (``write_status`` keeps a
+    reserve of trailing spaces for that)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     blob = data.encode(encoding) if isinstance(data, str) else data
@@ -26,9 +41,11 @@ def write_atomic(path: str | Path, data: str | bytes, encoding: str = "utf-8") -
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if in_place_if_full and disk_full(e) and _overwrite_in_place(path, blob):
+            return path
         raise
     with contextlib.suppress(OSError):  # the rename itself on disk
         fd = os.open(path.parent, os.O_RDONLY)
@@ -37,6 +54,23 @@ def write_atomic(path: str | Path, data: str | bytes, encoding: str = "utf-8") -
         finally:
             os.close(fd)
     return path
+
+
+def _overwrite_in_place(path: Path, blob: bytes) -> bool:
+    """``blob`` over ``path``'s existing blocks, padded with spaces to its length (no new block is needed); False
+    when the file is missing or shorter than ``blob``."""
+    blob = blob.rstrip(b" ")  # the reserve the caller asked for is what this uses up
+    try:
+        size = path.stat().st_size
+        if len(blob) > size:
+            return False
+        with open(path, "r+b") as f:
+            f.write(blob + b" " * (size - len(blob)))
+            f.flush()
+            os.fsync(f.fileno())
+        return True
+    except OSError:
+        return False
 
 
 def _jsonable(x):

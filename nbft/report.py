@@ -173,11 +173,16 @@ def links_html(links: list[dict]) -> str:
 
 
 def check_inputs(p: params.ReportParams) -> None:
-    """Before any notebook runs: every run named in ``compare_runs`` exists and has metrics."""
+    """Before any notebook runs: every run named in ``compare_runs`` exists and has metrics, and every stage named
+    in ``stages`` was recorded by one of them."""
     if p.compare_runs:
         try:
-            resolve_runs(p.compare_runs)
+            loaded = load_runs(resolve_runs(p.compare_runs))
         except FileNotFoundError as e:
+            raise params.ParamError(f"99_report.{e}") from None
+        try:
+            report_stages(loaded, p.stages)
+        except ValueError as e:
             raise params.ParamError(f"99_report.{e}") from None
 
 

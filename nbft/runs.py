@@ -48,10 +48,19 @@ def project_root(start: Path | None = None) -> Path | None:
 
 
 def runs_root() -> Path:
+    """Where runs live: ``$NBFT_RUNS_DIR``, else runs/ in the project (or the working directory). Something there
+    that is not a folder is refused naming it (a ``RunError``)."""
     if os.environ.get(RUNS_ENV):
-        return Path(os.environ[RUNS_ENV]).expanduser().resolve()
-    root = project_root()
-    return (root or Path.cwd()) / "runs"
+        try:
+            root = Path(os.environ[RUNS_ENV]).expanduser().resolve()
+        except (OSError, RuntimeError) as e:  # ~nosuchuser, a symlink loop
+            raise RunError(f"{RUNS_ENV}={params.show(os.environ[RUNS_ENV])}: {e}") from None
+    else:
+        root = (project_root() or Path.cwd()) / "runs"
+    if root.exists() and not root.is_dir():
+        raise RunError(f"the runs folder {root}{f' ({RUNS_ENV})' if os.environ.get(RUNS_ENV) else ''} is a file, "
+                       "not a folder: point it at a folder")
+    return root
 
 
 def new_run_name(prefix: str = "") -> str:
@@ -453,6 +462,10 @@ def write_env(run_dir: Path, p=None) -> dict:
 
 # ---------------------------------------------------------------- status and listing
 
+#: Bytes of trailing spaces status.json keeps (see ``write_status``).
+STATUS_RESERVE = 1024
+
+
 def write_status(run_dir: Path, append: dict | None = None, **fields: Any) -> dict:
     """Update status.json (under its lock): a dict value merges into a dict field, anything else replaces the
     field; ``append={"field": item}`` adds ``item`` to a list field."""
@@ -466,7 +479,10 @@ def write_status(run_dir: Path, append: dict | None = None, **fields: Any) -> di
                 status[k] = v
         for k, v in (append or {}).items():
             status[k] = [*(status[k] if isinstance(status.get(k), list) else []), v]
-        files.write_json(path, status)
+        text = json.dumps(status, indent=1, default=str)
+        # a reserve of trailing spaces: on a full disk the next state ("failed: disk full") is written over the file's
+        # own blocks (files.write_atomic's in_place_if_full), so the run can always say why it stopped
+        files.write_atomic(path, text + "\n" + " " * STATUS_RESERVE, in_place_if_full=True)
     return status
 
 

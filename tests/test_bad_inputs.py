@@ -327,6 +327,15 @@ ROWS = [
     Row("num_processes 512", only("01_data_prep", "--set", "num_processes=512"), ["num_processes 512", "at most"]),
     Row("100 kB value echoed cut", ["run", "--set", "02_sft.scope=" + "x" * 100_000], ["02_sft.scope", "..."]),
     Row("100 kB key", ["run", "--set", "k" * 100_000 + "=1"], ["--set", "characters", "no parameter"]),
+    Row("sweep of 10000 points", ["sweep", "--grid", "seed=" + ",".join(map(str, range(100))),
+                                  "--grid", "01_data_prep.n_examples=" + ",".join(map(str, range(100, 200)))],
+        ["10000 points (100 x 100)", "--max-points 64"]),
+    Row("sweep point that fails the data check", ["sweep", "--grid", "01_data_prep.max_tokens=384,5",
+                                                  "--only", "01_data_prep"],
+        ["--grid point 2 of 2 (01_data_prep.max_tokens=5)", "max_tokens"]),
+    Row("report stage no compared run recorded", only("99_report", "--set", "compare_runs=[earlier]", "--set",
+                                                      "99_report.stages=[05_rag_vs_ft]"),
+        ["99_report.stages: 05_rag_vs_ft not recorded by these runs"]),
     # ---------------------------------------------------------------- resume
     Row("resume unknown", ["run", "--resume", "crashd"], ["--resume crashd", "no run folder", "did you mean 'crashed'"]),
     Row("resume ok run", ["run", "--resume", "earlier"], ["finished ok", "nothing to resume"]),
@@ -472,3 +481,16 @@ def test_bad_input_is_nbft_own_errors():
         assert issubclass(own, caught), own
     for other in (ValueError, OSError, TypeError, KeyError, RecursionError):
         assert not issubclass(other, caught), other
+
+
+def test_a_runs_folder_that_is_a_file_is_named(tmp_path, monkeypatch, capsys):
+    """Issue 29: NBFT_RUNS_DIR pointing at a file gave "[Errno 17] File exists"."""
+    f = tmp_path / "not-a-folder"
+    f.write_text("x")
+    monkeypatch.setenv("NBFT_RUNS_DIR", str(f))
+    monkeypatch.chdir(ROOT)
+    for args in (["run", "--params", SMOKE, "--only", "01_data_prep", "--no-progress"], ["list"]):
+        assert cli.main(args) == 2
+        err = capsys.readouterr().err
+        assert f"the runs folder {f} (NBFT_RUNS_DIR) is a file, not a folder" in err and "Traceback" not in err
+    assert f.read_text() == "x"

@@ -23,3 +23,19 @@ if os.environ.get("NBFT_TEST_KILL_AFTER_CHECKPOINT"):
         return control
 
     tc.CallbackHandler.on_save = on_save
+
+if os.environ.get("NBFT_TEST_DISK_FULL"):
+    # A full disk for tests/test_runs.py: opening for writing any file whose path contains this text fails with
+    # ENOSPC, as a write to a full file system does (Python-level writes: open, io.open, pathlib).
+    import builtins
+    import errno
+    import io
+
+    _open, _where = io.open, os.environ["NBFT_TEST_DISK_FULL"]
+
+    def _full_open(file, mode="r", *args, **kwargs):
+        if _where in str(file) and any(m in mode for m in "wax+"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(file))
+        return _open(file, mode, *args, **kwargs)
+
+    builtins.open = io.open = _full_open
