@@ -197,3 +197,74 @@ def test_precompile_covers_every_package_nbft_imports_and_each_entry_resolves():
                          timeout=600, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "nbft precompile:" in out.stdout and "not installed" not in out.stdout, out.stdout
+
+
+def module_map() -> list[tuple[str, set[str]]]:
+    """docs/architecture.md's core module map: (module, the modules its "imports" column names), in row order."""
+    import re
+
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    table = text.split("## Module map", 1)[1].split("\nStages:", 1)[0]
+    rows = []
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        m = re.fullmatch(r"`(\w+)`", cells[0]) if len(cells) >= 3 else None
+        if m:
+            rows.append((m.group(1), set(re.findall(r"`(\w+)`", cells[-1]))))
+    return rows
+
+
+def test_the_module_map_in_docs_says_what_each_core_module_imports_and_rows_only_import_rows_above():
+    """docs/architecture.md's module map is true: every module that is not a stage module has a row, its imports
+    column is exactly what the module imports, and a row imports only rows above it."""
+    graph = {m: {dep for dep, _, _ in nbft_imports(tree) if dep in MODULES and dep != m} for m, tree in parsed().items()}
+    stage_modules = {s.module for s in params.STAGE_TABLE} - CORE  # in the Stages table (rag, messages: either)
+    rows = module_map()
+    names = [m for m, _ in rows]
+    missing, unknown = set(MODULES) - stage_modules - {"rag", "messages"} - set(names), set(names) - set(MODULES)
+    assert not missing and not unknown and not set(names) & stage_modules, (
+        f"rows missing: {sorted(missing)}; rows for no module: {sorted(unknown)}; stage modules: "
+        f"{sorted(set(names) & stage_modules)}")
+    wrong = {m: (sorted(said), sorted(graph[m])) for m, said in rows if said != graph[m]}
+    assert not wrong, f"imports column (said, real): {wrong}"
+    for i, (m, said) in enumerate(rows):
+        assert said <= set(names[:i]), f"{m} imports {sorted(said - set(names[:i]))}, a row below it"
+
+
+def test_a_new_stage_is_a_row_its_params_and_its_module(tmp_path, monkeypatch):
+    """Issue 34: a stage is added by its row in params.STAGE_TABLE, its parameter dataclass, its module (with
+    check_inputs when it reads files), its notebook and params/*.yaml sections (and its tests). A throwaway stage made
+    of just those is resolved, has its paths made absolute, waits for what it reads, is checked in preflight and
+    shows its headline metrics — no other table in nbft names it."""
+    import dataclasses
+    import sys
+    import types
+
+    from nbft import cli, runs
+
+    @params.params_dataclass
+    class DummyParams(params.Common):
+        """08_dummy: a stage made for this test."""
+        source: str = params._f("builtin", "'builtin' or a file")
+        rounds: int = params._f(2, "how many rounds", min=1)
+
+    checked = []
+    module = types.ModuleType("nbft.dummy")
+    module.check_inputs = lambda p: checked.append(p.source)
+    monkeypatch.setitem(sys.modules, "nbft.dummy", module)
+    row = params.Stage("08_dummy", DummyParams, "dummy", needs=("02_sft",), lane=9, headline=("score",),
+                       paths=(params.PathParam("source", "path", ("builtin",)),))
+    monkeypatch.setattr(params, "STAGES", {**params.STAGES, row.name: row})
+    monkeypatch.chdir(tmp_path)
+
+    resolved = params.resolve(None, ["08_dummy.source=data/mine.txt", "08_dummy.rounds=3"])
+    assert resolved["08_dummy"].rounds == 3 and "08_dummy" in cli._stage_names(["dummy"])
+    cli._absolutize_paths(resolved)
+    assert resolved["08_dummy"].source == str(tmp_path / "data" / "mine.txt")
+    assert cli.needs("08_dummy", ["01_data_prep", "02_sft", "08_dummy"]) == ["02_sft"]
+    assert "08_dummy" in cli.needs("99_report", ["02_sft", "08_dummy", "99_report"])
+    cli.preflight({"08_dummy": dataclasses.replace(resolved["08_dummy"], model="tiny-llama")}, ["08_dummy"])
+    assert checked == [str(tmp_path / "data" / "mine.txt")]
+    assert runs.headline("08_dummy", {"score": 0.5, "other": 1}) == {"score": 0.5}
+    with pytest.raises(params.ParamError, match="did you mean 'rounds'"):
+        params.resolve(None, ["08_dummy.round=3"])
