@@ -273,8 +273,9 @@ def prompt_probs(model, tokenizer, prompts: list[str], ids: list[int], precision
     """Softmax over the label words' first tokens of the next-token distribution after each prompt.
 
     The prompts' shared token prefix (the chat template's system turn, the few-shot examples) runs once and its
-    key/value cache (``models.kv_cache``) serves every batch, so ``few_shot`` costs about what ``zero_shot`` does;
-    the rest of each prompt is left-padded after the prefix (masked, positions counted from the prefix)."""
+    key/value cache (``evaluate.prefill``) serves every batch, so ``few_shot`` costs about what ``zero_shot`` does;
+    the rest of each prompt is left-padded after the prefix and continues a copy of it (``evaluate.continue_from``:
+    masked, positions counted from the prefix)."""
     model.eval()
     device = next(model.parameters()).device
     seqs = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in prompts]
@@ -283,25 +284,18 @@ def prompt_probs(model, tokenizer, prompts: list[str], ids: list[int], precision
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     prefix = None
     if n and seqs:
-        with models.autocast(model, precision):
-            prefix = model(input_ids=torch.tensor([seqs[0][:n]], device=device), use_cache=True,
-                           past_key_values=models.kv_cache(model, precision)).past_key_values
+        prefix = evaluate.prefill(model, torch.tensor([seqs[0][:n]], device=device),
+                                  torch.ones((1, n), dtype=torch.long, device=device), precision)
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     for s in range(0, len(order), batch_size):
         idx = order[s:s + batch_size]
-        rest = [seqs[i][n:] for i in idx]
-        width = max(len(r) for r in rest)
-        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rest], device=device)
-        input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rest], device=device)
+        input_ids, mask = evaluate.padded([seqs[i][n:] for i in idx], pad, device, left=True)
         cache = None
         if prefix is not None:
             cache = copy.deepcopy(prefix)
             cache.batch_repeat_interleave(len(idx))
-        full_mask = torch.cat([torch.ones(len(idx), n, dtype=mask.dtype, device=device), mask], 1)
-        positions = (n + mask.cumsum(1) - 1).clamp(min=n)
-        with models.autocast(model, precision):
-            logits = model(input_ids=input_ids, attention_mask=full_mask, position_ids=positions,
-                           past_key_values=cache, use_cache=cache is not None, logits_to_keep=1).logits
+        logits = evaluate.continue_from(model, cache, torch.ones(len(idx), n, dtype=mask.dtype, device=device),
+                                        input_ids, mask, precision, logits_to_keep=1)
         out[idx] = torch.softmax(logits[:, -1].float()[:, ids], -1).cpu().numpy()
     return out
 

@@ -14,7 +14,7 @@ import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -150,6 +150,105 @@ def _perplexity(model, tokenizer, texts, batch_size, max_length, precision) -> f
             nll += loss.item()
             n += int((labels[:, 1:] != -100).sum())
     return math.exp(nll / max(n, 1))
+
+
+# ---------------------------------------------------------------- scoring continuations from a key/value cache
+
+def padded(seqs: Sequence[Sequence[int]], pad: int, device, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id lists as one (rows x longest) tensor padded with ``pad`` on the left or the right, and its mask
+    (1 on real tokens), on ``device``."""
+    width = max(len(x) for x in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for r, x in enumerate(seqs):
+        cols = slice(width - len(x), width) if left else slice(0, len(x))
+        ids[r, cols], mask[r, cols] = torch.tensor(x, dtype=torch.long), 1
+    return ids.to(device), mask.to(device)
+
+
+@torch.no_grad()
+def prefill(model, ids: torch.Tensor, mask: torch.Tensor, precision: str = "fp32"):
+    """The key/value cache of ``ids`` (rows x width, padded on the left; ``mask``: 1 on real tokens, each row's
+    positions counted from its first real token), kept the way ``models.kv_cache`` keeps it, under the precision's
+    autocast; None for no tokens. Continue it with :func:`continue_from`."""
+    if ids.shape[1] == 0:
+        return None
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    with models.autocast(model, precision):
+        return model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=models.kv_cache(model, precision),
+                     use_cache=True, logits_to_keep=1).past_key_values
+
+
+@torch.no_grad()
+def continue_from(model, cache, cache_mask: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor,
+                  precision: str = "fp32", logits_to_keep: int = 0) -> torch.Tensor:
+    """The logits of ``ids`` (rows x width, padded on either side; ``mask``: 1 on real tokens) read after ``cache``
+    (:func:`prefill`'s, one row per row of ``ids``; ``cache_mask``: its mask, rows x cached width; ``cache`` None:
+    nothing before them), under the precision's autocast. Each row's positions go on from its cached tokens; padding
+    on the left takes the first position (masked). The cache grows by ``ids``: copy it first to keep it."""
+    start = cache_mask.sum(-1, keepdim=True)
+    lead = (mask.cumsum(-1) == 0).sum(-1, keepdim=True)  # padding on the left of each row
+    pos = start + (torch.arange(ids.shape[1], device=ids.device) - lead).clamp(min=0)
+    with models.autocast(model, precision):
+        return model(input_ids=ids, attention_mask=torch.cat([cache_mask, mask], 1), position_ids=pos,
+                     past_key_values=cache, use_cache=cache is not None, logits_to_keep=logits_to_keep).logits
+
+
+def continuation_logprobs(model, tokenizer, prompts: Sequence[str], continuations: Sequence[Sequence[str]],
+                          precision: str = "fp32", batch_size: int = 16, prefilled: Callable | None = None,
+                          noun: str = "continuation") -> list[list[float]]:
+    """Sum of the log-probabilities of each continuation's tokens after its prompt: one float per
+    ``continuations[i]`` after ``prompts[i]`` (higher: more likely). Prompt and continuation are tokenized separately
+    (no special tokens added) and concatenated, as generation would continue the prompt.
+
+    ``batch_size`` prompts at a time (sorted by token length, left-padded) fill a key/value cache with all their
+    tokens but the last (:func:`prefill`); the continuations (right-padded, each row its true positions) continue the
+    cache after the last prompt token (:func:`continue_from`), the cache's rows copied once per continuation: a
+    prompt with four candidates is read once, not four times. ``prefilled(batch, ids, mask, cache)``: called for
+    every batch of prompts (indices into ``prompts``, left-padded ids and mask) with their cache before the
+    continuations extend it (copy it to keep it), prompts without continuations included — ``knowledge.read_prompts``
+    generates its replies from it. ``noun`` names a continuation in errors."""
+    if len(prompts) != len(continuations):
+        raise ValueError(f"{len(prompts)} prompts for {len(continuations)} {noun} lists")
+    p_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    c_ids: list[list[list[int]]] = []
+    for i, conts in enumerate(continuations):
+        if not p_ids[i]:
+            raise ValueError(f"prompt {i} is empty: its {noun}s need a prompt to continue")
+        c_ids.append([])
+        for j, c in enumerate(conts):
+            ids = tokenizer(str(c), add_special_tokens=False)["input_ids"]
+            if not ids:
+                raise ValueError(f"{noun} {j} of prompt {i} is empty")
+            c_ids[i].append(ids)
+    scores = [[0.0] * len(conts) for conts in continuations]
+    todo = sorted((i for i in range(len(prompts)) if c_ids[i] or prefilled is not None), key=lambda i: len(p_ids[i]))
+    if not todo:
+        return scores
+    model.eval()
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    with torch.no_grad(), models.autocast(model, precision):
+        for s in range(0, len(todo), batch_size):
+            batch = todo[s:s + batch_size]
+            ids, mask = padded([p_ids[i] for i in batch], pad, device, left=True)
+            cache = prefill(model, ids[:, :-1], mask[:, :-1], precision)  # every token but the last
+            if prefilled is not None:
+                prefilled(batch, ids, mask, cache)
+            rows = [(b, j) for b, i in enumerate(batch) for j in range(len(c_ids[i]))]
+            if not rows:
+                continue
+            pick = torch.tensor([b for b, _ in rows], device=device)
+            if cache is not None:
+                cache.batch_select_indices(pick)
+            # the last prompt token, then the continuation: position t predicts continuation token t
+            c_tok, c_mask = padded([ids[b, -1:].tolist() + c_ids[batch[b]][j] for b, j in rows], pad, device, left=False)
+            logits = continue_from(model, cache, mask[pick][:, :-1], c_tok, c_mask, precision).float()
+            pred = torch.log_softmax(logits[:, :-1], dim=-1)
+            lp = pred.gather(2, c_tok[:, 1:, None])[:, :, 0] * c_mask[:, 1:]
+            for r, (b, j) in enumerate(rows):
+                scores[batch[b]][j] = float(lp[r].sum())
+    return scores
 
 
 # ---------------------------------------------------------------- forgetting probes

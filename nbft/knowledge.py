@@ -61,7 +61,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from . import corpora, data, evaluate, models, rag, tasks, timing
+from . import corpora, data, evaluate, rag, tasks, timing
 from .data import DataError
 from .tasks import normalize
 
@@ -677,74 +677,22 @@ def read_prompts(model, tokenizer, prompts: Sequence[str], options: Sequence[Seq
     """One prompt pass serves both question forms: (``mc_loglik``'s scores of ``options[i]`` after ``prompts[i]``,
     greedy replies of ``max_new_tokens`` to every prompt; 0: none).
 
-    ``batch_size`` prompts at a time (sorted by token length, left-padded) fill a key/value cache with all their
-    tokens but the last. Generation continues a copy of it from the last prompt token (transformers' ``generate``
-    reads only the tokens the cache lacks); the options (right-padded, each row its true positions) continue the
-    cache itself after the last prompt token, the cache's rows copied once per option. Asking 100 questions open and
-    as multiple choice used to prefill every prompt twice (docs/measurements.md)."""
+    The options are scored from each batch's key/value cache of its prompts (``evaluate.continuation_logprobs``:
+    sorted by token length, left-padded, every token but the last prefilled once); generation continues a copy of
+    that cache from the last prompt token (transformers' ``generate`` reads only the tokens the cache lacks). Asking
+    100 questions open and as multiple choice used to prefill every prompt twice (docs/measurements.md)."""
     import copy
 
-    import torch
-
-    p_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    o_ids: list[list[list[int]]] = []
-    for i, opts in enumerate(options):
-        if not p_ids[i]:
-            raise ValueError(f"prompt {i} is empty: an option needs a prompt to continue")
-        o_ids.append([])
-        for j, o in enumerate(opts):
-            ids = tokenizer(str(o), add_special_tokens=False)["input_ids"]
-            if not ids:
-                raise ValueError(f"option {j} of prompt {i} is empty")
-            o_ids[i].append(ids)
-    scores = [[0.0] * len(opts) for opts in options]
     replies = [""] * len(prompts)
-    todo = sorted((i for i in range(len(prompts)) if o_ids[i] or max_new_tokens), key=lambda i: len(p_ids[i]))
-    if not todo:
-        return scores, replies
-    model.eval()
-    device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
-    def padded(seqs, left):
-        width = max(len(x) for x in seqs)
-        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for r, x in enumerate(seqs):
-            cols = slice(width - len(x), width) if left else slice(0, len(x))
-            ids[r, cols], mask[r, cols] = torch.tensor(x), 1
-        return ids.to(device), mask.to(device)
+    def generate(batch, ids, mask, cache):
+        out = model.generate(input_ids=ids, attention_mask=mask, past_key_values=copy.deepcopy(cache),
+                             max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        for i, text in zip(batch, tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)):
+            replies[i] = text.strip()
 
-    with torch.no_grad(), models.autocast(model, precision):
-        for s in range(0, len(todo), batch_size):
-            batch = todo[s:s + batch_size]
-            ids, mask = padded([p_ids[i] for i in batch], left=True)
-            pos = (mask.cumsum(-1) - 1).clamp(min=0)
-            cache = None
-            if ids.shape[1] > 1:  # every token but the last (a row of pads only is masked out)
-                cache = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=pos[:, :-1],
-                              past_key_values=models.kv_cache(model, precision), use_cache=True,
-                              logits_to_keep=1).past_key_values
-            if max_new_tokens:
-                out = model.generate(input_ids=ids, attention_mask=mask, past_key_values=copy.deepcopy(cache),
-                                     max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-                for i, text in zip(batch, tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)):
-                    replies[i] = text.strip()
-            rows = [(b, j) for b, i in enumerate(batch) for j in range(len(o_ids[i]))]
-            if not rows:
-                continue
-            pick = torch.tensor([b for b, _ in rows], device=device)
-            if cache is not None:
-                cache.batch_select_indices(pick)
-            # the last prompt token, then the option: position t predicts option token t
-            o_tok, o_mask = padded([ids[b, -1:].tolist() + o_ids[batch[b]][j] for b, j in rows], left=False)
-            o_pos = mask.sum(-1)[pick][:, None] - 1 + torch.arange(o_tok.shape[1], device=device)
-            logits = model(input_ids=o_tok, attention_mask=torch.cat([mask[pick][:, :-1], o_mask], 1),
-                           position_ids=o_pos, past_key_values=cache, use_cache=cache is not None).logits.float()
-            pred = torch.log_softmax(logits[:, :-1], dim=-1)
-            lp = pred.gather(2, o_tok[:, 1:, None])[:, :, 0] * o_mask[:, 1:]
-            for r, (b, j) in enumerate(rows):
-                scores[batch[b]][j] = float(lp[r].sum())
+    scores = evaluate.continuation_logprobs(model, tokenizer, prompts, options, precision, batch_size,
+                                            prefilled=generate if max_new_tokens else None, noun="option")
     return scores, replies
 
 

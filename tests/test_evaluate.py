@@ -1,6 +1,8 @@
 """Evaluation that runs a model: generation, perplexity, the training monitor's curves."""
+import copy
 import math
 
+import pytest
 import torch
 
 from nbft import evaluate
@@ -92,3 +94,51 @@ def test_bf16_kv_cache_stores_bf16_and_leaves_the_replies_as_they_were(tiny, mon
 
     prompted = get_peft_model(copy.deepcopy(model), PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
     assert models.kv_cache(prompted, "bf16") is None
+
+
+def full_sequence_loglik(model, tok, prompt: str, continuation: str) -> float:
+    """The plain way: prompt + continuation in one forward pass, no cache, the continuation's log-probabilities."""
+    p = tok(prompt, add_special_tokens=False)["input_ids"]
+    c = tok(continuation, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logits = model(torch.tensor([p + c])).logits[0].float()
+    lp = torch.log_softmax(logits[len(p) - 1:len(p) + len(c) - 1], -1)
+    return float(lp[torch.arange(len(c)), torch.tensor(c)].sum())
+
+
+def test_continuation_logprobs_from_the_prompts_cache_equal_a_full_sequence_pass(tiny):
+    """evaluate.continuation_logprobs (05's multiple choice, through knowledge.read_prompts): each batch's prompts
+    prefilled once, every continuation read from a copy of their cache, equals the full-sequence log-likelihood of
+    prompt + continuation, at every batch size (left padding and the cache's rows copied per continuation included);
+    prefilled sees every prompt once, those without continuations too."""
+    model, tok = tiny
+    model = copy.deepcopy(model)
+    torch.manual_seed(0)
+    with torch.no_grad():  # an untrained tiny model is near uniform: noise makes the scores differ
+        for w in model.parameters():
+            w.add_(torch.randn_like(w) * 0.1)
+    prompts = ["Q: what colour is the sky?\nA:", "Hi", "A much longer prompt, with several clauses, to pad the rest:",
+               "x"]
+    continuations = [[" blue", " green and yellow"], [], [" yes", " no", " a much longer reply here"], [" z"]]
+    expected = [[full_sequence_loglik(model, tok, p, c) for c in cs] for p, cs in zip(prompts, continuations)]
+    assert len({round(e, 3) for es in expected for e in es}) > 4
+    for bs in (1, 2, 16):
+        seen = []
+        got = evaluate.continuation_logprobs(model, tok, prompts, continuations, batch_size=bs,
+                                             prefilled=lambda batch, ids, mask, cache: seen.extend(batch))
+        assert sorted(seen) == [0, 1, 2, 3] and [len(g) for g in got] == [2, 0, 3, 1]
+        for g, e in zip(got, expected):
+            assert g == pytest.approx(e, abs=1e-4)
+    # prefill + continue_from with the rest of each prompt left-padded after a shared prefix (06's prompt_probs):
+    # the next-token logits equal a full pass's
+    ids = [tok(p, add_special_tokens=False)["input_ids"] for p in ["Label: spam", "Label: ham and eggs"]]
+    n = 2
+    cache = evaluate.prefill(model, torch.tensor([ids[0][:n]]), torch.ones(1, n, dtype=torch.long))
+    cache.batch_repeat_interleave(2)
+    rest, mask = evaluate.padded([x[n:] for x in ids], tok.pad_token_id, "cpu", left=True)
+    last = evaluate.continue_from(model, cache, torch.ones(2, n, dtype=torch.long), rest, mask, logits_to_keep=1)
+    with torch.no_grad():
+        for row, x in enumerate(ids):
+            assert torch.allclose(last[row, -1], model(torch.tensor([x])).logits[0, -1], atol=1e-4)
+    with pytest.raises(ValueError, match="continuation 0 of prompt 0 is empty"):
+        evaluate.continuation_logprobs(model, tok, ["a"], [[""]])
