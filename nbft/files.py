@@ -2,7 +2,8 @@
 
 Every JSON, YAML and HTML file nbft writes (run folders, cards, reports) goes through ``write_atomic``: the
 text goes to a temporary file in the same folder, is flushed to disk (fsync), then renamed over the target
-(``os.replace``), so a reader or a crash sees the old file or the new one, never half of one. ``locked(path)``
+(``os.replace``), so a reader or a crash sees the old file or the new one, never half of one; ``write_new``
+creates a file the same way, only where none exists (``os.link``: a run's ``.lock``). ``locked(path)``
 holds an exclusive ``fcntl`` lock on ``.<name>.lock`` beside ``path`` for a read-modify-write (metrics.json is
 written by a notebook kernel while the runner reads it).
 """
@@ -12,6 +13,7 @@ import contextlib
 import errno
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -33,27 +35,57 @@ def write_atomic(path: str | Path, data: str | bytes, encoding: str = "utf-8", i
     spaces to its old length — possible whenever it is no longer than the file already is (``write_status`` keeps a
     reserve of trailing spaces for that)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     blob = data.encode(encoding) if isinstance(data, str) else data
+    try:
+        with _written_temp(path, blob) as tmp:
+            os.replace(tmp, path)
+    except BaseException as e:
+        if in_place_if_full and disk_full(e) and _overwrite_in_place(path, blob):
+            return path
+        raise
+    _sync_folder(path)
+    return path
+
+
+def write_new(path: str | Path, data: str | bytes, encoding: str = "utf-8") -> bool:
+    """Create ``path`` holding ``data``, never visible half-written: temp file + fsync, then ``os.link`` makes it
+    ``path`` (refused when ``path`` exists: False, ``path`` left as it is; + fsync of the folder); True when created
+    (a run's ``.lock``: ``runs.acquire``)."""
+    path = Path(path)
+    with _written_temp(path, data.encode(encoding) if isinstance(data, str) else data) as tmp:
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+    _sync_folder(path)
+    return True
+
+
+@contextlib.contextmanager
+def _written_temp(path: Path, blob: bytes):
+    """``blob`` written whole to a new temporary file beside ``path`` and flushed to disk (fsync): the first half of
+    ``write_atomic`` and ``write_new``, which then move or link it into place. Yields its path; it is removed after
+    the block if it is still there."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{time.monotonic_ns()}")
     try:
         with open(tmp, "wb") as f:
             f.write(blob)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
+        yield tmp
+    finally:
         with contextlib.suppress(OSError):
             tmp.unlink()
-        if in_place_if_full and disk_full(e) and _overwrite_in_place(path, blob):
-            return path
-        raise
-    with contextlib.suppress(OSError):  # the rename itself on disk
+
+
+def _sync_folder(path: Path) -> None:
+    """The rename or link that made ``path`` on disk too (fsync of its folder; nothing where that cannot be done)."""
+    with contextlib.suppress(OSError):
         fd = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
-    return path
 
 
 def _overwrite_in_place(path: Path, blob: bytes) -> bool:

@@ -180,21 +180,9 @@ def lock_holder(run_dir: Path, info: dict) -> str:
 
 
 def _create_lock(path: Path, content: bytes) -> bool:
-    """Create ``path`` holding ``content``, never visible half-written: the content goes to a temp file first,
-    then ``os.link`` makes it ``path`` (refused when ``path`` exists). False when it exists."""
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{time.monotonic_ns()}")
-    try:
-        with open(tmp, "xb") as f:
-            f.write(content)
-            f.flush()
-            os.fsync(f.fileno())
-        os.link(tmp, path)
-        return True
-    except FileExistsError:
-        return False
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+    """Create ``path`` holding ``content``, never visible half-written (``files.write_new``: a temp file, then
+    ``os.link``, refused when ``path`` exists). False when it exists."""
+    return files.write_new(path, content)
 
 
 def acquire(run_dir: Path) -> dict:

@@ -92,6 +92,14 @@ def test_write_atomic_replaces_whole_and_leaves_no_temp(tmp_path):
     assert target.read_text() == "{}" and [p.name for p in tmp_path.iterdir()] == ["a.json"]
 
 
+def test_write_new_creates_whole_or_leaves_what_is_there(tmp_path):
+    """files.write_new (a run's .lock): the file appears with its content whole, only where none exists; no temp."""
+    target = tmp_path / ".lock"
+    assert files.write_new(target, b'{"pid": 1}') and target.read_bytes() == b'{"pid": 1}'
+    assert not files.write_new(target, "other") and target.read_bytes() == b'{"pid": 1}'
+    assert [p.name for p in tmp_path.iterdir()] == [".lock"]
+
+
 def test_corrupt_metrics_is_moved_aside_and_reported_never_reset(tmp_path, capsys):
     (tmp_path / "metrics.json").write_text('{"01_data_prep": {"n_train": 5}, "02_sft": {"task_sc')  # cut short
     runs.record_metrics(tmp_path, "03_peft", {"n_methods_ok": 13})
