@@ -3,7 +3,7 @@
 ``setup(stage, globals())`` (``nbft.setup``) validates the parameters the ``parameters`` cell (or Papermill) put in
 the notebook's namespace, seeds everything, opens the run folder (``runs.open_run``), records what this kernel runs
 with in env.json (``kernel_env``), makes the stage's process-wide settings this process's (``stage_settings`` ->
-``nbft.settings``: checkpoints, the evaluation cache, trackers, processes; read by train, evaluate, tracking and
+``nbft.settings``: checkpoints, the evaluation cache, trackers, processes; read by checkpoints, evaluate, tracking and
 launch from there), starts the stage's time profile, shows the parameters that differ from the defaults (the
 report's first output: ``report.parameters_html``) and prints a header with paths relative to the run folder.
 """

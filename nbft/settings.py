@@ -3,8 +3,9 @@
 ``kernel.setup`` (every notebook's setup cell) builds a :class:`Settings` from the stage's parameters and its run
 folder and makes it this process's (``use``); the code that trains and evaluates reads it here (``current()``):
 
-- ``train.trainer_args`` / ``train.fit``: trainers checkpoint into ``checkpoints`` (only in a stage ``nbft run``
-  executes) and report to ``report_to`` under ``tracking``; ``fit`` numbers its calls (``training_calls``);
+- ``checkpoints.save_args`` / ``checkpoints.prepare`` (through ``train.trainer_args`` / ``train.fit``): trainers
+  checkpoint into ``checkpoints`` (only in a stage ``nbft run`` executes), each checkpointing call numbered
+  (``training_calls``); ``tracking.report_to``: they report to ``report_to`` under ``tracking``;
 - ``evaluate.memo``: evaluation results of loaded models are kept in ``eval_cache``;
 - ``tracking.attach``: each training call's tracker run is named after ``stage`` and ``tracked_calls``;
 - ``launch.wanted`` / ``launch.run``: ``num_processes`` processes on ``port``.
@@ -31,7 +32,7 @@ class Settings:
     report_to: tuple[str, ...] = ()  # the trackers every trainer reports to
     num_processes: int = 1  # processes every training runs in (``launch``)
     port: int = 29500  # the processes' rendezvous port
-    training_calls: int = 0  # checkpointing training calls so far (``train.fit``: each call's checkpoint folder)
+    training_calls: int = 0  # checkpointing training calls so far (``checkpoints.prepare``: each call's folder)
     tracked_calls: int = 0  # training calls reported to the trackers so far (``tracking.attach``)
     eval_hits: int = 0  # ``evaluate.memo``: results found in ``eval_cache``
     eval_misses: int = 0  # ... and computed
