@@ -46,7 +46,7 @@ smoke: install
 	$(VENV)/bin/nbft run --params params/smoke.yaml --jobs $(JOBS)
 
 test: install
-	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
+	$(PY) -m pytest -q -ra --durations=15 $(PYTEST_ARGS)
 
 test-fast: install
 	$(PY) -m pytest -q -ra -m "not notebook and not real_model" $(PYTEST_ARGS)
