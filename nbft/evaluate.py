@@ -175,8 +175,8 @@ def prefill(model, ids: torch.Tensor, mask: torch.Tensor, precision: str = "fp32
         return None
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     with models.autocast(model, precision):
-        return model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=models.kv_cache(model, precision),
-                     use_cache=True, logits_to_keep=1).past_key_values
+        return model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1,
+                     past_key_values=models.kv_cache(model, precision)).past_key_values
 
 
 @torch.no_grad()

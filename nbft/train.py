@@ -212,7 +212,8 @@ def bf16_frozen_base(model, common, peft_config=None):
     returns the model (moved in place)."""
     import torch
 
-    if (training_precision(common) == "bf16" and peft_config is not None and not getattr(peft_config, "is_prompt_learning", False)
+    if (training_precision(common) == "bf16" and peft_config is not None
+            and not getattr(peft_config, "is_prompt_learning", False)
             and next(model.parameters()).dtype == torch.float32):
         model.to(torch.bfloat16)
     return model

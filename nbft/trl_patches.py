@@ -1,4 +1,4 @@
-"""Every place nbft patches TRL, transformers or accelerate, or calls a name they keep private: one module, one row each.
+"""Every place nbft patches TRL, transformers or accelerate, or calls a name they keep private: one row each.
 
 nbft trains through TRL on transformers and accelerate. Where it changes what one of them does (a faster layout on
 CPU, a wrapper taken off, a cache that stores bf16) or calls a private name (``_x``) because no public one does the
@@ -50,7 +50,8 @@ PATCHES = (
           "TRL's fused LM head projects every position (prompt tokens too) wherever Triton is missing (CPU)",
           "trl's _use_triton still answers False on CPU, and both fused-head modules still pick their layout with it"),
     Patch("bf16_head_gemms", "trl", "1.16.0", ("trl.kernels.chunked_logprob:_addmm_fp32",),
-          "TRL's chunked LM head casts bf16 operands to fp32 before its backward GEMMs on CPU (a fifth of bf16's speed)",
+          "TRL's chunked LM head casts bf16 operands to fp32 before its backward GEMMs on CPU (a fifth of bf16's "
+          "speed)",
           "trl's _addmm_fp32 still runs an fp32 GEMM for bf16 operands on CPU"),
     Patch("eager_attention_in_loss", "transformers", "5.23.0", (),
           "transformers loads Llama with sdpa, whose CPU backward (torch 2.13) was a fifth of a LoRA SFT step",

@@ -160,7 +160,8 @@ def resumed(tiny):
         out["finished"] = {"steps": steps.n, "rng_restored": torch.equal(torch.get_rng_state(), rng)}
         mid = trainer(tmp)
         mid.train(resume_from_checkpoint=str(Path(tmp) / "checkpoint-1"))
-        out["tokens"] = {"uninterrupted": tokens[-1], "resumed": [r["num_tokens"] for r in mid.state.log_history if "num_tokens" in r][-1],
+        resumed = [r["num_tokens"] for r in mid.state.log_history if "num_tokens" in r]
+        out["tokens"] = {"uninterrupted": tokens[-1], "resumed": resumed[-1],
                          "attribute": hasattr(mid, "_total_train_tokens")}
     with tempfile.TemporaryDirectory() as tmp:
         light = trainer(tmp, save_only_model=True, max_steps=1)
