@@ -35,3 +35,20 @@ def runs_dir(tmp_path, monkeypatch):
     d = tmp_path / "runs"
     monkeypatch.setenv("NBFT_RUNS_DIR", str(d))
     return d
+
+
+@pytest.fixture(scope="session")
+def full_sequence_loglik():
+    """The plain way to score a continuation: prompt + continuation in one forward pass, no cache; returns the
+    continuation's summed log-probability (what evaluate's cached scoring must equal)."""
+    import torch
+
+    def loglik(model, tok, prompt: str, continuation: str) -> float:
+        p = tok(prompt, add_special_tokens=False)["input_ids"]
+        c = tok(continuation, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logits = model(torch.tensor([p + c])).logits[0].float()
+        lp = torch.log_softmax(logits[len(p) - 1:len(p) + len(c) - 1], -1)
+        return float(lp[torch.arange(len(c)), torch.tensor(c)].sum())
+
+    return loglik

@@ -203,7 +203,7 @@ def test_gap_closed_is_none_with_the_reason_where_there_is_no_gap(value, base, t
 
 
 def model_numbers(task, answer, qa, tps=100.0, params_=1e8, ppl=20.0, **extra):
-    r = {"task_score": task, "answer_accuracy": answer, "general_qa": qa, "ppl_general": ppl, "params": params_,
+    r = {"task_score": task, "answer_accuracy": answer, "general_qa": qa, "ppl_general": ppl, "total_params": params_,
          "size_mb": params_ * 4 / 2**20, "gen_tokens_per_second": tps, **extra}
     r["knowledge_score"] = distill.knowledge_score(r)
     return r

@@ -96,17 +96,7 @@ def test_bf16_kv_cache_stores_bf16_and_leaves_the_replies_as_they_were(tiny, mon
     assert models.kv_cache(prompted, "bf16") is None
 
 
-def full_sequence_loglik(model, tok, prompt: str, continuation: str) -> float:
-    """The plain way: prompt + continuation in one forward pass, no cache, the continuation's log-probabilities."""
-    p = tok(prompt, add_special_tokens=False)["input_ids"]
-    c = tok(continuation, add_special_tokens=False)["input_ids"]
-    with torch.no_grad():
-        logits = model(torch.tensor([p + c])).logits[0].float()
-    lp = torch.log_softmax(logits[len(p) - 1:len(p) + len(c) - 1], -1)
-    return float(lp[torch.arange(len(c)), torch.tensor(c)].sum())
-
-
-def test_continuation_logprobs_from_the_prompts_cache_equal_a_full_sequence_pass(tiny):
+def test_continuation_logprobs_from_the_prompts_cache_equal_a_full_sequence_pass(tiny, full_sequence_loglik):
     """evaluate.continuation_logprobs (05's multiple choice, through knowledge.read_prompts): each batch's prompts
     prefilled once, every continuation read from a copy of their cache, equals the full-sequence log-likelihood of
     prompt + continuation, at every batch size (left padding and the cache's rows copied per continuation included);

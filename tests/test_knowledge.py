@@ -268,16 +268,7 @@ def test_few_shot_examples_teach_format_not_world_facts(facts):
 
 # ---------------------------------------------------------------- multiple choice
 
-def manual_loglik(model, tokenizer, prompt, option):
-    p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    o = tokenizer(option, add_special_tokens=False)["input_ids"]
-    with torch.no_grad():
-        logits = model(torch.tensor([p + o])).logits[0].float()
-    lp = torch.log_softmax(logits[len(p) - 1:len(p) + len(o) - 1], -1)
-    return float(lp[torch.arange(len(o)), torch.tensor(o)].sum())
-
-
-def test_mc_loglik_matches_one_by_one_computation(tiny, facts):
+def test_mc_loglik_matches_one_by_one_computation(tiny, facts, full_sequence_loglik):
     model, tok = tiny
     picked = [facts[i] for i in (0, 13, 60, 101, 150, 237)]
     prompts = [knowledge.open_prompt(picked[0], tok),
@@ -288,7 +279,7 @@ def test_mc_loglik_matches_one_by_one_computation(tiny, facts):
                knowledge.open_prompt(picked[5], tok)]
     options = [list(f.options) for f in picked]
     options[3] = options[3][:2]  # a prompt may have any number of options
-    expected = [[manual_loglik(model, tok, p, o) for o in opts] for p, opts in zip(prompts, options)]
+    expected = [[full_sequence_loglik(model, tok, p, o) for o in opts] for p, opts in zip(prompts, options)]
     for bs in (1, 5, 64):
         got = knowledge.mc_loglik(model, tok, prompts, options, batch_size=bs)
         assert [len(g) for g in got] == [4, 4, 4, 2, 4, 4]
@@ -305,7 +296,7 @@ def test_mc_loglik_matches_one_by_one_computation(tiny, facts):
         knowledge.mc_loglik(model, tok, prompts[:1], options[:2])
 
 
-def test_mc_prefers_what_the_model_was_taught(tiny, facts):
+def test_mc_prefers_what_the_model_was_taught(tiny, facts, full_sequence_loglik):
     model, tok = tiny
     model = copy.deepcopy(model)
     taught = [facts[i] for i in (1, 40, 90, 170)]
@@ -328,7 +319,7 @@ def test_mc_prefers_what_the_model_was_taught(tiny, facts):
     assert knowledge.score_mc(after, taught) == (1.0, [True] * 4)
     for f, b, a in zip(taught, before, after):
         assert a[f.gold_index] > b[f.gold_index] + 2
-        assert a[f.gold_index] == pytest.approx(manual_loglik(model, tok, knowledge.open_prompt(f, tok), f.answer), abs=1e-4)
+        assert a[f.gold_index] == pytest.approx(full_sequence_loglik(model, tok, knowledge.open_prompt(f, tok), f.answer), abs=1e-4)
     wrong = [dataclasses.replace(f, gold_index=(f.gold_index + 1) % 4) for f in taught]
     assert knowledge.score_mc(after, wrong) == (0.0, [False] * 4)
 
@@ -464,7 +455,7 @@ def test_findings_follow_the_numbers():
     assert "Retrieval does not win" in text and "Paraphrases do not help" in text and "is better than RAG alone" in text
 
 
-def test_one_prompt_pass_serves_open_replies_and_multiple_choice(tiny, facts):
+def test_one_prompt_pass_serves_open_replies_and_multiple_choice(tiny, facts, full_sequence_loglik):
     """read_prompts (ask): the prompt's prefill is shared by greedy generation and the options' scores; in fp32 the
     replies are evaluate.generate's and the scores the one-by-one log-likelihoods, whatever the batch size."""
     model, tok = tiny
@@ -477,7 +468,7 @@ def test_one_prompt_pass_serves_open_replies_and_multiple_choice(tiny, facts):
     prompts = [knowledge.open_prompt(f, tok, shots=knowledge.FEW_SHOT[:i]) for i, f in enumerate(picked)]
     options = [list(f.options) for f in picked]
     options[1] = []  # a question without options still gets its reply
-    expected = [[manual_loglik(model, tok, p, o) for o in opts] for p, opts in zip(prompts, options)]
+    expected = [[full_sequence_loglik(model, tok, p, o) for o in opts] for p, opts in zip(prompts, options)]
     replies = evaluate.generate(model, tok, prompts, max_new_tokens=6, batch_size=1, cache=False)
     assert len(set(replies)) > 1
     for bs in (1, 3, 64):
