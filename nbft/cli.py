@@ -60,17 +60,24 @@ def _absolutize_paths(resolved: dict) -> None:
     from . import data
 
     def absolute(value: str) -> str:
-        return str(Path(value).expanduser().resolve())
+        """Absolute, symlinks NOT resolved: a link keeps its own name, which says the format of a data file whose
+        target is an extension-less blob (the Hugging Face cache, git-annex). Nothing here touches the disk or
+        raises: a loop, a name too long or a ``~user`` with no such user is the stage's check to name."""
+        expanded = os.path.expanduser(value)
+        return value if expanded.startswith("~") else os.path.abspath(expanded)
+
+    def is_dir(value: str) -> bool:
+        return os.path.isdir(os.path.expanduser(value))  # False, never an error, for a path that cannot be a folder
 
     def convert(value, param: P.PathParam):
         if param.kind == "runs":  # run folders given as paths; bare names stay names under runs/
-            return [absolute(r) if Path(r).expanduser().is_dir() else r for r in value]
+            return [absolute(r) if is_dir(r) else r for r in value]
         if value in param.names:
             return value
         if param.kind == "dataset":
             return absolute(value) if value and data.is_file_spec(value) else value
         if param.kind == "model":
-            return absolute(value) if Path(value).expanduser().is_dir() else value
+            return absolute(value) if is_dir(value) else value
         return absolute(value)
 
     for stage, p in resolved.items():

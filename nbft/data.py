@@ -16,10 +16,14 @@ from __future__ import annotations
 import csv
 from collections import Counter
 import difflib
-import io
+import errno
 import json
+import math
+import os
 import random
 import re
+import stat
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -42,6 +46,11 @@ class DataError(ValueError):
 # ---------------------------------------------------------------- loading
 
 MAX_DEPTH = 32  # nesting of a record's objects and lists: chat data needs 4; deeper is not data nbft reads
+#: The most characters one record holds (a JSONL line, a JSON record, a CSV row, all its text fields together): no
+#: training example, preference pair or question is this long, and refusing it before parsing or tokenizing keeps a
+#: 50 MB line from costing minutes and gigabytes. 05's documents are read with ``MAX_DOCUMENT_CHARS``.
+MAX_RECORD_CHARS = 1_000_000
+MAX_DOCUMENT_CHARS = 20_000_000
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
@@ -51,6 +60,16 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
             raise DataError(f"duplicate key {k!r}")
         out[k] = v
     return out
+
+
+class _Constant:
+    """What JSON's non-standard ``NaN``, ``Infinity`` and ``-Infinity`` parse to (``json.loads``' ``parse_constant``):
+    ``check_record`` refuses it naming the field, before it could become the text 'nan' or 'inf'."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str):
+        self.name = name
 
 
 def _depth(obj: Any) -> int:
@@ -64,18 +83,112 @@ def _depth(obj: Any) -> int:
     return deepest
 
 
-def loads(text: str, where: str) -> Any:
-    """One JSON document, strictly: duplicate keys and nesting deeper than ``MAX_DEPTH`` are refused
-    (``DataError`` naming ``where``)."""
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def check_record(rec: Any, where: str, max_chars: int = MAX_RECORD_CHARS) -> None:
+    """Every value of a parsed record, walked once (iteratively): no ``NaN``/``Infinity`` (JSON has none; Python's
+    parser lets them through), no text holding an unpaired surrogate (a ``\ud800`` escape: half a UTF-16 pair, no
+    character; the tokenizer fails on it), nesting at most ``MAX_DEPTH`` and at most ``max_chars`` characters of text
+    in all. Errors name ``where`` and the field (``messages[1].content``)."""
+    total, stack = 0, [(rec, 1, "")]
+    while stack:
+        x, d, name = stack.pop()
+        if isinstance(x, (dict, list)):
+            if d > MAX_DEPTH:
+                raise DataError(f"{where}: nested too deeply (more than {MAX_DEPTH} levels)")
+            if isinstance(x, dict):
+                stack.extend((v, d + 1, f"{name}.{k}" if name else str(k)) for k, v in x.items())
+            else:
+                stack.extend((v, d + 1, f"{name}[{j}]") for j, v in enumerate(x))
+        elif isinstance(x, str):
+            total += len(x)
+            m = _SURROGATE.search(x)
+            if m:
+                raise DataError(f"{where}: field '{name or '(the record)'}' holds an unpaired surrogate "
+                                f"{ascii(m.group())} at character {m.start() + 1}: half of a UTF-16 pair, not a "
+                                "character (a \\ud800-\\udfff escape without its partner); fix the text")
+        elif isinstance(x, _Constant) or (isinstance(x, float) and not math.isfinite(x)):
+            raise DataError(f"{where}: field '{name or '(the record)'}' is {getattr(x, 'name', x)}, which is not "
+                            "JSON (a number must be finite; write it as a string if it is text)")
+    if total > max_chars:
+        raise DataError(f"{where}: {total:,} characters of text; a record holds at most {max_chars:,} "
+                        "(no training example is this long)")
+
+
+def loads(text: str, where: str, check: bool = True, max_chars: int = MAX_RECORD_CHARS) -> Any:
+    """One JSON document, strictly: duplicate keys, nesting deeper than ``MAX_DEPTH``, ``NaN``/``Infinity``, unpaired
+    surrogates and more than ``max_chars`` of text are refused (``DataError`` naming ``where``; ``check=False``: only
+    duplicates and nesting, for a document of many records checked one by one)."""
     try:
-        obj = json.loads(text, object_pairs_hook=_no_duplicates)
+        obj = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_Constant)
     except DataError as e:
         raise DataError(f"{where}: {e} (JSON keeps only the last of duplicate keys)") from None
     except RecursionError:
         raise DataError(f"{where}: nested too deeply (more than {MAX_DEPTH} levels)") from None
-    if _depth(obj) > MAX_DEPTH:
+    if check:
+        check_record(obj, where, max_chars)
+    elif _depth(obj) > MAX_DEPTH:
         raise DataError(f"{where}: nested too deeply (more than {MAX_DEPTH} levels)")
     return obj
+
+
+def _show(path: Any) -> str:
+    """A path as a message shows it: at most 200 characters (the middle cut)."""
+    text = str(path)
+    return text if len(text) <= 200 else f"{text[:120]}...{text[-60:]}"
+
+
+def input_path(path: str | Path, what: str = "data file", folder: bool = False) -> Path:
+    """A path the user gave (``~`` expanded, symlinks followed but not resolved: its own name is kept), checked
+    before it is opened: what is wrong is said, naming the path — not found, a ``~user`` with no such user, a
+    symlink loop or a link to nothing, a name too long, a part that is not a folder, no permission, a folder (and the
+    data files in it), a FIFO, a socket or a device (a FIFO is never opened: reading it would wait for a writer).
+    ``folder``: a folder is what is wanted. Every OS error becomes a ``DataError``."""
+    text = str(path)
+    try:
+        expanded = os.path.expanduser(text)
+        if expanded.startswith("~"):
+            user = expanded[1:].split("/", 1)[0]
+            raise DataError(f"{_show(text)}: there is no user {user!r} on this machine (~{user} means that user's "
+                            "home folder); write the path out")
+        try:
+            st = os.stat(expanded)
+        except FileNotFoundError:
+            if os.path.islink(expanded):
+                raise DataError(f"{_show(text)}: a symbolic link to {_show(os.readlink(expanded))}, which does not "
+                                "exist") from None
+            raise DataError(f"{what} not found: {_show(text)}") from None
+        except OSError as e:
+            why = {errno.ELOOP: "a symbolic link loop (following the links leads back to a link already followed)",
+                   errno.ENAMETOOLONG: "the path is too long for the file system (a name in it has more than 255 "
+                                       "bytes, or the whole path more than 4096)",
+                   errno.ENOTDIR: "a part of the path is a file, not a folder",
+                   errno.EACCES: "no permission to reach it"}.get(e.errno, "cannot be read")
+            raise DataError(f"{_show(text)}: {why} ({e.strerror})") from None
+    except ValueError as e:  # a NUL character in the path
+        if isinstance(e, DataError):
+            raise
+        raise DataError(f"{what} {_show(ascii(text))}: not a usable path ({e})") from None
+    mode = st.st_mode
+    if stat.S_ISDIR(mode):
+        if folder:
+            return Path(expanded)
+        inside = []
+        try:
+            inside = sorted(e.name for e in os.scandir(expanded) if e.name.endswith(FILE_SUFFIXES))
+        except OSError:
+            pass
+        listing = (f"; data files in it: {', '.join(inside[:5])}{f' and {len(inside) - 5} more' * (len(inside) > 5)}"
+                   if inside else f"; it holds no {'/'.join(FILE_SUFFIXES)} file")
+        raise DataError(f"{_show(text)}: a folder, not a {what}{listing if what == 'data file' else ''}")
+    kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else None if stat.S_ISREG(mode)
+            else "not a regular file")
+    if kind:
+        raise DataError(f"{_show(text)}: {kind}, not a {what}; nbft reads its inputs more than once (the checks "
+                        "before the run, then the notebook), so save the data to a file")
+    return Path(expanded)
 
 
 def read_text(path: str | Path) -> str:
@@ -86,16 +199,49 @@ def read_text(path: str | Path) -> str:
         raise DataError(str(e)) from None
     except IsADirectoryError:
         raise DataError(f"{path}: a folder, not a data file") from None
+    except OSError as e:
+        raise DataError(f"{_show(path)}: cannot be read ({e.strerror or e})") from None
 
 
-def read_jsonl(path: str | Path) -> list[tuple[str, dict]]:
-    """Records of a JSONL file as (location, record) pairs; errors name the file and line."""
+def _lines(path: Path, max_chars: int = MAX_RECORD_CHARS):
+    """(line number, text with its line end) of a UTF-8 file, streamed: a line is read up to the most bytes
+    ``max_chars`` characters can take, so a line longer than that is refused without being read whole, decoded or
+    parsed; a byte-order mark is dropped; a decode error names the line and column."""
+    limit = 4 * max_chars + 2  # UTF-8 takes at most 4 bytes a character; + "\r\n"
+    try:
+        with open(path, "rb") as f:
+            for i in range(1, 1 << 62):
+                raw = f.readline(limit)
+                if not raw:
+                    return
+                if len(raw) == limit and not raw.endswith(b"\n"):
+                    raise DataError(f"{path} line {i}: longer than {max_chars:,} characters (more than {limit:,} "
+                                    "bytes); a record holds at most that (no training example is this long)")
+                if i == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                    raw = raw[3:]
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise DataError(f"{path} line {i}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column "
+                                    f"{e.start + 1}); save the file as UTF-8") from None
+                n = len(text.rstrip("\r\n"))
+                if n > max_chars:
+                    raise DataError(f"{path} line {i}: {n:,} characters; a record holds at most {max_chars:,} "
+                                    "(no training example is this long)")
+                yield i, text
+    except OSError as e:
+        raise DataError(f"{_show(path)}: cannot be read ({e.strerror or e})") from None
+
+
+def read_jsonl(path: str | Path, max_chars: int = MAX_RECORD_CHARS) -> list[tuple[str, dict]]:
+    """Records of a JSONL file as (location, record) pairs, read a line at a time; errors name the file and line
+    (and the field: ``check_record``). Only "\\n" ends a line: JSON strings may hold U+2028."""
     out = []
-    for i, line in enumerate(read_text(path).split("\n"), 1):  # not splitlines: JSON strings may hold U+2028
+    for i, line in _lines(Path(path), max_chars):
         if not line.strip():
             continue
         try:
-            rec = loads(line, f"{path} line {i}")
+            rec = loads(line, f"{path} line {i}", max_chars=max_chars)
         except json.JSONDecodeError as e:
             raise DataError(f"{path} line {i}: malformed JSON ({e.msg} at column {e.colno})") from None
         if not isinstance(rec, dict):
@@ -106,7 +252,7 @@ def read_jsonl(path: str | Path) -> list[tuple[str, dict]]:
 
 def _read_json(path: Path) -> list[tuple[str, dict]]:
     try:
-        data = loads(read_text(path), str(path))
+        data = loads(read_text(path), str(path), check=False)
     except json.JSONDecodeError as e:
         raise DataError(f"{path} line {e.lineno}: malformed JSON ({e.msg})") from None
     if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
@@ -117,14 +263,23 @@ def _read_json(path: Path) -> list[tuple[str, dict]]:
     for i, rec in enumerate(data):
         if not isinstance(rec, dict):
             raise DataError(f"{path} record {i}: expected a JSON object, got {type(rec).__name__}")
+        check_record(rec, f"{path} record {i}")
         out.append((f"{path} record {i}", rec))
     return out
 
 
 def _read_csv(path: Path) -> list[tuple[str, dict]]:
-    """Rows of a CSV file with a header line; a row with more or fewer fields than the header is refused,
-    naming its line, and so is a header that names a column twice."""
-    reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
+    """Rows of a CSV file with a header line, streamed; a row with more or fewer fields than the header is refused,
+    naming its line, and so is a header that names a column twice, and a row of more than ``MAX_RECORD_CHARS``."""
+    at = [0]  # the line read last (the reader's own count stops at the last whole row)
+
+    def lines():
+        for at[0], text in _lines(path):
+            yield text
+
+    limit = csv.field_size_limit()
+    csv.field_size_limit(MAX_RECORD_CHARS)  # the module's default (131,072) would refuse a long field as "not CSV"
+    reader = csv.DictReader(lines())
     try:
         header = reader.fieldnames or []
         dup = next((h for i, h in enumerate(header) if h in header[:i]), None)
@@ -139,27 +294,74 @@ def _read_csv(path: Path) -> list[tuple[str, dict]]:
             if any(v is None for v in row.values()):
                 raise DataError(f"{where}: {sum(v is not None for v in row.values())} fields, the header has "
                                 f"{len(header)} ({', '.join(header)})")
+            check_record(row, where)
             out.append((where, dict(row)))
     except csv.Error as e:
-        raise DataError(f"{path} line {reader.line_num}: not valid CSV ({e})") from None
+        if "field limit" in str(e):
+            raise DataError(f"{path} line {at[0]}: a field of more than {MAX_RECORD_CHARS:,} characters; a record "
+                            f"holds at most {MAX_RECORD_CHARS:,} (no training example is this long)") from None
+        raise DataError(f"{path} line {at[0]}: not valid CSV ({e})") from None
+    finally:
+        csv.field_size_limit(limit)
     return out
 
 
+READERS = {".jsonl": read_jsonl, ".json": _read_json, ".csv": _read_csv}
+_SNIFFED: dict[str, str] = {}  # path -> what an extension-less file was read as, and why (once a process)
+
+
+def sniff(path: Path) -> tuple[str, str]:
+    """The format of a file with no suffix (a Hugging Face cache or git-annex blob), from its first lines: first
+    non-blank character ``[``: JSON; ``{`` and the first line a whole object: JSONL (unless it is the only line and a
+    single key holding a list that no record format has: ``{"data": [...]}``, JSON); ``{`` otherwise: JSON; anything
+    else: CSV with a header. Returns (suffix, why)."""
+    first, more = None, False
+    for _, text in _lines(path):
+        if not text.strip():
+            continue
+        if first is not None:
+            more = True
+            break
+        first = text.strip().lstrip("\ufeff")
+        if not first.startswith("{"):
+            break
+    if first is None:
+        return ".jsonl", "it is empty"
+    if first.startswith("["):
+        return ".json", "it starts with '['"
+    if not first.startswith("{"):
+        return ".csv", f"it does not start with '{{' or '['; its first line is the header"
+    try:
+        obj = json.loads(first, parse_constant=_Constant)
+    except ValueError:
+        return ".json", "it starts with '{' and its first line is not a whole JSON object"
+    fields = {f for fmt in FORMATS.values() for f in fmt.required}
+    if (not more and isinstance(obj, dict) and len(obj) == 1 and isinstance(next(iter(obj.values())), list)
+            and next(iter(obj)) not in fields):
+        return ".json", "it is one object holding a list of records"
+    return ".jsonl", "its first line is a JSON object"
+
+
 def read_file(path: str | Path) -> list[tuple[str, dict]]:
-    """Records of a local file as (location, record) pairs; location names file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"data file not found: {path}")
-    readers = {".jsonl": read_jsonl, ".json": _read_json, ".csv": _read_csv}
-    if path.suffix not in readers:
+    """Records of a local file as (location, record) pairs; location names file and line. The format is the
+    suffix of the name given (a symlink's own name, not its target's); with no suffix (a blob of the Hugging Face
+    cache or git-annex), ``sniff`` tells it, said once in a printed line."""
+    path = input_path(path)
+    if path.suffix in READERS:
+        return READERS[path.suffix](path)
+    if path.suffix:
         raise DataError(f"{path}: unsupported file type {path.suffix!r} (use {', '.join(FILE_SUFFIXES)})")
-    return readers[path.suffix](path)
+    suffix, why = sniff(path)
+    if str(path) not in _SNIFFED:
+        _SNIFFED[str(path)] = f"{suffix[1:].upper()} ({why})"
+        print(f"{path}: no file suffix; read as {_SNIFFED[str(path)]}")
+    return READERS[suffix](path)
 
 
 def is_file_spec(dataset: str) -> bool:
     """A local file (by suffix, by a path-like start, or an existing path) rather than 'demo' or a hub name."""
     return (dataset.endswith(FILE_SUFFIXES) or dataset.startswith((".", "/", "~"))
-            or ("/" in dataset and Path(dataset).exists()))
+            or ("/" in dataset and os.path.lexists(dataset)))
 
 
 def load_raw(dataset: str, seed: int = 0, n_examples: int = 320, hf_split: str = "train",
@@ -172,7 +374,8 @@ def load_raw(dataset: str, seed: int = 0, n_examples: int = 320, hf_split: str =
             raise DataError(str(e)) from None
         return [(f"demo record {i}", r) for i, r in enumerate(recs)]
     if is_file_spec(dataset):
-        return read_file(Path(dataset).expanduser())
+        return read_file(dataset)
+    check_hub(dataset, hf_split)
     try:
         import datasets
 
@@ -182,7 +385,65 @@ def load_raw(dataset: str, seed: int = 0, n_examples: int = 320, hf_split: str =
             f"dataset '{dataset}' is not 'demo', not a {'/'.join(FILE_SUFFIXES)} file, and could not be "
             f"loaded from the Hugging Face hub ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
         ) from None
-    return [(f"{dataset}[{hf_split}] row {i}", dict(r)) for i, r in enumerate(ds)]
+    out = []
+    for i, r in enumerate(ds):
+        out.append((f"{dataset}[{hf_split}] row {i}", dict(r)))
+        check_record(out[-1][1], out[-1][0])
+    return out
+
+
+_TRUE = {"1", "ON", "YES", "TRUE"}
+
+
+def hub_offline() -> str | None:
+    """The variable that keeps ``datasets`` off the hub, as ``datasets.config`` reads them (HF_DATASETS_OFFLINE when
+    set, else HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE), or None when it may go online. ``nbft run`` sets
+    HF_HUB_OFFLINE=1 unless you set it (``cli._offline_env``)."""
+    if os.environ.get("HF_DATASETS_OFFLINE") is not None:
+        return "HF_DATASETS_OFFLINE" if os.environ["HF_DATASETS_OFFLINE"].upper() in _TRUE else None
+    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    if value.upper() in _TRUE:
+        return "HF_HUB_OFFLINE" if os.environ.get("HF_HUB_OFFLINE") else "TRANSFORMERS_OFFLINE"
+    return None
+
+
+def hub_cache(name: str) -> tuple[Path, list[Path]]:
+    """Where ``datasets`` keeps a hub dataset it loaded once, and the cached copies there: the lookup its offline
+    fallback does (``datasets.load.CachedDatasetModuleFactory``, datasets 5.2): folders
+    ``<HF_DATASETS_CACHE>/<namespace>___<name in snake case>/<config>/<version>/<hash>/``. No network."""
+    from datasets import config
+    from datasets.naming import camelcase_to_snakecase
+
+    parts = name.split("/")
+    parts[-1] = camelcase_to_snakecase(parts[-1])
+    root = Path(os.path.expanduser(str(config.HF_DATASETS_CACHE))) / "___".join(parts)
+    return root, sorted(p for p in root.glob("*/*/*") if p.is_dir())
+
+
+def check_hub(dataset: str, hf_split: str = "train") -> None:
+    """A Hugging Face dataset name, before a notebook loads it: a name of the hub's form (``name`` or
+    ``namespace/name``), and, while the hub is offline (``hub_offline``), in the local datasets cache with the split
+    asked for (when the cache records its splits); else a ``DataError`` naming it."""
+    if not re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?", dataset):
+        raise DataError(f"dataset {_show(repr(dataset))}: no such file or folder, and not a Hugging Face dataset "
+                        f"name (namespace/name); give 'demo', a {'/'.join(FILE_SUFFIXES)} file or a hub name")
+    offline = hub_offline()
+    if offline is None:
+        return  # the hub answers in the notebook
+    root, found = hub_cache(dataset)
+    if not found:
+        raise DataError(f"dataset '{dataset}': not in the local Hugging Face cache ({root.parent}) and the hub is "
+                        f"offline ({offline}=1, nbft's default); load it once with {offline}=0 (network), or give "
+                        f"a local {'/'.join(FILE_SUFFIXES)} file")
+    splits: set[str] = set()
+    for folder in found:
+        try:
+            splits |= set(json.loads((folder / "dataset_info.json").read_text(encoding="utf-8"))["splits"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    if splits and re.fullmatch(r"\w+", hf_split) and hf_split not in splits:
+        raise DataError(f"dataset '{dataset}': the cached copy ({root}) has no split {hf_split!r} (it has "
+                        f"{', '.join(sorted(splits))}) and the hub is offline ({offline}=1); set hf_split")
 
 
 # ---------------------------------------------------------------- formats
@@ -393,24 +654,59 @@ FILTERS = {
 }
 
 
+_LONGEST: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def chars_per_token(tokenizer) -> int | None:
+    """The most characters of text one token of ``tokenizer`` can stand for (computed once per tokenizer): its
+    longest vocabulary entry (a byte-level BPE entry is one character a byte, so it bounds the characters too), times
+    4 when a normalizer may shrink the text before it is split (NFKC composes up to 3 characters into one). A text
+    of more than ``max_tokens`` times this is more than ``max_tokens`` tokens, and is not tokenized to learn it.
+    None: the tokenizer has no vocabulary to ask (no bound)."""
+    try:
+        return _LONGEST[tokenizer]
+    except (KeyError, TypeError):
+        pass
+    try:
+        longest = max(map(len, tokenizer.get_vocab()), default=0) or None
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if longest and getattr(backend, "normalizer", None) is not None:
+            longest *= 4
+    except Exception:  # noqa: BLE001 - any tokenizer without a readable vocabulary just gets no bound
+        longest = None
+    try:
+        _LONGEST[tokenizer] = longest
+    except TypeError:
+        pass
+    return longest
+
+
 def quality_filter(rendered: list[dict], tokenizer, min_tokens: int, max_tokens: int,
                    check_format: bool = True) -> tuple[list[dict], dict[str, int]]:
     """Drop empty, too-short (reply tokens), too-long (prompt+reply tokens) and off-format examples.
 
     Returns kept records (with ``n_tokens``) and {filter: number removed}, each record
-    counted under the first filter that removes it (see ``FILTERS``).
+    counted under the first filter that removes it (see ``FILTERS``). A text longer in characters than the most
+    its tokens could cover (``chars_per_token``) is not tokenized to be counted: a reply that long is not too short,
+    a prompt + reply that long is too long (the counts are the ones tokenizing would give).
     """
     removed = {k: 0 for k in FILTERS}
     kept = []
+    per_token = chars_per_token(tokenizer)
     for r in rendered:
         reply = reply_of(r).strip()
         if not reply or ("messages" in r and not any(m["content"].strip() for m in r["messages"][:-1])):
             removed["empty"] += 1
             continue
-        if len(tokenizer(reply, add_special_tokens=False)["input_ids"]) < min_tokens:
+        if ((per_token is None or len(reply) < min_tokens * per_token)
+                and len(tokenizer(reply, add_special_tokens=False)["input_ids"]) < min_tokens):
             removed["too_short"] += 1
             continue
-        n = len(tokenizer(r["prompt"] + r["completion"], add_special_tokens=False)["input_ids"])
+        text = r["prompt"] + r["completion"]
+        if per_token is not None and len(text) > max_tokens * per_token:
+            removed["too_long"] += 1
+            continue
+        n = len(tokenizer(text, add_special_tokens=False)["input_ids"])
         if n > max_tokens:
             removed["too_long"] += 1
             continue
@@ -516,12 +812,15 @@ def findings(n_raw: int, n_removed_duplicates: int, removed_by_filter: dict[str,
 
 
 def check_inputs(p: params.DataPrepParams) -> None:
-    """Before any notebook runs: a data file is read and every record normalized (errors name file, line, field)."""
+    """Before any notebook runs: a data file is read and every record normalized (errors name file, line, field);
+    a hub dataset name is looked up in the local cache while the hub is offline (``check_hub``)."""
     if is_file_spec(p.dataset):
         raw = load_raw(p.dataset, p.seed, p.n_examples, p.hf_split)
         if not raw:
             raise DataError(f"{p.dataset}: no records")
         normalize(raw, p.data_format)
+    elif p.dataset != "demo":
+        check_hub(p.dataset, p.hf_split)
 
 
 def check_prepared(p: params.DataPrepParams, tokenizer) -> None:
@@ -562,8 +861,9 @@ def data_card(p: params.DataPrepParams, splits: dict[str, list[dict]], n_removed
     """01_data_prep's card: what was made and every parameter it was made with (later stages read them)."""
     import dataclasses
 
-    return {"dataset": p.dataset, "demo_tasks": p.demo_tasks, "template": p.template, "model": p.model,
-            "seed": p.seed, **{f"n_{s}": len(recs) for s, recs in splits.items()},
+    read_as = _SNIFFED.get(str(Path(os.path.expanduser(p.dataset))))  # an extension-less file: read as what, why
+    return {"dataset": p.dataset, **({"read_as": read_as} if read_as else {}), "demo_tasks": p.demo_tasks,
+            "template": p.template, "model": p.model, "seed": p.seed, **{f"n_{s}": len(recs) for s, recs in splits.items()},
             "n_removed_duplicates": n_removed_duplicates, "removed_by_filter": removed_by_filter,
             "parameters": dataclasses.asdict(p)}
 

@@ -500,7 +500,7 @@ def _text_document(path: Path, doc_id: str) -> dict:
 
 def _jsonl_documents(path: Path) -> list[dict]:
     docs, first_line = [], {}
-    for where, rec in data.read_jsonl(path):
+    for where, rec in data.read_jsonl(path, max_chars=data.MAX_DOCUMENT_CHARS):
         if "text" not in rec:
             raise DataError(f"{where}: missing required field 'text' (record has: {', '.join(sorted(rec)) or 'nothing'})")
         if not isinstance(rec["text"], str) or not rec["text"].strip():
@@ -534,15 +534,13 @@ def user_documents(path: str | Path) -> list[dict]:
 
     Errors (``data.DataError``, a ValueError) name the file, and the line for JSONL.
     """
-    path = Path(path).expanduser()
+    path = data.input_path(path, "documents", folder=True)  # what is wrong with the path, named (a FIFO, a loop)
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in DOC_SUFFIXES
                        and not any(part.startswith(".") for part in p.relative_to(path).parts))
         if not files:
             raise DataError(f"{path}: no .txt or .md files in this folder")
         return [_text_document(p, p.relative_to(path).as_posix()) for p in files]
-    if not path.exists():
-        raise DataError(f"documents not found: {path}")
     if path.suffix.lower() == ".jsonl":
         return _jsonl_documents(path)
     if path.suffix.lower() in DOC_SUFFIXES:
@@ -570,9 +568,7 @@ def load_questions(path: str | Path, documents: Sequence[dict] | None = None) ->
     answer. ``doc_id`` names the document that holds the answer (retrieval recall); with
     ``documents`` it must be one of their ids. Errors name the file, line and field.
     """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise DataError(f"questions file not found: {path}")
+    path = data.input_path(path, "questions file")  # not found, a folder, a FIFO, a loop: named
     if path.suffix.lower() != ".jsonl":
         raise DataError(f"{path}: questions must be a .jsonl file (one JSON object per line)")
     ids = None if documents is None else {str(d.get("id", i)) for i, d in enumerate(documents)}

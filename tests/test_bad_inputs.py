@@ -33,6 +33,8 @@ class Row:
     rc: int = 2
     files: dict = field(default_factory=dict)  # name under {tmp} -> str or bytes content (a name ending in / : a folder)
     subprocess: bool = False
+    links: dict = field(default_factory=dict)  # name under {tmp} -> what the symbolic link points to (made after files)
+    fifos: tuple = ()  # names under {tmp} made FIFOs (named pipes)
 
 
 def jl(*recs) -> str:
@@ -60,6 +62,15 @@ def data(name, content, *rest, fmt=None):
     """A 01_data_prep row's arguments and files: ``content`` saved as ``name``, given as the dataset."""
     extra = ["--set", f"data_format={fmt}"] if fmt else []
     return dict(args=only("01_data_prep", "--set", f"dataset={{tmp}}/{name}", *extra, *rest), files={name: content})
+
+
+def dataset(path, **row):
+    """A 01_data_prep row whose dataset is ``path`` (made by the row's ``files``, ``links`` or ``fifos``)."""
+    return dict(args=only("01_data_prep", "--set", f"dataset={path}"), **row)
+
+
+LONG_NAME = "d" * 300 + ".jsonl"
+OFFLINE = ["not in the local Hugging Face cache", "the hub is offline (HF_HUB_OFFLINE=1"]
 
 
 ROWS = [
@@ -336,6 +347,70 @@ ROWS = [
     Row("report stage no compared run recorded", only("99_report", "--set", "compare_runs=[earlier]", "--set",
                                                       "99_report.stages=[05_rag_vs_ft]"),
         ["99_report.stages: 05_rag_vs_ft not recorded by these runs"]),
+    # ---------------------------------------------------------------- issue 29: data readers stream, cap and name
+    Row("jsonl line over the cap", **data("d.jsonl", jl(GOOD, {"instruction": "x" * 1_000_001, "output": "y"})),
+        words=["d.jsonl line 2", "1,000,03", "characters; a record holds at most 1,000,000"]),
+    Row("jsonl 5 MB line", **data("d.jsonl", jl(GOOD, {"instruction": "x " * 2_500_000, "output": "y"})),
+        words=["d.jsonl line 2", "longer than 1,000,000 characters"]),
+    Row("json record over the cap", **data("d.json", json.dumps([GOOD, {"instruction": "x" * 1_000_001, "output": "y"}])),
+        words=["d.json record 1", "1,000,00", "characters of text; a record holds at most 1,000,000"]),
+    Row("csv field over the cap", **data("d.csv", 'instruction,output\na,"' + ("y" * 600_000 + "\n") * 2 + '"\n'),
+        words=["d.csv line 3", "a field of more than 1,000,000 characters"]),
+    Row("csv row over the cap", **data("d.csv", 'instruction,output,input\na,"' + "y" * 600_000 + '\n","' + "z" * 600_000 + '"\n'),
+        words=["d.csv line 3", "characters of text; a record holds at most 1,000,000"]),
+    Row("jsonl lone surrogate", **data("d.jsonl", jl(GOOD, '{"instruction": "caf\\ud800", "output": "x"}')),
+        words=["d.jsonl line 2", "field 'instruction'", "unpaired surrogate '\\ud800'"]),
+    Row("messages lone surrogate", **data("d.jsonl", jl(MSGS(("user", "hi"), ("assistant", "\udfff")))),
+        words=["d.jsonl line 1", "field 'messages[1].content'", "unpaired surrogate"]),
+    Row("jsonl NaN instruction", **data("d.jsonl", jl(GOOD, '{"instruction": NaN, "output": "x"}')),
+        words=["d.jsonl line 2", "field 'instruction'", "is NaN", "not JSON"]),
+    Row("jsonl Infinity output", **data("d.jsonl", jl(GOOD, '{"instruction": "x", "output": Infinity}')),
+        words=["d.jsonl line 2", "field 'output'", "is Infinity"]),
+    Row("json -Infinity in a message", **data("d.json", '[{"messages": [{"role": "user", "content": -Infinity}]}]'),
+        words=["d.json record 0", "field 'messages[0].content'", "-Infinity"]),
+    Row("dataset symlink loop", **dataset("{tmp}/loop.jsonl", links={"loop.jsonl": "loop.jsonl"}),
+        words=["loop.jsonl", "symbolic link loop"]),
+    Row("dataset link to nothing", **dataset("{tmp}/d.jsonl", links={"d.jsonl": "gone.jsonl"}),
+        words=["d.jsonl", "a symbolic link to gone.jsonl, which does not exist"]),
+    Row("dataset ~nosuchuser", **dataset("~nbft-no-such-user/d.jsonl"),
+        words=["~nbft-no-such-user/d.jsonl", "no user 'nbft-no-such-user'"]),
+    Row("dataset 300-character name", **dataset("{tmp}/" + LONG_NAME), words=["the path is too long", "File name too long"]),
+    Row("dataset under a file", **dataset("{tmp}/f.jsonl/d.jsonl", files={"f.jsonl": jl(GOOD)}),
+        words=["f.jsonl/d.jsonl", "a part of the path is a file, not a folder"]),
+    Row("dataset a folder", **dataset("{tmp}/data", files={"data/train.jsonl": jl(GOOD), "data/test.csv": "a,b\n"}),
+        words=["data: a folder, not a data file", "data files in it: test.csv, train.jsonl"]),
+    Row("dataset a FIFO", **dataset("{tmp}/d.jsonl", fifos=("d.jsonl",)), words=["d.jsonl", "a FIFO (named pipe)"]),
+    Row("dataset a device", **dataset("/dev/null"), words=["/dev/null", "a device, not a data file"]),
+    Row("dataset hub name offline", **dataset("nbft-test/no-such-data"), words=["dataset 'nbft-test/no-such-data'", *OFFLINE]),
+    Row("dataset not a hub name", **dataset("no/such/file"), words=["'no/such/file'", "not a Hugging Face dataset name"]),
+    Row("pairs NaN prompt", only("04_rlhf", "--set", "preferences={tmp}/p.jsonl"), ["p.jsonl line 1", "field 'prompt'", "NaN"],
+        files={"p.jsonl": '{"prompt": NaN, "chosen": "a", "rejected": "b"}\n'}),
+    Row("pairs lone surrogate", only("04_rlhf", "--set", "preferences={tmp}/p.jsonl"),
+        ["p.jsonl line 1", "field 'chosen'", "unpaired surrogate"],
+        files={"p.jsonl": '{"prompt": "q", "chosen": "\\udc80", "rejected": "b"}\n'}),
+    Row("pairs a FIFO", only("04_rlhf", "--set", "preferences={tmp}/p.jsonl"), ["p.jsonl", "a FIFO"], fifos=("p.jsonl",)),
+    Row("pairs symlink loop", only("04_rlhf", "--set", "preferences={tmp}/p.jsonl"), ["symbolic link loop"],
+        links={"p.jsonl": "p.jsonl"}),
+    Row("documents symlink loop", only("05_rag_vs_ft", "--set", "knowledge_base={tmp}/kb", "--set", "questions={tmp}/q.jsonl"),
+        ["kb", "symbolic link loop"], files={"q.jsonl": jl(Q)}, links={"kb": "kb"}),
+    Row("questions a FIFO", only("05_rag_vs_ft", "--set", "knowledge_base={tmp}/docs", "--set", "questions={tmp}/q.jsonl"),
+        ["q.jsonl", "a FIFO (named pipe), not a questions file"], files={"docs/a.txt": "Green."}, fifos=("q.jsonl",)),
+    Row("questions a folder", only("05_rag_vs_ft", "--set", "knowledge_base={tmp}/docs", "--set", "questions={tmp}/docs"),
+        ["docs: a folder, not a questions file"], files={"docs/a.txt": "Green."}),
+    Row("questions Infinity answer", only("05_rag_vs_ft", "--set", "knowledge_base={tmp}/docs", "--set", "questions={tmp}/q.jsonl"),
+        ["q.jsonl line 1", "field 'answer'", "Infinity"], files={"docs/a.txt": "Green.", "q.jsonl": '{"question": "q", "answer": Infinity}\n'}),
+    Row("classify NaN label", only("06_classify", "--set", "source_data={tmp}/s.jsonl", "--set", "target_data="),
+        ["s.jsonl line 2", "field 'label'", "NaN"], files={"s.jsonl": jl({"text": "a b", "label": "x"}, '{"text": "c", "label": NaN}')}),
+    Row("classify a folder", only("06_classify", "--set", "source_data={tmp}/s", "--set", "target_data="),
+        ["s: a folder, not a data file", "data files in it: a.csv"], files={"s/a.csv": LABELLED}),
+    Row("classify hub name offline", only("06_classify", "--set", "source_data=nbft-test/no-such-data", "--set", "target_data="),
+        ["dataset 'nbft-test/no-such-data'", *OFFLINE]),
+    Row("cli dataset symlink loop", **dataset("{tmp}/loop.jsonl", links={"loop.jsonl": "loop.jsonl"}),
+        words=["symbolic link loop"], subprocess=True),
+    Row("cli dataset 300-character name", **dataset("{tmp}/" + LONG_NAME), words=["File name too long"], subprocess=True),
+    Row("cli dataset ~nosuchuser", **dataset("~nbft-no-such-user/d.jsonl"), words=["no user"], subprocess=True),
+    Row("cli lone surrogate", **data("d.jsonl", jl(GOOD, '{"instruction": "\\ud800", "output": "x"}')),
+        words=["d.jsonl line 2", "field 'instruction'", "unpaired surrogate"], subprocess=True),
     # ---------------------------------------------------------------- resume
     Row("resume unknown", ["run", "--resume", "crashd"], ["--resume crashd", "no run folder", "did you mean 'crashed'"]),
     Row("resume ok run", ["run", "--resume", "earlier"], ["finished ok", "nothing to resume"]),
@@ -423,7 +498,11 @@ def test_bad_input(row, runs_dir, tmp_path, monkeypatch, capsys):
         elif isinstance(content, bytes):
             path.write_bytes(content)
         else:
-            path.write_text(content, encoding="utf-8")
+            path.write_text(content, encoding="utf-8", errors="surrogatepass")
+    for name, target in row.links.items():
+        (tmp_path / name).symlink_to(target)
+    for name in row.fifos:
+        os.mkfifo(tmp_path / name)
     args = [fill(a, tmp_path, runs_dir) for a in row.args]
     if args[0] in ("run", "sweep") and "--params" not in args and "--resume" not in args:
         args[1:1] = ["--params", SMOKE]
@@ -494,3 +573,34 @@ def test_a_runs_folder_that_is_a_file_is_named(tmp_path, monkeypatch, capsys):
         err = capsys.readouterr().err
         assert f"the runs folder {f} (NBFT_RUNS_DIR) is a file, not a folder" in err and "Traceback" not in err
     assert f.read_text() == "x"
+
+
+def test_a_50_mb_line_is_refused_at_once_in_little_memory(tmp_path):
+    """Issue 29: a JSONL file with one 50 MB line was tokenized whole before ``max_tokens`` dropped it (116 s and
+    8.4 GB of memory in preflight, and again in the notebook). The reader refuses a line over the record cap before
+    reading it whole: exit 2 naming file and line, in under 5 s and 500 MB (the nbft command in its own process, its
+    peak resident memory measured by the OS)."""
+    import random
+    import time
+
+    rng = random.Random(0)
+    words = ["".join(rng.choice("abcdefghij") for _ in range(rng.randint(2, 9))) for _ in range(2000)]
+    big = tmp_path / "big.jsonl"
+    with open(big, "w") as f:
+        f.write(jl(*({"instruction": f"Say hi {i}", "output": f"Hello there, friend number {i}."} for i in range(30))))
+        f.write(json.dumps({"instruction": "Write a lot", "output": " ".join(rng.choices(words, k=9_000_000))[:50_000_000]}))
+        f.write("\n")
+    assert big.stat().st_size > 50_000_000
+    # the peak of the child's own memory (VmHWM): getrusage's ru_maxrss would count this test process's peak too, as
+    # Linux carries it over the fork and exec that start the child
+    code = ("import re, sys\nfrom nbft import cli\nrc = cli.main(sys.argv[1:])\nstatus = open('/proc/self/status').read()\n"
+            "print('maxrss_kb', re.search(r'VmHWM:\\s*(\\d+)', status).group(1), file=sys.stderr)\nsys.exit(rc)")
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", code, "run", "--params", SMOKE, "--only", "01_data_prep", "--set",
+                          f"dataset={big}", "--no-progress"], capture_output=True, text=True, timeout=120, cwd=ROOT,
+                         env={**os.environ, "NBFT_RUNS_DIR": str(tmp_path / "runs"), "OMP_NUM_THREADS": "1"})
+    seconds = time.perf_counter() - t0
+    assert out.returncode == 2 and "big.jsonl line 31: longer than 1,000,000 characters" in out.stderr, out.stderr[-500:]
+    peak_mb = int(out.stderr.split("maxrss_kb")[1].split()[0]) / 1024
+    assert seconds < 5 and peak_mb < 500, (seconds, peak_mb)
+    assert not (tmp_path / "runs").exists()
