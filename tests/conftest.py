@@ -52,3 +52,26 @@ def full_sequence_loglik():
         return float(lp[torch.arange(len(c)), torch.tensor(c)].sum())
 
     return loglik
+
+
+@pytest.fixture(scope="session")
+def nbft_measured():
+    """Run ``nbft ARGS`` in its own process: (exit code, stderr, wall seconds, peak resident MB of that process).
+    The peak is the child's own (VmHWM from /proc at its exit): getrusage's ru_maxrss would also count this test
+    process's peak, which Linux carries over the fork and exec that start the child."""
+    import subprocess
+    import sys
+    import time
+
+    code = ("import re, sys\nfrom nbft import cli\nrc = cli.main(sys.argv[1:])\nstatus = open('/proc/self/status').read()\n"
+            "print('peak_kb', re.search(r'VmHWM:\\s*(\\d+)', status).group(1), file=sys.stderr)\nsys.exit(rc)")
+
+    def run(args: list[str], env: dict, timeout: float = 120):
+        t0 = time.perf_counter()
+        out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=timeout,
+                             cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1", **env})
+        seconds = time.perf_counter() - t0
+        peak_mb = int(out.stderr.split("peak_kb")[1].split()[0]) / 1024 if "peak_kb" in out.stderr else float("nan")
+        return out.returncode, out.stderr.split("peak_kb")[0], seconds, peak_mb
+
+    return run

@@ -575,7 +575,7 @@ def test_a_runs_folder_that_is_a_file_is_named(tmp_path, monkeypatch, capsys):
     assert f.read_text() == "x"
 
 
-def test_a_50_mb_line_is_refused_at_once_in_little_memory(tmp_path):
+def test_a_50_mb_line_is_refused_at_once_in_little_memory(tmp_path, nbft_measured):
     """Issue 29: a JSONL file with one 50 MB line was tokenized whole before ``max_tokens`` dropped it (116 s and
     8.4 GB of memory in preflight, and again in the notebook). The reader refuses a line over the record cap before
     reading it whole: exit 2 naming file and line, in under 5 s and 500 MB (the nbft command in its own process, its
@@ -591,16 +591,8 @@ def test_a_50_mb_line_is_refused_at_once_in_little_memory(tmp_path):
         f.write(json.dumps({"instruction": "Write a lot", "output": " ".join(rng.choices(words, k=9_000_000))[:50_000_000]}))
         f.write("\n")
     assert big.stat().st_size > 50_000_000
-    # the peak of the child's own memory (VmHWM): getrusage's ru_maxrss would count this test process's peak too, as
-    # Linux carries it over the fork and exec that start the child
-    code = ("import re, sys\nfrom nbft import cli\nrc = cli.main(sys.argv[1:])\nstatus = open('/proc/self/status').read()\n"
-            "print('maxrss_kb', re.search(r'VmHWM:\\s*(\\d+)', status).group(1), file=sys.stderr)\nsys.exit(rc)")
-    t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", code, "run", "--params", SMOKE, "--only", "01_data_prep", "--set",
-                          f"dataset={big}", "--no-progress"], capture_output=True, text=True, timeout=120, cwd=ROOT,
-                         env={**os.environ, "NBFT_RUNS_DIR": str(tmp_path / "runs"), "OMP_NUM_THREADS": "1"})
-    seconds = time.perf_counter() - t0
-    assert out.returncode == 2 and "big.jsonl line 31: longer than 1,000,000 characters" in out.stderr, out.stderr[-500:]
-    peak_mb = int(out.stderr.split("maxrss_kb")[1].split()[0]) / 1024
+    rc, err, seconds, peak_mb = nbft_measured(["run", "--params", SMOKE, "--only", "01_data_prep", "--set",
+                                               f"dataset={big}", "--no-progress"], {"NBFT_RUNS_DIR": str(tmp_path / "runs")})
+    assert rc == 2 and "big.jsonl line 31: longer than 1,000,000 characters" in err, err[-500:]
     assert seconds < 5 and peak_mb < 500, (seconds, peak_mb)
     assert not (tmp_path / "runs").exists()

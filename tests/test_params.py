@@ -310,23 +310,13 @@ def test_a_name_that_looks_like_a_date_or_number_is_a_name(name, tmp_path):
     assert P.resolve(f)["02_sft"].run_name == name
 
 
-def test_an_alias_bomb_is_refused_at_once_in_little_memory(tmp_path):
+def test_an_alias_bomb_is_refused_at_once_in_little_memory(tmp_path, nbft_measured):
     """Issue 29: nine levels of nine aliases ("billion laughs") in a params file: refused naming the line, in under
-    5 s and 500 MB (the nbft command in its own process, its peak resident memory measured by the OS)."""
-    import subprocess
-    import sys
-    import time
-
+    5 s and 500 MB (the nbft command in its own process, its own peak resident memory)."""
     bomb = tmp_path / "bomb.yaml"
     bomb.write_text("common:\n  report_to: &l0 [x, x, x, x, x, x, x, x, x]\n" + "".join(
         f"  l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" for i in range(1, 10)))
-    code = ("import resource, sys\nfrom nbft import cli\nrc = cli.main(sys.argv[1:])\n"
-            "print('maxrss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\nsys.exit(rc)")
-    t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", code, "run", "--params", str(bomb)], capture_output=True, text=True,
-                         timeout=60, env={**__import__("os").environ, "NBFT_RUNS_DIR": str(tmp_path / "runs")})
-    seconds = time.perf_counter() - t0
-    assert out.returncode == 2 and "anchors and aliases" in out.stderr and "line 2" in out.stderr, out.stderr[-500:]
-    peak_mb = int(out.stderr.split("maxrss_kb")[1].split()[0]) / 1024
+    rc, err, seconds, peak_mb = nbft_measured(["run", "--params", str(bomb)], {"NBFT_RUNS_DIR": str(tmp_path / "runs")})
+    assert rc == 2 and "anchors and aliases" in err and "line 2" in err, err[-500:]
     assert seconds < 5 and peak_mb < 500, (seconds, peak_mb)
     assert not (tmp_path / "runs").exists()
