@@ -45,8 +45,12 @@ run: install
 smoke: install
 	$(VENV)/bin/nbft run --params params/smoke.yaml --jobs $(JOBS)
 
+# the test files in $(TEST_WORKERS) processes at once (pytest-xdist; a file's tests stay together in one process, so
+# module fixtures such as the smoke run happen once), one thread each on 2 cores (tests/conftest.py)
+TEST_WORKERS ?= 2
+
 test: install
-	$(PY) -m pytest -q -ra --durations=15 $(PYTEST_ARGS)
+	$(PY) -m pytest -q -ra --durations=15 -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-fast: install
 	$(PY) -m pytest -q -ra -m "not notebook and not real_model" $(PYTEST_ARGS)

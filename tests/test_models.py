@@ -17,11 +17,18 @@ def test_tiny_llama_loads_ready_for_chat(tiny):
 
 
 def test_tiny_llama_is_deterministic(tmp_path, monkeypatch):
-    monkeypatch.setenv("NBFT_CACHE", str(tmp_path))
+    """Two fresh caches build tiny-llama with the same weights (the SmolLM2 folder its tokenizer comes from is the
+    shared one: converting the GGUF twice would only test the conversion, at ~15 s each)."""
+    smollm2 = models.ensure_builtin(models.DEFAULT_MODEL)
+    for cache in (tmp_path / "one", tmp_path / "other"):
+        cache.mkdir()
+        (cache / models.DEFAULT_MODEL).symlink_to(smollm2, target_is_directory=True)
+    monkeypatch.setenv("NBFT_CACHE", str(tmp_path / "one"))
     a = models.resolve("tiny-llama")
     assert a.sha256 == json.loads((models.cache_dir() / "tiny-llama" / models.SOURCE_FILE).read_text())["sha256"]
     monkeypatch.setenv("NBFT_CACHE", str(tmp_path / "other"))
     assert models.resolve("tiny-llama").sha256 == a.sha256
+    assert not (tmp_path / "one" / "tiny-llama").samefile(tmp_path / "other" / "tiny-llama")  # built twice
 
 
 def test_unknown_spec_lists_what_was_tried():

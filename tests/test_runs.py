@@ -669,27 +669,6 @@ def test_a_stage_that_ended_ok_is_never_run_again_into_its_run_by_hand(runs_dir,
     assert runs.open_run(params.DataPrepParams(model="tiny-llama", run_name="by-hand"), "01_data_prep").path == by_hand
 
 
-@pytest.mark.notebook
-def test_papermill_into_a_finished_run_fails_and_changes_no_byte_of_it(tmp_path):
-    """Issue 29's reproduction: 01_data_prep run with plain papermill into a run whose 01 ended ok used to replace
-    its artifacts and metrics while params.yaml, the executed notebook and status still described the old run."""
-    root = tmp_path / "runs"
-    done = nbft(["run", "--params", SMOKE, "--only", "01_data_prep", "--no-progress", "--name", "fin"], root)
-    assert done.wait(timeout=300) == 0
-    before = {str(f.relative_to(root)): hashlib.sha256(f.read_bytes()).hexdigest() for f in root.rglob("*") if f.is_file()}
-    bindir = Path(sys.executable).parent
-    out = tmp_path / "out.ipynb"
-    proc = subprocess.run([str(bindir / "papermill"), str(ROOT / "notebooks" / "01_data_prep.ipynb"), str(out),
-                           "-p", "run_name", "fin", "-p", "model", "tiny-llama", "-p", "n_examples", "60",
-                           "-k", "python3", "--cwd", str(ROOT / "notebooks")],
-                          capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "NBFT_RUNS_DIR": str(root), "PATH": f"{bindir}:{os.environ['PATH']}"})
-    assert proc.returncode != 0
-    assert "01_data_prep already ended ok in that run" in proc.stderr + out.read_text()
-    after = {str(f.relative_to(root)): hashlib.sha256(f.read_bytes()).hexdigest() for f in root.rglob("*") if f.is_file()}
-    assert after == before
-
-
 def test_status_is_written_over_its_own_blocks_when_the_disk_is_full(tmp_path, monkeypatch):
     """Issue 29: on a full disk no temporary file can be made; status.json (kept with a reserve of trailing spaces)
     still takes the run's last state, written in place."""
