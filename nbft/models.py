@@ -63,7 +63,7 @@ class ModelSource:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("NBFT_CACHE", Path.home() / ".cache" / "nbft")).expanduser()
+    return Path(os.path.expanduser(os.environ.get("NBFT_CACHE", "~/.cache/nbft")))
 
 
 def _sha256(path: Path) -> str:
@@ -209,7 +209,7 @@ def resolve(spec: str) -> ModelSource:
         return ModelSource(spec, str(folder), "builtin", meta["origin"], meta.get("sha256", ""))
     tried.append(f"built-in names ({', '.join(BUILTIN)}): no match")
 
-    folder = Path(spec).expanduser()
+    folder = Path(os.path.expanduser(spec))  # ~nosuchuser stays as written (Path.expanduser would raise)
     try:
         is_dir = folder.is_dir()
     except OSError as e:  # a name too long for the file system, ...

@@ -75,7 +75,7 @@ def resolve_runs(names, current: str | Path | None = None) -> list[Path]:
         return [found[-1]]
     out = []
     for n in names:
-        path = Path(n).expanduser()
+        path = Path(os.path.expanduser(n))  # ~nosuchuser stays as written
         if not path.is_dir():
             path = root / n
         if not (path / "metrics.json").is_file():

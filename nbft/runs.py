@@ -52,7 +52,7 @@ def runs_root() -> Path:
     that is not a folder is refused naming it (a ``RunError``)."""
     if os.environ.get(RUNS_ENV):
         try:
-            root = Path(os.environ[RUNS_ENV]).expanduser().resolve()
+            root = Path(os.path.expanduser(os.environ[RUNS_ENV])).resolve()
         except (OSError, RuntimeError) as e:  # ~nosuchuser, a symlink loop
             raise RunError(f"{RUNS_ENV}={params.show(os.environ[RUNS_ENV])}: {e}") from None
     else:
