@@ -362,7 +362,8 @@ def open_run(p, stage: str) -> Run:
     by_hand = os.environ.get(RUNNER_ENV) != "1"
     if p.run_name:
         path = run_dir(p.run_name, key="run_name")
-        if by_hand and path.is_dir() and stage_ended_ok(path, stage):
+        mine = (lock_info(path) or {}).get("pid") == os.getpid()  # this kernel's own run: its cells may run again
+        if by_hand and not mine and path.is_dir() and stage_ended_ok(path, stage):
             raise RunError(f"run_name {p.run_name!r}: {stage} already ended ok in that run, and runs are never "
                            f"rewritten; leave run_name empty (a new run) or pick a new name, or continue its unfinished "
                            f"stages with: nbft run --resume {p.run_name}")

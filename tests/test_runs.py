@@ -661,10 +661,13 @@ def test_a_stage_that_ended_ok_is_never_run_again_into_its_run_by_hand(runs_dir,
     assert runs.lock_info(run.path)["pid"] == os.getpid()
     runs.release(run.path)
     by_hand = runs_dir / "by-hand"
-    by_hand.mkdir()
+    p = params.DataPrepParams(model="tiny-llama", run_name="by-hand")
+    runs.open_run(p, "01_data_prep")  # a notebook in JupyterLab: the run is this kernel's while it lives ...
     runs.record_metrics(by_hand, "01_data_prep", {"n_train": 3})
+    assert runs.open_run(p, "01_data_prep").path == by_hand  # ... so its setup cell may run again
+    runs.release(by_hand)  # the kernel is gone; another one may not rewrite what it recorded
     with pytest.raises(runs.RunError, match="already ended ok"):
-        runs.open_run(params.DataPrepParams(model="tiny-llama", run_name="by-hand"), "01_data_prep")
+        runs.open_run(p, "01_data_prep")
     monkeypatch.setenv(runs.RUNNER_ENV, "1")  # nbft run's own kernels: the runner decides (--resume clears a stage)
     assert runs.open_run(params.DataPrepParams(model="tiny-llama", run_name="by-hand"), "01_data_prep").path == by_hand
 
