@@ -401,7 +401,7 @@ def _execute(resolved, stages, run_dir, progress, verbose, label, resume, runnin
         resumed = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "from_state": resume["state"],
                    "skipped": sorted(done, key=stages.index), "set": resume["set"], "changed": resume["changed"]}
         runs.write_status(run_dir, state="running", failed_stage=None, failed_cell=None, error=None, signal=None,
-                          append={"resumes": resumed})
+                          reason=None, append={"resumes": resumed})
         files.write_atomic(run_dir / "params.yaml", P.to_yaml(resolved))
     else:
         runs.write_status(run_dir, state="running", stages={s: "pending" for s in stages}, started=time.time())

@@ -715,5 +715,7 @@ def test_a_full_disk_mid_run_says_so_and_resume_finishes_with_the_metrics_of_a_r
     res = nbft(["run", "--resume", "full", "--no-progress"], root)
     out, err = res.communicate(timeout=400)
     assert res.returncode == 0, err[-2000:]
+    status = json.loads((root / "full" / "status.json").read_text())
+    assert status["state"] == "ok" and status["reason"] is None  # the resumed run no longer says disk full
     a, b = (json.loads((root / n / "metrics.json").read_text()) for n in ("ref", "full"))
     assert comparable(a) == comparable(b)
