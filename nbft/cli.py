@@ -787,7 +787,7 @@ PRECOMPILE = (
     "transformers:AutoModelForCausalLM", "transformers:Trainer", "transformers:DataCollatorWithPadding",
     "trl:SFTTrainer", "trl:GRPOTrainer", "trl:RLOOTrainer", "trl:DPOTrainer", "trl:KTOTrainer", "trl:RewardTrainer",
     "trl:DistillationTrainer", "trl.kernels.chunked_logprob", "peft:get_peft_model", "accelerate", "datasets",
-    "faiss", "sentence_transformers:SentenceTransformer", "sklearn.linear_model", "sklearn.model_selection",
+    "faiss", "sentence_transformers:SentenceTransformer", "rouge_score.rouge_scorer", "sacrebleu", "sklearn.linear_model", "sklearn.model_selection",
     "sklearn.metrics", "sklearn.pipeline", "sklearn.decomposition", "matplotlib.pyplot", "ipywidgets",
     "IPython.display", "ipykernel.kernelapp", "ipykernel.ipkernel", "papermill", "nbconvert:HTMLExporter",
     "nbformat", "yaml",

@@ -120,6 +120,8 @@ CLASSIFY_APPROACHES = _names("CLASSIFY_APPROACHES", "classify.APPROACHES", "zero
                              "features_minilm", "head_only", "top_n", "lora", "full")
 CLASSIFY_TRAINED = _names("CLASSIFY_TRAINED", "classify.APPROACHES", "head_only", "top_n", "lora", "full", part=True)
 DISTILL_METHODS = _names("DISTILL_METHODS", "distill.METHODS", "student_base", "gold_sft", "imitation", "distill")
+EVAL_METRICS = _names("EVAL_METRICS", "scoring.METRICS", "task", "json_answer", "exact", "contains", "rouge_l", "chrf",
+                      "bleu", "semantic", "length", extra=("auto",))
 STAGE_NAMES = _names("STAGE_NAMES", "params.STAGES", "01_data_prep", "02_sft", "03_peft", "04_rlhf", "05_rag_vs_ft",
                      "06_classify", "07_distill", "99_report")
 TRACKERS = _names("TRACKERS", "tracking.TRACKERS", "tensorboard", "mlflow", "wandb", "trackio", extra=("none",))
@@ -267,6 +269,10 @@ class SFTParams(EvalArgs, LoraArgs, ScopeArgs, TrainArgs, Common):
     cpt_epochs: float = _f(2.0, "continued pretraining: passes over the domain documents", gt=0, max=MAX_EPOCHS)
     task_check: str = _f("auto", "programmatic check for the task score: auto (the data's own), json_answer, exact, contains",
                          TASK_CHECKS)
+    eval_metrics: list[str] = _f(["auto"], "held-out replies scored against their references, each before -> after with "
+                                 "a bootstrap 95% interval and a paired interval of the change: auto (the data's own "
+                                 "check, else rouge_l, chrf, semantic, contains; and length) or names of "
+                                 "nbft.scoring.METRICS", EVAL_METRICS, min_items=1)
 
 
 @params_dataclass

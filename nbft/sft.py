@@ -95,7 +95,8 @@ def scope_row(result: dict, total_params: int) -> dict:
 
 
 def metrics(p, base: dict, after: dict, main, *, n_train: int, n_eval: int, check: str, trainable_params: int,
-            total_params: int, by_size: dict, quality: dict, scopes: dict, cpt: tuple[float, float] | None) -> dict:
+            total_params: int, by_size: dict, quality: dict, scopes: dict, cpt: tuple[float, float] | None,
+            reply: dict | None = None) -> dict:
     """02_sft's section of metrics.json (with ``findings`` and ``thresholds`` added by the notebook): ``base`` and
     ``after`` are ``evaluate.evaluate_model``'s results before and after the main run ``main`` (a
     ``train.TrainResult``), ``scopes`` the scope comparison (``scope_row``), ``cpt`` continued pretraining's domain
@@ -112,17 +113,34 @@ def metrics(p, base: dict, after: dict, main, *, n_train: int, n_eval: int, chec
         "task_score_by_size": by_size, "quality_comparison": quality, "scope_comparison": scopes,
         "cpt_ppl_domain_before": base["ppl_domain"], "cpt_ppl_domain_after": cpt[0] if cpt else None,
         "cpt_ppl_general_after": cpt[1] if cpt else None,
+        "reply_metrics": {n: {k: v for k, v in row.items() if k != "scores"} for n, row in (reply or {}).items()},
     }
 
 
 def findings(base: dict, after: dict, scopes: dict, by_size: dict, quality: dict,
-             cpt_domain: tuple[float, float] | None) -> list[str]:
-    """Plain sentences, each with its numbers, about what 02_sft measured."""
+             cpt_domain: tuple[float, float] | None, reply: dict | None = None, check: str = "") -> list[str]:
+    """Plain sentences, each with its numbers, about what 02_sft measured. ``reply``: ``scoring.table`` of the
+    held-out replies before and after; with data that has no check of its own (``check`` contains: a user's free
+    text) the task score cannot see most changes, so the verdict on what was learned comes from those metrics and
+    their intervals, never from the task score alone."""
     t = THRESHOLDS
-    learned = ("was learned." if after["task_score"] >= t["learned"] else
-               "was only partly learned." if after["task_score"] > base["task_score"] + t["partly_margin"] else
-               "was not learned.")
-    out = [f"Task score {base['task_score']:.2f} -> {after['task_score']:.2f} on held-out prompts: the behaviour {learned}"]
+    from . import scoring
+
+    own_check = check in ("json_answer", "exact")
+    if reply and not own_check:
+        moved = [n for n, row in reply.items() if scoring.clear(row["diff"]) and row["higher_is_better"]
+                 and row["diff"]["mean"] > 0]
+        out = [f"Task score ('{check}') {base['task_score']:.2f} -> {after['task_score']:.2f} on held-out prompts: "
+               "this data has no programmatic check of its own, so the reference metrics below say what changed — "
+               + (f"{', '.join(moved)} rose by more than their intervals: the replies moved towards the references."
+                  if moved else "none of them rose by more than its interval: no learning shown on these prompts.")]
+    else:
+        learned = ("was learned." if after["task_score"] >= t["learned"] else
+                   "was only partly learned." if after["task_score"] > base["task_score"] + t["partly_margin"] else
+                   "was not learned.")
+        out = [f"Task score {base['task_score']:.2f} -> {after['task_score']:.2f} on held-out prompts: the behaviour "
+               f"{learned}"]
+    out += [scoring.sentence(n, row) for n, row in (reply or {}).items()]
     form_moved = abs(after["task_score"] - base["task_score"])
     out.append(f"Answer accuracy {base['answer_accuracy']:.2f} -> {after['answer_accuracy']:.2f} while the task score moved "
                f"{after['task_score'] - base['task_score']:+.2f}: " + (

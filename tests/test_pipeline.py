@@ -116,6 +116,13 @@ def test_smoke_metrics(smoke_run):
     assert sc["lora"]["trainable_params"] < sc["freeze"]["trainable_params"] < sc["full"]["trainable_params"] == s["total_params"]
     assert s["quality_comparison"]["n_train"] == smoke.quality_size
     assert set(s["task_score_by_task"]) == set(params.resolve(SMOKE)["01_data_prep"].demo_tasks)
+    # issue 30: the held-out replies against their references, each with intervals (demo data: its own check)
+    assert list(s["reply_metrics"]) == ["task", "length"]  # the smoke profile's multi-task mix: each record's check
+    for name, row in s["reply_metrics"].items():
+        assert row["before"]["lo"] <= row["before"]["mean"] <= row["before"]["hi"], name
+        assert row["diff"]["mean"] == pytest.approx(row["after"]["mean"] - row["before"]["mean"]), name
+        assert row["diff"]["n_eval"] == s["n_eval"], name
+    assert s["reply_metrics"]["task"]["after"]["mean"] == pytest.approx(s["task_score_after"])
     assert len(s["findings"]) >= 5
     # issue 4: one row per method, the table's columns, adapters on one base
     pe = m["03_peft"]

@@ -1,0 +1,72 @@
+"""nbft.scoring: every metric of the table on a realistic free-text set (short dictionary definitions), intervals
+that hold what they say, and findings that speak only when the change is larger than its interval."""
+import pytest
+
+from nbft import scoring
+
+DEFS = ["A malignant disease of the epithelial tissue.", "A large body of salt water.", "To move quickly on foot.",
+        "A building where books are kept for reading or borrowing.", "The season between summer and winter."] * 4
+BEFORE = ["A word that has been used to describe a disease that is currently unstoppable.", "Water.",
+          "Walking somewhere.", "A big house.", "It is a time of the year."] * 4
+AFTER = ["A malignant disease of epithelial tissue.", "A large body of salt water that covers most of the earth.",
+         "To run fast on foot.", "A building where books are kept for reading.", "The season after summer."] * 4
+REFS = [{"reference": d} for d in DEFS]
+
+
+@pytest.mark.parametrize("name", list(scoring.METRICS))
+def test_every_metric_scores_each_example_and_prefers_the_reference(name):
+    m = scoring.METRICS[name]
+    same = m.score(DEFS, REFS)
+    other = m.score(BEFORE, REFS)
+    assert len(same) == len(other) == len(REFS) and all(isinstance(x, float) for x in same + other)
+    if m.higher_is_better and name != "json_answer":  # json_answer needs the demo's JSON replies
+        assert min(same) >= max(other) - 1e-9 and sum(same) > sum(other), name
+    if name != "length":
+        assert all(-1e-6 <= x <= 1 + 1e-6 for x in same + other), name
+
+
+def test_a_closer_reply_scores_higher_on_every_reference_metric():
+    t = scoring.table(BEFORE, AFTER, REFS, ["rouge_l", "chrf", "bleu", "semantic", "contains"])
+    for name, row in t.items():
+        assert row["after"]["mean"] > row["before"]["mean"], name
+        assert row["before"]["lo"] <= row["before"]["mean"] <= row["before"]["hi"]
+        assert row["diff"]["mean"] == pytest.approx(row["after"]["mean"] - row["before"]["mean"])
+        assert row["diff"]["n_eval"] == len(REFS) and len(row["scores"]["after"]) == len(REFS)
+    assert all(scoring.clear(t[n]["diff"]) for n in ("rouge_l", "chrf", "semantic"))
+    assert "larger than its interval: better" in scoring.sentence("rouge_l", t["rouge_l"])
+
+
+def test_no_change_is_no_finding_and_the_interval_is_paired():
+    same = scoring.paired([0.2, 0.5, 0.9, 0.1], [0.2, 0.5, 0.9, 0.1])
+    assert same == {"mean": 0.0, "lo": 0.0, "hi": 0.0, "n_eval": 4} and scoring.clear(same) is False
+    # every example up by 0.01, around very different levels: paired, the change is clear; unpaired it would not be
+    before = [0.0, 0.9, 0.1, 0.8, 0.2, 0.7] * 5
+    shifted = scoring.paired(before, [x + 0.01 for x in before])
+    assert shifted["lo"] == pytest.approx(0.01) and scoring.clear(shifted)
+    t = scoring.table(BEFORE, BEFORE, REFS, ["rouge_l"])
+    assert "within its interval: no change shown" in scoring.sentence("rouge_l", t["rouge_l"])
+    assert scoring.summary([]) == {"mean": None, "lo": None, "hi": None, "n_eval": 0}
+    assert scoring.summary([1.0, 0.0] * 10, seed=3) == scoring.summary([1.0, 0.0] * 10, seed=3)  # seeded
+
+
+def test_auto_is_the_datas_own_check_or_the_free_text_metrics():
+    assert scoring.resolve(["auto"], "json_answer") == ["json_answer", "length"]
+    assert scoring.resolve(["auto"], "contains") == ["rouge_l", "chrf", "semantic", "contains", "length"]
+    assert scoring.resolve(["bleu", "auto", "bleu"], "exact") == ["bleu", "exact", "length"]
+    assert scoring.resolve(["auto"], "per-record") == ["task", "length"]  # the demo's multi-task mix
+    rows = scoring.rows(scoring.table(BEFORE, AFTER, REFS, ["chrf"]))
+    assert rows[0]["metric"] == "chrf" and rows[0]["larger than its interval"] is True
+
+
+def test_findings_of_free_text_come_from_the_reference_metrics_not_the_task_score():
+    """Issue 30's report: on a user's definitions 02 said "the behaviour was not learned" from a 0.00 -> 0.00
+    'contains' score while the replies had taken the references' form."""
+    from nbft import sft
+
+    reply = scoring.table(BEFORE, AFTER, REFS, scoring.resolve(["auto"], "contains"))
+    r = {"task_score": 0.0, "answer_accuracy": 0.0, "ppl_general": 20.0, "general_qa": 0.5}
+    text = " ".join(sft.findings(r, dict(r), {}, {}, {}, None, reply, "contains"))
+    assert "not learned" not in text and "rose by more than their intervals" in text
+    assert "rouge_l" in text and "95% CI" in text
+    flat = scoring.table(BEFORE, BEFORE, REFS, scoring.resolve(["auto"], "contains"))
+    assert "no learning shown" in " ".join(sft.findings(r, dict(r), {}, {}, {}, None, flat, "contains"))
