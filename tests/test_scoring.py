@@ -70,3 +70,13 @@ def test_findings_of_free_text_come_from_the_reference_metrics_not_the_task_scor
     assert "rouge_l" in text and "95% CI" in text
     flat = scoring.table(BEFORE, BEFORE, REFS, scoring.resolve(["auto"], "contains"))
     assert "no learning shown" in " ".join(sft.findings(r, dict(r), {}, {}, {}, None, flat, "contains"))
+
+
+def test_data_with_its_own_checks_keeps_the_task_score_verdict():
+    from nbft import sft
+
+    reply = scoring.table(BEFORE, BEFORE, REFS, ["task", "length"])
+    r = {"task_score": 0.0, "answer_accuracy": 0.0, "ppl_general": 20.0, "general_qa": 0.5}
+    for check in ("json_answer", "per-record"):
+        first = sft.findings(r, dict(r), {}, {}, {}, None, reply, check)[0]
+        assert first.startswith("Task score 0.00 -> 0.00 on held-out prompts: the behaviour was not learned"), check
