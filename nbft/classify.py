@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from . import corpora, data, evaluate, files, messages, models, params, timing, train
+from . import corpora, data, evaluate, files, messages, models, params, train
 
 #: The lines the written findings draw (recorded as ``thresholds`` in metrics.json).
 THRESHOLDS = {

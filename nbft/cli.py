@@ -402,10 +402,10 @@ def _execute(resolved, stages, run_dir, progress, verbose, label, resume, runnin
                    "skipped": sorted(done, key=stages.index), "set": resume["set"], "changed": resume["changed"]}
         runs.write_status(run_dir, state="running", failed_stage=None, failed_cell=None, error=None, signal=None,
                           reason=None, append={"resumes": resumed})
-        files.write_atomic(run_dir / "params.yaml", P.to_yaml(resolved))
     else:
         runs.write_status(run_dir, state="running", stages={s: "pending" for s in stages}, started=time.time())
-        files.write_atomic(run_dir / "params.yaml", P.to_yaml(resolved))
+    files.write_atomic(run_dir / "params.yaml", P.to_yaml(resolved))
+    if not resume:
         runs.write_env(run_dir, resolved[stages[0]])
     jobs = max(1, min(jobs, len([s for s in stages if s not in done]) or 1))
     threads = max(1, cpu_count() // jobs) if jobs > 1 else None

@@ -330,7 +330,7 @@ def sniff(path: Path) -> tuple[str, str]:
     if first.startswith("["):
         return ".json", "it starts with '['"
     if not first.startswith("{"):
-        return ".csv", f"it does not start with '{{' or '['; its first line is the header"
+        return ".csv", "it does not start with '{' or '['; its first line is the header"
     try:
         obj = json.loads(first, parse_constant=_Constant)
     except ValueError:

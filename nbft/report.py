@@ -12,7 +12,6 @@ import difflib
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 import yaml
 

@@ -27,7 +27,6 @@ parser every stage uses): the format stays, the content is judged.
 from __future__ import annotations
 
 import json
-import math
 import random
 import re
 from pathlib import Path
@@ -35,7 +34,7 @@ from typing import Callable
 
 import torch
 
-from . import data, evaluate, files, models, tasks, train
+from . import data, evaluate, files, models, scoring, tasks, train
 from .tasks import answer_of
 from .train import lora_config, trainer_args
 
@@ -481,8 +480,8 @@ def summary_rows(judged: dict[str, dict], baseline: str = "sft") -> list[dict]:
     """
     rows = []
     for name, j in judged.items():
-        lo, hi = bootstrap_ci(j["scores"])
-        rows.append({"policy": name, "rule score": j["rule_score"], "95% CI": f"{lo:.2f}-{hi:.2f}",
+        ci = scoring.summary(j["scores"])
+        rows.append({"policy": name, "rule score": j["rule_score"], "95% CI": f"{ci['lo']:.2f}-{ci['hi']:.2f}",
                      "passes every check": j["pass_rate"], "reward model": sum(j["reward"]) / len(j["reward"]),
                      "win rate vs " + baseline: win_rate(j["scores"], judged[baseline]["scores"]),
                      "mean words": j["mean_words"], "distinct trigrams": j["distinct_trigrams"]})
@@ -494,15 +493,6 @@ def browse_rows(prompts: list[str], replies: dict[str, list[str]], judged: dict[
     return [{"prompt": q, **{n: {"reply": replies[n][i], "rule": judged[n]["scores"][i], "reward": judged[n]["reward"][i],
                                "checks": rule_checks(q, replies[n][i])} for n in replies}}
             for i, q in enumerate(prompts)]
-
-
-def bootstrap_ci(values: list[float], n: int = 1000, seed: int = 0) -> tuple[float, float]:
-    """95% bootstrap interval of the mean."""
-    if not values:
-        return (math.nan, math.nan)
-    rng = random.Random(seed)
-    means = sorted(sum(rng.choice(values) for _ in values) / len(values) for _ in range(n))
-    return means[int(0.025 * n)], means[int(0.975 * n) - 1]
 
 
 def log_mean(log_history: list[dict], key: str, frac: float = 0.25, first: bool = False) -> float | None:

@@ -586,7 +586,6 @@ def test_a_50_mb_line_is_refused_at_once_in_little_memory(tmp_path, nbft_measure
     reading it whole: exit 2 naming file and line, in under 5 s and 500 MB (the nbft command in its own process, its
     peak resident memory measured by the OS)."""
     import random
-    import time
 
     rng = random.Random(0)
     words = ["".join(rng.choice("abcdefghij") for _ in range(rng.randint(2, 9))) for _ in range(2000)]

@@ -18,7 +18,7 @@ import pytest
 from html import escape
 from html.parser import HTMLParser
 
-from nbft import cli, export, models, params, peft, report, runs
+from nbft import cli, export, models, params, peft, runs
 
 pytestmark = pytest.mark.notebook
 ROOT = Path(__file__).resolve().parents[1]

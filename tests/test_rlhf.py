@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from nbft import data, models, params, rlhf
+from nbft import data, models, params, rlhf, scoring
 
 GOOD = "A volcano is a mountain where molten rock from inside the Earth comes out."
 Q = "What is a volcano?"
@@ -85,8 +85,8 @@ def test_judge_win_rate_and_ci():
     j = rlhf.judge([Q, Q], [GOOD, "lava"])
     assert j["scores"][0] == 1.0 and j["pass_rate"] == 0.5 and 0 < j["rule_score"] < 1
     assert rlhf.win_rate([1.0, 0.5, 0.2], [0.5, 0.5, 0.9]) == pytest.approx(0.5)
-    lo, hi = rlhf.bootstrap_ci([0.0, 1.0] * 20)
-    assert 0.3 < lo < 0.5 < hi < 0.7
+    ci = scoring.summary([0.0, 1.0] * 20)  # the interval 04's table shows for a rule score (nbft.scoring)
+    assert 0.3 < ci["lo"] < 0.5 < ci["hi"] < 0.7
 
 
 def test_findings_follow_the_numbers():

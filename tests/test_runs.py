@@ -1,5 +1,4 @@
 """Run folders: metrics merge, never overwrite, environment capture, listing."""
-import hashlib
 import json
 
 import pytest
