@@ -45,7 +45,7 @@ from pathlib import Path
 
 import torch
 
-from . import corpora, data, evaluate, files, models, params, tasks, train, trl_patches
+from . import corpora, data, evaluate, files, models, params, scoring, tasks, train, trl_patches
 
 #: The lines the written findings draw (recorded as ``thresholds`` in metrics.json).
 THRESHOLDS = {
@@ -537,9 +537,18 @@ def summary_rows(teacher: dict, base: dict, rows: dict[str, dict]) -> list[dict]
     return [{"model": name, **metrics_row(r, method=name in rows)} for name, r in named]
 
 
+def reply_tables(teacher: dict, base: dict, rows: dict[str, dict], d: DistillData,
+                 p: params.DistillParams) -> dict[str, dict]:
+    """{model: ``scoring.table``}: the held-out replies of the teacher (the reference point) and of every trained
+    row against the untrained student's, scored by ``p.eval_metrics`` (the replies ``evaluate_student`` made)."""
+    arms = {"teacher": teacher["outputs"], **{name: r["outputs"] for name, r in rows.items()}}
+    return scoring.tables(base["outputs"], arms, d.test, scoring.resolve(p.eval_metrics, d.check))
+
+
 def metrics(teacher: dict, base: dict, rows: dict[str, dict], notes: dict, student: dict, d: DistillData,
-            imitation: ImitationData | None, p: params.DistillParams) -> dict:
-    """The stage's section of metrics.json (without ``findings`` and ``thresholds``)."""
+            imitation: ImitationData | None, p: params.DistillParams, reply: dict | None = None) -> dict:
+    """The stage's section of metrics.json (without ``findings`` and ``thresholds``); ``reply``: ``reply_tables``
+    (``reply_metrics``)."""
     speed = teacher["gen_tokens_per_second"]
     return {"teacher": metrics_row(teacher), "student_base": metrics_row(base),
             "methods": {k: metrics_row(r, method=True) for k, r in rows.items()},
@@ -550,7 +559,8 @@ def metrics(teacher: dict, base: dict, rows: dict[str, dict], notes: dict, stude
                 "n_train": len(imitation.replies), "sampling": imitation.sampling, "seconds": imitation.seconds,
                 "task_score": imitation.task_score, "answer_accuracy": imitation.answer_accuracy},
             "n_train": len(d.train), "n_unlabelled": len(d.unlabelled), "n_eval": len(d.test), "task_check": d.check,
-            "scope": p.scope, "max_steps": p.max_steps, "beta": p.beta}
+            "scope": p.scope, "max_steps": p.max_steps, "beta": p.beta,
+            "reply_metrics": {name: scoring.recorded(t) for name, t in (reply or {}).items()}}
 
 
 def browser_rows(test: list[dict], results: dict[str, dict]) -> list[dict]:
@@ -574,9 +584,11 @@ def _share(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.2f}"
 
 
-def findings(teacher: dict, base: dict, rows: dict[str, dict], notes: dict, student: dict | None = None) -> list[str]:
+def findings(teacher: dict, base: dict, rows: dict[str, dict], notes: dict, student: dict | None = None,
+             reply: dict | None = None) -> list[str]:
     """Sentences from the numbers, set against Gudibande et al. 2023 whichever way they go (``THRESHOLDS`` say
-    what "closes", "little", "faster" and "more" meant)."""
+    what "closes", "little", "faster" and "more" meant); ``reply``: ``reply_tables`` (a sentence per metric: the
+    changes larger than their interval)."""
     t, out = THRESHOLDS, []
     built = (f"{len(student['kept'])} of {student['source_layers']} blocks, " if student and student.get("kept") else "")
     speedup = base["gen_tokens_per_second"] / teacher["gen_tokens_per_second"] if teacher["gen_tokens_per_second"] else 0
@@ -642,4 +654,4 @@ def findings(teacher: dict, base: dict, rows: dict[str, dict], notes: dict, stud
         out.append(f"The teacher's replies vs the data's references as SFT targets: style gap closed {a:.2f} vs "
                    f"{b:.2f}" + (" — imitation needs no labels and did as well or better." if a >= b - t["beats"]
                                  else " — the references taught the format better."))
-    return out
+    return out + scoring.sentences(reply or {}, "student_base")

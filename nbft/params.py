@@ -224,6 +224,17 @@ class EvalArgs:
     n_eval: int = _f(0, "score at most this many held-out items (0: all)", min=0)
 
 
+@params_dataclass
+class ReplyArgs:
+    """Held-out replies scored against their references (``nbft.scoring``): every stage that compares replies before
+    and after (02, 03, 07; 04's prompts have no references: its own judge's scores instead)."""
+
+    eval_metrics: list[str] = _f(["auto"], "held-out replies scored against their references, each before -> after with "
+                                 "a bootstrap 95% interval and a paired interval of the change: auto (the data's own "
+                                 "check, else rouge_l, chrf, semantic, contains; and length) or names of "
+                                 "nbft.scoring.METRICS", EVAL_METRICS, min_items=1)
+
+
 # ---------------------------------------------------------------- one dataclass per notebook
 
 @params_dataclass
@@ -248,7 +259,7 @@ class DataPrepParams(Common):
 
 
 @params_dataclass
-class SFTParams(EvalArgs, LoraArgs, ScopeArgs, TrainArgs, Common):
+class SFTParams(ReplyArgs, EvalArgs, LoraArgs, ScopeArgs, TrainArgs, Common):
     """02_sft: supervised fine-tuning — modes, scopes, data size and quality, and what it costs."""
 
     epochs: float = _f(1.0, "passes over the training split (every instruction run of the stage uses the same budget)")
@@ -269,14 +280,10 @@ class SFTParams(EvalArgs, LoraArgs, ScopeArgs, TrainArgs, Common):
     cpt_epochs: float = _f(2.0, "continued pretraining: passes over the domain documents", gt=0, max=MAX_EPOCHS)
     task_check: str = _f("auto", "programmatic check for the task score: auto (the data's own), json_answer, exact, contains",
                          TASK_CHECKS)
-    eval_metrics: list[str] = _f(["auto"], "held-out replies scored against their references, each before -> after with "
-                                 "a bootstrap 95% interval and a paired interval of the change: auto (the data's own "
-                                 "check, else rouge_l, chrf, semantic, contains; and length) or names of "
-                                 "nbft.scoring.METRICS", EVAL_METRICS, min_items=1)
 
 
 @params_dataclass
-class PEFTParams(EvalArgs, LoraArgs, ScopeArgs, TrainArgs, Common):
+class PEFTParams(ReplyArgs, EvalArgs, LoraArgs, ScopeArgs, TrainArgs, Common):
     """03_peft: every method on the same task, data, seed and budget; many adapters on one base."""
 
     epochs: float = _f(1.0, "upper bound on passes over the data (max_steps decides)")
@@ -423,7 +430,7 @@ class ClassifyParams(EvalArgs, LoraArgs, ScopeArgs, TrainArgs, Common):
 
 
 @params_dataclass
-class DistillParams(EvalArgs, LoraArgs, ScopeArgs, TrainArgs, Common):
+class DistillParams(ReplyArgs, EvalArgs, LoraArgs, ScopeArgs, TrainArgs, Common):
     """07_distill: a smaller student learns from a teacher — by SFT on references, by imitating the teacher's
     replies, by matching its token distributions — and what each copies (style) and what it cannot (knowledge)."""
 

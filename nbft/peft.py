@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from . import corpora, data, evaluate, models, params, train
+from . import corpora, data, evaluate, models, params, scoring, train
 
 #: The lines the written findings draw (recorded as ``thresholds`` in metrics.json).
 THRESHOLDS = {
@@ -381,22 +381,26 @@ COLUMNS = ("status", "trainable_params", "trainable_pct", "seconds", "tokens_per
 
 
 def metrics(results: dict[str, dict], base: dict, lora_vs_full: dict, branches: dict, p, *, n_train: int,
-            n_eval: int) -> dict:
+            n_eval: int, reply: dict | None = None) -> dict:
     """03_peft's section of metrics.json (with ``findings`` and ``thresholds`` added by the notebook): one row per
     method (``COLUMNS``), the trunk-and-branches demo, LoRA vs full, the base model's task score and forgetting
-    probe."""
+    probe; ``reply``: {method: ``scoring.table`` of its held-out replies against the base model's}
+    (``reply_metrics``)."""
     return {"methods": {k: {c: v.get(c) for c in COLUMNS} for k, v in results.items()},
             "n_methods_ok": sum(v["status"] == "ok" for v in results.values()),
             "adapter_switch_ok": branches["ok"], "adapter_scores": branches["scores"],
             "merged_reload_max_abs_diff": branches["merged_reload_max_abs_diff"], "lora_vs_full": lora_vs_full,
             "task_score_before": base["task_score"], "ppl_general_before": base["ppl_general"],
-            "max_steps": p.max_steps, "n_train": n_train, "n_eval": n_eval}
+            "max_steps": p.max_steps, "n_train": n_train, "n_eval": n_eval,
+            "reply_metrics": {m: scoring.recorded(t) for m, t in (reply or {}).items()}}
 
 
-def findings(rows: dict[str, dict], base: dict, lora_vs_full: dict, branches: dict | None) -> list[str]:
+def findings(rows: dict[str, dict], base: dict, lora_vs_full: dict, branches: dict | None,
+             reply: dict | None = None) -> list[str]:
     """One sentence per result of the bake-off, worded by the numbers and ``THRESHOLDS``.
 
-    ``rows``: the methods that ran (``run_method`` rows); ``base``: the base model's task_score and ppl_general.
+    ``rows``: the methods that ran (``run_method`` rows); ``base``: the base model's task_score and ppl_general;
+    ``reply``: {method: ``scoring.table``} (a sentence for each change larger than its interval).
     """
     t = THRESHOLDS
     out = [lora_vs_full["sentence"]]
@@ -420,6 +424,8 @@ def findings(rows: dict[str, dict], base: dict, lora_vs_full: dict, branches: di
         out.append(f"Merging into the base weights reproduced the adapter's logits within {t['merge_tolerance']:g} for "
                    f"{len(merged) - len(unmerged)} of {len(merged)} mergeable adapters"
                    + (f"; not for {', '.join(unmerged)}." if unmerged else "."))
+    if reply:
+        out += scoring.sentences(reply, "base")
     if branches is not None:
         out.append(branches["sentence"])
     return out

@@ -488,6 +488,21 @@ def summary_rows(judged: dict[str, dict], baseline: str = "sft") -> list[dict]:
     return rows
 
 
+def reply_tables(prompts: list[str], replies: dict[str, list[str]], judged: dict[str, dict],
+                 start: str = "sft") -> dict[str, dict]:
+    """{policy: ``scoring.compare`` table} of every other policy's held-out replies against ``start``'s, on the
+    scores the stage already has: the rule's, the reward model's (``judged[name]["reward"]``) and the reply length.
+    The built-in held-out prompts have no reference replies, so no reference metric applies here."""
+    records = [{"prompt": q} for q in prompts]
+
+    def scores(name: str) -> dict[str, list[float]]:
+        return {"rule": judged[name]["scores"], "reward": judged[name]["reward"],
+                "length": scoring.score(replies[name], records, ["length"])["length"]}
+
+    higher = {"rule": True, "reward": True, "length": scoring.METRICS["length"].higher_is_better}
+    return {name: scoring.compare(scores(start), scores(name), higher) for name in replies if name != start}
+
+
 def browse_rows(prompts: list[str], replies: dict[str, list[str]], judged: dict[str, dict]) -> list[dict]:
     """Per prompt, each policy's reply with its rule score, failed checks and reward (for ``widgets.sample_browser``)."""
     return [{"prompt": q, **{n: {"reply": replies[n][i], "rule": judged[n]["scores"][i], "reward": judged[n]["reward"][i],
@@ -550,10 +565,12 @@ def check_inputs(p) -> None:
 
 
 def metrics(p, judged: dict[str, dict], *, start: str, n_pairs_train: int, n_pairs_heldout: int, n_train: int,
-            rm_accuracy: float, rm_accuracy_train: float, rl_run, dpo_run, rm_run) -> dict:
+            rm_accuracy: float, rm_accuracy_train: float, rl_run, dpo_run, rm_run, reply: dict | None = None) -> dict:
     """04_rlhf's section of metrics.json (``findings`` reads it; the notebook adds them and ``thresholds``):
     ``judged`` is ``judge``'s verdict on the held-out prompts for each policy (sft, rl, dpo); ``*_run`` the three
-    trainings' ``train.TrainResult``. ``seconds``: the three trainings together (``seconds_by_part``: each)."""
+    trainings' ``train.TrainResult``. ``seconds``: the three trainings together (``seconds_by_part``: each).
+    ``reply``: ``reply_tables`` (``reply_metrics``: rule, reward and length of rl and dpo against sft, with
+    intervals)."""
     n = len(judged["sft"]["reward"])
     parts = {"reward_model": rm_run.seconds, "rl": rl_run.seconds, "dpo": dpo_run.seconds}
     return {
@@ -572,6 +589,7 @@ def metrics(p, judged: dict[str, dict], *, start: str, n_pairs_train: int, n_pai
         "mean_words": {k: v["mean_words"] for k, v in judged.items()},
         "distinct_trigrams": {k: v["distinct_trigrams"] for k, v in judged.items()},
         "seconds": sum(parts.values()), "seconds_by_part": parts,
+        "reply_metrics": {name: scoring.recorded(t) for name, t in (reply or {}).items()},
     }
 
 
@@ -602,4 +620,4 @@ def findings(m: dict) -> list[str]:
         else:
             out.append(f"Hacking check, {name}: no sign of length or repetition hacking ({words[key]:.1f} words vs SFT "
                        f"{words['sft']:.1f}; {tri[key]:.0%} distinct trigrams).")
-    return out
+    return out + scoring.sentences(m.get("reply_metrics") or {}, "sft")

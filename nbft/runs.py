@@ -503,6 +503,9 @@ VOCABULARY: dict[str, tuple[str, str]] = {
     "findings": ("text", "sentences written from the numbers"),
     "thresholds": ("mapping", "what the findings' words (learned, within, ...) meant, as numbers"),
     "profile": ("mapping", "where the stage's time went: loading, training, generation, scoring, other (seconds)"),
+    "reply_metrics": ("mapping", "held-out replies scored per example (nbft.scoring): metric -> {before, after, diff: "
+                      "{mean, lo, hi (bootstrap 95%), n_eval}, higher_is_better}; a stage with several arms (methods, "
+                      "policies, students): arm -> that"),
 }
 #: Names no stage may use, and the vocabulary name they mean.
 SYNONYMS = {"train_seconds": "seconds", "elapsed": "seconds", "time_s": "seconds", "secs": "seconds",

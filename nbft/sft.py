@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 
-from . import corpora, data, evaluate, params, train
+from . import corpora, data, evaluate, params, scoring, train
 
 #: The lines the written findings draw (recorded as ``thresholds`` in metrics.json).
 THRESHOLDS = {
@@ -113,7 +113,7 @@ def metrics(p, base: dict, after: dict, main, *, n_train: int, n_eval: int, chec
         "task_score_by_size": by_size, "quality_comparison": quality, "scope_comparison": scopes,
         "cpt_ppl_domain_before": base["ppl_domain"], "cpt_ppl_domain_after": cpt[0] if cpt else None,
         "cpt_ppl_general_after": cpt[1] if cpt else None,
-        "reply_metrics": {n: {k: v for k, v in row.items() if k != "scores"} for n, row in (reply or {}).items()},
+        "reply_metrics": scoring.recorded(reply or {}),
     }
 
 
@@ -124,8 +124,6 @@ def findings(base: dict, after: dict, scopes: dict, by_size: dict, quality: dict
     text) the task score cannot see most changes, so the verdict on what was learned comes from those metrics and
     their intervals, never from the task score alone."""
     t = THRESHOLDS
-    from . import scoring
-
     own_check = check in ("json_answer", "exact", "per-record")  # contains: the fallback for data without a check
     if reply and not own_check:
         moved = [n for n, row in reply.items() if scoring.clear(row["diff"]) and row["higher_is_better"]

@@ -326,16 +326,125 @@ def sample_browser(rows: list[dict], policies: list[str]):
                                continuous_update=False), view if rows else lambda i: "")
 
 
-def histogram(series: dict[str, list[float]], title: str, xlabel: str):
-    """Overlaid histograms, one per named series (e.g. reward of chosen vs rejected replies)."""
-    fig, ax = plt.subplots(figsize=(5.5, 3))
-    for name, vals in series.items():
-        ax.hist(vals, bins=20, alpha=0.55, label=f"{name} (n={len(vals)})")
+def histogram(series: dict[str, list[float]], title: str, xlabel: str, ax=None):
+    """Overlaid histograms, one per named series (e.g. reward of chosen vs rejected replies), on one shared set of
+    bins; ``ax``: draw into it (one panel of a larger figure). More than two series are drawn as outlines."""
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(5.5, 3)) if ax is None else (ax.figure, ax)
+    vals = [v for vs in series.values() for v in vs if v is not None and np.isfinite(v)]
+    bins = np.histogram_bin_edges(vals, bins=20) if vals else 20
+    for name, v in series.items():
+        kw = dict(alpha=0.55) if len(series) <= 2 else dict(histtype="step", linewidth=1.5)
+        ax.hist(v, bins=bins, label=f"{name} (n={len(v)})", **kw)
     ax.set_title(title, fontsize=10)
     ax.set_xlabel(xlabel)
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def distributions(by_metric: dict[str, dict[str, list[float]]], title: str = "", ncols: int = 3):
+    """Small multiples: one panel per metric, a histogram per series (the replies before, and after: one series per
+    arm). ``by_metric``: {metric: {series: per-example scores}} (``scoring.by_metric``)."""
+    names = list(by_metric)
+    ncols = max(1, min(ncols, len(names)))
+    nrows = max(1, -(-len(names) // ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 2.9 * nrows), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        histogram(by_metric[name], name, "score per example", ax=ax)
+    for ax in list(axes.flat)[len(names):]:
+        ax.set_visible(False)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------- error browser
+
+def _gain_color(g: float) -> str:
+    return "#c8f7c5" if g > 0 else "#f7c5c5" if g < 0 else "white"
+
+
+def _error_html(row: dict, metric: str) -> str:
+    from . import scoring
+
+    m = row["metrics"][metric]
+    verdict = f" · judge prefers: <b>{_esc(row['verdict'])}</b>" if "verdict" in row else ""
+    scores = "".join(
+        f"<tr><td>{_esc(n)}</td><td>{v['before']:.3f}</td><td>{v['after']:.3f}</td>"
+        f"<td style='background:{_gain_color(scoring.gain(row, n))}'>{v['change']:+.3f}</td></tr>"
+        for n, v in row["metrics"].items())
+    pre = "white-space:pre-wrap;margin:2px 0"
+    return (f"<div style='border-top:1px solid #bbb;padding:6px 0'>"
+            f"<div><b>example {row['example']}</b> · {_esc(metric)} {m['before']:.3f} → {m['after']:.3f} "
+            f"(<span style='background:{_gain_color(scoring.gain(row, metric))}'>{m['change']:+.3f}</span>){verdict}</div>"
+            f"<div><b>prompt</b></div><pre style='{pre};background:#f4f4f4'>{_esc(row['prompt'])}</pre>"
+            f"<div><b>reference</b></div><pre style='{pre};background:#eef'>{_esc(row['reference'] or '(none)')}</pre>"
+            f"<table style='width:100%;table-layout:fixed'><tr><td style='vertical-align:top'><b>before</b>"
+            f"<pre style='{pre}'>{_esc(row['before'])}</pre></td><td style='vertical-align:top'><b>after</b>"
+            f"<pre style='{pre}'>{_esc(row['after'])}</pre></td></tr></table>"
+            f"<table><tr><th>metric</th><th>before</th><th>after</th><th>change</th></tr>{scores}</table></div>")
+
+
+def _errors_view(rows: list[dict], metric: str, order: str, n: int) -> str:
+    from . import scoring
+
+    if not rows:
+        return "<p><i>(no examples)</i></p>"
+    word = "gain" if order == "gain" else "loss"
+    top = scoring.ranked(rows, metric, order)[:n]
+    return (f"<p><b>The {len(top)} examples of the largest {word} in {_esc(metric)}</b> (of {len(rows)})</p>"
+            + "".join(_error_html(r, metric) for r in top))
+
+
+def _errors_table(rows: list[dict], metric: str, order: str, n: int, caption: str) -> str:
+    from . import scoring
+
+    flat = [{"example": r["example"], "prompt": r["prompt"], "reference": r["reference"], "before": r["before"],
+             "after": r["after"], f"{metric} before": r["metrics"][metric]["before"],
+             f"{metric} after": r["metrics"][metric]["after"], "change": r["metrics"][metric]["change"],
+             **({"judge": r["verdict"]} if "verdict" in r else {})}
+            for r in scoring.ranked(rows, metric, order)[:n]]
+    return html_table(flat, max_chars=240, caption=caption)
+
+
+def error_browser(rows: list[dict] | dict[str, list[dict]], n: int = 8, n_static: int = 5):
+    """Example by example: the prompt, the reference, the reply before and after, every metric before/after/change
+    and a judge's verdict where there is one, ordered by the largest gain or loss of the metric picked.
+
+    ``rows``: ``scoring.per_example``'s, or {arm: those} for a stage with several arms (a picker for the arm).
+    The static copy: for the first arm, the ``n_static`` top gains and top losses of every metric with a better
+    side (of every metric where none has one).
+    """
+    import ipywidgets as W
+
+    arms = rows if isinstance(rows, dict) else {"": rows}
+    first = next((r for r in arms.values() if r), [])
+    metrics = list(first[0]["metrics"]) if first else []
+    ranked = [m for m in metrics if first[0]["metrics"][m]["higher_is_better"] is not None] or metrics
+    arm = W.Dropdown(options=list(arms), value=next(iter(arms)), description="compare",
+                     layout=W.Layout(display="none" if len(arms) == 1 else None))
+    metric = W.Dropdown(options=metrics, value=ranked[0] if ranked else None, description="metric")
+    order = W.Dropdown(options=[("largest gain", "gain"), ("largest loss", "loss")], value="gain", description="order")
+    out = W.HTML()
+
+    def refresh(*_):
+        out.value = _errors_view(arms[arm.value], metric.value, order.value, n) if metric.value else "<p><i>(no examples)</i></p>"
+
+    for w in (arm, metric, order):
+        w.observe(refresh, "value")
+    refresh()
+    name = next(iter(arms))
+    static = [f"<p><small><i>Static copy of an interactive dashboard: open the notebook in Jupyter to order the "
+              f"examples by any metric{' and pick another arm' if len(arms) > 1 else ''}.</i></small></p>"]
+    if name:
+        static.append(f"<p><b>{_esc(name)}</b></p>")
+    for m in ranked:
+        static += [_errors_table(first, m, "gain", n_static, f"{m}: the largest gains"),
+                   _errors_table(first, m, "loss", n_static, f"{m}: the largest losses")]
+    show_widget(W.VBox([W.HBox([arm, metric, order]), out]), "".join(static) if first else "<p><i>(no examples)</i></p>")
 
 
 # ---------------------------------------------------------------- retrieval

@@ -80,3 +80,60 @@ def test_data_with_its_own_checks_keeps_the_task_score_verdict():
     for check in ("json_answer", "per-record"):
         first = sft.findings(r, dict(r), {}, {}, {}, None, reply, check)[0]
         assert first.startswith("Task score 0.00 -> 0.00 on held-out prompts: the behaviour was not learned"), check
+
+
+def test_per_example_puts_each_prompt_reference_replies_scores_and_verdict_in_one_row():
+    recs = [{"messages": [{"role": "user", "content": f"Define word {i}"}, {"role": "assistant", "content": d}],
+             "prompt": "<|im_start|>user ...", "reference": d} for i, d in enumerate(DEFS)]
+    t = scoring.table(BEFORE, AFTER, recs, ["rouge_l", "length"])
+    verdicts = ["after", "tie", "before", "after", "after"] * 4
+    rows = scoring.per_example(BEFORE, AFTER, recs, t, verdicts)
+    assert len(rows) == len(DEFS)
+    r = rows[0]
+    assert (r["example"], r["prompt"], r["reference"], r["before"], r["after"], r["verdict"]) == (
+        0, "Define word 0", DEFS[0], BEFORE[0], AFTER[0], "after")  # the user's turn, not the rendered prompt
+    for name in ("rouge_l", "length"):  # nothing scored again: the table's own per-example scores
+        m = r["metrics"][name]
+        assert m["before"] == t[name]["scores"]["before"][0] and m["after"] == t[name]["scores"]["after"][0]
+        assert m["change"] == pytest.approx(m["after"] - m["before"])
+    assert "verdict" not in scoring.per_example(BEFORE, AFTER, recs, t)[0]
+    with pytest.raises(ValueError, match="verdicts"):
+        scoring.per_example(BEFORE, AFTER, recs, t, verdicts[:3])
+    assert scoring.per_example(BEFORE, AFTER, [{"prompt": "Why?"}] * len(DEFS),
+                               scoring.table(BEFORE, AFTER, REFS, ["length"]))[0]["reference"] == ""
+
+
+def test_ranked_puts_the_largest_gain_or_loss_first():
+    before, after = ["a b c d", "a b", "a b c", "x"], ["a b", "a b c d e f", "a b c", "x y"]
+    recs = [{"reference": "a b c d e f"}] * 4
+    rows = scoring.per_example(before, after, recs, scoring.table(before, after, recs, ["rouge_l", "length"]))
+    gains = [scoring.gain(r, "rouge_l") for r in scoring.ranked(rows, "rouge_l", "gain")]
+    assert gains == sorted(gains, reverse=True) and gains[0] > 0 > gains[-1]
+    assert [r["example"] for r in scoring.ranked(rows, "rouge_l", "gain")][0] == 1  # two words -> the whole reference
+    assert [r["example"] for r in scoring.ranked(rows, "rouge_l", "loss")][0] == 0  # four words -> two
+    assert [r["example"] for r in scoring.ranked(rows, "length", "gain")] == [1, 3, 2, 0]  # ties keep their order
+    flipped = [{**r, "metrics": {"x": {**r["metrics"]["length"], "higher_is_better": False}}} for r in rows]
+    assert [r["example"] for r in scoring.ranked(flipped, "x", "gain")] == [0, 2, 3, 1]  # lower is better: fell most
+    with pytest.raises(ValueError):
+        scoring.ranked(rows, "rouge_l", "best")
+
+
+def test_several_arms_share_the_scores_before_and_each_clear_change_is_a_finding():
+    t = scoring.tables(BEFORE, {"lora": AFTER, "ia3": BEFORE}, REFS, ["rouge_l", "length"])
+    assert t["lora"]["rouge_l"] == scoring.table(BEFORE, AFTER, REFS, ["rouge_l"])["rouge_l"]
+    assert t["ia3"]["rouge_l"]["diff"]["mean"] == 0
+    rec = {arm: scoring.recorded(x) for arm, x in t.items()}
+    assert "scores" not in rec["lora"]["rouge_l"] and rec["lora"]["rouge_l"]["diff"] == t["lora"]["rouge_l"]["diff"]
+    text = scoring.sentences(rec, "base")
+    first = next(s for s in text if s.startswith("rouge_l"))
+    d = t["lora"]["rouge_l"]["diff"]
+    assert f"better for lora {d['mean']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]" in first
+    assert "no change larger than its interval for ia3" in first  # never more than the metric shows
+    series = scoring.by_metric(t, "base")
+    assert list(series["rouge_l"]) == ["base", "lora", "ia3"] and series["rouge_l"]["ia3"] == series["rouge_l"]["base"]
+
+
+def test_compare_takes_scores_a_stage_already_has():
+    t = scoring.compare({"rule": [0.5, 0.5, 1.0, 0.0] * 5}, {"rule": [1.0, 0.5, 1.0, 0.5] * 5}, {"rule": True})
+    assert t["rule"]["diff"]["mean"] == pytest.approx(0.25) and scoring.clear(t["rule"]["diff"])
+    assert "larger than its interval: better" in scoring.sentence("rule", t["rule"])

@@ -50,3 +50,56 @@ def test_dashboard_displays_widget_and_static_copy_once(name, monkeypatch):
         picker = box.children[0]
         picker.value = second_value
         assert second in pane.value and (first not in pane.value or name == "table_browser")
+
+
+def _errors():
+    from nbft import scoring
+
+    before, after = ["a b c d", "<script>alert('x')</script> a b", "a b c"], ["a b", "a b c d e f", "a b c"]
+    recs = [{"prompt": "Ask <b>bold</b>", "reference": "a b c d e f"}, {"prompt": "Q2", "reference": "a b c d e f"},
+            {"prompt": "Q3", "reference": "a & b"}]
+    t = scoring.table(before, after, recs, ["rouge_l", "length"])
+    return scoring.per_example(before, after, recs, t, ["before", "after", "tie"])
+
+
+def test_error_browser_orders_examples_by_gain_or_loss_and_escapes_user_text(monkeypatch):
+    shown = []
+    monkeypatch.setattr(widgets, "_display", lambda obj, **kw: shown.append(obj))
+    rows = _errors()
+    assert widgets.error_browser(rows, n_static=2) is None
+    (bundle,) = shown
+    static = bundle["text/html"]
+    assert "<script>" not in static and "&lt;script&gt;" in static and "&lt;b&gt;bold" in static
+    assert "a &amp; b" in static and "a & b" not in static
+    gains, rest = static.split("rouge_l: the largest losses")
+    losses = rest.split("length: the largest gains")[0]
+    assert "rouge_l: the largest gains" in gains and "&lt;script&gt;" in gains and "Ask &lt;b&gt;" not in gains
+    assert "Ask &lt;b&gt;" in losses and "&lt;script&gt;" not in losses  # example 0 lost most, example 1 gained
+    import ipywidgets as W
+
+    box = _instances[bundle["application/vnd.jupyter.widget-view+json"]["model_id"]]
+    pane = box.children[-1]
+    arm, metric, order = box.children[0].children
+    assert metric.value == "rouge_l" and isinstance(pane, W.HTML) and "<script>" not in pane.value
+    assert pane.value.index("example 1") < pane.value.index("example 0")  # largest gain first
+    assert "judge prefers: <b>after</b>" in pane.value
+    order.value = "loss"
+    assert pane.value.index("example 0") < pane.value.index("example 1")
+    metric.value = "length"
+    assert "largest loss in length" in pane.value
+
+
+def test_error_browser_picks_an_arm_and_distributions_draw_each_metric(monkeypatch):
+    shown = []
+    monkeypatch.setattr(widgets, "_display", lambda obj, **kw: shown.append(obj))
+    rows = _errors()
+    widgets.error_browser({"lora": rows, "ia3": rows[:1]})
+    box = _instances[shown[0]["application/vnd.jupyter.widget-view+json"]["model_id"]]
+    arm = box.children[0].children[0]
+    assert "<b>lora</b>" in shown[0]["text/html"]
+    arm.value = "ia3"
+    assert "(of 1)" in box.children[-1].value
+    fig = widgets.distributions({"rouge_l": {"base": [0.1, 0.5], "lora": [0.9, 0.8]}, "length": {"base": [3, 4]}})
+    visible = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in visible] == ["rouge_l", "length"]
+    assert [t.get_text() for t in visible[0].get_legend().get_texts()] == ["base (n=2)", "lora (n=2)"]
