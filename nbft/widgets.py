@@ -420,7 +420,7 @@ def error_browser(rows: list[dict] | dict[str, list[dict]], n: int = 8, n_static
     """
     import ipywidgets as W
 
-    arms = rows if isinstance(rows, dict) else {"": rows}
+    arms = (rows if isinstance(rows, dict) else {"": rows}) or {"": []}
     first = next((r for r in arms.values() if r), [])
     metrics = list(first[0]["metrics"]) if first else []
     ranked = [m for m in metrics if first[0]["metrics"][m]["higher_is_better"] is not None] or metrics

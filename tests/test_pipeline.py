@@ -143,6 +143,12 @@ def test_smoke_metrics(smoke_run):
         if row["mergeable"] and k not in ("full", "freeze"):
             assert row["merge_max_abs_diff"] < 1e-2, (k, row["merge_max_abs_diff"])
     assert pe["methods"]["full"]["trainable_pct"] == 100
+    # issue 30: each method's held-out replies against the base model's, in 02's shape (the data's own checks here)
+    assert list(pe["reply_metrics"]) == runnable
+    for k, t in pe["reply_metrics"].items():
+        check_reply_table(t, ["task", "length"], pe["n_eval"])
+        assert t["task"]["after"]["mean"] == pytest.approx(pe["methods"][k]["task_score"]), k
+        assert t["task"]["before"]["mean"] == pytest.approx(pe["task_score_before"]), k
     assert pe["methods"]["lora"]["trainable_pct"] < pe["methods"]["freeze"]["trainable_pct"]
     assert isinstance(pe["adapter_switch_ok"], bool) and pe["merged_reload_max_abs_diff"] < 1e-3
     assert len(pe["adapter_scores"]) == 4  # two adapters, adapters off, the weighted combination
@@ -158,6 +164,13 @@ def test_smoke_metrics(smoke_run):
     assert set(r["mean_words"]) == set(r["pass_rate"]) == {"sft", "rl", "dpo"}
     assert all(v > 0 for v in r["seconds_by_part"].values())
     assert r["seconds"] == pytest.approx(sum(r["seconds_by_part"].values()))
+    # issue 30: RL's and DPO's held-out replies against the SFT start's, on the stage's own scores (no references)
+    assert list(r["reply_metrics"]) == ["rl", "dpo"]
+    for k, t in r["reply_metrics"].items():
+        check_reply_table(t, ["rule", "reward", "length"], r["n_eval"])
+        assert t["rule"]["before"]["mean"] == pytest.approx(r["rule_score_sft"])
+        assert t["rule"]["after"]["mean"] == pytest.approx(r[f"rule_score_{k}"])
+    assert r["reply_metrics"]["rl"]["reward"]["after"]["mean"] == pytest.approx(r["rl_mean_reward_after"])
     # issue 6: retrieval vs fine-tuning — every method in both forms, recall, latency, the paraphrase curve
     k = m["05_rag_vs_ft"]
     smoke_rag = params.resolve(SMOKE)["05_rag_vs_ft"]
@@ -194,6 +207,16 @@ DISTILL_KEYS = {"task_score", "answer_accuracy", "general_qa", "knowledge_score"
                 "gen_tokens_per_second"}
 
 
+def check_reply_table(t, names, n_eval):
+    """One arm's ``reply_metrics`` (``scoring.table`` as recorded): 02's shape, intervals that hold their means."""
+    assert list(t) == names
+    for name, row in t.items():
+        assert set(row) == {"before", "after", "diff", "higher_is_better"}, name
+        for side in ("before", "after", "diff"):
+            assert row[side]["lo"] <= row[side]["mean"] <= row[side]["hi"] and row[side]["n_eval"] == n_eval, name
+        assert row["diff"]["mean"] == pytest.approx(row["after"]["mean"] - row["before"]["mean"]), name
+
+
 def check_distill_metrics(x, p):
     """07_distill's section of metrics.json: every required number, in range, every method row."""
     for who in ("teacher", "student_base"):
@@ -218,6 +241,17 @@ def check_distill_metrics(x, p):
     assert x["n_train"] == p.n_train and x["n_unlabelled"] == p.n_unlabelled and x["n_eval"] == p.n_eval
     assert x["imitation_data"]["n_train"] == p.n_train + p.n_unlabelled
     assert any("Gudibande" in f for f in x["findings"]) and len(x["findings"]) >= 6
+    # issue 30: the teacher's and each method's held-out replies against the untrained student's (smoke: chrf named)
+    from nbft import scoring
+
+    own = scoring.resolve(["auto"], x["task_check"])[0]  # the data's own check: task (the smoke mix) or json_answer
+    assert list(x["reply_metrics"]) == ["teacher", "gold_sft", "imitation", "distill"]
+    for name, t in x["reply_metrics"].items():
+        check_reply_table(t, [own, "length", "chrf"], p.n_eval)
+        who = x["teacher"] if name == "teacher" else x["methods"][name]
+        assert t[own]["after"]["mean"] == pytest.approx(who["task_score"]), name
+        assert t[own]["before"]["mean"] == pytest.approx(x["student_base"]["task_score"]), name
+    assert any(f.startswith("chrf vs student_base on") for f in x["findings"])
 
 
 def test_every_stage_speaks_the_metrics_vocabulary(smoke_run):
