@@ -237,7 +237,7 @@ def sentences(tables: dict[str, dict[str, dict]], against: str) -> list[str]:
         better = next(iter(rows.values()))["higher_is_better"]
         up, down = ("better", "worse") if better is not False else ("worse", "better")
         if better is None:
-            up, down = "higher", "lower"
+            up, down = "rose", "fell"
         groups: dict[str, list[str]] = {up: [], down: []}
         quiet = []
         for arm, row in rows.items():

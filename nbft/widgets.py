@@ -402,11 +402,14 @@ def _errors_view(rows: list[dict], metric: str, order: str, n: int) -> str:
 def _errors_table(rows: list[dict], metric: str, order: str, n: int, caption: str) -> str:
     from . import scoring
 
+    top = [r for r in scoring.ranked(rows, metric, order)[:n] if (scoring.gain(r, metric) > 0) == (order == "gain")
+           and scoring.gain(r, metric) != 0]
+    if not top:
+        return f"<p><i>{_esc(caption)}: no example {'gained' if order == 'gain' else 'lost'} on {_esc(metric)}.</i></p>"
     flat = [{"example": r["example"], "prompt": r["prompt"], "reference": r["reference"], "before": r["before"],
              "after": r["after"], f"{metric} before": r["metrics"][metric]["before"],
              f"{metric} after": r["metrics"][metric]["after"], "change": r["metrics"][metric]["change"],
-             **({"judge": r["verdict"]} if "verdict" in r else {})}
-            for r in scoring.ranked(rows, metric, order)[:n]]
+             **({"judge": r["verdict"]} if "verdict" in r else {})} for r in top]
     return html_table(flat, max_chars=240, caption=caption)
 
 
