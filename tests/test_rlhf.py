@@ -103,6 +103,27 @@ def test_findings_follow_the_numbers():
     assert "below the 85% bar" in text and "GRPO did not raise" in text
 
 
+
+def test_each_policy_against_the_start_on_the_stages_own_scores_with_intervals():
+    """Issue 30: 04's held-out prompts have no references; its reply metrics are the rule's and the reward model's
+    scores and the length, each policy against the SFT start with a paired interval, in 02's shape."""
+    prompts = [Q] * 20
+    replies = {"sft": ["lava"] * 20, "rl": [GOOD] * 20, "dpo": ["lava"] * 19 + [GOOD]}
+    judged = {k: {**rlhf.judge(prompts, v), "reward": [0.1 * i for i in range(20)]} for k, v in replies.items()}
+    t = rlhf.reply_tables(prompts, replies, judged)
+    assert list(t) == ["rl", "dpo"] and list(t["rl"]) == ["rule", "reward", "length"]
+    assert t["rl"]["rule"]["after"]["mean"] == pytest.approx(judged["rl"]["rule_score"])
+    assert scoring.clear(t["rl"]["rule"]["diff"]) and not scoring.clear(t["dpo"]["rule"]["diff"])
+    assert t["rl"]["reward"]["diff"]["mean"] == 0 and t["rl"]["length"]["higher_is_better"] is None
+    m = dict(rm_accuracy=0.9, rm_accuracy_train=0.95, n_pairs_heldout=50, n_pairs_train=200, rl_algo="grpo",
+             preference_loss="dpo", rl_mean_reward_before=-1.0, rl_mean_reward_after=0.5, rl_kl=0.01,
+             rule_score_sft=0.5, rule_score_rl=0.8, rule_score_dpo=0.4, winrate_rl_vs_sft=0.8, winrate_dpo_vs_sft=0.3,
+             n_eval=20, mean_words={"sft": 2, "rl": 12, "dpo": 2}, distinct_trigrams={"sft": 1, "rl": 1, "dpo": 1},
+             reply_metrics={k: scoring.recorded(v) for k, v in t.items()})
+    rule = next(f for f in rlhf.findings(m) if f.startswith("rule vs sft"))
+    assert "better for rl" in rule and "no change larger than its interval for dpo" in rule
+
+
 # ---------------------------------------------------------------- trainers on tiny-llama
 
 def _p(**kw):
