@@ -138,7 +138,7 @@ def check(names: Sequence[str], key: str = "benchmarks") -> None:
             close = (difflib.get_close_matches(name, list(BUNDLED), n=1, cutoff=0.5)
                      or difflib.get_close_matches(name, manager.all_tasks, n=1, cutoff=0.5))
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise params.ParamError(f"{key}: {params.show(repr(name))} is neither one of nbft's tasks "
+            raise params.ParamError(f"{key}: {params.show(name)} is neither one of nbft's tasks "
                                     f"({', '.join(BUNDLED)}) nor an lm-eval task, group or tag{hint}")
     offline = data.hub_offline()
     if offline is None:
