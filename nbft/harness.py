@@ -1,7 +1,7 @@
 """Standard benchmarks through lm-evaluation-harness (``lm-eval``), on the model already in memory.
 
 ``benchmark(model, tokenizer, names)`` wraps the model (a plain transformers model or a peft one) in lm-eval's
-``HFLM`` and runs ``lm_eval.simple_evaluate`` with a ``TaskManager`` that also knows nbft's own tasks
+``HFLM`` and runs lm-eval's ``evaluate`` with a ``TaskManager`` that also knows nbft's own tasks
 (``BUNDLED``: YAML in ``nbft/lm_tasks/``); per task it returns the task's main metric (``acc`` where there is one)
 with lm-eval's standard error, a bootstrap 95% interval over the per-example scores and the number of examples.
 ``compare(before, after)`` pairs two such results into ``scoring.table``'s form (before, after, the change with a
@@ -20,9 +20,11 @@ from __future__ import annotations
 import contextlib
 import difflib
 import functools
+import io
 import logging
 import math
 import random
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -157,13 +159,19 @@ def check(names: Sequence[str], key: str = "benchmarks") -> None:
 
 @contextlib.contextmanager
 def _quiet():
-    """lm-eval's info and warning lines (a model object passed as ``pretrained``, seeds, ...) kept out of the
-    notebook during the call; errors still show."""
+    """lm-eval's info and warning lines (a model object passed as ``pretrained``, ...) and its three progress bars a
+    task kept out of the notebook during the call; its errors still log, and on an exception what it wrote to
+    stderr is written there after all."""
     logger = logging.getLogger("lm_eval")
     level = logger.level
     logger.setLevel(logging.ERROR)
+    err = io.StringIO()
     try:
-        yield
+        with contextlib.redirect_stderr(err):
+            yield
+    except BaseException:
+        sys.stderr.write(err.getvalue())
+        raise
     finally:
         logger.setLevel(level)
 
@@ -220,17 +228,22 @@ def benchmark(model, tokenizer, names: Sequence[str], limit: int = 0, batch_size
     """Run lm-eval tasks ``names`` (checked first: ``check``) on ``model`` as it is in memory: zero-shot, at most
     ``limit`` examples per task (0: all), ``batch_size`` sequences a forward pass, under autocast at ``precision``
     (bf16, fp16; fp32: none). Returns {task: ``_summary``} for every task or group asked (a tag: each of its tasks).
-    Seeds are left alone (lm-eval's own seeding is off: the notebook's random state is the notebook's)."""
+    Zero-shot unless a task's config says otherwise; the global seeds are left alone (``simple_evaluate`` would reseed
+    python, numpy and torch in the notebook's process), few-shot examples drawn with lm-eval's default seed."""
     check(names)
-    from lm_eval import simple_evaluate
+    from lm_eval.defaults import DEFAULT_OTHER_SEED
+    from lm_eval.evaluator import evaluate
     from lm_eval.models.huggingface import HFLM
 
     with _quiet():
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size,
                   mixed_precision_dtype=_PRECISION.get(precision))
-        out = simple_evaluate(lm, tasks=list(names), task_manager=_manager_for(names), limit=limit or None,
-                              bootstrap_iters=1000, random_seed=None, numpy_random_seed=None, torch_random_seed=None,
-                              log_samples=True)
+        loaded = _manager_for(names).load(list(names))
+        for task in loaded["tasks"].values():  # what simple_evaluate does, less its seeding and environment report
+            if task.get_config("num_fewshot") is None:  # (pip list, git, nvidia-smi: ~1.5 s a call)
+                task.set_config(key="num_fewshot", value=0)
+            task.set_fewshot_seed(seed=DEFAULT_OTHER_SEED)
+        out = evaluate(lm=lm, task_dict=loaded, limit=limit or None, bootstrap_iters=1000, log_samples=True)
     children = {c for cs in out.get("group_subtasks", {}).values() for c in cs}
     return {name: _summary(out, name) for name in out["results"] if name not in children}
 

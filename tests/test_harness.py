@@ -20,12 +20,13 @@ def test_bundled_task_is_the_general_questions_as_multiple_choice():
     assert capitals and all(set(r["choices"]) <= capital_answers for r in capitals)  # distractors of the same kind
 
 
-def test_bundled_task_runs_offline_on_the_model_in_memory_plain_and_peft(tiny):
+def test_bundled_task_runs_offline_on_the_model_in_memory_plain_and_peft(tiny, capsys):
     from peft import LoraConfig, get_peft_model
 
     model, tok = tiny
     n = len(corpora.GENERAL_QA)
     full = harness.benchmark(model, tok, ["nbft_general_qa"])["nbft_general_qa"]
+    assert capsys.readouterr().err == ""  # no progress bars or warnings in the notebook
     assert full["metric"] == "acc" and full["n_eval"] == n == len(full["scores"])
     assert 0 <= full["lo"] <= full["mean"] <= full["hi"] <= 1 and full["stderr"] > 0
     assert full["mean"] == pytest.approx(sum(full["scores"]) / n)
