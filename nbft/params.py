@@ -273,10 +273,11 @@ class SFTParams(EvalArgs, LoraArgs, ScopeArgs, TrainArgs, Common):
                                  "a bootstrap 95% interval and a paired interval of the change: auto (the data's own "
                                  "check, else rouge_l, chrf, semantic, contains; and length) or names of "
                                  "nbft.scoring.METRICS", EVAL_METRICS, min_items=1)
-    benchmarks: list[str] = _f([], "lm-evaluation-harness tasks run zero-shot on the base and the tuned model, "
-                               "before -> after with intervals: nbft_general_qa (bundled, offline) or any lm-eval task, "
-                               "group or tag (hellaswag, arc_easy, ...; its dataset must be in the local cache while "
-                               "the hub is offline) ([] to skip)")
+    benchmarks: list[str] = _f(["nbft_general_qa"], "lm-evaluation-harness tasks run zero-shot on the base and the "
+                               "tuned model, before -> after with intervals: nbft_general_qa (bundled, offline, ~6 "
+                               "CPU-seconds on the default model) or any lm-eval task, group or tag (hellaswag, "
+                               "arc_easy, ...; its dataset must be in the local cache while the hub is offline) "
+                               "([] to skip)")
     benchmark_limit: int = _f(0, "benchmarks: at most this many examples per task (0: all)", min=0)
 
 
