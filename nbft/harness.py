@@ -85,8 +85,9 @@ def _manager_for(names: Sequence[str]):
 
 def _hub_datasets(manager, name: str, seen: set | None = None) -> list[tuple[str, str | None]]:
     """The (hub dataset, config) pairs task, group or tag ``name`` loads, from lm-eval's task index (no task is
-    built, nothing downloaded); a file builder reading URLs is ("<url>", None). Python-class tasks and tasks with a
-    loader of their own (``custom_dataset``) are not known until they run: none listed."""
+    built, nothing downloaded); a file builder reading URLs is ("<url>", None); a task with a loader of its own
+    (``custom_dataset``) the dataset it names, any config. Python-class tasks, and loaders that name none, are not
+    known until they run: none listed."""
     from lm_eval.tasks._index import Kind
 
     seen = set() if seen is None else seen
@@ -109,8 +110,10 @@ def _hub_datasets(manager, name: str, seen: set | None = None) -> list[tuple[str
 
 def _config_datasets(cfg: dict) -> list[tuple[str, str | None]]:
     path = cfg.get("dataset_path")
-    if not isinstance(path, str) or cfg.get("custom_dataset"):
+    if not isinstance(path, str) or not path:
         return []
+    if cfg.get("custom_dataset"):  # a loader of its own: the hub dataset it names, in whatever config it asks for
+        return [] if path in _FILE_BUILDERS else [(path, None)]
     if path in _FILE_BUILDERS:
         files = ((cfg.get("dataset_kwargs") or {}).get("data_files")) or []
         files = files.values() if isinstance(files, dict) else [files] if isinstance(files, str) else files
