@@ -790,7 +790,7 @@ PRECOMPILE = (
     "faiss", "sentence_transformers:SentenceTransformer", "rouge_score.rouge_scorer", "sacrebleu", "sklearn.linear_model", "sklearn.model_selection",
     "sklearn.metrics", "sklearn.pipeline", "sklearn.decomposition", "matplotlib.pyplot", "ipywidgets",
     "IPython.display", "ipykernel.kernelapp", "ipykernel.ipkernel", "papermill", "nbconvert:HTMLExporter",
-    "nbformat", "yaml",
+    "nbformat", "yaml", "lm_eval.evaluator", "lm_eval.models.huggingface", "lm_eval.tasks",
 )
 
 

@@ -280,6 +280,12 @@ class SFTParams(ReplyArgs, EvalArgs, LoraArgs, ScopeArgs, TrainArgs, Common):
     cpt_epochs: float = _f(2.0, "continued pretraining: passes over the domain documents", gt=0, max=MAX_EPOCHS)
     task_check: str = _f("auto", "programmatic check for the task score: auto (the data's own), json_answer, exact, contains",
                          TASK_CHECKS)
+    benchmarks: list[str] = _f(["nbft_general_qa"], "lm-evaluation-harness tasks run zero-shot on the base and the "
+                               "tuned model, before -> after with intervals: nbft_general_qa (bundled, offline, ~6 "
+                               "CPU-seconds on the default model) or any lm-eval task, group or tag (hellaswag, "
+                               "arc_easy, ...; its dataset must be in the local cache while the hub is offline) "
+                               "([] to skip)")
+    benchmark_limit: int = _f(0, "benchmarks: at most this many examples per task (0: all)", min=0)
 
 
 @params_dataclass

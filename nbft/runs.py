@@ -502,6 +502,8 @@ VOCABULARY: dict[str, tuple[str, str]] = {
     "n_eval": ("count", "held-out items scored"),
     "findings": ("text", "sentences written from the numbers"),
     "thresholds": ("mapping", "what the findings' words (learned, within, ...) meant, as numbers"),
+    "benchmarks": ("mapping", "lm-evaluation-harness tasks (nbft.harness): per task its main metric (metric), "
+                   "before and after (mean, 95% interval, n_eval, lm-eval's stderr) and the change (diff)"),
     "profile": ("mapping", "where the stage's time went: loading, training, generation, scoring, other (seconds)"),
     "reply_metrics": ("mapping", "held-out replies scored per example (nbft.scoring): metric -> {before, after, diff: "
                       "{mean, lo, hi (bootstrap 95%), n_eval}, higher_is_better}; a stage with several arms (methods, "

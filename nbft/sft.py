@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 
-from . import corpora, data, evaluate, params, scoring, train
+from . import corpora, data, evaluate, harness, params, scoring, train
 
 #: The lines the written findings draw (recorded as ``thresholds`` in metrics.json).
 THRESHOLDS = {
@@ -83,6 +83,7 @@ def check_inputs(p) -> None:
     if asked and train.qlora_needs():
         raise params.ParamError(f"02_sft.{asked[0]}: qlora needs {train.qlora_needs()} (pip install bitsandbytes on "
                                 "a GPU machine), or use lora")
+    harness.check(p.benchmarks, "02_sft.benchmarks")  # a name that is no task; a hub task offline and not cached
 
 
 def scope_row(result: dict, total_params: int) -> dict:
@@ -96,11 +97,11 @@ def scope_row(result: dict, total_params: int) -> dict:
 
 def metrics(p, base: dict, after: dict, main, *, n_train: int, n_eval: int, check: str, trainable_params: int,
             total_params: int, by_size: dict, quality: dict, scopes: dict, cpt: tuple[float, float] | None,
-            reply: dict | None = None) -> dict:
+            reply: dict | None = None, benchmarks: dict | None = None) -> dict:
     """02_sft's section of metrics.json (with ``findings`` and ``thresholds`` added by the notebook): ``base`` and
     ``after`` are ``evaluate.evaluate_model``'s results before and after the main run ``main`` (a
     ``train.TrainResult``), ``scopes`` the scope comparison (``scope_row``), ``cpt`` continued pretraining's domain
-    and general-text perplexity after (None: skipped)."""
+    and general-text perplexity after (None: skipped), ``benchmarks`` ``harness.compare``'s table (None: not run)."""
     return {
         "task_score_before": base["task_score"], "task_score_after": after["task_score"],
         "answer_accuracy_before": base["answer_accuracy"], "answer_accuracy_after": after["answer_accuracy"],
@@ -114,15 +115,18 @@ def metrics(p, base: dict, after: dict, main, *, n_train: int, n_eval: int, chec
         "cpt_ppl_domain_before": base["ppl_domain"], "cpt_ppl_domain_after": cpt[0] if cpt else None,
         "cpt_ppl_general_after": cpt[1] if cpt else None,
         "reply_metrics": scoring.recorded(reply or {}),
+        "benchmarks": harness.record(benchmarks or {}),
     }
 
 
 def findings(base: dict, after: dict, scopes: dict, by_size: dict, quality: dict,
-             cpt_domain: tuple[float, float] | None, reply: dict | None = None, check: str = "") -> list[str]:
+             cpt_domain: tuple[float, float] | None, reply: dict | None = None, check: str = "",
+             benchmarks: dict | None = None) -> list[str]:
     """Plain sentences, each with its numbers, about what 02_sft measured. ``reply``: ``scoring.table`` of the
     held-out replies before and after; with data that has no check of its own (``check`` contains: a user's free
     text) the task score cannot see most changes, so the verdict on what was learned comes from those metrics and
-    their intervals, never from the task score alone."""
+    their intervals, never from the task score alone. ``benchmarks``: ``harness.compare``'s table (one sentence a
+    task, where they ran)."""
     t = THRESHOLDS
     own_check = check in ("json_answer", "exact", "per-record")  # contains: the fallback for data without a check
     if reply and not own_check:
@@ -148,6 +152,7 @@ def findings(base: dict, after: dict, scopes: dict, by_size: dict, quality: dict
     out.append(f"Forgetting, main run: general-text perplexity {base['ppl_general']:.2f} -> {after['ppl_general']:.2f} "
                f"({change(base['ppl_general'], after['ppl_general'], True)}); general questions "
                f"{base['general_qa']:.2f} -> {after['general_qa']:.2f} ({change(base['general_qa'], after['general_qa'])}).")
+    out += harness.sentences(benchmarks or {})  # lm-eval benchmarks (``harness.compare``), where they ran
     for s, r in scopes.items():
         out.append(f"Scope {s}: {r['trainable_pct']:.2f}% of weights, {r['seconds']:.0f} s, task score {r['task_score']:.2f}, "
                    f"general-text perplexity {r['ppl_general']:.2f} "

@@ -14,7 +14,7 @@ from nbft import params
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "nbft"
 MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
-CORE = {"files", "params", "tasks", "corpora", "models", "data", "train", "evaluate", "scoring", "runs", "export",
+CORE = {"files", "params", "tasks", "corpora", "models", "data", "train", "evaluate", "scoring", "harness", "runs", "export",
         "report", "widgets"}
 #: stage -> the stage-only modules its notebook imports (the stage table's module and ``also``, less the core)
 STAGE_MODULES = {s.name: {s.module, *s.also} - CORE for s in params.STAGE_TABLE}

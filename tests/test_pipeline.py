@@ -123,6 +123,14 @@ def test_smoke_metrics(smoke_run):
         assert row["diff"]["mean"] == pytest.approx(row["after"]["mean"] - row["before"]["mean"]), name
         assert row["diff"]["n_eval"] == s["n_eval"], name
     assert s["reply_metrics"]["task"]["after"]["mean"] == pytest.approx(s["task_score_after"])
+    # issue 30: the bundled lm-eval task before and after, offline, each with its interval and the paired change
+    bench = s["benchmarks"]["nbft_general_qa"]
+    assert bench["metric"] == "acc"
+    for side in ("before", "after"):
+        assert bench[side]["n_eval"] == smoke.benchmark_limit
+        assert 0 <= bench[side]["lo"] <= bench[side]["mean"] <= bench[side]["hi"] <= 1
+    assert bench["diff"]["mean"] == pytest.approx(bench["after"]["mean"] - bench["before"]["mean"])
+    assert any(f.startswith("Benchmark nbft_general_qa (acc)") for f in s["findings"])
     assert len(s["findings"]) >= 5
     # issue 4: one row per method, the table's columns, adapters on one base
     pe = m["03_peft"]
