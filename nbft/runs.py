@@ -503,6 +503,9 @@ VOCABULARY: dict[str, tuple[str, str]] = {
     "findings": ("text", "sentences written from the numbers"),
     "thresholds": ("mapping", "what the findings' words (learned, within, ...) meant, as numbers"),
     "profile": ("mapping", "where the stage's time went: loading, training, generation, scoring, other (seconds)"),
+    "judge": ("mapping", "a model judge of paired replies (nbft.judge), both orders asked: win_rate of the tuned over "
+              "the base replies (mean, lo, hi, n_eval: a tie counts half), self_agreement, position_bias, "
+              "agreement_with_metrics; recorded only when a judge ran"),
 }
 #: Names no stage may use, and the vocabulary name they mean.
 SYNONYMS = {"train_seconds": "seconds", "elapsed": "seconds", "time_s": "seconds", "secs": "seconds",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 
-from . import corpora, data, evaluate, params, train
+from . import corpora, data, evaluate, judge as judging, params, train
 
 #: The lines the written findings draw (recorded as ``thresholds`` in metrics.json).
 THRESHOLDS = {
@@ -78,11 +78,13 @@ def change(before: float, after: float, lower_is_better: bool = False) -> str:
 
 
 def check_inputs(p) -> None:
-    """Before any notebook runs: a QLoRA scope (main run or compared) needs what this machine may lack."""
+    """Before any notebook runs: a QLoRA scope (main run or compared) needs what this machine may lack; a judge
+    (``judge``) must answer (an endpoint) or resolve (a model spec)."""
     asked = [k for k, v in (("scope", [p.scope]), ("compare_scopes", p.compare_scopes)) if "qlora" in v]
     if asked and train.qlora_needs():
         raise params.ParamError(f"02_sft.{asked[0]}: qlora needs {train.qlora_needs()} (pip install bitsandbytes on "
                                 "a GPU machine), or use lora")
+    judging.check(p, "02_sft.")
 
 
 def scope_row(result: dict, total_params: int) -> dict:
@@ -96,11 +98,12 @@ def scope_row(result: dict, total_params: int) -> dict:
 
 def metrics(p, base: dict, after: dict, main, *, n_train: int, n_eval: int, check: str, trainable_params: int,
             total_params: int, by_size: dict, quality: dict, scopes: dict, cpt: tuple[float, float] | None,
-            reply: dict | None = None) -> dict:
+            reply: dict | None = None, judge: dict | None = None) -> dict:
     """02_sft's section of metrics.json (with ``findings`` and ``thresholds`` added by the notebook): ``base`` and
     ``after`` are ``evaluate.evaluate_model``'s results before and after the main run ``main`` (a
     ``train.TrainResult``), ``scopes`` the scope comparison (``scope_row``), ``cpt`` continued pretraining's domain
-    and general-text perplexity after (None: skipped)."""
+    and general-text perplexity after (None: skipped), ``judge`` the model judge's verdict (``judge.compare``;
+    recorded without its per-example lists, and only when it ran)."""
     return {
         "task_score_before": base["task_score"], "task_score_after": after["task_score"],
         "answer_accuracy_before": base["answer_accuracy"], "answer_accuracy_after": after["answer_accuracy"],
@@ -114,15 +117,18 @@ def metrics(p, base: dict, after: dict, main, *, n_train: int, n_eval: int, chec
         "cpt_ppl_domain_before": base["ppl_domain"], "cpt_ppl_domain_after": cpt[0] if cpt else None,
         "cpt_ppl_general_after": cpt[1] if cpt else None,
         "reply_metrics": {n: {k: v for k, v in row.items() if k != "scores"} for n, row in (reply or {}).items()},
+        **({"judge": judging.recorded(judge)} if judge else {}),
     }
 
 
 def findings(base: dict, after: dict, scopes: dict, by_size: dict, quality: dict,
-             cpt_domain: tuple[float, float] | None, reply: dict | None = None, check: str = "") -> list[str]:
+             cpt_domain: tuple[float, float] | None, reply: dict | None = None, check: str = "",
+             judge: dict | None = None) -> list[str]:
     """Plain sentences, each with its numbers, about what 02_sft measured. ``reply``: ``scoring.table`` of the
     held-out replies before and after; with data that has no check of its own (``check`` contains: a user's free
     text) the task score cannot see most changes, so the verdict on what was learned comes from those metrics and
-    their intervals, never from the task score alone."""
+    their intervals, never from the task score alone. ``judge``: ``judge.compare``'s verdict (one sentence: the win
+    rate with its interval)."""
     t = THRESHOLDS
     from . import scoring
 
@@ -141,6 +147,8 @@ def findings(base: dict, after: dict, scopes: dict, by_size: dict, quality: dict
         out = [f"Task score {base['task_score']:.2f} -> {after['task_score']:.2f} on held-out prompts: the behaviour "
                f"{learned}"]
     out += [scoring.sentence(n, row) for n, row in (reply or {}).items()]
+    if judge:
+        out.append(judging.sentence(judge))
     form_moved = abs(after["task_score"] - base["task_score"])
     out.append(f"Answer accuracy {base['answer_accuracy']:.2f} -> {after['answer_accuracy']:.2f} while the task score moved "
                f"{after['task_score'] - base['task_score']:+.2f}: " + (

@@ -14,8 +14,8 @@ from nbft import params
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "nbft"
 MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
-CORE = {"files", "params", "tasks", "corpora", "models", "data", "train", "evaluate", "scoring", "runs", "export",
-        "report", "widgets"}
+CORE = {"files", "params", "tasks", "corpora", "models", "data", "train", "evaluate", "scoring", "judge", "runs",
+        "export", "report", "widgets"}
 #: stage -> the stage-only modules its notebook imports (the stage table's module and ``also``, less the core)
 STAGE_MODULES = {s.name: {s.module, *s.also} - CORE for s in params.STAGE_TABLE}
 NOTEBOOKS = sorted(p.stem for p in (ROOT / "notebooks").glob("*.ipynb"))
