@@ -37,7 +37,7 @@ from . import data, evaluate, models, params, scoring, timing
 #: tokens the judge may answer with (its verdict is one word)
 MAX_TOKENS = 8
 #: seconds per endpoint request (a reply of MAX_TOKENS), and for preflight's look at /models
-TIMEOUT = 60.0
+TIMEOUT = 120.0
 CHECK_TIMEOUT = 5.0
 #: endpoint requests at once
 THREADS = 4

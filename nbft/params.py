@@ -1042,7 +1042,8 @@ def to_yaml(resolved: dict[str, Any], comments: bool = False) -> str:
             out.append("")
         out.append(f"{section}:")
         for key, value in body.items():
-            line = yaml.dump({key: value}, Dumper=_Dumper, sort_keys=False, width=200).rstrip("\n")
+            line = yaml.dump({key: value}, Dumper=_Dumper, sort_keys=False,  # one line, a long string too
+                             width=float("inf")).rstrip("\n")
             out.append(f"  {line}  # {helps[key]}")
     return "\n".join(out) + "\n"
 

@@ -85,6 +85,20 @@ def test_agreement_with_a_metric_counts_only_examples_where_both_pick_a_side():
     assert judge.agreement(["tie"] * 4, reply)["m"] == {"agreement": None, "n": 0}
 
 
+def test_the_record_keeps_the_figures_in_the_vocabulary_and_the_finding_says_whether_the_interval_excludes_half():
+    from nbft import runs
+
+    clear = {"judge": "j", **judge.combine(["A"] * 12, ["B"] * 12)}  # the tuned reply, in both orders, 12 times
+    rec = judge.recorded(clear)
+    assert rec["win_rate"]["mean"] == 1.0 and not {"verdicts", "orders", "raw"} & set(rec)
+    assert runs.vocabulary_problems("02_sft", {"judge": rec}) == []
+    assert "the interval excludes 0.5: the judge prefers the tuned replies" in judge.sentence(clear)
+    even = {"judge": "j", **judge.combine(["A", "B"] * 6, ["B", "A"] * 6)}
+    assert even["win_rate"]["mean"] == 0.5 and "the interval includes 0.5" in judge.sentence(even)
+    assert [r["measure"] for r in judge.rows(clear)][:3] == ["win rate, tuned over base", "self-agreement",
+                                                            "position bias"]
+
+
 @pytest.mark.parametrize("url, said", [
     ("ftp://127.0.0.1/v1", "starts with http:// or https://"),
     ("http:///v1", "has no host"),
