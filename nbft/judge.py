@@ -5,7 +5,8 @@ twice, the two replies swapped (``pairwise``), so a judge that favours a positio
 the two orders agree on counts, one they disagree on is a tie (``combine``). The judge answers A, B or tie
 (``parse``: the first of those words in its reply; anything else is counted as unparsed and taken as a tie).
 Reported (``compare``): the win rate of the tuned replies over the base ones (a tie counts half) with a bootstrap 95%
-interval (``scoring.summary``), the judge's agreement with itself across the two orders, its position bias (of the
+interval (``scoring.summary``), the judge's agreement with itself across the two orders (of the examples whose
+two answers both parsed), its position bias (of the
 answers that picked a reply, the share that picked the first slot: 0.5 is none), and its agreement with each
 reference metric of ``scoring.table`` (of the examples where both the judge and the metric pick a side, the share
 where they pick the same one). The per-example verdicts ("after", "before", "tie") are kept for an error browser.
@@ -93,12 +94,13 @@ def combine(after_first: Sequence[str], before_first: Sequence[str], reply: dict
     arm2 = [{"A": "before", "B": "after"}.get(v, "tie") for v in p2]
     verdicts = [a if a == b else "tie" for a, b in zip(arm1, arm2)]
     answers = p1 + p2
+    parsed = [(a, b) for a, b, x, y in zip(arm1, arm2, p1, p2) if x is not None and y is not None]
     first, second = answers.count("A"), answers.count("B")
     n = len(verdicts)
     return {
         "win_rate": scoring.summary([{"after": 1.0, "before": 0.0, "tie": 0.5}[v] for v in verdicts], seed),
         "wins": verdicts.count("after"), "losses": verdicts.count("before"), "ties": verdicts.count("tie"),
-        "self_agreement": sum(a == b for a, b in zip(arm1, arm2)) / n if n else None,
+        "self_agreement": sum(a == b for a, b in parsed) / len(parsed) if parsed else None,
         "position_bias": first / (first + second) if first + second else None,
         "answers": {"first": first, "second": second, "tie": answers.count("tie"),
                     "unparsed": sum(v is None for v in answers)},
@@ -113,7 +115,8 @@ def combine(after_first: Sequence[str], before_first: Sequence[str], reply: dict
 def agreement(verdicts: Sequence[str], reply: dict | None) -> dict[str, dict]:
     """Per reference metric of ``reply`` (``scoring.table``; a metric with no better direction, such as length, is
     left out): {"agreement": of the examples where the judge picked a winner and the metric differs between the two
-    replies, the share where the judge's winner has the better metric (None: no such example), "n": how many}."""
+    replies, the share where the judge's winner has the better metric (None: no such example), "n_eval": how
+    many}."""
     out = {}
     for name, row in (reply or {}).items():
         better = row.get("higher_is_better")
@@ -125,7 +128,7 @@ def agreement(verdicts: Sequence[str], reply: dict | None) -> dict[str, dict]:
                 continue
             n += 1
             agree += v == ("after" if (a > b) == better else "before")
-        out[name] = {"agreement": agree / n if n else None, "n": n}
+        out[name] = {"agreement": agree / n if n else None, "n_eval": n}
     return out
 
 
@@ -306,12 +309,13 @@ def rows(result: dict) -> list[dict]:
     out = [{"measure": "win rate, tuned over base", "value": w["mean"], "95% CI": ci,
             "meaning": f"{result['wins']} wins, {result['losses']} losses, {result['ties']} ties (a tie counts half)"},
            {"measure": "self-agreement", "value": result["self_agreement"], "95% CI": "",
-            "meaning": "share of examples judged the same in both orders (inconsistent ones count as ties)"},
+            "meaning": "share of examples judged the same in both orders, of those with both answers parsed "
+                       "(inconsistent ones count as ties)"},
            {"measure": "position bias", "value": result["position_bias"], "95% CI": "",
             "meaning": f"of the answers that picked a reply, the share that picked the first slot (0.5: none); "
                        f"{result['answers']['unparsed']} of {result['n_requests']} answers unparsed (ties)"}]
     out += [{"measure": f"agreement with {m}", "value": r["agreement"], "95% CI": "",
-             "meaning": f"share of the {r['n']} examples where the judge and {m} both pick a side that agree"}
+             "meaning": f"share of the {r['n_eval']} examples where the judge and {m} both pick a side that agree"}
             for m, r in result["agreement_with_metrics"].items()]
     return out
 
@@ -327,4 +331,7 @@ def sentence(result: dict) -> str:
             f"{w['lo']:.2f} to {w['hi']:.2f}) on {result['n_eval']} held-out examples, both orders asked; "
             + (f"the interval excludes 0.5: the judge prefers {side}." if clear else
                "the interval includes 0.5: no preference shown.")
-            + f" Self-agreement across orders {result['self_agreement']:.2f}.")
+            + ("" if result["self_agreement"] is None else
+               f" Self-agreement across orders {result['self_agreement']:.2f}.")
+            + (f" {result['answers']['unparsed']} of {result['n_requests']} answers had no verdict (taken as ties)."
+               if result["answers"]["unparsed"] else ""))

@@ -55,7 +55,7 @@ def test_each_example_is_asked_in_both_orders_and_a_fair_judge_picks_the_right_r
         assert asked[i][0]["content"] == params.JUDGE_RUBRIC and RECORDS[i]["reference"] in asked[i][1]["content"]
     assert r["verdicts"] == ["after"] * n and r["orders"] == {"after_first": ["A"] * n, "before_first": ["B"] * n}
     assert r["win_rate"]["mean"] == 1.0 and r["self_agreement"] == 1.0 and r["position_bias"] == 0.5
-    assert r["agreement_with_metrics"] == {"contains": {"agreement": 1.0, "n": n}}  # length has no better side
+    assert r["agreement_with_metrics"] == {"contains": {"agreement": 1.0, "n_eval": n}}  # length has no better side
 
 
 def test_a_judge_that_always_picks_the_first_slot_cancels_out_to_ties():
@@ -70,8 +70,10 @@ def test_inconsistent_unparsable_and_tied_answers_count_as_ties_and_unparsed_one
     assert r["verdicts"] == ["after", "before", "tie", "tie"]
     assert (r["wins"], r["losses"], r["ties"]) == (1, 1, 2)
     assert r["win_rate"]["mean"] == 0.5 and r["win_rate"]["lo"] <= 0.5 <= r["win_rate"]["hi"]
-    assert r["self_agreement"] == 0.5
+    assert r["self_agreement"] == pytest.approx(2 / 3)  # of the 3 examples whose two answers both parsed
     assert r["answers"] == {"first": 2, "second": 4, "tie": 1, "unparsed": 1}
+    assert "1 of 8 answers had no verdict (taken as ties)" in judge.sentence({"judge": "j", **r})
+    assert judge.combine(["?"], ["..."])["self_agreement"] is None  # nothing parsed: no agreement to speak of
     assert r["position_bias"] == pytest.approx(2 / 6)
     assert [judge.parse(t) for t in ["a tie", "Both are equally good", "b", "", "B: the second"]] == [
         "tie", "tie", None, None, "B"]
@@ -81,8 +83,8 @@ def test_agreement_with_a_metric_counts_only_examples_where_both_pick_a_side():
     reply = {"m": {"higher_is_better": True, "scores": {"before": [0, 1, 0, 1], "after": [1, 0, 0, 1]}},
              "lower": {"higher_is_better": False, "scores": {"before": [0, 1, 0, 1], "after": [1, 0, 0, 1]}}}
     got = judge.agreement(["after", "after", "before", "tie"], reply)
-    assert got == {"m": {"agreement": 0.5, "n": 2}, "lower": {"agreement": 0.5, "n": 2}}
-    assert judge.agreement(["tie"] * 4, reply)["m"] == {"agreement": None, "n": 0}
+    assert got == {"m": {"agreement": 0.5, "n_eval": 2}, "lower": {"agreement": 0.5, "n_eval": 2}}
+    assert judge.agreement(["tie"] * 4, reply)["m"] == {"agreement": None, "n_eval": 0}
 
 
 def test_the_record_keeps_the_figures_in_the_vocabulary_and_the_finding_says_whether_the_interval_excludes_half():
@@ -223,7 +225,8 @@ def test_the_judge_asks_a_real_endpoint_both_orders_and_reports_its_figures(serv
     w = r["win_rate"]
     assert 0 <= w["lo"] <= w["mean"] <= w["hi"] <= 1 and w["n_eval"] == len(RECORDS)
     assert r["wins"] + r["losses"] + r["ties"] == len(RECORDS) and set(r["verdicts"]) <= {"after", "before", "tie"}
-    assert 0 <= r["self_agreement"] <= 1 and (r["position_bias"] is None or 0 <= r["position_bias"] <= 1)
+    assert r["self_agreement"] is None or 0 <= r["self_agreement"] <= 1
+    assert r["position_bias"] is None or 0 <= r["position_bias"] <= 1
     assert set(r["agreement_with_metrics"]) == {"contains", "chrf"}
     for m in r["agreement_with_metrics"].values():
         assert m["agreement"] is None or 0 <= m["agreement"] <= 1
