@@ -13,7 +13,9 @@ Under ``accelerate launch`` / torchrun (the process is already one rank of sever
 trainer simply trains in this process: the launcher did the launching.
 
 What is not carried into the processes: live training monitors (ipywidgets cannot be updated from a forked
-process; the log is complete afterwards) and checkpoints (a multi-process training restarts from its start).
+process; the log is complete afterwards) and checkpoints (a multi-process training restarts from its start; with
+early stopping rank 0 still saves at every evaluation, into the trainer's scratch folder, for the best one to be
+restored at the end).
 """
 from __future__ import annotations
 
@@ -66,14 +68,23 @@ def _example_hash(feature) -> str:
 
 
 def _record_examples(trainer, seen: list[str]) -> None:
-    """Wrap the trainer's data collator: every example this rank is given is hashed into ``seen``."""
-    collate = trainer.data_collator
+    """Wrap the collator of the trainer's training batches: every training example this rank is given is hashed
+    into ``seen`` (not the validation examples of evaluations during training: their batches keep the plain
+    collator)."""
+    collate, make = trainer.data_collator, trainer.get_train_dataloader
 
     def recording(features):
         seen.extend(_example_hash(f) for f in features)
         return collate(features)
 
-    trainer.data_collator = recording
+    def train_dataloader():  # the data loader keeps the collator it was made with
+        trainer.data_collator = recording
+        try:
+            return make()
+        finally:
+            trainer.data_collator = collate
+
+    trainer.get_train_dataloader = train_dataloader
 
 
 def _without_widgets(trainer) -> None:
