@@ -280,12 +280,13 @@ class SFTParams(EvalArgs, LoraArgs, ScopeArgs, TrainArgs, Common):
                                  "a bootstrap 95% interval and a paired interval of the change: auto (the data's own "
                                  "check, else rouge_l, chrf, semantic, contains; and length) or names of "
                                  "nbft.scoring.METRICS", EVAL_METRICS, min_items=1)
-    eval_steps: int = _f(5, "evaluate the validation loss every this many optimizer steps of the main run (and at "
-                         "its end): its curve beside the training loss (eval_curve); 0: once, at the end")
+    eval_steps: int = _f(7, "evaluate the validation loss every this many optimizer steps of the main run (and at "
+                         "its end): its curve beside the training loss (eval_curve; an evaluation of the default "
+                         "29 validation examples costs about one training step); 0: once, at the end")
     overfit_examples: int = _f(16, "overfitting and early stopping: LoRA on this many training examples for "
                                "overfit_epochs, the validation loss after every epoch, then the same run with early "
                                "stopping (0 to skip)", min=0)
-    overfit_epochs: float = _f(8.0, "overfitting: passes over the overfit_examples", gt=0, max=MAX_EPOCHS)
+    overfit_epochs: float = _f(6.0, "overfitting: passes over the overfit_examples", gt=0, max=MAX_EPOCHS)
     overfit_patience: int = _f(2, "overfitting: the early-stopping run stops after this many evaluations without a "
                                "lower validation loss and restores the best checkpoint", min=1)
 

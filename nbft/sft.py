@@ -81,8 +81,8 @@ def overfitting_findings(o: dict) -> list[str]:
                    f"(lowest logged {min(r['eval_loss'] for r in es['eval_curve']):.3f}).")
     else:
         out.append(f"Early stopping (patience {es['patience']}) did not stop: the validation loss never went "
-                   f"{es['patience']} evaluations without a new low; the returned model is step {es['best_step']}'s "
-                   f"(validation loss {es['eval_loss']:.3f}).")
+                   f"{es['patience']} evaluation{'s' if es['patience'] > 1 else ''} without a new low; the returned "
+                   f"model is step {es['best_step']}'s (validation loss {es['eval_loss']:.3f}).")
     return out
 
 
