@@ -55,11 +55,11 @@ def test_early_stopping_stops_a_long_run_and_returns_the_best_checkpoint(tiny, s
 
 
 def test_without_early_stopping_the_run_goes_on_and_logs_the_rise(tiny, splits):
-    r = overfitting_run(tiny, splits, epochs=6.0)
-    assert not r.stopped_early and r.stopped_at_step is None and r.steps == len(r.eval_curve) == 6
+    r = overfitting_run(tiny, splits, epochs=8.0)
+    assert not r.stopped_early and r.stopped_at_step is None and r.steps == len(r.eval_curve) == 8
     assert r.eval_curve[-1]["eval_loss"] > min(c["eval_loss"] for c in r.eval_curve)  # it turned up
     assert r.eval_loss == r.eval_curve[-1]["eval_loss"]  # the final model is the last step's: no second evaluation
-    assert sum(1 for h in r.log_history if "eval_loss" in h) == 6
+    assert sum(1 for h in r.log_history if "eval_loss" in h) == 8
     assert r.eval_seconds > 0 and r.tokens_per_second == pytest.approx(r.train_tokens / (r.seconds - r.eval_seconds))
 
 
