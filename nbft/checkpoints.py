@@ -7,7 +7,8 @@ last one kept. ``train.fit`` asks :func:`prepare` where its call checkpoints: th
 the same one again: ``fingerprint``), and the checkpoint to resume from when that folder already has one (the stage
 is running again after a crash: ``last_checkpoint``). Each checkpoint records the training seconds up to it
 (``CLOCK_FILE``); the call's last checkpoint is light (model, trainer state and RNG state, no optimizer), and a call
-whose last checkpoint is there loads it instead of training (``load_finished``). ``nbft run`` deletes a stage's
+whose last checkpoint is there (its last step, or the step early stopping stopped at: ``stopped_early``) loads it
+instead of training (``load_finished``: with early stopping, the best checkpoint's weights). ``nbft run`` deletes a stage's
 checkpoints once the stage ends ok. Trainers whose checkpoint cannot restore their training (``resumable``) do not
 checkpoint.
 
@@ -138,7 +139,7 @@ def prepare(trainer) -> Slot:
     trainer.add_callback(_clock(slot))
     if slot.resume is not None:
         state = json.loads((slot.resume / "trainer_state.json").read_text())
-        slot.finished = state.get("global_step", 0) >= state.get("max_steps", 0) > 0
+        slot.finished = state.get("global_step", 0) >= state.get("max_steps", 0) > 0 or stopped_early(state)
         logged = [r["num_tokens"] for r in state.get("log_history", []) if "num_tokens" in r]
         if logged:
             trl_patches.restore_token_count(trainer, logged[-1])
@@ -147,10 +148,24 @@ def prepare(trainer) -> Slot:
     return slot
 
 
+def stopped_early(state: dict) -> bool:
+    """Did early stopping end the training at this checkpoint (its trainer state, as a dict: transformers'
+    ``EarlyStoppingCallback`` recorded a count of evaluations without improvement that reached its patience)?"""
+    es = (state.get("stateful_callbacks") or {}).get("EarlyStoppingCallback")
+    es = es[-1] if isinstance(es, list) and es else es
+    if not isinstance(es, dict):
+        return False
+    patience = (es.get("args") or {}).get("early_stopping_patience") or 0
+    return patience > 0 and (es.get("attributes") or {}).get("early_stopping_patience_counter", 0) >= patience
+
+
 def load_finished(trainer, slot: Slot) -> None:
     """The call's last checkpoint loaded into ``trainer`` instead of training: weights, trainer state, RNG state
-    (``trl_patches.load_finished``: ``train()`` from it would not give them back)."""
-    trl_patches.load_finished(trainer, slot.resume)
+    (``trl_patches.load_finished``: ``train()`` from it would not give them back); with ``load_best_model_at_end``
+    (early stopping) the weights of the best checkpoint the state names, as the training ended with them."""
+    state = json.loads((slot.resume / "trainer_state.json").read_text())
+    best = state.get("best_model_checkpoint") if trainer.args.load_best_model_at_end else None
+    trl_patches.load_finished(trainer, slot.resume, weights=best if best and Path(best).is_dir() else None)
 
 
 def _final_checkpoint_light(trainer):

@@ -13,7 +13,9 @@ Under ``accelerate launch`` / torchrun (the process is already one rank of sever
 trainer simply trains in this process: the launcher did the launching.
 
 What is not carried into the processes: live training monitors (ipywidgets cannot be updated from a forked
-process; the log is complete afterwards) and checkpoints (a multi-process training restarts from its start).
+process; the log is complete afterwards) and checkpoints (a multi-process training restarts from its start; with
+early stopping rank 0 still saves at every evaluation, into the trainer's scratch folder, for the best one to be
+restored at the end).
 """
 from __future__ import annotations
 
@@ -66,14 +68,23 @@ def _example_hash(feature) -> str:
 
 
 def _record_examples(trainer, seen: list[str]) -> None:
-    """Wrap the trainer's data collator: every example this rank is given is hashed into ``seen``."""
-    collate = trainer.data_collator
+    """Wrap the collator of the trainer's training batches: every training example this rank is given is hashed
+    into ``seen`` (not the validation examples of evaluations during training: their batches keep the plain
+    collator)."""
+    collate, make = trainer.data_collator, trainer.get_train_dataloader
 
     def recording(features):
         seen.extend(_example_hash(f) for f in features)
         return collate(features)
 
-    trainer.data_collator = recording
+    def train_dataloader():  # the data loader keeps the collator it was made with
+        trainer.data_collator = recording
+        try:
+            return make()
+        finally:
+            trainer.data_collator = collate
+
+    trainer.get_train_dataloader = train_dataloader
 
 
 def _without_widgets(trainer) -> None:
@@ -95,13 +106,15 @@ def _worker(build: Callable, out: str, evaluate: bool, finish: Callable, around:
         torch.set_num_threads(max(1, torch.get_num_threads() // state.num_processes))
     trainer.remove_callback(PrinterCallback)
     _without_widgets(trainer)
-    trainer.args.save_strategy = "no"
+    if not trainer.args.load_best_model_at_end:  # early stopping: its best checkpoint, in the trainer's scratch folder
+        trainer.args.save_strategy = "no"
     seen: list[str] = []
     _record_examples(trainer, seen)
     t0 = time.perf_counter()
     with around(trainer):
         trainer.train()
     seconds = time.perf_counter() - t0
+    logged = len(trainer.state.log_history)  # the log of the training, before the final evaluation
     with around(trainer):
         eval_loss = trainer.evaluate()["eval_loss"] if evaluate else None
     folder = Path(out)
@@ -112,7 +125,8 @@ def _worker(build: Callable, out: str, evaluate: bool, finish: Callable, around:
     if state.is_main_process:
         torch.save(finish(trainer.model), folder / "model.pt")
         (folder / "result.json").write_text(json.dumps(
-            {"seconds": seconds, "steps": trainer.state.global_step, "eval_loss": eval_loss,
+            {"seconds": seconds, "steps": trainer.state.global_step, "max_steps": trainer.state.max_steps,
+             "n_logged": logged, "eval_loss": eval_loss,
              "log_history": trainer.state.log_history, "trainer": type(trainer).__name__}, default=float))
     state.wait_for_everyone()
 
@@ -120,7 +134,8 @@ def _worker(build: Callable, out: str, evaluate: bool, finish: Callable, around:
 def run(build: Callable, evaluate: bool, finish: Callable, around: Callable) -> dict[str, Any]:
     """Train what ``build`` makes in ``settings.num_processes`` processes (accelerate's ``notebook_launcher``), as
     ``train.fit`` would: inside ``around(trainer)`` (its CPU layouts), the model ``finish``-ed;
-    returns {"model", "seconds", "steps", "eval_loss", "log_history", "trainer", "ranks"} where
+    returns {"model", "seconds", "steps", "max_steps", "n_logged" (log entries of the training, before the final
+    evaluation), "eval_loss", "log_history", "trainer", "ranks"} where
     ``ranks`` is each rank's record (``rank``, ``world_size``, ``examples``: hashes of the examples it saw,
     ``steps``)."""
     from accelerate import notebook_launcher

@@ -243,6 +243,13 @@ class TrainArgs:
     grad_accum: int = _f(1, "gradient accumulation steps", min=1)
     max_length: int = _f(256, "truncate training sequences to this many tokens", min=8)
     gradient_checkpointing: bool = _f(False, "trade compute for memory (slower on CPU)")
+    eval_steps: int = _f(0, "evaluate the validation loss every this many optimizer steps and at the end: a curve "
+                         "beside the training loss, live in the monitor and recorded (eval_curve); only training "
+                         "given a validation set evaluates (02's main run, 03's methods), the others ignore it; "
+                         "0: once, at the end", min=0)
+    early_stopping_patience: int = _f(0, "stop after this many evaluations (eval_steps) without a lower validation "
+                                      "loss and restore the best checkpoint (transformers' EarlyStoppingCallback "
+                                      "with load_best_model_at_end); needs eval_steps; 0: off", min=0)
 
 
 @params_dataclass
@@ -362,6 +369,15 @@ class SFTParams(JudgeArgs, ReplyArgs, EvalArgs, LoraArgs, ScopeArgs, TrainArgs, 
                                "arc_easy, ...; its dataset must be in the local cache while the hub is offline) "
                                "([] to skip)")
     benchmark_limit: int = _f(0, "benchmarks: at most this many examples per task (0: all)", min=0)
+    eval_steps: int = _f(7, "evaluate the validation loss every this many optimizer steps of the main run (and at "
+                         "its end): its curve beside the training loss (eval_curve; an evaluation of the default "
+                         "29 validation examples costs about one training step); 0: once, at the end")
+    overfit_examples: int = _f(16, "overfitting and early stopping: LoRA on this many training examples for "
+                               "overfit_epochs, the validation loss after every epoch, then the same run with early "
+                               "stopping (0 to skip)", min=0)
+    overfit_epochs: float = _f(6.0, "overfitting: passes over the overfit_examples", gt=0, max=MAX_EPOCHS)
+    overfit_patience: int = _f(2, "overfitting: the early-stopping run stops after this many evaluations without a "
+                               "lower validation loss and restores the best checkpoint", min=1)
 
 
 @params_dataclass
@@ -795,6 +811,8 @@ RULES = (
     (("min_tokens", "max_tokens"), lambda p: p.min_tokens < p.max_tokens, "min_tokens must be below max_tokens"),
     (("overlap_words", "chunk_words"), lambda p: p.overlap_words < p.chunk_words,
      "overlap_words must be below chunk_words"),
+    (("early_stopping_patience", "eval_steps"), lambda p: not p.early_stopping_patience or p.eval_steps > 0,
+     "early stopping counts evaluations: set eval_steps too"),
 )
 
 

@@ -493,6 +493,12 @@ VOCABULARY: dict[str, tuple[str, str]] = {
     "peak_mem_mb": ("rate", "peak memory of the training, MB"),
     "steps": ("count", "optimizer steps"),
     "eval_loss": ("number", "loss on the validation split"),
+    "eval_curve": ("rows", "the validation loss during training (eval_steps): one row per evaluation, {step, "
+                   "eval_loss, train_loss: the mean training loss since the evaluation before, seconds: the "
+                   "evaluation's}"),
+    "best_step": ("count", "the optimizer step of the lowest validation loss on the eval_curve (the checkpoint early "
+                  "stopping restores)"),
+    "stopped_at_step": ("count", "the optimizer step early stopping ended the training at (None: it ran to the end)"),
     "accuracy": ("share", "share of held-out items answered or labelled right (0-1)"),
     "task_score": ("share", "share of held-out replies that pass the task's programmatic check (0-1)"),
     "answer_accuracy": ("share", "share of held-out replies that contain the reference answer (0-1)"),
@@ -586,6 +592,7 @@ def _kind_ok(kind: str, v: Any, nested: bool = False) -> bool:
             "count": v is None or isinstance(v, int) and not isinstance(v, bool) and v >= 0,
             "share": v is None or number and 0 <= v <= 1, "ppl": v is None or number and v > 0,
             "number": v is None or number, "text": isinstance(v, list) and all(isinstance(x, str) for x in v),
+            "rows": isinstance(v, list) and all(isinstance(x, dict) for x in v),
             "mapping": isinstance(v, dict)}[kind]
 
 

@@ -7,6 +7,7 @@ and by ``THRESHOLDS`` (recorded with the metrics, so a reader sees what "learned
 """
 from __future__ import annotations
 
+import dataclasses
 import random
 
 from . import corpora, data, evaluate, harness, judge as judging, params, scoring, train
@@ -18,6 +19,7 @@ THRESHOLDS = {
     "same_relative": 0.02,    # a relative change within this: "stayed about the same"
     "lora_within": 0.1,       # LoRA's task score within this of full fine-tuning: "comes within"
     "clean_margin": 0.02,     # clean above unfiltered by more than this: "clean data wins"
+    "overfit_rise": 0.01,     # validation loss at the end above its lowest by more than this (relative): "turned up"
 }
 
 
@@ -36,6 +38,52 @@ def lora_task_score(p: params.SFTParams, tokenizer, examples: list[dict], test: 
     with train.trained(p, tokenizer, examples, scope="lora", max_steps=steps) as r:
         return evaluate.evaluate_model(r.model, tokenizer, test, check, precision, p.max_new_tokens,
                                        p.eval_batch_size, probe=False)["task_score"]
+
+
+def overfitting(p: params.SFTParams, tokenizer, examples: list[dict], validation: list[dict]) -> dict | None:
+    """Overfitting and early stopping: LoRA on the first ``overfit_examples`` for ``overfit_epochs``, the validation
+    loss after every epoch (its ``eval_curve``); then the same run with early stopping (``overfit_patience``), which
+    stops where the validation loss stopped falling and restores the best checkpoint. Its record: n_train, epochs,
+    eval_steps, the first run's steps, eval_curve, best_step and seconds, and ``early_stopping`` with the second
+    run's patience, steps, stopped_at_step, best_step, eval_loss (of the model it returned), eval_curve and
+    seconds. None when ``overfit_examples`` is 0 or there is no validation set to evaluate on."""
+    if not p.overfit_examples or not validation:
+        return None
+    small = examples[: p.overfit_examples]
+    every = train.steps_for(len(small), p, epochs=1.0)  # an evaluation after every epoch
+    plain = dataclasses.replace(p, epochs=p.overfit_epochs, eval_steps=every, early_stopping_patience=0)
+    with train.trained(plain, tokenizer, small, validation, scope="lora") as full:
+        out = {"n_train": len(small), "epochs": p.overfit_epochs, "eval_steps": every, "steps": full.steps,
+               "eval_curve": full.eval_curve, "best_step": full.best_step, "seconds": full.seconds}
+    stopping = dataclasses.replace(plain, early_stopping_patience=p.overfit_patience)
+    with train.trained(stopping, tokenizer, small, validation, scope="lora") as es:
+        out["early_stopping"] = {"patience": p.overfit_patience, "steps": es.steps,
+                                 "stopped_at_step": es.stopped_at_step, "best_step": es.best_step,
+                                 "eval_loss": es.eval_loss, "eval_curve": es.eval_curve, "seconds": es.seconds}
+    return out
+
+
+def overfitting_findings(o: dict) -> list[str]:
+    """The sentences of the overfitting section: what its curve shows (the validation loss turned up, or not, by
+    ``THRESHOLDS['overfit_rise']``) and where early stopping stopped, with the returned model's validation loss."""
+    curve, es = o["eval_curve"], o["early_stopping"]
+    best = min(r["eval_loss"] for r in curve)
+    end = curve[-1]
+    turned = end["eval_loss"] > best * (1 + THRESHOLDS["overfit_rise"])
+    out = [f"Overfitting, LoRA on {o['n_train']} examples for {o['epochs']:g} epochs ({o['steps']} steps): training loss "
+           f"{curve[0]['train_loss']:.3f} -> {end['train_loss']:.3f}; validation loss lowest {best:.3f} at step "
+           f"{o['best_step']}, {end['eval_loss']:.3f} at the end: " + (
+               "it turned up while the training loss kept falling (overfitting)." if turned and
+               end["train_loss"] < curve[0]["train_loss"] else "it did not turn up in this run.")]
+    if es["stopped_at_step"] is not None:
+        out.append(f"Early stopping (patience {es['patience']}) stopped at step {es['stopped_at_step']} of {o['steps']} "
+                   f"and restored step {es['best_step']}: validation loss of the returned model {es['eval_loss']:.3f} "
+                   f"(lowest logged {min(r['eval_loss'] for r in es['eval_curve']):.3f}).")
+    else:
+        out.append(f"Early stopping (patience {es['patience']}) did not stop: the validation loss never went "
+                   f"{es['patience']} evaluation{'s' if es['patience'] > 1 else ''} without a new low; the returned "
+                   f"model is step {es['best_step']}'s (validation loss {es['eval_loss']:.3f}).")
+    return out
 
 
 def unfiltered_pool(dp: params.DataPrepParams, tokenizer, exclude_prompts: set[str]) -> list[dict]:
@@ -99,12 +147,15 @@ def scope_row(result: dict, total_params: int) -> dict:
 
 def metrics(p, base: dict, after: dict, main, *, n_train: int, n_eval: int, check: str, trainable_params: int,
             total_params: int, by_size: dict, quality: dict, scopes: dict, cpt: tuple[float, float] | None,
-            reply: dict | None = None, benchmarks: dict | None = None, judge: dict | None = None) -> dict:
+            reply: dict | None = None, benchmarks: dict | None = None, judge: dict | None = None,
+            overfit: dict | None = None) -> dict:
     """02_sft's section of metrics.json (with ``findings`` and ``thresholds`` added by the notebook): ``base`` and
     ``after`` are ``evaluate.evaluate_model``'s results before and after the main run ``main`` (a
-    ``train.TrainResult``), ``scopes`` the scope comparison (``scope_row``), ``cpt`` continued pretraining's domain
-    and general-text perplexity after (None: skipped), ``benchmarks`` ``harness.compare``'s table (None: not run), ``judge`` the model judge's verdict (``judge.compare``;
-    recorded without its per-example lists, and only when it ran)."""
+    ``train.TrainResult``: its ``eval_curve`` and ``best_step`` too), ``scopes`` the scope comparison (``scope_row``),
+    ``cpt`` continued pretraining's domain and general-text perplexity after (None: skipped), ``benchmarks``
+    ``harness.compare``'s table (None: not run), ``judge`` the model judge's verdict (``judge.compare``; recorded
+    without its per-example lists, and only when it ran), ``overfit`` the overfitting section (``overfitting``;
+    None: skipped)."""
     return {
         "task_score_before": base["task_score"], "task_score_after": after["task_score"],
         "answer_accuracy_before": base["answer_accuracy"], "answer_accuracy_after": after["answer_accuracy"],
@@ -120,12 +171,14 @@ def metrics(p, base: dict, after: dict, main, *, n_train: int, n_eval: int, chec
         "reply_metrics": scoring.recorded(reply or {}),
         "benchmarks": harness.record(benchmarks or {}),
         **({"judge": judging.recorded(judge)} if judge else {}),
+        "eval_curve": main.eval_curve, "best_step": main.best_step, "overfitting": overfit,
     }
 
 
 def findings(base: dict, after: dict, scopes: dict, by_size: dict, quality: dict,
              cpt_domain: tuple[float, float] | None, reply: dict | None = None, check: str = "",
-             benchmarks: dict | None = None, judge: dict | None = None) -> list[str]:
+             benchmarks: dict | None = None, judge: dict | None = None,
+             overfit: dict | None = None) -> list[str]:
     """Plain sentences, each with its numbers, about what 02_sft measured. ``reply``: ``scoring.table`` of the
     held-out replies before and after; with data that has no check of its own (``check`` contains: a user's free
     text) the task score cannot see most changes, so the verdict on what was learned comes from those metrics and
@@ -187,4 +240,6 @@ def findings(base: dict, after: dict, scopes: dict, by_size: dict, quality: dict
     if cpt_domain:
         b, a = cpt_domain
         out.append(f"Continued pretraining: perplexity on held-out domain documents {b:.2f} -> {a:.2f} ({change(b, a, True)}).")
+    if overfit:
+        out += overfitting_findings(overfit)
     return out

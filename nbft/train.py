@@ -226,8 +226,34 @@ def fits(tokenizer, texts: list[str], max_length: int | None) -> bool:
     return all(len(ids) + 1 <= max_length for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
 
 
+def eval_args(p) -> dict[str, Any]:
+    """Trainer arguments of evaluation during training, from the ``TrainArgs`` group, for a trainer that has a
+    validation set: the validation loss every ``eval_steps`` optimizer steps (and at the end: transformers evaluates
+    the last step too); with ``early_stopping_patience`` the best of them restored at the end
+    (``load_best_model_at_end`` on ``eval_loss``), which transformers 5.23 allows only when checkpoints are saved
+    on the same steps: a checkpoint at every evaluation (``save_steps`` = ``eval_steps``, in the run folder under
+    ``nbft run``, else in the trainer's scratch folder), the last and the best kept (``save_total_limit`` 2: the
+    last one for ``--resume``), the early-stopping count restored on a resume. Empty when ``eval_steps`` is 0."""
+    if p.eval_steps <= 0:
+        return {}
+    args: dict[str, Any] = {"eval_strategy": "steps", "eval_steps": p.eval_steps}
+    if p.early_stopping_patience > 0:
+        args.update(load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=False,
+                    save_strategy="steps", save_steps=p.eval_steps, save_total_limit=2,
+                    restore_callback_states_from_checkpoint=True)
+    return args
+
+
+def early_stopping(p) -> list:
+    """transformers' ``EarlyStoppingCallback`` for ``TrainArgs``' ``early_stopping_patience`` (none when 0)."""
+    from transformers import EarlyStoppingCallback
+
+    return [EarlyStoppingCallback(p.early_stopping_patience)] if p.early_stopping_patience > 0 and p.eval_steps > 0 else []
+
+
 def sft_config(p, output_dir: str | Path, learning_rate: float, **overrides):
-    """SFTConfig from the ``Common`` and ``TrainArgs`` groups of ``p`` (see ``trainer_args``)."""
+    """SFTConfig from the ``Common`` and ``TrainArgs`` groups of ``p`` (see ``trainer_args``; evaluation during
+    training: pass ``eval_args(p)`` in ``overrides``, as ``sft`` does when it has a validation set)."""
     from trl import SFTConfig
 
     return SFTConfig(**trainer_args(p, output_dir, p.gradient_checkpointing, **{
@@ -276,12 +302,23 @@ class TrainResult:
     log_history: list[dict] = field(default_factory=list)
     resumed_from_step: int | None = None
     ranks: list[dict] = field(default_factory=list)  # num_processes > 1: each rank's record (launch.run)
+    eval_curve: list[dict] = field(default_factory=list)  # evaluations during training (``eval_curve``)
+    best_step: int | None = None  # the step of the lowest validation loss on the curve
+    stopped_early: bool = False  # the training ended before its planned steps (early stopping, or a callback)
+    stopped_at_step: int | None = None  # where it did (None: it ran to the end)
+
+    @property
+    def eval_seconds(self) -> float:
+        """Seconds of ``seconds`` spent evaluating during training (transformers' ``eval_runtime``)."""
+        return sum(r.get("seconds") or 0.0 for r in self.eval_curve)
 
     @property
     def tokens_per_second(self) -> float | None:
+        """Training throughput: the tokens trained on per second of training, evaluations left out."""
         if self.resumed_from_step is not None:
             return None
-        return self.train_tokens / self.seconds if self.seconds else float("nan")
+        seconds = self.seconds - self.eval_seconds
+        return self.train_tokens / seconds if seconds > 0 else float("nan")
 
     def release(self) -> None:
         """Free the trained model (``models.release``: also through any other name that points to it) and the
@@ -311,7 +348,8 @@ def fit(trainer, evaluate: bool = False) -> TrainResult:
         if launch.wanted():  # num_processes > 1: each process builds its own (no checkpoints, no live monitors)
             r = launch.run(trainer, evaluate, finish, trl_patches.cpu_layouts)
             return TrainResult(r["model"], None, r["seconds"], r["steps"], trained_tokens(r["log_history"]),
-                               r["eval_loss"], r["log_history"], ranks=r["ranks"])
+                               r["eval_loss"], r["log_history"], ranks=r["ranks"],
+                               **curve_fields(r["log_history"][:r["n_logged"]], r["steps"], r["max_steps"]))
         trainer = trainer()
     trainer.remove_callback(PrinterCallback)
     slot = checkpoints.prepare(trainer)
@@ -324,11 +362,46 @@ def fit(trainer, evaluate: bool = False) -> TrainResult:
         with trl_patches.cpu_layouts(trainer):
             trainer.train(resume_from_checkpoint=str(slot.resume) if slot.resume is not None else None)
         seconds = slot.seconds()
-    with trl_patches.cpu_layouts(trainer):
-        eval_loss = trainer.evaluate()["eval_loss"] if evaluate else None
-    return TrainResult(finish(trainer.model), trainer, seconds, trainer.state.global_step,
-                       trained_tokens(trainer.state.log_history), eval_loss, list(trainer.state.log_history),
-                       slot.resumed_from)
+    state = trainer.state
+    curve = curve_fields(state.log_history, state.global_step, state.max_steps)
+    last = curve["eval_curve"][-1] if curve["eval_curve"] else None
+    eval_loss = None
+    if evaluate and last and last["step"] == state.global_step and not trainer.args.load_best_model_at_end:
+        eval_loss = last["eval_loss"]  # the model as it is now, evaluated at its last step
+    elif evaluate:
+        with trl_patches.cpu_layouts(trainer):
+            eval_loss = trainer.evaluate()["eval_loss"]
+    return TrainResult(finish(trainer.model), trainer, seconds, state.global_step,
+                       trained_tokens(state.log_history), eval_loss, list(state.log_history),
+                       slot.resumed_from, **curve)
+
+
+def eval_curve(log_history: list[dict]) -> list[dict]:
+    """The evaluations a training logged (``TrainArgs``' ``eval_steps``): one row per evaluation, {"step",
+    "eval_loss", "train_loss": the mean of the training losses logged since the evaluation before (None: none),
+    "seconds": how long the evaluation took}."""
+    curve, losses = [], []
+    for r in log_history:
+        if "eval_loss" in r:
+            curve.append({"step": int(r["step"]), "eval_loss": float(r["eval_loss"]),
+                          "train_loss": sum(losses) / len(losses) if losses else None,
+                          "seconds": float(r.get("eval_runtime", 0.0))})
+            losses = []
+        elif "loss" in r:
+            losses.append(float(r["loss"]))
+    return curve
+
+
+def curve_fields(log_history: list[dict], steps: int, max_steps: int) -> dict[str, Any]:
+    """``TrainResult``'s fields of evaluation during training from a log: ``eval_curve``, ``best_step`` (the first
+    step of the lowest validation loss: the one ``load_best_model_at_end`` restores), ``stopped_early`` and
+    ``stopped_at_step`` (the training ended before its ``max_steps``: early stopping, or a callback that stopped
+    it)."""
+    curve = eval_curve(log_history)
+    best = min(curve, key=lambda r: r["eval_loss"])["step"] if curve else None
+    stopped = bool(max_steps) and steps < max_steps
+    return {"eval_curve": curve, "best_step": best, "stopped_early": stopped,
+            "stopped_at_step": steps if stopped else None}
 
 
 def trained_tokens(log_history: list[dict]) -> int:
@@ -382,10 +455,12 @@ def sft(model, tokenizer, train: list[dict], validation: list[dict], p, learning
     bf16_frozen_base(model, p, peft_config)
     with scratch_dir() as tmp, models.padding_side(tokenizer, tokenizer.padding_side):
         def build():
-            return SFTTrainer(model=model, args=sft_config(p, tmp, learning_rate, **overrides),
+            evaluating = eval_args(p) if validation else {}  # only a trainer with a validation set evaluates
+            return SFTTrainer(model=model, args=sft_config(p, tmp, learning_rate, **{**evaluating, **overrides}),
                               train_dataset=to_dataset(train, mode),
                               eval_dataset=to_dataset(validation, mode) if validation else None,
-                              processing_class=tokenizer, peft_config=peft_config, callbacks=list(callbacks))
+                              processing_class=tokenizer, peft_config=peft_config,
+                              callbacks=[*callbacks, *(early_stopping(p) if evaluating else [])])
         return fit(build, evaluate=bool(validation))
 
 

@@ -270,14 +270,15 @@ def sampling_in_one_block(trainer_class: type, block: Callable) -> type:
 
 # ---------------------------------------------------------------- resuming a training call (transformers, trl)
 
-def load_finished(trainer, checkpoint: str | Path) -> None:
-    """Bring ``trainer`` to where its finished ``checkpoint`` (the call's last step) left it — the model's weights,
-    the trainer state (log history, step), the RNG state — without training. ``train(resume_from_checkpoint=)`` does
-    not (transformers 5.23): with a fractional number of epochs it trains one step past the end, otherwise it
-    leaves the RNG state as it finds it and logs a train_loss of 0; and transformers has no public load."""
+def load_finished(trainer, checkpoint: str | Path, weights: str | Path | None = None) -> None:
+    """Bring ``trainer`` to where its finished ``checkpoint`` (the call's last step) left it — the model's weights
+    (or those of ``weights``, another checkpoint: early stopping's best), the trainer state (log history, step), the
+    RNG state — without training. ``train(resume_from_checkpoint=)`` does not (transformers 5.23): with a fractional
+    number of epochs it trains one step past the end, otherwise it leaves the RNG state as it finds it and logs a
+    train_loss of 0; and transformers has no public load."""
     from transformers import TrainerState
 
-    trainer._load_from_checkpoint(str(checkpoint))
+    trainer._load_from_checkpoint(str(weights or checkpoint))
     trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
     trainer._load_rng_state(str(checkpoint))  # the RNG as the finished call left it
 

@@ -124,7 +124,9 @@ def training_monitor(title: str = "training", every_s: float = 2.0, panels=SFT_P
 
     ``panels``: (log key, label) pairs, e.g. ``RL_PANELS`` for GRPO/RLOO. The figure is redrawn
     at most every ``every_s`` seconds and once at the end, so the executed notebook keeps the
-    final curves; ``.rows`` keeps every logged step.
+    final curves; ``.rows`` keeps every logged step. Evaluations during training (``eval_steps``) are rows too,
+    with the evaluated ``eval_<key>`` (the validation loss): drawn in the panel of ``<key>`` beside it, and their
+    latest value in the title.
     """
     from transformers import TrainerCallback
 
@@ -143,7 +145,11 @@ def training_monitor(title: str = "training", every_s: float = 2.0, panels=SFT_P
 
         def on_log(self, args, state, control, logs=None, **kw):
             logs = logs or {}
-            if any(k in logs for k in keys if k not in ("lr", "tokens_per_s")):
+            evaluated = {f"eval_{k}": logs[f"eval_{k}"] for k in keys if isinstance(logs.get(f"eval_{k}"), (int, float))}
+            if evaluated:  # an evaluation: its own row (no learning rate or throughput of its own)
+                self.rows.append({**evaluated, "step": state.global_step, "t": time.perf_counter() - self.t0})
+                self.draw(state)
+            elif any(k in logs for k in keys if k not in ("lr", "tokens_per_s")):
                 t = time.perf_counter() - self.t0
                 tokens = logs.get("num_tokens") or state.num_input_tokens_seen or 0
                 self.rows.append({**{k: v for k, v in logs.items() if isinstance(v, (int, float))},
@@ -159,8 +165,11 @@ def training_monitor(title: str = "training", every_s: float = 2.0, panels=SFT_P
             self.last = time.perf_counter()
             if self.handle is None or not self.rows:
                 return
-            last = self.rows[-1]
+            last = next((r for r in reversed(self.rows) if panels[0][0] in r), {})
             now = ", ".join(f"{label.split(' (')[0]} {last[k]:.3g}" for k, label in panels[:1] if last.get(k) is not None)
+            evaluated = next((r for r in reversed(self.rows) if f"eval_{panels[0][0]}" in r), None)
+            if evaluated:
+                now += f", validation {evaluated[f'eval_{panels[0][0]}']:.3g} (step {evaluated['step']})"
             fig = plot_curves(self.rows, title=f"{title} — step {state.global_step}/{state.max_steps}"
                               + (" (done)" if final else "") + (f" — {now}" if now else ""), panels=panels)
             self.handle.update(fig)
@@ -176,18 +185,45 @@ def _status_html(title, text):
 
 
 def plot_curves(rows: list[dict], title: str = "training", panels=SFT_PANELS):
-    """One panel per (key, label) against step."""
+    """One panel per (key, label) against step; where rows hold ``eval_<key>`` (evaluations during training: the
+    validation loss), those in the same panel, marked, with a legend."""
     fig, axes = plt.subplots(1, len(panels), figsize=(11, 3))
     fig.suptitle(title, fontsize=10)
     colors = ["tab:blue", "tab:orange", "tab:green", "tab:red"]
     for ax, (key, label), color in zip(axes, panels, colors):
         pts = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
         if pts:
-            ax.plot(*zip(*pts), color=color, marker="." if len(pts) < 60 else None)
+            ax.plot(*zip(*pts), color=color, marker="." if len(pts) < 60 else None, label="training")
+        evaluated = [(r["step"], r[f"eval_{key}"]) for r in rows if r.get(f"eval_{key}") is not None]
+        if evaluated:
+            ax.plot(*zip(*evaluated), color="tab:purple", marker="o", label="validation")
+            ax.legend(fontsize=8)
         ax.set_xlabel("step")
         ax.set_ylabel(label)
     fig.tight_layout()
     return fig
+
+
+def plot_eval_curve(curve: list[dict], title: str = "", stopped_at: int | None = None, best_step: int | None = None,
+                    ax=None):
+    """An ``eval_curve`` (``train.TrainResult``): the validation loss and the mean training loss between
+    evaluations against step; a dot on the best step, a dashed line where early stopping stopped. Draws into
+    ``ax`` (or a new figure); returns the axes."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5.5, 3))
+    steps = [r["step"] for r in curve]
+    ax.plot([r["step"] for r in curve if r.get("train_loss") is not None],
+            [r["train_loss"] for r in curve if r.get("train_loss") is not None], color="tab:blue", marker=".",
+            label="training (mean since the last evaluation)")
+    ax.plot(steps, [r["eval_loss"] for r in curve], color="tab:purple", marker="o", label="validation")
+    if best_step is not None:
+        best = next(r for r in curve if r["step"] == best_step)
+        ax.scatter([best_step], [best["eval_loss"]], s=120, facecolors="none", edgecolors="k", zorder=3,
+                   label=f"best, step {best_step}")
+    if stopped_at is not None:
+        ax.axvline(stopped_at, color="tab:red", ls="--", label=f"early stopping, step {stopped_at}")
+    ax.set_xlabel("optimizer step"); ax.set_ylabel("loss"); ax.set_title(title, fontsize=10); ax.legend(fontsize=8)
+    return ax
 
 
 # ---------------------------------------------------------------- comparisons

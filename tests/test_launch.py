@@ -20,20 +20,23 @@ def two_processes():
         yield
 
 
-def sft(tiny, records, batch_size: int):
+def sft(tiny, records, batch_size: int, validation=(), **kw):
     base, tok = tiny
     p = params.SFTParams(model="tiny-llama", precision="fp32", device="cpu", max_length=64, batch_size=batch_size,
-                         lora_r=4, lora_alpha=8, lora_dropout=0.0)
-    return train.sft(copy.deepcopy(base), tok, records, [], p, learning_rate=1e-2, peft_config=train.lora_config(p),
-                     max_steps=4)
+                         lora_r=4, lora_alpha=8, lora_dropout=0.0, **kw)
+    return train.sft(copy.deepcopy(base), tok, records, list(validation), p, learning_rate=1e-2,
+                     peft_config=train.lora_config(p), max_steps=4)
 
 
 def test_sft_in_two_gloo_processes_splits_the_data_and_follows_the_one_process_loss(tiny, two_processes):
     _, tok = tiny
-    records = data.prepare(params.DataPrepParams(model="tiny-llama", n_examples=48), tok).splits["train"][:32]
-    two = sft(tiny, records, batch_size=4)
+    splits = data.prepare(params.DataPrepParams(model="tiny-llama", n_examples=48), tok).splits
+    records, validation = splits["train"][:32], splits["validation"][:4]
+    # with the validation loss every 2 steps and early stopping (patience 5: it does not stop; the best is restored)
+    evaluating = dict(validation=validation, eval_steps=2, early_stopping_patience=5)
+    two = sft(tiny, records, batch_size=4, **evaluating)
     with settings.using(settings.Settings()):
-        one = sft(tiny, records, batch_size=8)
+        one = sft(tiny, records, batch_size=8, **evaluating)
     # both ranks took part, each with its own share of the data
     assert sorted(r["rank"] for r in two.ranks) == [0, 1] and {r["world_size"] for r in two.ranks} == {2}
     shards = [set(r["examples"]) for r in two.ranks]
@@ -46,6 +49,11 @@ def test_sft_in_two_gloo_processes_splits_the_data_and_follows_the_one_process_l
     assert len(loss_1) == len(loss_2) == 4 and loss_2[-1] < loss_2[0]
     worst = max(abs(a - b) / a for a, b in zip(loss_1, loss_2))
     assert worst < LOSS_TOLERANCE, (loss_1, loss_2)
+    # the same validation-loss curve, and the best checkpoint (saved by rank 0 in the scratch folder) restored
+    # (its losses are not one process's: each rank averages the tokens of its half of the validation set)
+    assert [c["step"] for c in two.eval_curve] == [c["step"] for c in one.eval_curve] == [2, 4]
+    assert not two.stopped_early and two.best_step in (2, 4)
+    assert two.eval_loss == pytest.approx(min(c["eval_loss"] for c in two.eval_curve), rel=1e-4)
     # the model came back to this process, trained: it predicts like the one-process model
     ids = tok("What is the capital of France?", return_tensors="pt")
     with torch.no_grad():

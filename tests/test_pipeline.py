@@ -132,6 +132,16 @@ def test_smoke_metrics(smoke_run):
     assert bench["diff"]["mean"] == pytest.approx(bench["after"]["mean"] - bench["before"]["mean"])
     assert any(f.startswith("Benchmark nbft_general_qa (acc)") for f in s["findings"])
     assert len(s["findings"]) >= 5
+    # issue 30: the main run's validation loss every eval_steps and at its end; overfitting with early stopping
+    curve = s["eval_curve"]
+    assert [r["step"] for r in curve[:-1]] == list(range(smoke.eval_steps, curve[-1]["step"], smoke.eval_steps))
+    assert all(r["eval_loss"] > 0 and r["train_loss"] > 0 for r in curve)
+    assert s["eval_loss"] == curve[-1]["eval_loss"] and s["best_step"] in [r["step"] for r in curve]
+    o = s["overfitting"]
+    assert o["n_train"] == smoke.overfit_examples and o["steps"] == len(o["eval_curve"]) == 3  # batch 8: a step an epoch
+    es = o["early_stopping"]
+    assert es["eval_loss"] == pytest.approx(min(r["eval_loss"] for r in es["eval_curve"]), rel=1e-4)  # the best restored
+    assert es["steps"] == (es["stopped_at_step"] or o["steps"])
     # issue 4: one row per method, the table's columns, adapters on one base
     pe = m["03_peft"]
     from nbft import peft
