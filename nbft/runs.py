@@ -501,6 +501,8 @@ VOCABULARY: dict[str, tuple[str, str]] = {
     "stopped_at_step": ("count", "the optimizer step early stopping ended the training at (None: it ran to the end)"),
     "accuracy": ("share", "share of held-out items answered or labelled right (0-1)"),
     "task_score": ("share", "share of held-out replies that pass the task's programmatic check (0-1)"),
+    "score": ("number", "02's comparison score, the one score_metric names: the task score where the data has a check "
+              "of its own, else a reference metric's mean (rouge_l, ...) over the held-out replies"),
     "answer_accuracy": ("share", "share of held-out replies that contain the reference answer (0-1)"),
     "general_qa": ("share", "share of general questions answered right: the forgetting probe (0-1)"),
     "ppl_general": ("ppl", "perplexity on held-out general text: the forgetting probe"),
@@ -533,6 +535,7 @@ RENAMED = (
     ("02_sft", "scope_comparison.*.ppl_general_after", "scope_comparison.*.ppl_general"),
     ("02_sft", "scope_comparison.*.general_qa_after", "scope_comparison.*.general_qa"),
     ("02_sft", "quality_comparison.n_examples", "quality_comparison.n_train"),
+    ("02_sft", "task_score_by_size", "score_by_size"),  # the task score then; score_metric says which score now
     ("03_peft", "methods.*.adapter_mb", "methods.*.size_mb"),
     ("04_rlhf", "seconds", "seconds_by_part"),  # was {reward_model, rl, dpo}: seconds is now their sum
     ("05_rag_vs_ft", "acc", "accuracy"),

@@ -31,13 +31,38 @@ def domain_texts(p: params.SFTParams) -> tuple[list[dict], list[str]]:
     return [{"text": d} for d in docs[n_held:]], docs[:n_held]
 
 
-def lora_task_score(p: params.SFTParams, tokenizer, examples: list[dict], test: list[dict], steps: int,
-                    check: str, precision: str) -> float:
-    """Task score of a fresh LoRA run on ``examples`` for exactly ``steps`` optimizer steps (the data-size sweep
-    and the clean-vs-unfiltered arms: same recipe, same compute)."""
+#: checks a dataset names for itself (``tasks.resolve_check``): its task score sees what training teaches. ``contains``
+#: is the fallback for data without one (a user's free text), where a reference metric has to say what changed.
+OWN_CHECKS = ("json_answer", "exact", "per-record")
+#: the reference metrics a comparison may use in place of the task score, in order of preference (``score_name``)
+REFERENCE_SCORES = ("rouge_l", "chrf", "semantic", "bleu")
+
+
+def score_name(check: str, names) -> str:
+    """The score 02's comparisons (scopes, data size, clean vs unfiltered) use: ``task_score`` where the data has a
+    check of its own; otherwise the first reference metric of ``names`` (``eval_metrics`` resolved), since a
+    "contains" task score cannot see most changes of free text ("not learned" from a metric that cannot see the
+    change would be wrong)."""
+    if check in OWN_CHECKS:
+        return "task_score"
+    return next((n for n in REFERENCE_SCORES if n in names), "task_score")
+
+
+def scores_of(result: dict, records: list[dict], score: str) -> list[float]:
+    """Per-example values of ``score`` for an ``evaluate.evaluate_model`` result on ``records``."""
+    if score == "task_score":
+        return [float(x) for x in result["passed"]]
+    return scoring.score(result["outputs"], records, [score])[score]
+
+
+def lora_score(p: params.SFTParams, tokenizer, examples: list[dict], test: list[dict], steps: int,
+               check: str, precision: str, score: str = "task_score") -> float:
+    """``score`` (``score_name``) of a fresh LoRA run on ``examples`` for exactly ``steps`` optimizer steps (the
+    data-size sweep and the clean-vs-unfiltered arms: same recipe, same compute)."""
     with train.trained(p, tokenizer, examples, scope="lora", max_steps=steps) as r:
-        return evaluate.evaluate_model(r.model, tokenizer, test, check, precision, p.max_new_tokens,
-                                       p.eval_batch_size, probe=False)["task_score"]
+        result = evaluate.evaluate_model(r.model, tokenizer, test, check, precision, p.max_new_tokens,
+                                         p.eval_batch_size, probe=False)
+    return float(sum(v := scores_of(result, test, score)) / max(len(v), 1))
 
 
 def overfitting(p: params.SFTParams, tokenizer, examples: list[dict], validation: list[dict]) -> dict | None:
@@ -136,26 +161,29 @@ def check_inputs(p) -> None:
     judging.check(p, "02_sft.")
 
 
-def scope_row(result: dict, total_params: int) -> dict:
-    """One scope's row of the scope comparison (``metrics``' ``scope_comparison``): the trained model's task score and
-    forgetting probe, what trained and how long. ``result``: ``evaluate.evaluate_model``'s, with ``trainable_params``
-    and ``seconds``."""
-    return {"task_score": result["task_score"], "ppl_general": result["ppl_general"], "general_qa": result["general_qa"],
-            "trainable_params": result["trainable_params"],
-            "trainable_pct": 100 * result["trainable_params"] / total_params, "seconds": result["seconds"]}
+def scope_row(result: dict, total_params: int, records: list[dict] | None = None, score: str = "task_score") -> dict:
+    """One scope's row of the scope comparison (``metrics``' ``scope_comparison``): the trained model's task score,
+    its ``score`` (``score_name``: the task score itself, or a reference metric on ``records``) and forgetting probe, what
+    trained and how long. ``result``: ``evaluate.evaluate_model``'s, with ``trainable_params`` and ``seconds``."""
+    row = {"task_score": result["task_score"], "ppl_general": result["ppl_general"], "general_qa": result["general_qa"],
+           "trainable_params": result["trainable_params"],
+           "trainable_pct": 100 * result["trainable_params"] / total_params, "seconds": result["seconds"]}
+    row["score"] = (result["task_score"] if score == "task_score" else
+                    scoring.summary(scores_of(result, records or [], score))["mean"])
+    return row
 
 
 def metrics(p, base: dict, after: dict, main, *, n_train: int, n_eval: int, check: str, trainable_params: int,
             total_params: int, by_size: dict, quality: dict, scopes: dict, cpt: tuple[float, float] | None,
             reply: dict | None = None, benchmarks: dict | None = None, judge: dict | None = None,
-            overfit: dict | None = None) -> dict:
+            overfit: dict | None = None, score: str = "task_score") -> dict:
     """02_sft's section of metrics.json (with ``findings`` and ``thresholds`` added by the notebook): ``base`` and
     ``after`` are ``evaluate.evaluate_model``'s results before and after the main run ``main`` (a
     ``train.TrainResult``: its ``eval_curve`` and ``best_step`` too), ``scopes`` the scope comparison (``scope_row``),
     ``cpt`` continued pretraining's domain and general-text perplexity after (None: skipped), ``benchmarks``
     ``harness.compare``'s table (None: not run), ``judge`` the model judge's verdict (``judge.compare``; recorded
     without its per-example lists, and only when it ran), ``overfit`` the overfitting section (``overfitting``;
-    None: skipped)."""
+    None: skipped). ``score``: what ``by_size``, ``quality`` and the scopes' ``score`` measure (``score_name``)."""
     return {
         "task_score_before": base["task_score"], "task_score_after": after["task_score"],
         "answer_accuracy_before": base["answer_accuracy"], "answer_accuracy_after": after["answer_accuracy"],
@@ -165,7 +193,7 @@ def metrics(p, base: dict, after: dict, main, *, n_train: int, n_eval: int, chec
         "eval_loss": main.eval_loss, "seconds": main.seconds, "tokens_per_second": main.tokens_per_second,
         "trainable_params": trainable_params, "total_params": total_params, "n_train": n_train, "n_eval": n_eval,
         "mode": p.mode, "scope": p.scope,
-        "task_score_by_size": by_size, "quality_comparison": quality, "scope_comparison": scopes,
+        "score_metric": score, "score_by_size": by_size, "quality_comparison": quality, "scope_comparison": scopes,
         "cpt_ppl_domain_before": base["ppl_domain"], "cpt_ppl_domain_after": cpt[0] if cpt else None,
         "cpt_ppl_general_after": cpt[1] if cpt else None,
         "reply_metrics": scoring.recorded(reply or {}),
@@ -178,15 +206,16 @@ def metrics(p, base: dict, after: dict, main, *, n_train: int, n_eval: int, chec
 def findings(base: dict, after: dict, scopes: dict, by_size: dict, quality: dict,
              cpt_domain: tuple[float, float] | None, reply: dict | None = None, check: str = "",
              benchmarks: dict | None = None, judge: dict | None = None,
-             overfit: dict | None = None) -> list[str]:
+             overfit: dict | None = None, score: str = "task_score") -> list[str]:
     """Plain sentences, each with its numbers, about what 02_sft measured. ``reply``: ``scoring.table`` of the
     held-out replies before and after; with data that has no check of its own (``check`` contains: a user's free
     text) the task score cannot see most changes, so the verdict on what was learned comes from those metrics and
     their intervals, never from the task score alone. ``benchmarks``: ``harness.compare``'s table (one sentence a
     task, where they ran). ``judge``: ``judge.compare``'s verdict (one sentence: the win rate with
-    its interval)."""
+    its interval). ``score`` (``score_name``): what the scope, data-size and clean-vs-unfiltered comparisons measure
+    (the task score's bars, such as "learned", apply only to it)."""
     t = THRESHOLDS
-    own_check = check in ("json_answer", "exact", "per-record")  # contains: the fallback for data without a check
+    own_check = check in OWN_CHECKS
     if reply and not own_check:
         moved = [n for n, row in reply.items() if scoring.clear(row["diff"]) and row["higher_is_better"]
                  and row["diff"]["mean"] > 0]
@@ -203,25 +232,28 @@ def findings(base: dict, after: dict, scopes: dict, by_size: dict, quality: dict
     out += [scoring.sentence(n, row) for n, row in (reply or {}).items()]
     if judge:
         out.append(judging.sentence(judge))
-    form_moved = abs(after["task_score"] - base["task_score"])
-    out.append(f"Answer accuracy {base['answer_accuracy']:.2f} -> {after['answer_accuracy']:.2f} while the task score moved "
-               f"{after['task_score'] - base['task_score']:+.2f}: " + (
-                   "fine-tuning changed the form far more than the knowledge."
-                   if abs(after["answer_accuracy"] - base["answer_accuracy"]) < form_moved / 2
-                   else "knowledge moved as much as form here."))
+    if own_check or not reply:  # "contains" on free text: the answer accuracy is the same blind check
+        form_moved = abs(after["task_score"] - base["task_score"])
+        out.append(f"Answer accuracy {base['answer_accuracy']:.2f} -> {after['answer_accuracy']:.2f} while the task score "
+                   f"moved {after['task_score'] - base['task_score']:+.2f}: " + (
+                       "fine-tuning changed the form far more than the knowledge."
+                       if abs(after["answer_accuracy"] - base["answer_accuracy"]) < form_moved / 2
+                       else "knowledge moved as much as form here."))
     out.append(f"Forgetting, main run: general-text perplexity {base['ppl_general']:.2f} -> {after['ppl_general']:.2f} "
                f"({change(base['ppl_general'], after['ppl_general'], True)}); general questions "
                f"{base['general_qa']:.2f} -> {after['general_qa']:.2f} ({change(base['general_qa'], after['general_qa'])}).")
     out += harness.sentences(benchmarks or {})  # lm-eval benchmarks (``harness.compare``), where they ran
+    label = "task score" if score == "task_score" else score
     for s, r in scopes.items():
-        out.append(f"Scope {s}: {r['trainable_pct']:.2f}% of weights, {r['seconds']:.0f} s, task score {r['task_score']:.2f}, "
+        out.append(f"Scope {s}: {r['trainable_pct']:.2f}% of weights, {r['seconds']:.0f} s, {label} {r['score']:.2f}, "
                    f"general-text perplexity {r['ppl_general']:.2f} "
                    f"({change(base['ppl_general'], r['ppl_general'], True)} vs base {base['ppl_general']:.2f}), "
                    f"general questions {r['general_qa']:.2f}.")
     if "lora" in scopes and "full" in scopes:
-        gap = scopes["full"]["task_score"] - scopes["lora"]["task_score"]
-        out.append(f"LoRA vs full fine-tuning: task score {scopes['lora']['task_score']:.2f} vs {scopes['full']['task_score']:.2f} "
-                   f"with {scopes['lora']['trainable_pct']:.2f}% vs 100% of the weights trained; " + (
+        lora, full = scopes["lora"]["score"], scopes["full"]["score"]
+        gap = full - lora
+        out.append(f"LoRA vs full fine-tuning: {label} {lora:.2f} vs {full:.2f} with {scopes['lora']['trainable_pct']:.2f}% "
+                   "vs 100% of the weights trained; " + (
                        f"LoRA comes within {t['lora_within']} of full fine-tuning." if abs(gap) <= t["lora_within"] else
                        "LoRA does better than full fine-tuning on this budget." if gap < 0 else
                        f"LoRA falls more than {t['lora_within']} short of full fine-tuning here."))
@@ -229,14 +261,18 @@ def findings(base: dict, after: dict, scopes: dict, by_size: dict, quality: dict
         out.append(f"The most forgetting (highest general-text perplexity after) came with scope '{worse}'.")
     if by_size:
         sizes = sorted(by_size)
-        enough = next((n for n in sizes if by_size[n] >= t["learned"]), None)
-        out.append("Data size: " + ", ".join(f"{n} examples -> {by_size[n]:.2f}" for n in sizes) + "; " + (
-            f"{enough} clean examples were enough for a score of {t['learned']}." if enough
-            else f"no size reached {t['learned']}."))
+        listed = "Data size: " + ", ".join(f"{n} examples -> {by_size[n]:.2f}" for n in sizes)
+        if score == "task_score":
+            enough = next((n for n in sizes if by_size[n] >= t["learned"]), None)
+            out.append(listed + "; " + (f"{enough} clean examples were enough for a score of {t['learned']}." if enough
+                                        else f"no size reached {t['learned']}."))
+        else:  # a reference metric has no "learned" bar: the numbers, and which size came highest
+            out.append(f"{listed} ({label}, the same number of optimizer steps each); the highest came with "
+                       f"{max(sizes, key=lambda n: by_size[n])} examples.")
     if quality:
-        out.append(f"Clean vs unfiltered at {quality['n_train']} examples: {quality['clean']:.2f} vs {quality['unfiltered']:.2f} "
-                   + ("(clean data wins)." if quality["clean"] > quality["unfiltered"] + t["clean_margin"] else
-                      "(unfiltered did as well or better here)."))
+        out.append(f"Clean vs unfiltered at {quality['n_train']} examples ({label}): {quality['clean']:.2f} vs "
+                   f"{quality['unfiltered']:.2f} " + ("(clean data wins)." if quality["clean"] > quality["unfiltered"]
+                                                      + t["clean_margin"] else "(unfiltered did as well or better here)."))
     if cpt_domain:
         b, a = cpt_domain
         out.append(f"Continued pretraining: perplexity on held-out domain documents {b:.2f} -> {a:.2f} ({change(b, a, True)}).")

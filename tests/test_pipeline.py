@@ -107,7 +107,8 @@ def test_smoke_metrics(smoke_run):
         assert 0 <= s[k] <= 1, k
     smoke = params.resolve(SMOKE)["02_sft"]
     n_train = s["n_train"]
-    assert set(s["task_score_by_size"]) == {str(n) for n in smoke.sweep_sizes} | {str(n_train)}
+    assert set(s["score_by_size"]) == {str(n) for n in smoke.sweep_sizes} | {str(n_train)}
+    assert s["score_metric"] == "task_score"  # the smoke data names its own checks
     assert set(s["scope_comparison"]) == set(smoke.compare_scopes)
     for scope, row in s["scope_comparison"].items():
         assert set(row) >= {"task_score", "ppl_general", "general_qa", "trainable_params", "seconds"}

@@ -72,6 +72,35 @@ def test_findings_of_free_text_come_from_the_reference_metrics_not_the_task_scor
     assert "no learning shown" in " ".join(sft.findings(r, dict(r), {}, {}, {}, None, flat, "contains"))
 
 
+def test_free_text_comparisons_use_a_reference_metric_and_claim_no_task_score_bar():
+    """On the definitions data (issue 30, measured), the scopes, the data-size sweep and clean vs unfiltered said
+    "task score 0.00 vs 0.00 ... LoRA comes within 0.1 of full", "no size reached 0.9": a 'contains' score that
+    sees no change of free text. They now use the first reference metric, say which, and draw no task-score bar."""
+    from nbft import sft
+
+    names = scoring.resolve(["auto"], "contains")
+    assert sft.score_name("contains", names) == "rouge_l"
+    assert sft.score_name("json_answer", names) == sft.score_name("per-record", ["task"]) == "task_score"
+    assert sft.score_name("contains", ["chrf", "length"]) == "chrf"
+    recs = [{"reference": d} for d in DEFS]
+    res = {"task_score": 0.0, "passed": [False] * len(DEFS), "outputs": AFTER, "ppl_general": 20.0,
+           "general_qa": 0.5, "trainable_params": 10, "seconds": 1.0}
+    row = sft.scope_row(res, 1000, recs, "rouge_l")
+    assert row["task_score"] == 0.0 and 0 < row["score"] == scoring.summary(scoring.score(AFTER, recs, ["rouge_l"])["rouge_l"])["mean"]
+    assert sft.scope_row(res, 1000)["score"] == 0.0  # the task score itself where that is the score
+    worse = sft.scope_row({**res, "outputs": BEFORE}, 1000, recs, "rouge_l")
+    r = {"task_score": 0.0, "answer_accuracy": 0.0, "ppl_general": 20.0, "general_qa": 0.5}
+    reply = scoring.table(BEFORE, AFTER, REFS, names)
+    text = " ".join(sft.findings(r, dict(r), {"lora": worse, "full": row}, {8: 0.21, 16: 0.3},
+                                 {"n_train": 8, "clean": 0.3, "unfiltered": 0.2}, None, reply, "contains",
+                                 score="rouge_l"))
+    assert f"rouge_l {worse['score']:.2f} vs {row['score']:.2f}" in text  # LoRA vs full, on the reference metric
+    assert "Scope lora" in text and "task score 0.00" not in text
+    assert "no size reached" not in text and "the highest came with 16 examples" in text
+    assert "Clean vs unfiltered at 8 examples (rouge_l): 0.30 vs 0.20 (clean data wins)" in text
+    assert "Answer accuracy" not in text  # the same blind 'contains' check on free text
+
+
 def test_data_with_its_own_checks_keeps_the_task_score_verdict():
     from nbft import sft
 
