@@ -267,8 +267,10 @@ def findings(base: dict, after: dict, scopes: dict, by_size: dict, quality: dict
             out.append(listed + "; " + (f"{enough} clean examples were enough for a score of {t['learned']}." if enough
                                         else f"no size reached {t['learned']}."))
         else:  # a reference metric has no "learned" bar: the numbers, and which size came highest
-            out.append(f"{listed} ({label}, the same number of optimizer steps each); the highest came with "
-                       f"{max(sizes, key=lambda n: by_size[n])} examples.")
+            top = max(sizes, key=lambda n: by_size[n])
+            out.append(f"{listed} ({label}, the same number of optimizer steps each); " + (
+                f"the highest came with {top} examples." if by_size[top] > min(by_size.values())
+                else "every size scored the same."))
     if quality:
         out.append(f"Clean vs unfiltered at {quality['n_train']} examples ({label}): {quality['clean']:.2f} vs "
                    f"{quality['unfiltered']:.2f} " + ("(clean data wins)." if quality["clean"] > quality["unfiltered"]

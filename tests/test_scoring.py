@@ -99,6 +99,8 @@ def test_free_text_comparisons_use_a_reference_metric_and_claim_no_task_score_ba
     assert "no size reached" not in text and "the highest came with 16 examples" in text
     assert "Clean vs unfiltered at 8 examples (rouge_l): 0.30 vs 0.20 (clean data wins)" in text
     assert "Answer accuracy" not in text  # the same blind 'contains' check on free text
+    flat = " ".join(sft.findings(r, dict(r), {}, {8: 0.0, 16: 0.0}, {}, None, reply, "contains", score="rouge_l"))
+    assert "every size scored the same" in flat and "highest" not in flat
 
 
 def test_data_with_its_own_checks_keeps_the_task_score_verdict():
