@@ -516,9 +516,9 @@ VOCABULARY: dict[str, tuple[str, str]] = {
     "reply_metrics": ("mapping", "held-out replies scored per example (nbft.scoring): metric -> {before, after, diff: "
                       "{mean, lo, hi (bootstrap 95%), n_eval}, higher_is_better}; a stage with several arms (methods, "
                       "policies, students): arm -> that"),
-    "judge": ("mapping", "a model judge of paired replies (nbft.judge), both orders asked: win_rate of the tuned over "
-              "the base replies (mean, lo, hi, n_eval: a tie counts half), self_agreement, position_bias, "
-              "agreement_with_metrics; recorded only when a judge ran"),
+    "model_judge": ("mapping", "a model judge of paired replies (nbft.judge), both orders asked: win_rate of the tuned "
+                    "over the base replies (mean, lo, hi, n_eval: a tie counts half), self_agreement, position_bias, "
+                    "agreement_with_metrics; recorded only when a judge ran"),
 }
 #: Names no stage may use, and the vocabulary name they mean.
 SYNONYMS = {"train_seconds": "seconds", "elapsed": "seconds", "time_s": "seconds", "secs": "seconds",

@@ -198,7 +198,7 @@ def metrics(p, base: dict, after: dict, main, *, n_train: int, n_eval: int, chec
         "cpt_ppl_general_after": cpt[1] if cpt else None,
         "reply_metrics": scoring.recorded(reply or {}),
         "benchmarks": harness.record(benchmarks or {}),
-        **({"judge": judging.recorded(judge)} if judge else {}),
+        **({"model_judge": judging.recorded(judge)} if judge else {}),
         "eval_curve": main.eval_curve, "best_step": main.best_step, "overfitting": overfit,
     }
 

@@ -93,7 +93,7 @@ def test_the_record_keeps_the_figures_in_the_vocabulary_and_the_finding_says_whe
     clear = {"judge": "j", **judge.combine(["A"] * 12, ["B"] * 12)}  # the tuned reply, in both orders, 12 times
     rec = judge.recorded(clear)
     assert rec["win_rate"]["mean"] == 1.0 and not {"verdicts", "orders", "raw"} & set(rec)
-    assert runs.vocabulary_problems("02_sft", {"judge": rec}) == []
+    assert runs.vocabulary_problems("02_sft", {"model_judge": rec}) == []
     assert "the interval excludes 0.5: the judge prefers the tuned replies" in judge.sentence(clear)
     even = {"judge": "j", **judge.combine(["A", "B"] * 6, ["B", "A"] * 6)}
     assert even["win_rate"]["mean"] == 0.5 and "the interval includes 0.5" in judge.sentence(even)
