@@ -66,10 +66,10 @@ def lora_score(p: params.SFTParams, tokenizer, examples: list[dict], test: list[
 
 
 def overfitting(p: params.SFTParams, tokenizer, examples: list[dict], validation: list[dict]) -> dict | None:
-    """Overfitting and early stopping: LoRA on the first ``overfit_examples`` for ``overfit_epochs``, the validation
-    loss after every epoch (its ``eval_curve``); then the same run with early stopping (``overfit_patience``), which
-    stops where the validation loss stopped falling and restores the best checkpoint. Its record: n_train, epochs,
-    eval_steps, the first run's steps, eval_curve, best_step and seconds, and ``early_stopping`` with the second
+    """Overfitting and early stopping: LoRA on the first ``overfit_examples`` for ``overfit_epochs`` at the constant
+    ``overfit_learning_rate``, the validation loss after every epoch (its ``eval_curve``); then the same run with
+    early stopping (``overfit_patience``), which stops where the validation loss stopped falling and restores the
+    best checkpoint. Its record: n_train, epochs, learning_rate, eval_steps, the first run's steps, eval_curve, best_step and seconds, and ``early_stopping`` with the second
     run's patience, steps, stopped_at_step, best_step, eval_loss (of the model it returned), eval_curve and
     seconds. None when ``overfit_examples`` is 0 or there is no validation set to evaluate on."""
     if not p.overfit_examples or not validation:
@@ -77,11 +77,13 @@ def overfitting(p: params.SFTParams, tokenizer, examples: list[dict], validation
     small = examples[: p.overfit_examples]
     every = train.steps_for(len(small), p, epochs=1.0)  # an evaluation after every epoch
     plain = dataclasses.replace(p, epochs=p.overfit_epochs, eval_steps=every, early_stopping_patience=0)
-    with train.trained(plain, tokenizer, small, validation, scope="lora") as full:
-        out = {"n_train": len(small), "epochs": p.overfit_epochs, "eval_steps": every, "steps": full.steps,
+    rate = dict(learning_rate=p.overfit_learning_rate, lr_scheduler_type="constant")
+    with train.trained(plain, tokenizer, small, validation, scope="lora", **rate) as full:
+        out = {"n_train": len(small), "epochs": p.overfit_epochs, "learning_rate": p.overfit_learning_rate,
+               "eval_steps": every, "steps": full.steps,
                "eval_curve": full.eval_curve, "best_step": full.best_step, "seconds": full.seconds}
     stopping = dataclasses.replace(plain, early_stopping_patience=p.overfit_patience)
-    with train.trained(stopping, tokenizer, small, validation, scope="lora") as es:
+    with train.trained(stopping, tokenizer, small, validation, scope="lora", **rate) as es:
         out["early_stopping"] = {"patience": p.overfit_patience, "steps": es.steps,
                                  "stopped_at_step": es.stopped_at_step, "best_step": es.best_step,
                                  "eval_loss": es.eval_loss, "eval_curve": es.eval_curve, "seconds": es.seconds}
