@@ -276,6 +276,21 @@ def compare(a: params.JudgeArgs, records: Sequence[dict], after: Sequence[str], 
     return {"judge": describe(a), **out, "seconds": time.perf_counter() - start}
 
 
+def compare_arms(a: params.JudgeArgs, records: Sequence[dict], before: Sequence[str], arms: dict[str, Sequence[str]],
+                 names: Sequence[str] = (), *, device: str = "auto", precision: str = "fp32", batch_size: int = 16,
+                 seed: int = 0) -> dict[str, dict]:
+    """``compare`` for each compared arm of a stage (02's scopes: ``{arm: replies}``) against the same replies
+    ``before``, the judge opened once; its agreement with the reference metrics ``names`` (``scoring.tables``)."""
+    tables = scoring.tables(before, arms, records, names) if names else {}
+    out = {}
+    with asking(a, device, precision, batch_size) as ask:
+        for arm, after in arms.items():
+            start = time.perf_counter()
+            result = pairwise(records, after, before, ask, a.judge_rubric, tables.get(arm), seed)
+            out[arm] = {"judge": describe(a), **result, "seconds": time.perf_counter() - start}
+    return out
+
+
 def check(a: params.JudgeArgs, where: str = "") -> None:
     """Preflight: an endpoint must answer ``/models`` (within ``CHECK_TIMEOUT``) and, without ``judge_model``,
     serve one model; a model spec must resolve. Raises ParamError naming ``judge`` and the URL or spec."""
@@ -320,14 +335,15 @@ def rows(result: dict) -> list[dict]:
     return out
 
 
-def sentence(result: dict) -> str:
-    """One finding: the win rate with its interval, and whether the interval excludes 0.5."""
+def sentence(result: dict, tuned: str = "the tuned") -> str:
+    """One finding: the win rate of ``tuned``'s replies (an arm's name) with its interval, and whether the interval
+    excludes 0.5."""
     w = result["win_rate"]
     if w["mean"] is None:
         return f"Judge ({result['judge']}): no examples to judge."
     clear = w["lo"] > 0.5 or w["hi"] < 0.5
-    side = "the tuned replies" if w["mean"] > 0.5 else "the base replies"
-    return (f"Judge ({result['judge']}): win rate of the tuned over the base replies {w['mean']:.2f} (95% CI "
+    side = f"{tuned} replies" if w["mean"] > 0.5 else "the base replies"
+    return (f"Judge ({result['judge']}): win rate of {tuned} over the base replies {w['mean']:.2f} (95% CI "
             f"{w['lo']:.2f} to {w['hi']:.2f}) on {result['n_eval']} held-out examples, both orders asked; "
             + (f"the interval excludes 0.5: the judge prefers {side}." if clear else
                "the interval includes 0.5: no preference shown.")

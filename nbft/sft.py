@@ -178,14 +178,18 @@ def scope_row(result: dict, total_params: int, records: list[dict] | None = None
 def metrics(p, base: dict, after: dict, main, *, n_train: int, n_eval: int, check: str, trainable_params: int,
             total_params: int, by_size: dict, quality: dict, scopes: dict, cpt: tuple[float, float] | None,
             reply: dict | None = None, benchmarks: dict | None = None, judge: dict | None = None,
-            overfit: dict | None = None, score: str = "task_score") -> dict:
+            overfit: dict | None = None, score: str = "task_score", judged_scopes: dict | None = None) -> dict:
     """02_sft's section of metrics.json (with ``findings`` and ``thresholds`` added by the notebook): ``base`` and
     ``after`` are ``evaluate.evaluate_model``'s results before and after the main run ``main`` (a
     ``train.TrainResult``: its ``eval_curve`` and ``best_step`` too), ``scopes`` the scope comparison (``scope_row``),
     ``cpt`` continued pretraining's domain and general-text perplexity after (None: skipped), ``benchmarks``
     ``harness.compare``'s table (None: not run), ``judge`` the model judge's verdict (``judge.compare``; recorded
     without its per-example lists, and only when it ran), ``overfit`` the overfitting section (``overfitting``;
-    None: skipped). ``score``: what ``by_size``, ``quality`` and the scopes' ``score`` measure (``score_name``)."""
+    None: skipped). ``score``: what ``by_size``, ``quality`` and the scopes' ``score`` measure (``score_name``).
+    ``judged_scopes``: the judge's verdict on each scope vs the base (``judge.compare_arms``), in its scope's row."""
+    judged_scopes = judged_scopes or {}
+    scopes = {k: {**r, **({"model_judge": judging.recorded(judged_scopes[k])} if k in judged_scopes else {})}
+              for k, r in scopes.items()}
     return {
         "task_score_before": base["task_score"], "task_score_after": after["task_score"],
         "answer_accuracy_before": base["answer_accuracy"], "answer_accuracy_after": after["answer_accuracy"],
@@ -208,14 +212,15 @@ def metrics(p, base: dict, after: dict, main, *, n_train: int, n_eval: int, chec
 def findings(base: dict, after: dict, scopes: dict, by_size: dict, quality: dict,
              cpt_domain: tuple[float, float] | None, reply: dict | None = None, check: str = "",
              benchmarks: dict | None = None, judge: dict | None = None,
-             overfit: dict | None = None, score: str = "task_score") -> list[str]:
+             overfit: dict | None = None, score: str = "task_score", judged_scopes: dict | None = None) -> list[str]:
     """Plain sentences, each with its numbers, about what 02_sft measured. ``reply``: ``scoring.table`` of the
     held-out replies before and after; with data that has no check of its own (``check`` contains: a user's free
     text) the task score cannot see most changes, so the verdict on what was learned comes from those metrics and
     their intervals, never from the task score alone. ``benchmarks``: ``harness.compare``'s table (one sentence a
     task, where they ran). ``judge``: ``judge.compare``'s verdict (one sentence: the win rate with
     its interval). ``score`` (``score_name``): what the scope, data-size and clean-vs-unfiltered comparisons measure
-    (the task score's bars, such as "learned", apply only to it)."""
+    (the task score's bars, such as "learned", apply only to it). ``judged_scopes``: the judge on each scope
+    (``judge.compare_arms``: one sentence a scope)."""
     t = THRESHOLDS
     own_check = check in OWN_CHECKS
     if reply and not own_check:
@@ -251,6 +256,7 @@ def findings(base: dict, after: dict, scopes: dict, by_size: dict, quality: dict
                    f"general-text perplexity {r['ppl_general']:.2f} "
                    f"({change(base['ppl_general'], r['ppl_general'], True)} vs base {base['ppl_general']:.2f}), "
                    f"general questions {r['general_qa']:.2f}.")
+    out += [judging.sentence(j, f"scope {k}") for k, j in (judged_scopes or {}).items()]
     if "lora" in scopes and "full" in scopes:
         lora, full = scopes["lora"]["score"], scopes["full"]["score"]
         gap = full - lora

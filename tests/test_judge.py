@@ -166,6 +166,32 @@ def test_a_local_model_judge_generates_both_orders_in_batches_and_counts_what_it
         assert v == consistent  # a win needs both orders; anything else (unparsed '?' included) is a tie
 
 
+@pytest.mark.timeout(120)
+def test_each_compared_arm_is_judged_against_the_base_and_lands_in_its_scope_row_and_the_findings():
+    from nbft import runs, sft
+
+    arms = {"lora": AFTER[:3], "full": BEFORE[:3]}  # full: the base's own replies, so every verdict there is a tie
+    j = judge.compare_arms(params.SFTParams(judge="tiny-llama"), RECORDS[:3], BEFORE[:3], arms, ["chrf"],
+                           device="cpu", batch_size=8)
+    assert list(j) == ["lora", "full"] and all(r["n_requests"] == 6 for r in j.values())
+    assert j["full"]["verdicts"] == ["tie"] * 3 and j["full"]["win_rate"]["mean"] == 0.5
+    assert set(j["lora"]["agreement_with_metrics"]) == {"chrf"}
+    row = {"task_score": 0.0, "score": 0.0, "ppl_general": 20.0, "general_qa": 0.5, "trainable_params": 1,
+           "trainable_pct": 1.0, "seconds": 1.0}
+    r = {"task_score": 0.0, "answer_accuracy": 0.0, "ppl_general": 20.0, "general_qa": 0.5, "ppl_domain": 9.0,
+         "by_task": {}}
+    main = type("Main", (), {"eval_loss": 1.0, "seconds": 1.0, "tokens_per_second": 1.0, "eval_curve": [],
+                             "best_step": None})()
+    m = sft.metrics(params.SFTParams(), r, r, main, n_train=3, n_eval=3, check="contains", trainable_params=1,
+                    total_params=10, by_size={}, quality={}, scopes={"lora": row, "full": row}, cpt=None,
+                    judged_scopes=j)
+    assert m["scope_comparison"]["full"]["model_judge"]["win_rate"]["mean"] == 0.5
+    assert "verdicts" not in m["scope_comparison"]["lora"]["model_judge"]  # recorded without per-example lists
+    assert runs.vocabulary_problems("02_sft", m) == []
+    text = " ".join(sft.findings(r, r, {"lora": row, "full": row}, {}, {}, None, judged_scopes=j))
+    assert "win rate of scope lora over the base replies" in text and "win rate of scope full" in text
+
+
 # ---------------------------------------------------------------- a real OpenAI-compatible server
 
 @pytest.fixture(scope="module")
