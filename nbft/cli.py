@@ -791,6 +791,7 @@ PRECOMPILE = (
     "sklearn.metrics", "sklearn.pipeline", "sklearn.decomposition", "matplotlib.pyplot", "ipywidgets",
     "IPython.display", "ipykernel.kernelapp", "ipykernel.ipkernel", "papermill", "nbconvert:HTMLExporter",
     "nbformat", "yaml", "lm_eval.evaluator", "lm_eval.models.huggingface", "lm_eval.tasks",
+    "openai",  # nbft.serve.chat (the export extra)
 )
 
 
