@@ -132,9 +132,9 @@ def log_tail(log: str | Path, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
-def _with_tail(message: str, log: Path) -> ServeError:
-    tail = log_tail(log)
-    return ServeError(f"{message}; its log ({log}) ends:\n{tail}" if tail else f"{message}; its log ({log}) is empty")
+def _with_tail(message: str, log: Path, kept: bool) -> ServeError:
+    tail, where = log_tail(log), f"its log ({log})" if kept else "its log"  # a temporary log is gone afterwards
+    return ServeError(f"{message}; {where} ends:\n{tail}" if tail else f"{message}; {where} is empty")
 
 
 def _get_models(url: str, api_key: str | None, timeout: float) -> list[str] | None:
@@ -237,10 +237,10 @@ def server(gguf: str | Path, port: int = 0, *, host: str = "127.0.0.1", n_ctx: i
         deadline = time.monotonic() + timeout_s
         while True:
             if proc.poll() is not None:
-                raise _with_tail(f"{what} exited with code {proc.returncode} before answering {url}/models", log)
+                raise _with_tail(f"{what} exited with code {proc.returncode} before answering {url}/models", log, not temporary)
             left = deadline - time.monotonic()
             if left <= 0:
-                raise _with_tail(f"{what} did not answer {url}/models within {timeout_s:g} s", log)
+                raise _with_tail(f"{what} did not answer {url}/models within {timeout_s:g} s", log, not temporary)
             names = _get_models(url, api_key, timeout=max(0.05, min(2.0, left)))
             if names is not None:
                 break

@@ -65,14 +65,16 @@ def test_the_default_models_gguf_is_served_answered_in_its_chat_template_and_sto
 
 
 @pytest.mark.timeout(60)
-def test_an_exception_inside_the_block_still_stops_the_server_and_a_wrong_key_is_refused_unshown():
+def test_an_exception_or_ctrl_c_inside_the_block_still_stops_the_server_and_a_wrong_key_is_refused_unshown():
     key, wrong = "sk-test-right-0123", "sk-test-wrong-4567"
-    with pytest.raises(serve.ServeError, match=r"http://127\.0\.0\.1:\d+/v1: conversation 1 of 1: "
-                                                 r"AuthenticationError") as err:
+    with pytest.raises(KeyboardInterrupt):
         with serve.server(models.smollm2_gguf(), api_key=key) as s:
             assert key not in repr(s)
-            serve.chat(serve.Server(**{**vars(s), "api_key": wrong}), QUESTIONS[:1], max_tokens=4)
-    assert wrong not in str(err.value) and key not in str(err.value)
+            with pytest.raises(serve.ServeError, match=r"http://127\.0\.0\.1:\d+/v1: conversation 1 of 1: "
+                                                         r"AuthenticationError") as err:
+                serve.chat(serve.Server(**{**vars(s), "api_key": wrong}), QUESTIONS[:1], max_tokens=4)
+            assert wrong not in str(err.value) and key not in str(err.value)
+            raise KeyboardInterrupt  # what Ctrl-C (a kernel interrupt) raises
     with pytest.raises(ProcessLookupError):
         os.kill(s.pid, 0)
     assert not s.log.exists()  # the temporary log goes with the server
