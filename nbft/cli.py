@@ -256,10 +256,14 @@ def _stop_children() -> None:
     psutil.wait_procs(children, timeout=5)
 
 
-def needs(stage: str, stages: list[str]) -> list[str]:
+def needs(stage: str, stages: list[str], resolved: dict | None = None) -> list[str]:
     """The stages of ``stages`` that ``stage`` must wait for: those it reads (``params.Stage.needs``; "*": every
-    other stage of the run, as the report does)."""
-    wanted = P.STAGES[stage].needs
+    other stage of the run, as the report does; with the ``resolved`` parameters also the stage its ``needs_from``
+    parameter names: 08_export's ``export_model: 04_rlhf/dpo_policy`` waits for 04_rlhf)."""
+    row = P.STAGES[stage]
+    wanted = row.needs
+    if row.needs_from and resolved is not None and stage in resolved:
+        wanted = (*wanted, str(getattr(resolved[stage], row.needs_from)).split("/")[0])
     return [s for s in stages if s != stage and ("*" in wanted or s in wanted)]
 
 
@@ -496,7 +500,7 @@ def _execute(resolved, stages, run_dir, progress, verbose, label, resume, runnin
         try:
             while order or lanes:
                 while not failed and len(lanes) < jobs:
-                    ready = [s for s in order if all(d in done for d in needs(s, stages))]
+                    ready = [s for s in order if all(d in done for d in needs(s, stages, resolved))]
                     if not ready:
                         break
                     order.remove(ready[0])

@@ -123,7 +123,9 @@ DISTILL_METHODS = _names("DISTILL_METHODS", "distill.METHODS", "student_base", "
 EVAL_METRICS = _names("EVAL_METRICS", "scoring.METRICS", "task", "json_answer", "exact", "contains", "rouge_l", "chrf",
                       "bleu", "semantic", "length", extra=("auto",))
 STAGE_NAMES = _names("STAGE_NAMES", "params.STAGES", "01_data_prep", "02_sft", "03_peft", "04_rlhf", "05_rag_vs_ft",
-                     "06_classify", "07_distill", "99_report")
+                     "06_classify", "07_distill", "08_export", "99_report")
+EXPORT_FORMATS = _names("EXPORT_FORMATS", "ship.FORMATS", "f16", "bf16", "f32", "q8_0", "q6_k", "q5_k_m", "q4_k_m",
+                        "q4_0")
 TRACKERS = _names("TRACKERS", "tracking.TRACKERS", "tensorboard", "mlflow", "wandb", "trackio", extra=("none",))
 # owned here: no other table holds these names
 DEVICES = _names("DEVICES", "params", "auto", "cpu", "cuda")
@@ -575,6 +577,28 @@ class DistillParams(ReplyArgs, EvalArgs, LoraArgs, ScopeArgs, TrainArgs, Common)
 
 
 @params_dataclass
+class ExportParams(ReplyArgs, EvalArgs, Common):
+    """08_export: a model the run saved, taken out — merged weights, GGUF, an Ollama Modelfile, a model card — and
+    checked where it will run (llama.cpp in the notebook and behind its OpenAI-compatible server)."""
+
+    export_model: str = _f("02_sft", "the saved model to export: a stage name for its main model (02_sft: the main "
+                           "run; 03_peft: lora; 04_rlhf: the DPO policy; 07_distill: the student) or a name the "
+                           "notebook lists (03_peft/methods/dora, 04_rlhf/rl_policy, ...)")
+    formats: list[str] = _f(["f16", "q8_0", "q4_k_m"], "GGUF files to write with llama.cpp's converter (f16, bf16, "
+                            "f32) and quantizer (the rest, from the f16 file); []: the merged weights only",
+                            EXPORT_FORMATS)
+    serve_format: str = _f("q8_0", "the format served over llama.cpp's OpenAI-compatible server on 127.0.0.1 and "
+                           "asked the held-out prompts with the openai client ('': not served); one of formats",
+                           ("",) + EXPORT_FORMATS)
+    port: int = _f(0, "the server's port on 127.0.0.1 (0: a free one)", min=0, max=65535)
+    server_timeout: float = _f(120.0, "seconds the server may take to load and answer before the stage fails, "
+                               "showing its log's tail", gt=0)
+    n_eval: int = _f(0, "score at most this many held-out test prompts (0: all)")
+    task_check: str = _f("auto", "programmatic check for the task score: auto (the data's own), json_answer, exact, "
+                         "contains", TASK_CHECKS)
+
+
+@params_dataclass
 class ReportParams(Common):
     """99_report: the story of one run, or a comparison of several (two profiles, the points of a sweep)."""
 
@@ -614,6 +638,7 @@ class Stage:
     needs: tuple[str, ...] = ()  # the stages whose artifacts it reads in a run ("*": every other stage of the run)
     headline: tuple[str, ...] = ()  # its headline metrics (dotted keys): index.html, 99_report, ``nbft list``
     paths: tuple[PathParam, ...] = ()  # its path-like parameters
+    needs_from: str = ""  # a parameter whose value starts with the name of a stage it reads ('04_rlhf/dpo_policy')
     lane: int = 0  # with --jobs > 1, a free lane takes the ready stage of the lowest lane first
 
     @property
@@ -649,7 +674,10 @@ STAGE_TABLE = (
           headline=("methods.imitation.style_gap_closed", "methods.imitation.knowledge_gap_closed",
                     "methods.distill.knowledge_gap_closed", "speedup"),
           paths=(PathParam("teacher", "model", ("auto", "base")), PathParam("student", "model", ("auto",)))),
-    Stage("99_report", ReportParams, "report", needs=("*",), lane=7,
+    Stage("08_export", ExportParams, "ship", needs=("02_sft",), needs_from="export_model", lane=7,
+          headline=("formats.q8_0.task_score", "reference.task_score", "formats.q8_0.gen_tokens_per_second",
+                    "reference.gen_tokens_per_second", "formats.q4_k_m.task_score")),
+    Stage("99_report", ReportParams, "report", needs=("*",), lane=8,
           headline=("compare_runs", "n_tables"),
           paths=(PathParam("compare_runs", "runs"),)),
 )
@@ -815,6 +843,8 @@ RULES = (
     (("min_tokens", "max_tokens"), lambda p: p.min_tokens < p.max_tokens, "min_tokens must be below max_tokens"),
     (("overlap_words", "chunk_words"), lambda p: p.overlap_words < p.chunk_words,
      "overlap_words must be below chunk_words"),
+    (("serve_format", "formats"), lambda p: not p.serve_format or p.serve_format in p.formats,
+     "the served format must be one of formats (it is served from the file written)"),
     (("early_stopping_patience", "eval_steps"), lambda p: not p.early_stopping_patience or p.eval_steps > 0,
      "early stopping counts evaluations: set eval_steps too"),
 )
