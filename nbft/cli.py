@@ -527,7 +527,8 @@ def bad_input() -> tuple[type[BaseException], ...]:
     checking the input is shown in full). nbft's own error types (``data`` and ``models`` once imported: no error
     of theirs can come before), a name that is taken, a file that is missing or cannot be read."""
     own = [P.ParamError, runs.RunError, files.DecodeError]
-    own += [getattr(sys.modules[m], name) for m, name in (("nbft.data", "DataError"), ("nbft.models", "ModelError"))
+    own += [getattr(sys.modules[m], name) for m, name in (("nbft.data", "DataError"), ("nbft.models", "ModelError"),
+                                                          ("nbft.ship", "ExportError"), ("nbft.serve", "ServeError"))
             if m in sys.modules]
     return (*own, FileExistsError, FileNotFoundError, PermissionError)
 
@@ -768,15 +769,129 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_vendor(args) -> int:
+    """The widget renderer (npm) for offline HTML reports, and llama.cpp's GGUF converter (from the llama-cpp-python
+    source distribution on PyPI) for 08_export; each fetched once into the model cache."""
+    import importlib
+    import importlib.util
+
     from . import export
 
+    ship = importlib.import_module(f"nbft.{P.STAGES['08_export'].module}")  # the stage's module, by the stage table
     try:
         for package, path in export.vendor().items():
             print(f"{package}: {path}")
-    except OSError as e:
+        if importlib.util.find_spec("llama_cpp") is not None:
+            print(f"llama.cpp's converter: {ship.fetch_converter()}")
+        else:
+            print("llama.cpp's converter: skipped (llama-cpp-python is not installed: pip install -e '.[export]')")
+    except (OSError, ship.ExportError) as e:
         print(f"nbft vendor: error: {e}", file=sys.stderr)
         return EXIT_FAILED
     return 0
+
+
+def _existing_run(name: str, key: str) -> Path:
+    """The folder of run ``name``, which must exist (RunError naming the closest run otherwise)."""
+    root = runs.runs_root()
+    run_dir = runs.run_dir(name, root, key)
+    if not run_dir.is_dir():
+        known = sorted(d.name for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
+        close = difflib.get_close_matches(name, known, n=1)
+        raise runs.RunError(f"{key} {name}: no run folder {run_dir}" + (f"; did you mean '{close[0]}'?" if close else ""))
+    return run_dir
+
+
+def cmd_export(args) -> int:
+    """``nbft export RUN``: 08_export on a model run RUN saved (its own parameters, ``--stage``/``--model`` picking
+    the model, ``--formats`` the GGUF files): a new export folder under ``artifacts/08_export/``, the stage's
+    notebook and report, its metrics. Everything is checked (the run, the model, the formats, the port, the tools)
+    before anything is written."""
+    import importlib
+
+    ship = importlib.import_module(f"nbft.{P.STAGES['08_export'].module}")  # the stage's module, by the stage table
+    _offline_env()
+    try:
+        run_dir = _existing_run(args.run, "RUN")
+        stage = _stage_names([args.stage])[0]
+        name = stage if not args.model else f"{stage}/{args.model}"
+        if args.model:
+            inside = [s.name for s in ship.saved_models(run_dir) if s.name.split("/")[0] == stage]
+            tails = [n for n in inside if n == name or n.endswith("/" + args.model)]
+            name = tails[0] if len(tails) == 1 else name
+        saved = ship.find_model(run_dir, name)
+        own = run_dir / "params.yaml"
+        sets = [*args.set, f"08_export.export_model={saved.name}"]
+        if args.formats is not None:
+            sets.append(f"08_export.formats=[{', '.join(args.formats)}]")
+        serve_format = args.serve_format
+        if serve_format is None and args.formats is not None:  # served: q8_0 when written, else the first written
+            serve_format = "q8_0" if "q8_0" in args.formats else (args.formats or [""])[0]
+        if serve_format is not None:
+            sets.append(f"08_export.serve_format={serve_format!r}")
+        if args.port is not None:
+            sets.append(f"08_export.port={args.port}")
+        resolved = P.resolve(own if own.is_file() else DEFAULT_PARAMS, sets)
+        _absolutize_paths(resolved)
+        resolved["08_export"].run_name = run_dir.name
+        state = runs.run_state(run_dir, runs.read_json(run_dir / "status.json", {}))
+        if state == "running":
+            raise runs.RunError(f"RUN {args.run}: still running: {runs.lock_holder(run_dir, runs.lock_info(run_dir) or {})}")
+        preflight(resolved, ["08_export"])
+    except bad_input() as e:
+        return _bad("export", e)
+    rc = execute({"08_export": resolved["08_export"]}, ["08_export"], run_dir, args.progress, args.verbose,
+                 label="nbft export")
+    export_dir = runs.read_json(run_dir / "metrics.json", {}).get("08_export", {}).get("export_dir")
+    report = run_dir / "08_export.html"
+    if rc == 0 and export_dir and report.is_file():  # each export keeps its own report (the run's is the latest)
+        folder = run_dir / "artifacts" / "08_export" / Path(export_dir).name
+        shutil.copy2(report, folder / "report.html")
+        print(f"export: {folder}")
+    return rc
+
+
+def cmd_serve(args) -> int:
+    """``nbft serve RUN``: the newest export's GGUF (``--format``) behind llama-cpp-python's OpenAI-compatible
+    server on 127.0.0.1 until Ctrl-C. Exit 2 for a run without an export, a format it did not write, a port in use,
+    a server that does not come up (its log's tail shown)."""
+    from . import serve
+
+    try:
+        run_dir = _existing_run(args.run, "RUN")
+        exports = sorted((d for d in (run_dir / "artifacts" / "08_export").glob("*") if (d / "gguf").is_dir()),
+                         key=lambda d: d.stat().st_mtime)
+        if args.export:
+            exports = [d for d in exports if d.name == args.export]
+        if not exports:
+            raise runs.RunError(f"RUN {args.run}: no GGUF export" + (f" named {args.export}" if args.export else "")
+                                + f": run `nbft export {args.run}` first")
+        gguf = exports[-1] / "gguf" / f"model-{args.format}.gguf"
+        if not gguf.is_file():
+            have = sorted(f.stem.removeprefix("model-") for f in gguf.parent.glob("model-*.gguf"))
+            raise runs.RunError(f"--format {args.format}: export {exports[-1].name} has no such file; it has "
+                                f"{', '.join(have) or 'none'}")
+        serve.check_port(args.port)
+    except (*bad_input(), serve.ServeError) as e:
+        return _bad("serve", e)
+    log = exports[-1] / f"serve-{time.strftime('%Y%m%d-%H%M%S')}.log"
+
+    def stop(signum, frame):  # SIGTERM (a service manager, kill) stops the server as Ctrl-C does
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        with serve.server(gguf, args.port, n_threads=cpu_count(), timeout_s=args.timeout, log=log) as s:
+            print(f"serving {files.relative(gguf)} at {s.url} (model '{s.model}'); log: {files.relative(log)}")
+            print(f"  openai.OpenAI(base_url='{s.url}', api_key='none').chat.completions.create(model='{s.model}', "
+                  "messages=[{'role': 'user', 'content': 'Hello'}])")
+            print("Ctrl-C stops it.", flush=True)
+            while True:
+                time.sleep(3600)
+    except serve.ServeError as e:
+        return _bad("serve", e)
+    except KeyboardInterrupt:
+        print("\nnbft serve: stopped", file=sys.stderr)
+        return 0
 
 
 #: What the stage kernels import, at the top of a notebook or inside nbft's functions. ``nbft precompile`` (the
@@ -795,7 +910,7 @@ PRECOMPILE = (
     "sklearn.metrics", "sklearn.pipeline", "sklearn.decomposition", "matplotlib.pyplot", "ipywidgets",
     "IPython.display", "ipykernel.kernelapp", "ipykernel.ipkernel", "papermill", "nbconvert:HTMLExporter",
     "nbformat", "yaml", "lm_eval.evaluator", "lm_eval.models.huggingface", "lm_eval.tasks",
-    "openai",  # nbft.serve.chat (the export extra)
+    "openai", "gguf", "llama_cpp",  # nbft.serve.chat, nbft.ship (the export extra)
 )
 
 
@@ -923,6 +1038,28 @@ def main(argv: list[str] | None = None) -> int:
     pc.set_defaults(fn=cmd_precompile)
     ls = sub.add_parser("list", help="runs with status and headline metrics")
     ls.set_defaults(fn=cmd_list)
+    ex = sub.add_parser("export", help="08_export on a model a run saved: merged weights, GGUF, Modelfile, model card, "
+                        "the round trip and the served check, into a new folder under artifacts/08_export/")
+    ex.add_argument("run", metavar="RUN", help="the run (a name under runs/)")
+    ex.add_argument("--stage", default="02_sft", help="the stage whose model to export (default 02_sft)")
+    ex.add_argument("--model", help="a model of that stage by name (03_peft: methods/dora or dora; 04_rlhf: "
+                    "rl_policy); default: the stage's main model")
+    ex.add_argument("--formats", nargs="*", metavar="FORMAT", help="GGUF formats (default: the run's parameters, "
+                    "f16 q8_0 q4_k_m); none: merged weights only")
+    ex.add_argument("--serve-format", help="the format served and checked through the openai client ('': none)")
+    ex.add_argument("--port", type=int, help="the check's server port on 127.0.0.1 (default: a free one)")
+    ex.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a parameter")
+    ex.add_argument("--no-progress", dest="progress", action="store_false")
+    ex.add_argument("--verbose", action="store_true")
+    ex.set_defaults(fn=cmd_export)
+    sv = sub.add_parser("serve", help="serve a run's newest GGUF export over an OpenAI-compatible API on 127.0.0.1 "
+                        "until Ctrl-C")
+    sv.add_argument("run", metavar="RUN")
+    sv.add_argument("--format", default="q8_0", help="which GGUF file of the export (default q8_0)")
+    sv.add_argument("--port", type=int, default=8000, help="port on 127.0.0.1 (default 8000; 0: a free one)")
+    sv.add_argument("--export", help="an export folder's name (default: the newest)")
+    sv.add_argument("--timeout", type=float, default=120.0, help="seconds the server may take to come up")
+    sv.set_defaults(fn=cmd_serve)
     pp = sub.add_parser("params", help="show resolved parameters with help text")
     pp.add_argument("--params", default="params/default.yaml")
     pp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")

@@ -126,6 +126,8 @@ STAGE_NAMES = _names("STAGE_NAMES", "params.STAGES", "01_data_prep", "02_sft", "
                      "06_classify", "07_distill", "08_export", "99_report")
 EXPORT_FORMATS = _names("EXPORT_FORMATS", "ship.FORMATS", "f16", "bf16", "f32", "q8_0", "q6_k", "q5_k_m", "q4_k_m",
                         "q4_0")
+SERVE_FORMATS = _names("SERVE_FORMATS", "ship.FORMATS", "f16", "bf16", "f32", "q8_0", "q6_k", "q5_k_m", "q4_k_m",
+                       "q4_0", extra=("",))
 TRACKERS = _names("TRACKERS", "tracking.TRACKERS", "tensorboard", "mlflow", "wandb", "trackio", extra=("none",))
 # owned here: no other table holds these names
 DEVICES = _names("DEVICES", "params", "auto", "cpu", "cuda")
@@ -589,11 +591,13 @@ class ExportParams(ReplyArgs, EvalArgs, Common):
                             EXPORT_FORMATS)
     serve_format: str = _f("q8_0", "the format served over llama.cpp's OpenAI-compatible server on 127.0.0.1 and "
                            "asked the held-out prompts with the openai client ('': not served); one of formats",
-                           ("",) + EXPORT_FORMATS)
+                           SERVE_FORMATS)
     port: int = _f(0, "the server's port on 127.0.0.1 (0: a free one)", min=0, max=65535)
     server_timeout: float = _f(120.0, "seconds the server may take to load and answer before the stage fails, "
                                "showing its log's tail", gt=0)
     n_eval: int = _f(0, "score at most this many held-out test prompts (0: all)")
+    speed_prompts: int = _f(8, "speed: the first this many held-out prompts also generated one at a time by "
+                            "transformers, beside llama.cpp's one-at-a-time replies to the same prompts", min=1)
     task_check: str = _f("auto", "programmatic check for the task score: auto (the data's own), json_answer, exact, "
                          "contains", TASK_CHECKS)
 

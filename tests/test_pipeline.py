@@ -90,6 +90,33 @@ def test_smoke_run_writes_everything(smoke_run):
     assert env["model"]["spec"] == "tiny-llama" and env["seed"] == 0 and "commit" in env["git"]
 
 
+def test_smoke_export_writes_merged_weights_gguf_a_modelfile_and_a_card_and_checks_them(smoke_run):
+    """08_export on 02's adapter (smoke profile): every file, the round trip of every format against the notebook's
+    model, the served check through the openai client with the server stopped, findings."""
+    _, run = smoke_run
+    e = json.loads((run / "metrics.json").read_text())["08_export"]
+    smoke = params.resolve(SMOKE)["08_export"]
+    assert e["export_model"] == "02_sft/adapter" and e["n_eval"] == smoke.n_eval
+    folder = run / "artifacts" / "08_export" / Path(e["export_dir"]).name
+    assert {"merged", "gguf", "Modelfile"} <= {f.name for f in folder.iterdir()}
+    assert (folder / "merged" / "README.md").read_text().startswith("---\nlicense: apache-2.0\nbase_model: tiny-llama")
+    assert sorted(f.name for f in (folder / "gguf").glob("*.gguf")) == sorted(f"model-{f}.gguf" for f in smoke.formats)
+    assert set(e["formats"]) == set(smoke.formats)
+    for fmt, row in e["formats"].items():
+        assert row["size_mb"] > 0 and row["load_seconds"] > 0 and row["gen_tokens_per_second"] >= 0, fmt
+        assert 0 <= row["task_score"] <= 1 and 0 <= row["identical_share"] <= 1 and row["ppl_general"] > 1, fmt
+        metric = row["reply_metrics"][e["score_metric"]]
+        assert metric["after"]["lo"] <= metric["after"]["mean"] <= metric["after"]["hi"], fmt
+        assert metric["before"]["mean"] == pytest.approx(e["reference"]["task_score"]), fmt
+    assert e["formats"]["f16"]["ppl_general"] == pytest.approx(e["reference"]["ppl_general"], rel=0.01)
+    served = e["served"]
+    assert served["format"] == smoke.serve_format and served["n_replies"] == served["n_prompts"] == e["n_eval"]
+    assert served["stopped"] and served["identical_to_direct"] == 1.0
+    assert len(e["findings"]) >= len(smoke.formats) + 1 and all(f.endswith(".") for f in e["findings"])
+    assert e["findings"][-1].startswith(f"Served ({smoke.serve_format})")
+    assert runs.vocabulary_problems("08_export", e) == []
+
+
 def test_smoke_metrics(smoke_run):
     _, run = smoke_run
     m = json.loads((run / "metrics.json").read_text())
