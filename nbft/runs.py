@@ -486,6 +486,9 @@ VOCABULARY: dict[str, tuple[str, str]] = {
     "seconds": ("seconds", "wall-clock seconds of the training (or the work) the record or row describes"),
     "tokens_per_second": ("rate", "training throughput: tokens trained on per second of training"),
     "gen_tokens_per_second": ("rate", "generation throughput: tokens generated per second"),
+    "load_seconds": ("seconds", "wall-clock seconds to load a model (or a file of it) before it can answer"),
+    "identical_share": ("share", "share of greedy replies that are word for word another runtime's replies to the same "
+                        "prompts (0-1): 08's files against the model as it ran in the notebook"),
     "trainable_params": ("count", "weights that train"),
     "trainable_pct": ("rate", "weights that train, % of all the model's weights"),
     "total_params": ("count", "all the model's weights"),
