@@ -250,3 +250,18 @@ def test_a_file_is_judged_by_the_datas_own_check_or_for_free_text_by_a_reference
     assert ship.score_metric(["task", "length"], "per-record") == "task"
     assert ship.score_metric(["rouge_l", "chrf", "semantic", "contains", "length"], "contains") == "rouge_l"
     assert ship.score_metric(["chrf", "contains"], "contains") == "chrf"
+
+
+def test_missing_export_tools_are_named_with_how_to_install_them_before_anything_runs(monkeypatch, tmp_path):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llama_cpp" else real(name, *a))
+    assert "llama-cpp-python not installed: pip install -e '.[export]'" in ship.tools_problem()
+    with pytest.raises(ship.ExportError, match=r"08_export: llama-cpp-python not installed.*cmake and a C\+\+ compiler"):
+        ship.check_inputs(params.ExportParams())
+    monkeypatch.setattr(importlib.util, "find_spec", real)
+    monkeypatch.setenv("NBFT_CACHE", str(tmp_path))  # no converter unpacked in this cache
+    assert "run `nbft vendor`" in ship.tools_problem()
+    with pytest.raises(ship.ExportError, match="run `nbft vendor`"):
+        ship.converter()
