@@ -588,18 +588,37 @@ def normalize(raw: list[tuple[str, dict]], fmt: str = "auto") -> list[dict]:
 
 # ---------------------------------------------------------------- templates
 
-def _chat_prompt(messages: list[dict], tokenizer) -> str:
-    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+def _chat_text(messages: list[dict], tokenizer, add_generation_prompt: bool = True) -> str:
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)
 
 
-def _alpaca_prompt(messages: list[dict], tokenizer) -> str:
-    instruction = "\n\n".join(m["content"] for m in messages if m["role"] != "assistant")
-    return ALPACA_TEMPLATE.format(instruction=instruction)
+ALPACA_TURN = "### Instruction:\n{instruction}\n\n### Response:\n"
 
 
-#: template -> how it renders a prompt from messages (ending where the reply starts). Adding a template is adding a
-#: row (and its name to ``params.TEMPLATES``).
-TEMPLATES: dict[str, Callable[[list[dict], Any], str]] = {"chat": _chat_prompt, "alpaca": _alpaca_prompt}
+def _alpaca_text(messages: list[dict], tokenizer, add_generation_prompt: bool = True) -> str:
+    """Alpaca, one Instruction/Response block per exchange: the first block opens with Alpaca's preamble; the system
+    and user messages before a reply are its instruction (joined by a blank line); each reply ends with EOS and a
+    blank line before the next block (Alpaca is a one-turn format: this is the usual multi-turn extension, as
+    LLaMA-Factory's ``alpaca`` template writes it). A one-turn prompt is exactly ``ALPACA_TEMPLATE``."""
+    eos = tokenizer.eos_token or ""
+    out, pending = [], []
+    for m in messages:
+        if m["role"] != "assistant":
+            pending.append(m["content"])
+            continue
+        block = ALPACA_TURN if out else ALPACA_TEMPLATE
+        out.append(block.format(instruction="\n\n".join(pending)) + m["content"] + eos + "\n\n")
+        pending = []
+    if add_generation_prompt:
+        out.append((ALPACA_TURN if out else ALPACA_TEMPLATE).format(instruction="\n\n".join(pending)))
+    return "".join(out)
+
+
+#: template -> how it renders a conversation: (messages, tokenizer, add_generation_prompt) -> text; with the
+#: generation prompt it ends where the next reply starts (``render_prompt``), without it after the last message
+#: (``reply_spans`` marks each reply by the difference). Adding a template is adding a row (and its name to
+#: ``params.TEMPLATES``).
+TEMPLATES: dict[str, Callable[..., str]] = {"chat": _chat_text, "alpaca": _alpaca_text}
 
 
 def render_prompt(messages: list[dict], tokenizer, template: str = "chat") -> str:
@@ -616,6 +635,104 @@ def render(rec: dict, tokenizer, template: str = "chat") -> dict:
         return {**rec, "prompt": "", "completion": rec["text"] + eos}
     prompt = render_prompt(rec["messages"][:-1], tokenizer, template)
     return {**rec, "prompt": prompt, "completion": rec["messages"][-1]["content"] + eos}
+
+
+# ---------------------------------------------------------------- which tokens train (loss_turns)
+
+#: which assistant turns of an instruction record the loss covers (``TrainArgs.loss_turns``): every reply, or only
+#: the last (the ``completion``). A record with one reply trains the same tokens either way.
+LOSS_TURNS = ("all", "last")
+
+
+def n_replies(rec: dict) -> int:
+    """The assistant turns of a canonical or rendered record (a record without ``messages`` has one: its completion)."""
+    return sum(m["role"] == "assistant" for m in rec["messages"]) if "messages" in rec else 1
+
+
+def template_of(rec: dict, tokenizer) -> str | None:
+    """The row of ``TEMPLATES`` that rendered this record's prompt from its messages (None: none did)."""
+    for name in TEMPLATES:
+        if render_prompt(rec["messages"][:-1], tokenizer, name) == rec["prompt"]:
+            return name
+    return None
+
+
+def reply_spans(messages: list[dict], tokenizer, template: str = "chat") -> list[tuple[int, int]]:
+    """Character spans of every assistant reply in the text a rendered record trains on (``render``: the prompt,
+    then the last reply and EOS), each reply with its end-of-turn as the template writes it.
+
+    A reply is what the template adds between the conversation before it with the generation prompt and the
+    conversation through it without: the reply and the end of its turn. Whitespace after the end-of-turn is left
+    out (the model stops at the end-of-turn token and never generates it; the last reply, trained on as today,
+    has none): with ChatML (SmolLM2) an earlier reply is ``reply<|im_end|>`` and the ``\\n`` after it is not
+    trained; with ``alpaca`` it is ``reply`` + EOS. The last span is the completion: the reply and EOS. A template
+    that renders an earlier turn differently once the conversation goes on (so the shorter render is not a prefix
+    of the longer) is refused: no exact mask exists for it (use ``loss_turns: last``)."""
+    eos = tokenizer.eos_token or ""
+    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    prompt = render_prompt(messages[:last], tokenizer, template)
+    spans = []
+    for i, m in enumerate(messages[:last]):
+        if m["role"] != "assistant":
+            continue
+        before = TEMPLATES[template](messages[:i], tokenizer, True)
+        through = TEMPLATES[template](messages[:i + 1], tokenizer, False)
+        if not (through.startswith(before) and prompt.startswith(through)):
+            raise DataError(f"template {template!r}: the conversation up to reply {len(spans) + 1} renders "
+                            "differently once the conversation goes on, so its tokens cannot be marked exactly; "
+                            "use loss_turns: last")
+        turn = through[len(before):]
+        keep = len(turn.rstrip())
+        if turn.startswith(m["content"]):  # only the whitespace after the end-of-turn, not the reply's own
+            keep = max(keep, len(m["content"]))
+        spans.append((len(before), len(before) + keep))
+    return [*spans, (len(prompt), len(prompt) + len(messages[last]["content"]) + len(eos))]
+
+
+def _shared(ids: list[int], other: list[int]) -> int:
+    n = 0
+    for a, b in zip(ids, other):
+        if a != b:
+            break
+        n += 1
+    return n
+
+
+def tokenize_turns(rec: dict, tokenizer, loss_turns: str = "all") -> dict[str, list[int]]:
+    """A rendered instruction record as TRL's SFTTrainer takes it pre-tokenized: ``input_ids`` (the prompt and the
+    completion, tokenized whole the way TRL tokenizes them: the tokenizer's own special tokens, EOS appended when
+    the completion lacks it) and ``completion_mask`` (1 on the tokens the loss covers: TRL folds it into the labels
+    under ``completion_only_loss``).
+
+    ``last``: the completion, exactly as TRL marks a prompt/completion pair (the tokens after the longest shared
+    prefix of the tokenized prompt and the tokenized whole). ``all``: every reply of ``reply_spans`` marked by the
+    same rule at each end (a span covers the tokens from where the text before it, tokenized alone, stops being a
+    prefix of the whole to where the text through it does), so the last reply is marked as under ``last`` and a
+    record with one reply gives the same tokens and mask either way. The template is the one that rendered the
+    prompt (``template_of``); a multi-turn record whose prompt no template renders is refused."""
+    if loss_turns not in LOSS_TURNS:
+        raise ValueError(f"loss_turns: {loss_turns!r} is not one of {', '.join(LOSS_TURNS)}")
+    eos = tokenizer.eos_token or ""
+    prompt, completion = rec["prompt"], rec["completion"]
+    if eos and not completion.endswith(eos):
+        completion += eos
+    text = prompt + completion
+    ids = tokenizer(text=text)["input_ids"]
+    spans = [(len(prompt), len(text))]
+    if loss_turns == "all" and n_replies(rec) > 1:
+        template = template_of(rec, tokenizer)
+        if template is None:
+            raise DataError("loss_turns all: a record's prompt is not what any template "
+                            f"({', '.join(TEMPLATES)}) renders from its messages, so its earlier replies cannot be "
+                            f"found (prompt starts {prompt[:80]!r}); render it with data.render, or use "
+                            "loss_turns: last")
+        spans = reply_spans(rec["messages"], tokenizer, template)
+    mask = [0] * len(ids)
+    for start, end in spans:
+        a = _shared(tokenizer(text=text[:start])["input_ids"], ids)
+        b = len(ids) if end >= len(text) else _shared(tokenizer(text=text[:end])["input_ids"], ids)
+        mask[a:b] = [1] * (b - a)
+    return {"input_ids": ids, "completion_mask": mask}
 
 
 # ---------------------------------------------------------------- cleaning and splitting

@@ -22,7 +22,7 @@ Scopes (what trains) and modes (on what) of supervised fine-tuning:
 
 | mode                  | data                              | loss on          |
 |-----------------------|-----------------------------------|------------------|
-| instruction           | prompt/completion pairs           | the completion   |
+| instruction           | prompt/completion pairs           | the completion (``loss_turns`` all: every assistant reply) |
 | continued_pretraining | raw text                          | every token      |
 
 Parameters come in groups (``nbft.params``): a function documents the groups it reads — ``Common``
@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from . import checkpoints, launch, models, timing, tracking, trl_patches
+from . import checkpoints, data, launch, models, timing, tracking, trl_patches
 
 SCOPES = ("lora", "freeze", "full")
 #: What ``finetune`` (02_sft's main run and scope comparison) also trains: LoRA on a 4-bit NF4 base (QLoRA,
@@ -410,12 +410,22 @@ def trained_tokens(log_history: list[dict]) -> int:
     return int(logs[-1]["num_tokens"]) if logs else 0
 
 
-def to_dataset(records: list[dict], mode: str = "instruction"):
-    """Rendered records -> a datasets.Dataset: TRL's prompt/completion form, or plain text."""
+def to_dataset(records: list[dict], mode: str = "instruction", tokenizer=None, loss_turns: str = "last"):
+    """Rendered records -> a datasets.Dataset: TRL's prompt/completion form, or plain text. With ``loss_turns``
+    ``all`` (``TrainArgs``; needs the ``tokenizer``) and a record of several assistant turns, every record
+    pre-tokenized instead (``data.tokenize_turns``: ``input_ids`` and ``completion_mask``, which TRL folds into the
+    labels under ``completion_only_loss``), so the loss covers every reply; one-turn records give the same tokens
+    and mask as the prompt/completion form, so data without multi-turn records goes in that form, as before."""
     import datasets
 
     if mode == "continued_pretraining":
         return datasets.Dataset.from_list([{"text": r["text"]} for r in records])
+    if loss_turns not in data.LOSS_TURNS:
+        raise ValueError(f"loss_turns: {loss_turns!r} is not one of {', '.join(data.LOSS_TURNS)}")
+    if loss_turns == "all" and any(data.n_replies(r) > 1 for r in records):
+        if tokenizer is None:
+            raise ValueError("loss_turns all: multi-turn records need the tokenizer to mark every reply")
+        return datasets.Dataset.from_list([data.tokenize_turns(r, tokenizer, loss_turns) for r in records])
     return datasets.Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in records])
 
 
@@ -423,7 +433,8 @@ def sft(model, tokenizer, train: list[dict], validation: list[dict], p, learning
         callbacks=(), mode: str = "instruction", **overrides) -> TrainResult:
     """Supervised fine-tuning with TRL's SFTTrainer (``p``: the ``Common`` and ``TrainArgs`` groups).
 
-    ``instruction`` mode: rendered prompt/completion records, loss on completions only.
+    ``instruction`` mode: rendered prompt/completion records, loss on the completion — and, with ``TrainArgs``'
+    ``loss_turns`` ``all``, on every earlier assistant reply of a multi-turn record too (``to_dataset``).
     ``continued_pretraining``: ``{"text"}`` records, loss on every token.
     Batches are padded to their longest example; ``padding_free=True`` packs each batch into one row instead, where
     that is exact (``padding_free_ok``) and no example is longer than ``max_length`` (``fits``) — measured no faster
@@ -457,8 +468,9 @@ def sft(model, tokenizer, train: list[dict], validation: list[dict], p, learning
         def build():
             evaluating = eval_args(p) if validation else {}  # only a trainer with a validation set evaluates
             return SFTTrainer(model=model, args=sft_config(p, tmp, learning_rate, **{**evaluating, **overrides}),
-                              train_dataset=to_dataset(train, mode),
-                              eval_dataset=to_dataset(validation, mode) if validation else None,
+                              train_dataset=to_dataset(train, mode, tokenizer, p.loss_turns),
+                              eval_dataset=to_dataset(validation, mode, tokenizer, p.loss_turns) if validation
+                              else None,
                               processing_class=tokenizer, peft_config=peft_config,
                               callbacks=[*callbacks, *(early_stopping(p) if evaluating else [])])
         return fit(build, evaluate=bool(validation))
