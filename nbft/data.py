@@ -726,7 +726,7 @@ def tokenize_turns(rec: dict, tokenizer, loss_turns: str = "all") -> dict[str, l
                             f"({', '.join(TEMPLATES)}) renders from its messages, so its earlier replies cannot be "
                             f"found (prompt starts {prompt[:80]!r}); render it with data.render, or use "
                             "loss_turns: last")
-        spans = reply_spans(rec["messages"], tokenizer, template)
+        spans = [*reply_spans(rec["messages"], tokenizer, template)[:-1], spans[0]]  # the last: the completion
     mask = [0] * len(ids)
     for start, end in spans:
         a = _shared(tokenizer(text=text[:start])["input_ids"], ids)
