@@ -247,10 +247,10 @@ class TrainArgs:
     batch_size: int = _f(8, "examples per optimizer step (per device)", min=1)
     grad_accum: int = _f(1, "gradient accumulation steps", min=1)
     max_length: int = _f(256, "truncate training sequences to this many tokens", min=8)
-    loss_turns: str = _f("all", "instruction data with several assistant turns (messages, ShareGPT): all = the loss "
-                         "covers every assistant reply and its end-of-turn token, nothing of the system and user "
-                         "turns; last = only the last reply (as before, for comparison); one-turn records train the "
-                         "same either way", LOSS_TURNS)
+    loss_turns: str = _f("all", "which replies of a multi-turn record (messages, ShareGPT) the loss covers: all "
+                         "(every assistant reply and its end-of-turn token, nothing of the system and user turns) "
+                         "or last (only the last reply, as before: for comparison); one-turn records train the same "
+                         "either way", LOSS_TURNS)
     gradient_checkpointing: bool = _f(False, "trade compute for memory (slower on CPU)")
     eval_steps: int = _f(0, "evaluate the validation loss every this many optimizer steps and at the end: a curve "
                          "beside the training loss, live in the monitor and recorded (eval_curve); only training "
