@@ -652,8 +652,11 @@ def n_replies(rec: dict) -> int:
 def template_of(rec: dict, tokenizer) -> str | None:
     """The row of ``TEMPLATES`` that rendered this record's prompt from its messages (None: none did)."""
     for name in TEMPLATES:
-        if render_prompt(rec["messages"][:-1], tokenizer, name) == rec["prompt"]:
-            return name
+        try:
+            if render_prompt(rec["messages"][:-1], tokenizer, name) == rec["prompt"]:
+                return name
+        except Exception:  # noqa: BLE001 - a chat template that refuses these messages did not render them
+            continue
     return None
 
 

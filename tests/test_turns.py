@@ -81,6 +81,7 @@ def test_one_turn_record_trains_the_same_under_both_and_as_trl_tokenizes_it(tiny
     one.append(data.render(data.normalize_record({"messages": [
         {"role": "system", "content": "Be short."}, {"role": "user", "content": "Hi"},
         {"role": "assistant", "content": "Hello"}]}, "test"), tok, "alpaca"))
+    assert one[-1]["prompt"] == data.ALPACA_TEMPLATE.format(instruction="Be short.\n\nHi")  # alpaca as before
     for r in one:
         assert data.tokenize_turns(r, tok, "all") == data.tokenize_turns(r, tok, "last")
     multi = rendered(CHAT, tok)
