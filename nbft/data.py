@@ -692,15 +692,6 @@ def reply_spans(messages: list[dict], tokenizer, template: str = "chat") -> list
     return [*spans, (len(prompt), len(prompt) + len(messages[last]["content"]) + len(eos))]
 
 
-def _shared(ids: list[int], other: list[int]) -> int:
-    n = 0
-    for a, b in zip(ids, other):
-        if a != b:
-            break
-        n += 1
-    return n
-
-
 def tokenize_turns(rec: dict, tokenizer, loss_turns: str = "all") -> dict[str, list[int]]:
     """A rendered instruction record as TRL's SFTTrainer takes it pre-tokenized: ``input_ids`` (the prompt and the
     completion, tokenized whole the way TRL tokenizes them: the tokenizer's own special tokens, EOS appended when
@@ -713,6 +704,8 @@ def tokenize_turns(rec: dict, tokenizer, loss_turns: str = "all") -> dict[str, l
     prefix of the whole to where the text through it does), so the last reply is marked as under ``last`` and a
     record with one reply gives the same tokens and mask either way. The template is the one that rendered the
     prompt (``template_of``); a multi-turn record whose prompt no template renders is refused."""
+    from trl.data_utils import common_prefix_length  # TRL's own rule for where a completion starts
+
     if loss_turns not in LOSS_TURNS:
         raise ValueError(f"loss_turns: {loss_turns!r} is not one of {', '.join(LOSS_TURNS)}")
     eos = tokenizer.eos_token or ""
@@ -732,8 +725,8 @@ def tokenize_turns(rec: dict, tokenizer, loss_turns: str = "all") -> dict[str, l
         spans = [*reply_spans(rec["messages"], tokenizer, template)[:-1], spans[0]]  # the last: the completion
     mask = [0] * len(ids)
     for start, end in spans:
-        a = _shared(tokenizer(text=text[:start])["input_ids"], ids)
-        b = len(ids) if end >= len(text) else _shared(tokenizer(text=text[:end])["input_ids"], ids)
+        a = common_prefix_length(tokenizer(text=text[:start])["input_ids"], ids)
+        b = len(ids) if end >= len(text) else common_prefix_length(tokenizer(text=text[:end])["input_ids"], ids)
         mask[a:b] = [1] * (b - a)
     return {"input_ids": ids, "completion_mask": mask}
 

@@ -20,10 +20,10 @@ Scopes (what trains) and modes (on what) of supervised fine-tuning:
 | freeze   | only the top ``freeze_top_n`` blocks (+ final norm, + head if ``freeze_train_head``) | ``freeze_learning_rate`` |
 | full     | every weight                                        | ``full_learning_rate``  |
 
-| mode                  | data                              | loss on          |
-|-----------------------|-----------------------------------|------------------|
+| mode                  | data                              | loss on                                                   |
+|-----------------------|-----------------------------------|-----------------------------------------------------------|
 | instruction           | prompt/completion pairs           | the completion (``loss_turns`` all: every assistant reply) |
-| continued_pretraining | raw text                          | every token      |
+| continued_pretraining | raw text                          | every token                                               |
 
 Parameters come in groups (``nbft.params``): a function documents the groups it reads — ``Common``
 (device, precision, seed), ``TrainArgs`` (the loop), ``ScopeArgs`` (scope and rates), ``LoraArgs`` —
