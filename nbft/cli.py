@@ -1055,7 +1055,8 @@ def main(argv: list[str] | None = None) -> int:
     sv = sub.add_parser("serve", help="serve a run's newest GGUF export over an OpenAI-compatible API on 127.0.0.1 "
                         "until Ctrl-C")
     sv.add_argument("run", metavar="RUN")
-    sv.add_argument("--format", default="q8_0", help="which GGUF file of the export (default q8_0)")
+    sv.add_argument("--format", default="q8_0", choices=P.EXPORT_FORMATS,
+                    help="which GGUF file of the export (default q8_0)")
     sv.add_argument("--port", type=int, default=8000, help="port on 127.0.0.1 (default 8000; 0: a free one)")
     sv.add_argument("--export", help="an export folder's name (default: the newest)")
     sv.add_argument("--timeout", type=float, default=120.0, help="seconds the server may take to come up")
