@@ -807,7 +807,8 @@ def model_card(source: Saved, base_spec: str, run_dir: Path, data_card: dict | N
               "questions above.",
               "- Fine-tuning teaches the form of the training data far more than facts: the model can state wrong facts "
               "fluently; do not use it where a wrong answer does harm.",
-              "identical shares above.", ""]
+              "- Quantized files answer differently from the merged weights on some prompts: see the identical shares "
+              "above.", ""]
     return "\n".join(lines)
 
 
