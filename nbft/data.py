@@ -1012,7 +1012,7 @@ def metrics(n_raw: int, n_removed_duplicates: int, removed_by_filter: dict[str, 
 
 
 def findings(n_raw: int, n_removed_duplicates: int, removed_by_filter: dict[str, int], splits: dict[str, list[dict]],
-             stats: dict[str, dict]) -> list[str]:
+             stats: dict[str, dict], sources: dict[str, dict] | None = None) -> list[str]:
     """01_data_prep's findings: what cleaning removed and what is left, in numbers."""
     kept = sum(len(v) for v in splits.values())
     removed = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in removed_by_filter.items() if v) or "nothing"
@@ -1027,6 +1027,10 @@ def findings(n_raw: int, n_removed_duplicates: int, removed_by_filter: dict[str,
         by_task[r.get("task", "(none)")] = by_task.get(r.get("task", "(none)"), 0) + 1
     if len(by_task) > 1:
         out.append("Training mix: " + ", ".join(f"{t} {n}" for t, n in by_task.items()) + ".")
+    if sources:
+        out.append("Sources, share of the mix before -> after cleaning: " + ", ".join(
+            f"{name} {v['share_raw']:.0%} -> {v.get('share_clean', v['share_raw']):.0%}" for name, v in sources.items())
+                   + ".")
     return out
 
 

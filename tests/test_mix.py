@@ -71,6 +71,8 @@ def test_data_card_and_metrics_show_shares_before_and_after_cleaning(tmp_path, t
     section = data.metrics(len(raw), prepared.n_removed_duplicates, prepared.removed_by_filter, prepared.splits,
                            {}, shares)
     assert section["sources"] == shares and runs.vocabulary_problems("01_data_prep", section) == []
+    assert any(line.startswith("Sources, share of the mix before -> after cleaning: a.jsonl 50% -> ")
+               for line in data.findings(len(raw), 0, {}, prepared.splits, {}, shares))
     json.dumps(card)
 
 
