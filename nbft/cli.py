@@ -74,6 +74,9 @@ def _absolutize_paths(resolved: dict) -> None:
             return [absolute(r) if is_dir(r) else r for r in value]
         if value in param.names:
             return value
+        if param.kind == "dataset" and isinstance(value, list):  # a mix: each source's path, as one dataset's
+            return [{**src, "path": convert(src["path"], param)} if isinstance(src, dict) and
+                    isinstance(src.get("path"), str) else src for src in value]
         if param.kind == "dataset":
             return absolute(value) if value and data.is_file_spec(value) else value
         if param.kind == "model":

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 from collections import Counter
+import dataclasses
 import difflib
 import errno
 import json
@@ -390,6 +391,113 @@ def load_raw(dataset: str, seed: int = 0, n_examples: int = 320, hf_split: str =
         out.append((f"{dataset}[{hf_split}] row {i}", dict(r)))
         check_record(out[-1][1], out[-1][0])
     return out
+
+
+# ---------------------------------------------------------------- several sources, mixed by weight
+
+@dataclass(frozen=True)
+class Source:
+    """One source of a mixed ``dataset`` (a list in the parameters): ``path`` as ``dataset`` alone ('demo', a file,
+    a hub name), its ``weight`` (its share of the mix is weight / the weights' sum), its ``format`` and ``cap`` (the
+    most records read from it, the first ones; 0: all). ``name`` is how tables and metrics call it."""
+
+    name: str
+    path: str
+    weight: float = 1.0
+    format: str = "auto"
+    cap: int = 0
+
+
+def sources(dataset: str | list, data_format: str = "auto") -> list[Source]:
+    """The sources of a list ``dataset`` (``params.check_sources`` checked them), defaults filled in: weight 1,
+    format ``data_format``, no cap. Named by the file's name, 'demo' or the hub name; a name used twice gets
+    ``#<index>``. A plain string: no sources (one dataset, read as it always was)."""
+    if not isinstance(dataset, list):
+        return []
+    names = [Path(src["path"]).name if is_file_spec(src["path"]) else src["path"] for src in dataset]
+    return [Source(f"{name}#{i}" if names.count(name) > 1 else name, src["path"], float(src.get("weight", 1)),
+                   src.get("format", data_format), int(src.get("cap", 0)))
+            for i, (name, src) in enumerate(zip(names, dataset))]
+
+
+def apportion(total: int, weights: list[float]) -> list[int]:
+    """``total`` split by ``weights`` into whole counts that sum to it: the largest-remainder method (each gets the
+    floor of its exact share; the remainders' largest, first on ties, get one more)."""
+    exact = [total * w / sum(weights) for w in weights]
+    counts = [math.floor(x) for x in exact]
+    for i in sorted(range(len(exact)), key=lambda i: (counts[i] - exact[i], i))[:total - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+def mix_counts(available: list[int], weights: list[float], max_records: int = 0) -> list[int]:
+    """How many records to take from each source: the largest mix whose shares are the weights' (apportioned
+    exactly) that no source runs short of, at most ``max_records`` in all (0: no limit)."""
+    shares = [w / sum(weights) for w in weights]
+    total = min(math.floor(n / s + 1e-9) for n, s in zip(available, shares))
+    if max_records:
+        total = min(total, max_records)
+    return [min(c, n) for c, n in zip(apportion(total, weights), available)]
+
+
+def load_records(p) -> tuple[list[tuple[str, dict]], list[dict]]:
+    """01_data_prep's raw records (location, record) and the same normalized, ``max_records`` applied.
+
+    ``p.dataset`` a string: ``load_raw`` and ``normalize`` as always. A list of sources: each read and normalized
+    with its own format (an error names its file and line), capped, then a seeded sample of each, as many as
+    ``mix_counts`` says, shuffled together; each normalized record names its ``source``."""
+    if not isinstance(p.dataset, list):
+        raw = load_raw(p.dataset, p.seed, p.n_examples, p.hf_split, p.demo_tasks)
+        if p.max_records:
+            raw = raw[: p.max_records]
+        return raw, normalize(raw, p.data_format)
+    srcs = sources(p.dataset, p.data_format)
+    read = []
+    for i, src in enumerate(srcs):
+        raw = load_raw(src.path, p.seed, p.n_examples, p.hf_split, p.demo_tasks)
+        if src.cap:
+            raw = raw[: src.cap]
+        if not raw:
+            raise DataError(f"dataset[{i}] ({src.path}): no records")
+        read.append(list(zip(raw, normalize(raw, src.format))))
+    counts = mix_counts([len(r) for r in read], [s.weight for s in srcs], p.max_records)
+    rng = random.Random(p.seed)
+    mixed = [(pair, {**rec, "source": src.name}) for src, pairs, n in zip(srcs, read, counts)
+             for pair, rec in (pairs[i] for i in sorted(rng.sample(range(len(pairs)), n)))]
+    rng.shuffle(mixed)
+    return [pair for pair, _ in mixed], [rec for _, rec in mixed]
+
+
+def formats_found(p, raw: list[tuple[str, dict]], records: list[dict]) -> dict[str, int]:
+    """How many raw records were read as each format (their source's format, or the one detected for auto)."""
+    fmt = {s.name: s.format for s in sources(p.dataset, p.data_format)}
+    return dict(Counter(f if (f := fmt.get(r.get("source"), p.data_format)) != "auto" else detect_format(rec, where)
+                        for (where, rec), r in zip(raw, records)))
+
+
+def source_shares(records: list[dict], splits: dict[str, list[dict]] | None = None) -> dict[str, dict]:
+    """Each source's count and share of the mix before cleaning (``records``: the mixed, normalized records) and,
+    with ``splits``, after it (every split: what dedup and the filters kept) and in the training split. Empty for a
+    single dataset (no record names a source)."""
+    raw = Counter(r["source"] for r in records if "source" in r)
+    if not raw:
+        return {}
+    clean = Counter(r.get("source") for recs in (splits or {}).values() for r in recs)
+    train = Counter(r.get("source") for r in (splits or {}).get("train", []))
+    out = {}
+    for name, n in raw.items():
+        out[name] = {"n_raw": n, "share_raw": round(n / sum(raw.values()), 4)}
+        if splits is not None:
+            out[name].update(n_clean=clean[name], share_clean=round(clean[name] / max(1, sum(clean.values())), 4),
+                             n_train=train[name])
+    return out
+
+
+def dataset_shown(dataset: str | list, run_dir=None) -> str:
+    """``dataset`` as a notebook prints it: a path relative to the project, or each source with its weight."""
+    if not isinstance(dataset, list):
+        return files.relative(dataset, run_dir)
+    return " + ".join(f"{files.relative(s['path'], run_dir)} (weight {s.get('weight', 1)})" for s in dataset)
 
 
 _TRUE = {"1", "ON", "YES", "TRUE"}
@@ -882,10 +990,7 @@ def prepare(p, tokenizer) -> Prepared:
 
     ``p`` is a :class:`nbft.params.DataPrepParams`.
     """
-    raw = load_raw(p.dataset, p.seed, p.n_examples, p.hf_split, p.demo_tasks)
-    if p.max_records:
-        raw = raw[: p.max_records]
-    records = normalize(raw, p.data_format)
+    raw, records = load_records(p)
     n_dup = 0
     if p.dedup:
         records, n_dup = dedup(records)
@@ -895,18 +1000,19 @@ def prepare(p, tokenizer) -> Prepared:
 
 
 def metrics(n_raw: int, n_removed_duplicates: int, removed_by_filter: dict[str, int],
-            splits: dict[str, list[dict]], stats: dict[str, dict]) -> dict:
+            splits: dict[str, list[dict]], stats: dict[str, dict], sources: dict[str, dict] | None = None) -> dict:
     """01_data_prep's section of metrics.json (with ``findings`` added by the notebook): each split's size
     (``n_train``, ``n_validation``, ``n_test``), what cleaning removed, the training split's median length in tokens
-    and its examples per task."""
-    return {**{f"n_{name}": len(recs) for name, recs in splits.items()}, "n_raw": n_raw,
+    and its examples per task; for a mix, each source's counts and shares before and after cleaning
+    (``source_shares``)."""
+    return {**({"sources": sources} if sources else {}), **{f"n_{name}": len(recs) for name, recs in splits.items()}, "n_raw": n_raw,
             "n_removed_duplicates": n_removed_duplicates, "n_removed_filtered": sum(removed_by_filter.values()),
             "removed_by_filter": removed_by_filter, "median_tokens": stats.get("train", {}).get("median"),
             "n_by_task": dict(Counter(r.get("task", "(none)") for r in splits.get("train", [])))}
 
 
 def findings(n_raw: int, n_removed_duplicates: int, removed_by_filter: dict[str, int], splits: dict[str, list[dict]],
-             stats: dict[str, dict]) -> list[str]:
+             stats: dict[str, dict], sources: dict[str, dict] | None = None) -> list[str]:
     """01_data_prep's findings: what cleaning removed and what is left, in numbers."""
     kept = sum(len(v) for v in splits.values())
     removed = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in removed_by_filter.items() if v) or "nothing"
@@ -921,12 +1027,24 @@ def findings(n_raw: int, n_removed_duplicates: int, removed_by_filter: dict[str,
         by_task[r.get("task", "(none)")] = by_task.get(r.get("task", "(none)"), 0) + 1
     if len(by_task) > 1:
         out.append("Training mix: " + ", ".join(f"{t} {n}" for t, n in by_task.items()) + ".")
+    if sources:
+        out.append("Sources, share of the mix before -> after cleaning: " + ", ".join(
+            f"{name} {v['share_raw']:.0%} -> {v.get('share_clean', v['share_raw']):.0%}" for name, v in sources.items())
+                   + ".")
     return out
 
 
 def check_inputs(p: params.DataPrepParams) -> None:
     """Before any notebook runs: a data file is read and every record normalized (errors name file, line, field);
-    a hub dataset name is looked up in the local cache while the hub is offline (``check_hub``)."""
+    a hub dataset name is looked up in the local cache while the hub is offline (``check_hub``). A mix: each of
+    its sources so, with its own format; an error names the source's index."""
+    if isinstance(p.dataset, list):
+        for i, src in enumerate(sources(p.dataset, p.data_format)):
+            try:
+                check_inputs(dataclasses.replace(p, dataset=src.path, data_format=src.format))
+            except DataError as e:
+                raise DataError(f"dataset[{i}]: {e}") from None
+        return
     if is_file_spec(p.dataset):
         raw = load_raw(p.dataset, p.seed, p.n_examples, p.hf_split)
         if not raw:
@@ -940,7 +1058,7 @@ def check_prepared(p: params.DataPrepParams, tokenizer) -> None:
     """Before any notebook runs, with the model's tokenizer: the whole chain of 01_data_prep on the built-in
     demo or a local file (``prepare``), so filters that remove everything and empty splits fail here.
     A Hugging Face dataset name is left to the notebook (reading it may need the network)."""
-    if p.dataset == "demo" or is_file_spec(p.dataset):
+    if all(d == "demo" or is_file_spec(d) for d in ([s.path for s in sources(p.dataset)] or [p.dataset])):
         prepare(p, tokenizer)
 
 
@@ -970,12 +1088,15 @@ def data_params_for(run, p) -> params.DataPrepParams:
 
 
 def data_card(p: params.DataPrepParams, splits: dict[str, list[dict]], n_removed_duplicates: int,
-              removed_by_filter: dict[str, int]) -> dict:
-    """01_data_prep's card: what was made and every parameter it was made with (later stages read them)."""
-    import dataclasses
-
-    read_as = _SNIFFED.get(str(Path(os.path.expanduser(p.dataset))))  # an extension-less file: read as what, why
-    return {"dataset": p.dataset, **({"read_as": read_as} if read_as else {}), "demo_tasks": p.demo_tasks,
+              removed_by_filter: dict[str, int], sources: dict[str, dict] | None = None) -> dict:
+    """01_data_prep's card: what was made and every parameter it was made with (later stages read them); for a mix,
+    each source's counts and shares before and after cleaning (``source_shares``)."""
+    paths = [s["path"] for s in p.dataset] if isinstance(p.dataset, list) else [p.dataset]
+    read_as = {d: r for d in paths if (r := _SNIFFED.get(str(Path(os.path.expanduser(d)))))}  # no suffix: read as
+    if not isinstance(p.dataset, list):
+        read_as = read_as.get(p.dataset)
+    return {"dataset": p.dataset, **({"read_as": read_as} if read_as else {}),
+            **({"sources": sources} if sources else {}), "demo_tasks": p.demo_tasks,
             "template": p.template, "model": p.model, "seed": p.seed, **{f"n_{s}": len(recs) for s, recs in splits.items()},
             "n_removed_duplicates": n_removed_duplicates, "removed_by_filter": removed_by_filter,
             "parameters": dataclasses.asdict(p)}

@@ -333,7 +333,10 @@ class JudgeArgs:
 class DataPrepParams(Common):
     """01_data_prep: raw data -> clean, templated, split datasets."""
 
-    dataset: str = _f("demo", "'demo' (built-in), a .jsonl/.json/.csv file, or a Hugging Face dataset name")
+    dataset: str | list[dict] = _f("demo", "'demo' (built-in), a .jsonl/.json/.csv file, or a Hugging Face dataset "
+                                   "name; or a list of sources mixed by weight, e.g. [{path: a.jsonl, weight: 0.7}, "
+                                   "{path: demo, weight: 0.3}] (each: path; weight > 0, default 1; format, default "
+                                   "data_format; cap: at most this many records, 0: all)")
     data_format: str = _f("auto", "auto | alpaca | messages | sharegpt | prompt_completion | text",
                           FORMATS)
     hf_split: str = _f("train", "split to read when dataset is a Hugging Face dataset name")
@@ -780,6 +783,10 @@ def check_value(key: str, value: Any, tp, where: str = "") -> Any:
             value = [check_value(f"{key}[{i}]", v, item, where) for i, v in enumerate(value)]
     elif origin is dict:
         ok = isinstance(value, dict)
+    elif origin in (typing.Union, types.UnionType):  # the arm of the value's own kind (``str | list[dict]``)
+        for arm in typing.get_args(tp):
+            if isinstance(value, typing.get_origin(arm) or arm):
+                return check_value(key, value, arm, where)
     else:
         ok = True
     if not ok:
@@ -787,6 +794,11 @@ def check_value(key: str, value: Any, tp, where: str = "") -> Any:
             f"{where}{key}: expected {_type_name(tp)}, got {type(value).__name__} {show(value)}"
         )
     return value
+
+
+def _text_type(tp) -> bool:
+    """A text parameter (``str``, or a union with ``str``: ``dataset``): a number as written is the text typed."""
+    return tp is str or (typing.get_origin(tp) in (typing.Union, types.UnionType) and str in typing.get_args(tp))
 
 
 def _meta(cls: type, key: str) -> dict:
@@ -866,6 +878,41 @@ def check_rules(p, where: str = "") -> None:
             raise ParamError(f"{where}{' and '.join(f'{k}={show(getattr(p, k))}' for k in keys)}: {rule}")
 
 
+#: The keys of one source of a mixed ``dataset`` (a list): what it is (as ``dataset`` alone), its share of the mix,
+#: its format, and the most records taken from it (0: all).
+SOURCE_KEYS = ("path", "weight", "format", "cap")
+
+
+def check_sources(sources: list, key: str = "dataset") -> None:
+    """A list ``dataset``: at least one source, each a mapping of ``SOURCE_KEYS`` with a non-empty ``path``, a
+    ``weight`` > 0, a ``format`` of ``FORMATS`` and a ``cap`` >= 0; an error names the item's index and field."""
+    if not sources:
+        raise ParamError(f"{key}: an empty list; give at least one source ({{path: ..., weight: ...}}) or a name")
+    for i, src in enumerate(sources):
+        at = f"{key}[{i}]"
+        if not isinstance(src, dict):
+            raise ParamError(f"{at}: expected a mapping {{path, weight, format, cap}}, got {type(src).__name__} "
+                             f"{show(src)}")
+        for k in src:
+            if k not in SOURCE_KEYS:
+                raise ParamError(f"{at}: unknown key {show(k)}{_closest(str(k), list(SOURCE_KEYS))}")
+        if not isinstance(src.get("path"), str) or not src["path"].strip():
+            raise ParamError(f"{at}.path: missing or empty: name a file, 'demo' or a Hugging Face dataset "
+                             f"(got {show(src.get('path'))})")
+        weight = src.get("weight", 1)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) \
+                or weight <= 0:
+            raise ParamError(f"{at}.weight: {show(weight)} must be a number > 0 (its share of the mix)")
+        fmt = src.get("format", "auto")
+        if fmt not in FORMATS:
+            hint = _closest(str(fmt), list(FORMATS))
+            raise ParamError(f"{at}.format: {show(fmt)} is not one of {', '.join(FORMATS)}"
+                             + (hint if "did you mean" in hint else ""))
+        cap = src.get("cap", 0)
+        if isinstance(cap, bool) or not isinstance(cap, int) or not 0 <= cap <= MAX_INT:
+            raise ParamError(f"{at}.cap: {show(cap)} must be a whole number >= 0 (0: no cap)")
+
+
 def _closest(key: str, valid: list[str]) -> str:
     match = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
     return f"; did you mean '{match[0]}'?" if match else f"; valid keys: {', '.join(valid)}"
@@ -886,6 +933,8 @@ def build(stage: str, values: dict[str, Any], where: str = "") -> Any:
         check_run_name(checked["run_name"], f"{where}run_name")
     if checked.get("judge") and is_endpoint(checked["judge"]):
         check_endpoint(checked["judge"], f"{where}judge")
+    if isinstance(checked.get("dataset"), list):
+        check_sources(checked["dataset"], f"{where}dataset")
     if checked.get("judge_api_key_env"):
         check_env_name(checked["judge_api_key_env"], f"{where}judge_api_key_env")
     p = cls(**checked)
@@ -1036,7 +1085,8 @@ def parse_profile(path: str | Path) -> dict[str, dict[str, Any]]:
                                  f"'{COMMON}:'")
             if key not in hints:
                 raise ParamError(f"{where}{key}: unknown parameter{_closest(str(key), valid)}")
-            if hints[key] is str and not isinstance(value, str) and value is not None and (sec, key) in raw:
+            if _text_type(hints[key]) and not isinstance(value, (str, list)) and value is not None \
+                    and (sec, key) in raw:
                 value = raw[(sec, key)]  # a name that looks like a number: the text as written
             body[key] = check_value("", value, hints[key], where=f"{where}{key}")
             check_field(cls, key, body[key], where)
@@ -1079,7 +1129,7 @@ def _parse_set(item: str, profile: dict[str, dict[str, Any]]) -> None:
         if name not in hints or (sec != COMMON and name in common_names()):
             valid = field_names(cls) if sec == COMMON else [k for k in field_names(cls) if k not in common_names()]
             raise ParamError(f"--set {key}: unknown parameter for {sec}{_closest(name, valid)}")
-        v = raw.strip() if hints[name] is str and not isinstance(value, str) else value  # run_name=2024: a name
+        v = raw.strip() if _text_type(hints[name]) and not isinstance(value, (str, list)) else value  # run_name=2024
         profile.setdefault(sec, {})[name] = check_value("", v, hints[name], where=f"--set {key}")
         check_field(cls, name, profile[sec][name], where=f"--set {key[:len(key) - len(name)]}")
 

@@ -120,8 +120,8 @@ def unfiltered_pool(dp: params.DataPrepParams, tokenizer, exclude_prompts: set[s
     The other arm of a "clean vs unfiltered data" comparison on the same budget: drawn from the same source
     01_data_prep cleaned (its dataset, demo tasks, template), so the two arms differ only in the cleaning.
     """
-    raw = data.load_raw(dp.dataset, dp.seed, dp.n_examples, dp.hf_split, dp.demo_tasks)
-    recs = [data.render(r, tokenizer, dp.template) for r in data.normalize(raw, dp.data_format)]
+    _, normalized = data.load_records(dataclasses.replace(dp, max_records=0))  # a mix: its sources, mixed
+    recs = [data.render(r, tokenizer, dp.template) for r in normalized]
     excluded = {data.normalized_prompt({"prompt": x}) for x in exclude_prompts}
     return [{**r, "n_tokens": len(tokenizer(r["prompt"] + r["completion"], add_special_tokens=False)["input_ids"])}
             for r in recs if data.normalized_prompt(r) not in excluded]
