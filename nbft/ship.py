@@ -39,6 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import psutil
+
 from . import corpora, evaluate, files, models, params, runs, scoring, serve, tasks, timing
 
 # ---------------------------------------------------------------- the formats
@@ -568,16 +570,6 @@ def round_trip(made: dict, tokenizer, test: Sequence[dict], ref: dict, check: st
             "outputs": gen["outputs"]}
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def served(made: dict, fmt: str, tokenizer, test: Sequence[dict], ref: dict, direct: Sequence[str], check: str,
            names: Sequence[str], p, log: str | Path) -> dict:
     """The GGUF behind llama.cpp's OpenAI-compatible server on 127.0.0.1 (``serve.server``: stopped on leaving, an
@@ -593,7 +585,7 @@ def served(made: dict, fmt: str, tokenizer, test: Sequence[dict], ref: dict, dir
                      n_replies=sum(1 for r in got.replies if r is not None), seconds=got.seconds,
                      load_seconds=load_s, gen_tokens_per_second=tokens_of(tokenizer, replies) / got.seconds
                      if got.seconds else 0.0)
-    return {**row, "identical_to_direct": identical_share(replies, direct), "stopped": not _alive(pid),
+    return {**row, "identical_to_direct": identical_share(replies, direct), "stopped": not psutil.pid_exists(pid),
             "outputs": replies}
 
 
