@@ -326,13 +326,6 @@ def tools_problem() -> str:
     return ""
 
 
-def _log_tail(path: Path, n: int = 25) -> str:
-    try:
-        return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-n:])
-    except OSError:
-        return "(no log)"
-
-
 def convert(merged: str | Path, out: str | Path, outtype: str = "f16", log: str | Path | None = None) -> Path:
     """``convert_hf_to_gguf.py merged --outfile out --outtype outtype`` in a subprocess (its own gguf-py first on its
     path), output to ``log``. ExportError with the log's tail when it fails."""
@@ -343,7 +336,7 @@ def convert(merged: str | Path, out: str | Path, outtype: str = "f16", log: str 
         r = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
     if r.returncode != 0 or not out.is_file():
         raise ExportError(f"llama.cpp's converter failed on {files.relative(merged)} (exit {r.returncode}); "
-                          f"{files.relative(log)}:\n{_log_tail(log)}")
+                          f"{files.relative(log)}:\n{serve.log_tail(log, 25)}")
     return out
 
 
@@ -367,7 +360,7 @@ def quantize(src: str | Path, out: str | Path, fmt: str, threads: int = 1, log: 
                            stdout=f, stderr=subprocess.STDOUT)
     if r.returncode != 0 or not out.is_file():
         raise ExportError(f"llama.cpp's quantizer failed on {fmt} (exit {r.returncode}); {files.relative(log)}:\n"
-                          f"{_log_tail(log)}")
+                          f"{serve.log_tail(log, 25)}")
     fallbacks: dict[str, int] = {}
     for t in _FALLBACK.findall(log.read_text(encoding="utf-8", errors="replace")):
         fallbacks[t] = fallbacks.get(t, 0) + 1
