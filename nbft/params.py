@@ -111,7 +111,8 @@ MODES = _names("MODES", "train.MODES", "instruction", "continued_pretraining")
 LOSS_TURNS = _names("LOSS_TURNS", "data.LOSS_TURNS", "all", "last")
 FORMATS = _names("FORMATS", "data.FORMATS", "messages", "sharegpt", "alpaca", "prompt_completion", "text",
                  extra=("auto",))
-TEMPLATES = _names("TEMPLATES", "data.TEMPLATES", "chat", "alpaca")
+TEMPLATES = _names("TEMPLATES", "data.TEMPLATES", "chat", "chatml", "alpaca", "llama-3", "zephyr", "mistral", "vicuna",
+                  "gemma")
 INDEXES = _names("INDEXES", "rag.INDEX_KINDS", "flat", "ivf", "hnsw")
 PEFT_METHODS = _names("PEFT_METHODS", "peft.METHODS", "full", "freeze", "bitfit", "lora", "dora", "rslora", "loha",
                       "vera", "ia3", "prompt_tuning", "prefix_tuning", "p_tuning", "bottleneck_adapter", "qlora")
@@ -344,7 +345,8 @@ class DataPrepParams(Common):
     demo_tasks: list[str] = _f(["json_qa"], "demo tasks: one (single-task) or several (a multi-task mix): "
                                "json_qa, sort_numbers, uppercase, count_items, reverse_list", DEMO_TASKS, min_items=1)
     max_records: int = _f(0, "keep at most this many raw records (0: all)", min=0)
-    template: str = _f("chat", "chat (the model's chat template) | alpaca", TEMPLATES)
+    template: str = _f("chat", "chat template: chat (the model's own) | chatml | alpaca | llama-3 | zephyr | mistral | "
+                       "vicuna | gemma (rows of nbft.data.TEMPLATES)", TEMPLATES)
     dedup: bool = _f(True, "drop exact duplicates (whitespace/case-insensitive)")
     check_format: bool = _f(True, "drop replies that fail their record's own task check (off-format)")
     min_tokens: int = _f(4, "drop examples whose response has fewer tokens", min=0)
@@ -394,6 +396,10 @@ class SFTParams(JudgeArgs, ReplyArgs, EvalArgs, LoraArgs, ScopeArgs, TrainArgs, 
                                       "examples; at 2e-3 constant it was lowest at epoch 3)", gt=0)
     overfit_patience: int = _f(2, "overfitting: the early-stopping run stops after this many evaluations without a "
                                "lower validation loss and restores the best checkpoint", min=1)
+    eval_templates: list[str] = _f([], "template mismatch: the base and the main run's model also reply to the held-out "
+                                   "prompts rendered with each of these chat templates (rows of nbft.data.TEMPLATES) "
+                                   "besides 01_data_prep's template they trained with; each template's score and its "
+                                   "drop, with intervals ([] to skip)", TEMPLATES)
 
 
 @params_dataclass

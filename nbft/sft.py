@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import time
 
-from . import corpora, data, evaluate, harness, judge as judging, params, scoring, train
+from . import corpora, data, evaluate, harness, judge as judging, models, params, scoring, tasks, train
 
 #: The lines the written findings draw (recorded as ``thresholds`` in metrics.json).
 THRESHOLDS = {
@@ -178,7 +179,8 @@ def scope_row(result: dict, total_params: int, records: list[dict] | None = None
 def metrics(p, base: dict, after: dict, main, *, n_train: int, n_eval: int, check: str, trainable_params: int,
             total_params: int, by_size: dict, quality: dict, scopes: dict, cpt: tuple[float, float] | None,
             reply: dict | None = None, benchmarks: dict | None = None, judge: dict | None = None,
-            overfit: dict | None = None, score: str = "task_score", judged_scopes: dict | None = None) -> dict:
+            overfit: dict | None = None, score: str = "task_score", judged_scopes: dict | None = None,
+            templates: dict | None = None) -> dict:
     """02_sft's section of metrics.json (with ``findings`` and ``thresholds`` added by the notebook): ``base`` and
     ``after`` are ``evaluate.evaluate_model``'s results before and after the main run ``main`` (a
     ``train.TrainResult``: its ``eval_curve`` and ``best_step`` too), ``scopes`` the scope comparison (``scope_row``),
@@ -186,7 +188,8 @@ def metrics(p, base: dict, after: dict, main, *, n_train: int, n_eval: int, chec
     ``harness.compare``'s table (None: not run), ``judge`` the model judge's verdict (``judge.compare``; recorded
     without its per-example lists, and only when it ran), ``overfit`` the overfitting section (``overfitting``;
     None: skipped). ``score``: what ``by_size``, ``quality`` and the scopes' ``score`` measure (``score_name``).
-    ``judged_scopes``: the judge's verdict on each scope vs the base (``judge.compare_arms``), in its scope's row."""
+    ``judged_scopes``: the judge's verdict on each scope vs the base (``judge.compare_arms``), in its scope's row.
+    ``templates``: the template comparison (``template_comparison``; None: skipped)."""
     judged_scopes = judged_scopes or {}
     scopes = {k: {**r, **({"model_judge": judging.recorded(judged_scopes[k])} if k in judged_scopes else {})}
               for k, r in scopes.items()}
@@ -206,6 +209,7 @@ def metrics(p, base: dict, after: dict, main, *, n_train: int, n_eval: int, chec
         "benchmarks": harness.record(benchmarks or {}),
         **({"model_judge": judging.recorded(judge)} if judge else {}),
         "eval_curve": main.eval_curve, "best_step": main.best_step, "overfitting": overfit,
+        "templates": templates,
     }
 
 
@@ -288,4 +292,102 @@ def findings(base: dict, after: dict, scopes: dict, by_size: dict, quality: dict
         out.append(f"Continued pretraining: perplexity on held-out domain documents {b:.2f} -> {a:.2f} ({change(b, a, True)}).")
     if overfit:
         out += overfitting_findings(overfit)
+    return out
+
+
+# ---------------------------------------------------------------- template mismatch (issue 32 item 4)
+
+def template_comparison(p: params.SFTParams, trained: str, tokenizer, test: list[dict], tuned: str, check: str,
+                        score: str = "task_score", precision: str = "fp32") -> dict | None:
+    """Does a chat template other than the one the model was trained with hurt? The base model (``p.model``) and the
+    main run's saved model (``tuned``: a spec, ``train.saved_model``) reply to the held-out prompts of ``test``
+    rendered with the template the main run trained with (``trained``: 01_data_prep's ``template``, A) and with each of
+    ``p.eval_templates`` (B), generation stopping at each template's end of turn (``data.stops``); every reply scored
+    by ``score`` (``score_name``). No training: the main run's model is reloaded, the base model's replies under A
+    come from the run's cache.
+
+    Per template (``template_rows``): both models' mean score with a bootstrap 95% interval; the tuned model's
+    ``drop`` (its score under A minus under this template, a paired interval: positive is worse), the base model's
+    (``base_drop``: is the template bad for this model anyway?) and ``mismatch``, the tuned drop beyond the base's
+    (per example, paired): what training with A costs under another template. None when ``eval_templates`` is
+    empty."""
+    names = list(dict.fromkeys([trained, *p.eval_templates]))
+    if len(names) < 2:
+        return None
+    started = time.perf_counter()
+    prompts = {t: [data.render_prompt(r["messages"][:-1], tokenizer, t) for r in test] for t in names}
+    values = {}
+    for arm, spec in (("base", p.model), ("tuned", str(tuned))):
+        with models.loaded(spec, p.device, tokenizer=tokenizer) as model:
+            for t in names:
+                outs = evaluate.generate(model, tokenizer, prompts[t], p.max_new_tokens, p.eval_batch_size, precision,
+                                         stop=data.stops(t, tokenizer))
+                values[arm, t] = scores_of({"outputs": outs, "passed": tasks.score_records(outs, test, check)[1]},
+                                           test, score)
+    return {"trained": trained, "score_metric": score, "n_eval": len(test),
+            "seconds": time.perf_counter() - started, "rows": template_rows(values, names)}
+
+
+def template_rows(values: dict[tuple[str, str], list[float]], names: list[str]) -> dict[str, dict]:
+    """{template: {base, tuned, drop, base_drop, mismatch}} from per-example scores ``values[(arm, template)]`` (arm:
+    base or tuned; ``names[0]``: the template trained with). Each a ``scoring.summary`` ({mean, lo, hi, n_eval}):
+    ``drop`` = tuned score under the first template minus under this one (paired), ``base_drop`` the same for the
+    base model, ``mismatch`` = drop - base_drop per example."""
+    a = names[0]
+    out = {}
+    for t in names:
+        tuned_drop = [x - y for x, y in zip(values["tuned", a], values["tuned", t])]
+        base_drop = [x - y for x, y in zip(values["base", a], values["base", t])]
+        out[t] = {"base": scoring.summary(values["base", t]), "tuned": scoring.summary(values["tuned", t]),
+                  "drop": scoring.summary(tuned_drop), "base_drop": scoring.summary(base_drop),
+                  "mismatch": scoring.summary([x - y for x, y in zip(tuned_drop, base_drop)])}
+    return out
+
+
+def _ci(s: dict, sign: str = "") -> str:
+    return f"{s['mean']:{sign}.2f} [{s['lo']:{sign}.2f}, {s['hi']:{sign}.2f}]" if s["mean"] is not None else "-"
+
+
+def templates_table(t: dict) -> list[dict]:
+    """The template comparison (``template_comparison``) as table rows: template, base and tuned score, the tuned
+    model's drop vs the template it trained with, the base model's, and the drop beyond the base's (each with its
+    95% interval)."""
+    return [{"template": n + (" (trained with)" if n == t["trained"] else ""), "base": _ci(r["base"]),
+             "tuned": _ci(r["tuned"]), "drop (tuned)": _ci(r["drop"], "+"), "drop (base)": _ci(r["base_drop"], "+"),
+             "drop beyond the base's": _ci(r["mismatch"], "+")} for n, r in t["rows"].items()]
+
+
+def templates_findings(t: dict | None) -> list[str]:
+    """The template comparison's sentences: for each template B other than the one trained with (A), the tuned
+    model's score under B against A with the paired interval of the drop, and what it means — a drop the base model
+    shows too (B is bad for this model anyway) told apart from a drop beyond the base's (the mismatch with training:
+    the seeds' claim); a drop within its interval is none shown. Empty when it did not run."""
+    if not t:
+        return []
+    a, rows = t["trained"], t["rows"]
+    label = "task score" if t["score_metric"] == "task_score" else t["score_metric"]
+    ta, ba = rows[a]["tuned"]["mean"], rows[a]["base"]["mean"]
+    out = [f"Templates ({label}, {t['n_eval']} held-out prompts): trained with {a}, the tuned model scores {ta:.2f} "
+           f"under {a} (base model {ba:.2f}); under each other template below, the drop is the score under {a} minus "
+           "under it (positive: worse), with a paired 95% interval."]
+    for b, r in rows.items():
+        if b == a:
+            continue
+        d, bd, m = r["drop"], r["base_drop"], r["mismatch"]
+        head = (f"Template {b}: tuned {r['tuned']['mean']:.2f} vs {ta:.2f} under {a}, drop {_ci(d, '+')}; base "
+                f"{r['base']['mean']:.2f} vs {ba:.2f}, drop {_ci(bd, '+')}: ")
+        if not scoring.clear(d):
+            verdict = "no drop shown for the tuned model (its interval spans 0)."
+        elif d["mean"] < 0:
+            verdict = f"the tuned model does better under {b} than under the template it trained with."
+        elif scoring.clear(m) and m["mean"] > 0:
+            verdict = (f"the mismatch with training costs {_ci(m, '+')} beyond what {b} costs the base model "
+                       "(a template at inference other than the one trained with hurts).")
+        elif scoring.clear(bd) and bd["mean"] > 0:
+            verdict = (f"the base model drops under {b} too, and the tuned drop is not larger beyond its interval "
+                       f"({_ci(m, '+')}): {b} is bad for this model anyway, not a mismatch with training.")
+        else:
+            verdict = (f"the base model shows no clear drop, but the tuned drop beyond the base's ({_ci(m, '+')}) is "
+                       "within its interval: not separable from the template's own cost on these prompts.")
+        out.append(head + verdict)
     return out
