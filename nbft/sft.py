@@ -370,6 +370,7 @@ def templates_findings(t: dict | None) -> list[str]:
     out = [f"Templates ({label}, {t['n_eval']} held-out prompts): trained with {a}, the tuned model scores {ta:.2f} "
            f"under {a} (base model {ba:.2f}); under each other template below, the drop is the score under {a} minus "
            "under it (positive: worse), with a paired 95% interval."]
+    groups: dict[str, list[str]] = {}
     for b, r in rows.items():
         if b == a:
             continue
@@ -377,17 +378,24 @@ def templates_findings(t: dict | None) -> list[str]:
         head = (f"Template {b}: tuned {r['tuned']['mean']:.2f} vs {ta:.2f} under {a}, drop {_ci(d, '+')}; base "
                 f"{r['base']['mean']:.2f} vs {ba:.2f}, drop {_ci(bd, '+')}: ")
         if not scoring.clear(d):
-            verdict = "no drop shown for the tuned model (its interval spans 0)."
+            kind, verdict = "no drop shown", "no drop shown for the tuned model (its interval spans 0)."
         elif d["mean"] < 0:
-            verdict = f"the tuned model does better under {b} than under the template it trained with."
+            kind, verdict = "better", f"the tuned model does better under {b} than under the template it trained with."
         elif scoring.clear(m) and m["mean"] > 0:
-            verdict = (f"the mismatch with training costs {_ci(m, '+')} beyond what {b} costs the base model "
-                       "(a template at inference other than the one trained with hurts).")
+            kind, verdict = "a mismatch with training", (
+                f"the mismatch with training costs {_ci(m, '+')} beyond what {b} costs the base model (a template at "
+                "inference other than the one trained with hurts).")
         elif scoring.clear(bd) and bd["mean"] > 0:
-            verdict = (f"the base model drops under {b} too, and the tuned drop is not larger beyond its interval "
-                       f"({_ci(m, '+')}): {b} is bad for this model anyway, not a mismatch with training.")
+            kind, verdict = "bad for this model anyway", (
+                f"the base model drops under {b} too, and the tuned drop is not larger beyond its interval "
+                f"({_ci(m, '+')}): {b} is bad for this model anyway, not a mismatch with training.")
         else:
-            verdict = (f"the base model shows no clear drop, but the tuned drop beyond the base's ({_ci(m, '+')}) is "
-                       "within its interval: not separable from the template's own cost on these prompts.")
+            kind, verdict = "a drop not separable from the template's own cost", (
+                f"the base model shows no clear drop, but the tuned drop beyond the base's ({_ci(m, '+')}) is within "
+                "its interval: not separable from the template's own cost on these prompts.")
+        groups.setdefault(kind, []).append(b)
         out.append(head + verdict)
+    if len(rows) > 2:
+        out.append(f"Templates in sum (trained with {a}): " + "; ".join(
+            f"{kind}: {', '.join(names)}" for kind, names in groups.items()) + ".")
     return out

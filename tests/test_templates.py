@@ -100,6 +100,14 @@ def test_the_findings_tell_a_mismatch_from_a_template_bad_anyway():
         t = {"trained": "chat", "score_metric": "task_score", "n_eval": n, "seconds": 1.0, "rows": rows}
         found = sft.templates_findings(t)
         assert len(found) == 2 and words in found[1], (words, found[1])
+    v = {**values(ones, half, zeros, zeros), ("tuned", "gemma"): zeros, ("base", "gemma"): zeros}
+    v["base", "chat"] = v["base", "alpaca"] = ones
+    v["tuned", "alpaca"], v["base", "gemma"] = ones, zeros  # alpaca: no drop; gemma: both drop by 1
+    rows = sft.template_rows(v, ["chat", "alpaca", "gemma"])
+    found = sft.templates_findings({"trained": "chat", "score_metric": "rouge_l", "n_eval": n, "rows": rows})
+    assert found[0].startswith("Templates (rouge_l, 20 held-out prompts): trained with chat")
+    assert found[-1] == ("Templates in sum (trained with chat): no drop shown: alpaca; bad for this model anyway: "
+                         "gemma.")
     assert sft.templates_findings(None) == []
 
 
