@@ -33,7 +33,7 @@ def domain_texts(p: params.SFTParams) -> tuple[list[dict], list[str]]:
 
 #: checks a dataset names for itself (``tasks.resolve_check``): its task score sees what training teaches. ``contains``
 #: is the fallback for data without one (a user's free text), where a reference metric has to say what changed.
-OWN_CHECKS = ("json_answer", "exact", "per-record")
+OWN_CHECKS = ("json_answer", "exact", "plain", "per-record")
 #: the reference metrics a comparison may use in place of the task score, in order of preference (``score_name``)
 REFERENCE_SCORES = ("rouge_l", "chrf", "semantic", "bleu")
 
