@@ -397,6 +397,13 @@ class SFTParams(JudgeArgs, ReplyArgs, EvalArgs, LoraArgs, ScopeArgs, TrainArgs, 
                                       "examples; at 2e-3 constant it was lowest at epoch 3)", gt=0)
     overfit_patience: int = _f(2, "overfitting: the early-stopping run stops after this many evaluations without a "
                                "lower validation loss and restores the best checkpoint", min=1)
+    turns_examples: int = _f(0, "every turn vs the last: LoRA on this many chats of the built-in two-turn task "
+                             "json_followup (a JSON answer, then a follow-up about it), once with loss_turns all and "
+                             "once with last, the same steps and seed; each scored on turn 1, on turn 2 with the "
+                             "reference turn 1 and on turn 2 after its own turn 1, beside the base (0 to skip)", min=0)
+    turns_epochs: float = _f(3.0, "every turn vs the last: passes over the turns_examples chats (the steps both arms "
+                             "take)", gt=0, max=MAX_EPOCHS)
+    turns_eval: int = _f(40, "every turn vs the last: held-out chats scored", min=1)
 
 
 @params_dataclass
