@@ -62,14 +62,14 @@ def test_turns_findings_follow_the_numbers():
 
 def test_turns_comparison_on_the_tiny_model(tokenizer):
     p = params.SFTParams(model="tiny-llama", precision="fp32", max_length=128, lora_r=4, lora_alpha=8, batch_size=4,
-                         max_new_tokens=6, eval_batch_size=8, turns_examples=8, turns_epochs=1.0, turns_eval=6)
+                         max_new_tokens=4, eval_batch_size=8, turns_examples=8, turns_epochs=1.0, turns_eval=4)
     assert sft.turns_comparison(params.SFTParams(model="tiny-llama"), tokenizer) is None  # off by default
     t = sft.turns_comparison(p, tokenizer)
-    assert (t["n_train"], t["n_eval"], t["steps"]) == (8, 6, 2) and list(t["arms"]) == ["base", "all", "last"]
+    assert (t["n_train"], t["n_eval"], t["steps"]) == (8, 4, 2) and list(t["arms"]) == ["base", "all", "last"]
     for arm, row in t["arms"].items():
         for turn in sft.TURNS:
             s = row[turn]
-            assert s["n_eval"] == 6 and 0 <= s["lo"] <= s["mean"] <= s["hi"] <= 1 and len(row["replies"][turn]) == 6
+            assert s["n_eval"] == 4 and 0 <= s["lo"] <= s["mean"] <= s["hi"] <= 1 and len(row["replies"][turn]) == 4
         assert (row["seconds"] is None) == (arm == "base") and (row["seconds"] is None or row["seconds"] > 0)
     rec = sft.turns_recorded(t)
     assert "questions" not in rec and all(set(r) == {*sft.TURNS, "seconds"} for r in rec["arms"].values())
