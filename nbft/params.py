@@ -99,10 +99,11 @@ def _names(key: str, owner: str, *names: str, extra: tuple[str, ...] = (), part:
     return NAME_TABLES[key].choices
 
 
-DEMO_TASKS = _names("DEMO_TASKS", "tasks.TASKS", "json_qa", "sort_numbers", "uppercase", "count_items", "reverse_list")
+DEMO_TASKS = _names("DEMO_TASKS", "tasks.TASKS", "json_qa", "sort_numbers", "uppercase", "count_items", "reverse_list",
+                    "json_followup")
 SECOND_TASKS = _names("SECOND_TASKS", "tasks.TASKS", "sort_numbers", "uppercase", "count_items", "reverse_list",
                       part=True)
-TASK_CHECKS = _names("TASK_CHECKS", "tasks.CHECKS", "json_answer", "exact", "contains", extra=("auto",))
+TASK_CHECKS = _names("TASK_CHECKS", "tasks.CHECKS", "json_answer", "exact", "contains", "plain", extra=("auto",))
 SCOPES = _names("SCOPES", "train.SCOPES", "lora", "freeze", "full")
 SFT_SCOPES = _names("SFT_SCOPES", "train.SFT_SCOPES", "lora", "freeze", "full", "qlora")
 ADAPTER_OR_FULL = _names("ADAPTER_OR_FULL", "train.SCOPES", "lora", "full", part=True)
@@ -343,7 +344,8 @@ class DataPrepParams(Common):
     hf_split: str = _f("train", "split to read when dataset is a Hugging Face dataset name")
     n_examples: int = _f(320, "size of the built-in demo dataset (before its planted duplicates and junk)", min=1)
     demo_tasks: list[str] = _f(["json_qa"], "demo tasks: one (single-task) or several (a multi-task mix): "
-                               "json_qa, sort_numbers, uppercase, count_items, reverse_list", DEMO_TASKS, min_items=1)
+                               "json_qa, sort_numbers, uppercase, count_items, reverse_list, json_followup (two turns: the second "
+                               "asks about the first reply)", DEMO_TASKS, min_items=1)
     max_records: int = _f(0, "keep at most this many raw records (0: all)", min=0)
     template: str = _f("chat", "chat template: chat (the model's own) | chatml | alpaca | llama-3 | zephyr | mistral | "
                        "vicuna | gemma (rows of nbft.data.TEMPLATES)", TEMPLATES)
@@ -375,7 +377,8 @@ class SFTParams(JudgeArgs, ReplyArgs, EvalArgs, LoraArgs, ScopeArgs, TrainArgs, 
     cpt_docs: int = _f(60, "continued pretraining: documents of the built-in invented-world corpus (0 to skip)", min=0)
     cpt_scope: str = _f("full", "continued pretraining trains this scope", SCOPES)
     cpt_epochs: float = _f(2.0, "continued pretraining: passes over the domain documents", gt=0, max=MAX_EPOCHS)
-    task_check: str = _f("auto", "programmatic check for the task score: auto (the data's own), json_answer, exact, contains",
+    task_check: str = _f("auto", "programmatic check for the task score: auto (the data's own), json_answer, exact, contains, "
+                         "plain",
                          TASK_CHECKS)
     benchmarks: list[str] = _f(["nbft_general_qa"], "lm-evaluation-harness tasks run zero-shot on the base and the "
                                "tuned model, before -> after with intervals: nbft_general_qa (bundled, offline, ~6 "
@@ -400,6 +403,13 @@ class SFTParams(JudgeArgs, ReplyArgs, EvalArgs, LoraArgs, ScopeArgs, TrainArgs, 
                                    "prompts rendered with each of these chat templates (rows of nbft.data.TEMPLATES) "
                                    "besides 01_data_prep's template they trained with; each template's score and its "
                                    "drop, with intervals ([] to skip)", TEMPLATES)
+    turns_examples: int = _f(0, "every turn vs the last: LoRA on this many chats of the built-in two-turn task "
+                             "json_followup (a JSON answer, then a follow-up about it), once with loss_turns all and "
+                             "once with last, the same steps and seed; each scored on turn 1, on turn 2 with the "
+                             "reference turn 1 and on turn 2 after its own turn 1, beside the base (0 to skip)", min=0)
+    turns_epochs: float = _f(3.0, "every turn vs the last: passes over the turns_examples chats (the steps both arms "
+                             "take)", gt=0, max=MAX_EPOCHS)
+    turns_eval: int = _f(40, "every turn vs the last: held-out chats scored", min=1)
 
 
 @params_dataclass
@@ -589,7 +599,7 @@ class DistillParams(ReplyArgs, EvalArgs, LoraArgs, ScopeArgs, TrainArgs, Common)
     speed_prompts: int = _f(16, "speed: held-out prompts generated as one batch, max_new_tokens each (forced), best of "
                               "two timings", min=1)
     task_check: str = _f("auto", "programmatic check for the task (style) score: auto (the data's own), json_answer, "
-                         "exact, contains", TASK_CHECKS)
+                         "exact, contains, plain", TASK_CHECKS)
 
 
 @params_dataclass
@@ -613,7 +623,7 @@ class ExportParams(ReplyArgs, EvalArgs, Common):
     speed_prompts: int = _f(8, "speed: the first this many held-out prompts also generated one at a time by "
                             "transformers, beside llama.cpp's one-at-a-time replies to the same prompts", min=1)
     task_check: str = _f("auto", "programmatic check for the task score: auto (the data's own), json_answer, exact, "
-                         "contains", TASK_CHECKS)
+                         "contains, plain", TASK_CHECKS)
 
 
 @params_dataclass

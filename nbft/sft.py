@@ -34,7 +34,7 @@ def domain_texts(p: params.SFTParams) -> tuple[list[dict], list[str]]:
 
 #: checks a dataset names for itself (``tasks.resolve_check``): its task score sees what training teaches. ``contains``
 #: is the fallback for data without one (a user's free text), where a reference metric has to say what changed.
-OWN_CHECKS = ("json_answer", "exact", "per-record")
+OWN_CHECKS = ("json_answer", "exact", "plain", "per-record")
 #: the reference metrics a comparison may use in place of the task score, in order of preference (``score_name``)
 REFERENCE_SCORES = ("rouge_l", "chrf", "semantic", "bleu")
 
@@ -180,7 +180,7 @@ def metrics(p, base: dict, after: dict, main, *, n_train: int, n_eval: int, chec
             total_params: int, by_size: dict, quality: dict, scopes: dict, cpt: tuple[float, float] | None,
             reply: dict | None = None, benchmarks: dict | None = None, judge: dict | None = None,
             overfit: dict | None = None, score: str = "task_score", judged_scopes: dict | None = None,
-            templates: dict | None = None) -> dict:
+            templates: dict | None = None, turns: dict | None = None) -> dict:
     """02_sft's section of metrics.json (with ``findings`` and ``thresholds`` added by the notebook): ``base`` and
     ``after`` are ``evaluate.evaluate_model``'s results before and after the main run ``main`` (a
     ``train.TrainResult``: its ``eval_curve`` and ``best_step`` too), ``scopes`` the scope comparison (``scope_row``),
@@ -189,7 +189,8 @@ def metrics(p, base: dict, after: dict, main, *, n_train: int, n_eval: int, chec
     without its per-example lists, and only when it ran), ``overfit`` the overfitting section (``overfitting``;
     None: skipped). ``score``: what ``by_size``, ``quality`` and the scopes' ``score`` measure (``score_name``).
     ``judged_scopes``: the judge's verdict on each scope vs the base (``judge.compare_arms``), in its scope's row.
-    ``templates``: the template comparison (``template_comparison``; None: skipped)."""
+    ``templates``: the template comparison (``template_comparison``; None: skipped).
+    ``turns``: every turn vs the last on the multi-turn demo task (``turns_comparison``; None: skipped)."""
     judged_scopes = judged_scopes or {}
     scopes = {k: {**r, **({"model_judge": judging.recorded(judged_scopes[k])} if k in judged_scopes else {})}
               for k, r in scopes.items()}
@@ -210,6 +211,7 @@ def metrics(p, base: dict, after: dict, main, *, n_train: int, n_eval: int, chec
         **({"model_judge": judging.recorded(judge)} if judge else {}),
         "eval_curve": main.eval_curve, "best_step": main.best_step, "overfitting": overfit,
         "templates": templates,
+        "turns": turns_recorded(turns),
     }
 
 
@@ -398,4 +400,123 @@ def templates_findings(t: dict | None) -> list[str]:
     if len(rows) > 2:
         out.append(f"Templates in sum (trained with {a}): " + "; ".join(
             f"{kind}: {', '.join(names)}" for kind, names in groups.items()) + ".")
+# ---------------------------------------------------------------- every turn vs the last: the multi-turn demo task
+
+#: the turns 02 scores on the multi-turn demo task (``turns_comparison``), key -> what it is
+TURNS = {"turn1": "turn 1 (JSON answer)", "turn2": "turn 2, reference turn 1 in context",
+         "chained": "turn 2 after the model's own turn 1"}
+#: the arms of the comparison: the base model and the two values of ``TrainArgs.loss_turns``
+TURN_ARMS = {"base": "base model", "all": "loss on all turns", "last": "loss on the last turn"}
+
+
+def turns_data(tokenizer, n_train: int, n_eval: int, seed: int = 0, template: str = "chat") -> tuple[list[dict], list[dict]]:
+    """``json_followup`` chats (``tasks.TASKS``), rendered with ``template``: ``n_train`` to train on and ``n_eval``
+    held out, their first questions all distinct."""
+    rows = tasks.TASKS["json_followup"].generate(random.Random(seed), n_train + n_eval)
+    if len(rows) < n_train + n_eval:
+        raise ValueError(f"turns_examples: json_followup has at most {len(rows) - n_eval} chats beside {n_eval} held out")
+    recs = [data.render({"messages": tasks.chat(q, r), "reference": ref, "check": "plain", "task": "json_followup"},
+                        tokenizer, template) for q, r, ref in rows]
+    return recs[n_eval:], recs[:n_eval]
+
+
+def turn_scores(model, tokenizer, held_out: list[dict], template: str = "chat", precision: str = "fp32",
+                max_new_tokens: int = 48, batch_size: int = 16) -> dict:
+    """One model on held-out ``json_followup`` chats, per example (``TURNS``): ``turn1`` its reply to the first
+    question alone passes ``json_answer``; ``turn2`` its reply to the follow-up, the reference first reply in context,
+    passes ``plain`` against the record's reference; ``chained`` its reply to the follow-up after its own first reply,
+    checked against what that reply says (``tasks.followup_reference``: a first reply with no JSON field to ask about
+    leaves no right answer, a fail). Also the replies (``replies``: turn key -> texts)."""
+    gen = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, precision=precision)
+    msgs = [r["messages"] for r in held_out]
+    first = evaluate.generate(model, tokenizer, [data.render_prompt(m[:1], tokenizer, template) for m in msgs], **gen)
+    second = evaluate.generate(model, tokenizer, [data.render_prompt(m[:3], tokenizer, template) for m in msgs], **gen)
+    chain = [[m[0], {"role": "assistant", "content": own}, m[2]] for m, own in zip(msgs, first)]
+    chained = evaluate.generate(model, tokenizer, [data.render_prompt(c, tokenizer, template) for c in chain], **gen)
+    own_refs = [tasks.followup_reference(m[2]["content"], own) for m, own in zip(msgs, first)]
+    return {"turn1": [float(tasks.check_json_answer(o)) for o in first],
+            "turn2": [float(tasks.check_plain(o, r["reference"])) for o, r in zip(second, held_out)],
+            "chained": [float(ref is not None and tasks.check_plain(o, ref)) for o, ref in zip(chained, own_refs)],
+            "replies": {"turn1": first, "turn2": second, "chained": chained}}
+
+
+def turns_comparison(p: params.SFTParams, tokenizer, template: str = "chat", precision: str = "fp32") -> dict | None:
+    """Every turn vs the last on the multi-turn demo task: LoRA on ``p.turns_examples`` ``json_followup`` chats with
+    ``loss_turns`` all and with last, the same optimizer steps (``turns_epochs`` over the chats) and seed, each scored
+    on ``p.turns_eval`` held-out chats by ``turn_scores``, the base model too. Returns {n_train, n_eval, steps,
+    "arms": {arm (``TURN_ARMS``): {turn: ``scoring.summary`` (share, bootstrap 95% interval), "seconds": training
+    (None for the base), "scores": per-example, "replies"}}, "diff": {turn: ``scoring.paired`` all - last},
+    "questions": the held-out first questions}; None when ``turns_examples`` is 0."""
+    if not p.turns_examples:
+        return None
+    train_set, held_out = turns_data(tokenizer, p.turns_examples, p.turns_eval, p.seed, template)
+    steps = train.steps_for(len(train_set), p, epochs=p.turns_epochs)
+    kw = dict(template=template, precision=precision, max_new_tokens=p.max_new_tokens, batch_size=p.eval_batch_size)
+    per_arm: dict[str, tuple[dict, float | None]] = {}
+    with models.loaded(p.model, p.device, tokenizer=tokenizer) as base:
+        per_arm["base"] = (turn_scores(base, tokenizer, held_out, **kw), None)
+    for arm in ("all", "last"):
+        with train.trained(dataclasses.replace(p, loss_turns=arm), tokenizer, train_set, scope="lora",
+                           max_steps=steps) as r:
+            per_arm[arm] = (turn_scores(r.model, tokenizer, held_out, **kw), r.seconds)
+    arms = {arm: {**{t: scoring.summary(s[t], p.seed) for t in TURNS}, "seconds": secs,
+                  "scores": {t: s[t] for t in TURNS}, "replies": s["replies"]} for arm, (s, secs) in per_arm.items()}
+    diff = {t: scoring.paired(arms["last"]["scores"][t], arms["all"]["scores"][t], p.seed) for t in TURNS}
+    return {"n_train": len(train_set), "n_eval": len(held_out), "steps": steps, "arms": arms, "diff": diff,
+            "questions": [r["messages"][0]["content"] for r in held_out]}
+
+
+def turns_recorded(turns: dict | None) -> dict | None:
+    """``turns_comparison``'s result as metrics.json keeps it (``turns``): without the questions, per-example scores
+    and replies."""
+    if not turns:
+        return None
+    arms = {a: {k: v for k, v in row.items() if k not in ("scores", "replies")} for a, row in turns["arms"].items()}
+    return {**{k: v for k, v in turns.items() if k != "questions"}, "arms": arms}
+
+
+def turns_rows(turns: dict) -> list[dict]:
+    """One table row per arm: each turn's share with its 95% interval, and the training seconds."""
+    def cell(s):
+        return f"{s['mean']:.2f} [{s['lo']:.2f}, {s['hi']:.2f}]"
+
+    return [{"model": TURN_ARMS[a], **{TURNS[t]: cell(row[t]) for t in TURNS},
+             "training seconds": "" if row["seconds"] is None else round(row["seconds"], 1)}
+            for a, row in turns["arms"].items()]
+
+
+def turns_replies(turns: dict, n: int = 4) -> list[dict]:
+    """The first ``n`` held-out chats: the first question and each arm's turn-1 reply and chained turn-2 reply (the
+    static copy of what the models said)."""
+    return [{"first question": q, **{f"{a}: {t}": row["replies"][t][i] for a, row in turns["arms"].items()
+                                     for t in ("turn1", "chained")}}
+            for i, q in enumerate(turns["questions"][:n])]
+
+
+def turns_findings(turns: dict | None) -> list[str]:
+    """The sentences of the multi-turn section, worded from the numbers: every arm's share per turn; on turn 2 given
+    the reference turn 1, which loss wins (the paired all - last difference and whether it is larger than its
+    interval); what training every turn buys on turn 1 and on the chained turn 2; whether turn 2 was learned at all
+    (an arm above the base by ``THRESHOLDS['partly_margin']``)."""
+    if not turns:
+        return []
+    arms, diff = turns["arms"], turns["diff"]
+    shares = "; ".join(f"{TURNS[t]}: " + ", ".join(f"{a} {arms[a][t]['mean']:.2f}" for a in arms) for t in TURNS)
+    out = [f"Multi-turn demo (json_followup, {turns['n_train']} chats, {turns['steps']} LoRA steps per arm, the same "
+           f"seed) on {turns['n_eval']} held-out chats — {shares}."]
+
+    def versus(t: str) -> str:
+        d = diff[t]
+        span = f"{d['mean']:+.2f} (all - last, 95% CI {d['lo']:+.2f} to {d['hi']:+.2f})"
+        if not scoring.clear(d):
+            return f"no difference larger than its interval, {span}"
+        return ("all-turns training wins" if d["mean"] > 0 else "last-turn training wins") + f", {span}"
+
+    best2 = max(arms["all"]["turn2"]["mean"], arms["last"]["turn2"]["mean"])
+    learned = best2 > arms["base"]["turn2"]["mean"] + THRESHOLDS["partly_margin"]
+    out.append(f"Turn 2 with the reference turn 1 in context: {versus('turn2')}" + (
+        "." if learned else f"; neither arm beat the base ({arms['base']['turn2']['mean']:.2f}) by more than "
+        f"{THRESHOLDS['partly_margin']}: the second turn was not learned on this budget."))
+    out.append(f"What training every turn buys: turn 1 (the JSON answer) {versus('turn1')}; turn 2 after the model's "
+               f"own turn 1 {versus('chained')}.")
     return out
