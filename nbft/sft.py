@@ -400,6 +400,9 @@ def templates_findings(t: dict | None) -> list[str]:
     if len(rows) > 2:
         out.append(f"Templates in sum (trained with {a}): " + "; ".join(
             f"{kind}: {', '.join(names)}" for kind, names in groups.items()) + ".")
+    return out
+
+
 # ---------------------------------------------------------------- every turn vs the last: the multi-turn demo task
 
 #: the turns 02 scores on the multi-turn demo task (``turns_comparison``), key -> what it is
