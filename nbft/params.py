@@ -394,6 +394,11 @@ class SFTParams(JudgeArgs, ReplyArgs, EvalArgs, LoraArgs, ScopeArgs, TrainArgs, 
                                       "examples; at 2e-3 constant it was lowest at epoch 3)", gt=0)
     overfit_patience: int = _f(2, "overfitting: the early-stopping run stops after this many evaluations without a "
                                "lower validation loss and restores the best checkpoint", min=1)
+    task_mix_examples: int = _f(0, "single- vs multi-task (seed 004): LoRA on this many clean built-in examples of "
+                                "json_qa alone and as many of the five-task mix, the same optimizer steps (one epoch) "
+                                "and seed; the base and both tuned models scored on every task's held-out prompts "
+                                "and the forgetting probe (0 to skip; else at least 5: one per task)", min=0)
+    task_mix_heldout: int = _f(24, "single- vs multi-task: held-out prompts per task (none trained on)", min=1)
 
 
 @params_dataclass
@@ -868,6 +873,8 @@ RULES = (
      "the served format must be one of formats (it is served from the file written)"),
     (("early_stopping_patience", "eval_steps"), lambda p: not p.early_stopping_patience or p.eval_steps > 0,
      "early stopping counts evaluations: set eval_steps too"),
+    (("task_mix_examples",), lambda p: p.task_mix_examples == 0 or p.task_mix_examples >= len(DEMO_TASKS),
+     "0 (skip) or at least one example per task of the five-task mix (5)"),
 )
 
 
