@@ -300,7 +300,7 @@ def findings(base: dict, after: dict, scopes: dict, by_size: dict, quality: dict
 #: the task trained alone in the single- vs multi-task comparison; the mix is every row of ``tasks.TASKS``
 TASK_MIX_FOCUS = "json_qa"
 #: the comparison's models, in table order: the base and the two LoRA arms (name -> what the table calls it)
-TASK_MIX_MODELS = {"base": "base (untrained)", "single": f"{TASK_MIX_FOCUS} alone", "mix": "five-task mix"}
+TASK_MIX_MODELS = {"base": "base", "single": f"{TASK_MIX_FOCUS} alone", "mix": "five-task mix"}
 
 
 def task_mix_sets(n_train: int, n_heldout: int, tokenizer, template: str = "chat", seed: int = 0) -> dict:
