@@ -101,6 +101,8 @@ def _names(key: str, owner: str, *names: str, extra: tuple[str, ...] = (), part:
 
 DEMO_TASKS = _names("DEMO_TASKS", "tasks.TASKS", "json_qa", "sort_numbers", "uppercase", "count_items", "reverse_list",
                     "json_followup")
+MIX_TASKS = _names("MIX_TASKS", "tasks.TASKS", "json_qa", "sort_numbers", "uppercase", "count_items", "reverse_list",
+                   part=True)  # 02's single- vs multi-task mix: the one-turn tasks (json_followup has its own comparison)
 SECOND_TASKS = _names("SECOND_TASKS", "tasks.TASKS", "sort_numbers", "uppercase", "count_items", "reverse_list",
                       part=True)
 TASK_CHECKS = _names("TASK_CHECKS", "tasks.CHECKS", "json_answer", "exact", "contains", "plain", extra=("auto",))
@@ -410,6 +412,11 @@ class SFTParams(JudgeArgs, ReplyArgs, EvalArgs, LoraArgs, ScopeArgs, TrainArgs, 
     turns_epochs: float = _f(3.0, "every turn vs the last: passes over the turns_examples chats (the steps both arms "
                              "take)", gt=0, max=MAX_EPOCHS)
     turns_eval: int = _f(40, "every turn vs the last: held-out chats scored", min=1)
+    task_mix_examples: int = _f(0, "single- vs multi-task (seed 004): LoRA on this many clean built-in examples of "
+                                "json_qa alone and as many of the five-task mix, the same optimizer steps (one epoch) "
+                                "and seed; the base and both tuned models scored on every task's held-out prompts "
+                                "and the forgetting probe (0 to skip; else at least 5: one per task)", min=0)
+    task_mix_heldout: int = _f(24, "single- vs multi-task: held-out prompts per task (none trained on)", min=1)
 
 
 @params_dataclass
@@ -884,6 +891,8 @@ RULES = (
      "the served format must be one of formats (it is served from the file written)"),
     (("early_stopping_patience", "eval_steps"), lambda p: not p.early_stopping_patience or p.eval_steps > 0,
      "early stopping counts evaluations: set eval_steps too"),
+    (("task_mix_examples",), lambda p: p.task_mix_examples == 0 or p.task_mix_examples >= len(MIX_TASKS),
+     "0 (skip) or at least one example per task of the five-task mix (5)"),
 )
 
 

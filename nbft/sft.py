@@ -180,7 +180,7 @@ def metrics(p, base: dict, after: dict, main, *, n_train: int, n_eval: int, chec
             total_params: int, by_size: dict, quality: dict, scopes: dict, cpt: tuple[float, float] | None,
             reply: dict | None = None, benchmarks: dict | None = None, judge: dict | None = None,
             overfit: dict | None = None, score: str = "task_score", judged_scopes: dict | None = None,
-            templates: dict | None = None, turns: dict | None = None) -> dict:
+            templates: dict | None = None, turns: dict | None = None, task_mix: dict | None = None) -> dict:
     """02_sft's section of metrics.json (with ``findings`` and ``thresholds`` added by the notebook): ``base`` and
     ``after`` are ``evaluate.evaluate_model``'s results before and after the main run ``main`` (a
     ``train.TrainResult``: its ``eval_curve`` and ``best_step`` too), ``scopes`` the scope comparison (``scope_row``),
@@ -190,7 +190,8 @@ def metrics(p, base: dict, after: dict, main, *, n_train: int, n_eval: int, chec
     None: skipped). ``score``: what ``by_size``, ``quality`` and the scopes' ``score`` measure (``score_name``).
     ``judged_scopes``: the judge's verdict on each scope vs the base (``judge.compare_arms``), in its scope's row.
     ``templates``: the template comparison (``template_comparison``; None: skipped).
-    ``turns``: every turn vs the last on the multi-turn demo task (``turns_comparison``; None: skipped)."""
+    ``turns``: every turn vs the last on the multi-turn demo task (``turns_comparison``; None: skipped).
+    ``task_mix``: the single- vs multi-task comparison (``task_mix``; None: skipped)."""
     judged_scopes = judged_scopes or {}
     scopes = {k: {**r, **({"model_judge": judging.recorded(judged_scopes[k])} if k in judged_scopes else {})}
               for k, r in scopes.items()}
@@ -212,6 +213,7 @@ def metrics(p, base: dict, after: dict, main, *, n_train: int, n_eval: int, chec
         "eval_curve": main.eval_curve, "best_step": main.best_step, "overfitting": overfit,
         "templates": templates,
         "turns": turns_recorded(turns),
+        "task_mix": task_mix,
     }
 
 
@@ -522,4 +524,160 @@ def turns_findings(turns: dict | None) -> list[str]:
         f"{THRESHOLDS['partly_margin']}: the second turn was not learned on this budget."))
     out.append(f"What training every turn buys: turn 1 (the JSON answer) {versus('turn1')}; turn 2 after the model's "
                f"own turn 1 {versus('chained')}.")
+    return out
+
+
+# ---------------------------------------------------------------- single- vs multi-task (seed 004)
+
+#: the task trained alone in the single- vs multi-task comparison; the mix is every one-turn row of ``tasks.TASKS``
+#: (``params.MIX_TASKS``: json_followup, two turns, has a comparison of its own)
+TASK_MIX_FOCUS = "json_qa"
+#: the comparison's models, in table order: the base and the two LoRA arms (name -> what the table calls it)
+TASK_MIX_MODELS = {"base": "base", "single": f"{TASK_MIX_FOCUS} alone", "mix": "five-task mix"}
+
+
+def task_mix_sets(n_train: int, n_heldout: int, tokenizer, template: str = "chat", seed: int = 0) -> dict:
+    """The data of the single- vs multi-task comparison, clean built-in examples only (``tasks.TASKS``' generators:
+    no planted junk): {"single": ``n_train`` examples of ``TASK_MIX_FOCUS``, "mix": ``n_train`` examples split evenly
+    over every task (the focus task first takes the remainder; its part is the first examples of "single"),
+    "heldout": ``n_heldout`` more of every task, none of them a training prompt}. Each task draws from its own seeded
+    generator, so its held-out prompts are the same whatever ``n_train`` is. Records are rendered
+    (``data.render``) with ``reference``, ``check`` and ``task``."""
+    names = list(params.MIX_TASKS)
+    if n_train < len(names):
+        raise ValueError(f"task_mix_examples: {n_train} is fewer than one example per task of the mix ({len(names)})")
+    share = {t: n_train // len(names) + (i < n_train % len(names)) for i, t in enumerate(names)}
+    sets: dict = {"single": [], "mix": [], "heldout": []}
+    for t in names:
+        row, want = tasks.TASKS[t], n_heldout + (n_train if t == TASK_MIX_FOCUS else share[t])
+        made = row.generate(random.Random(f"task_mix/{seed}/{t}"), want)
+        if len(made) < want:
+            raise ValueError(f"task_mix: the demo task {t} has {len(made)} distinct examples, {want} asked for "
+                             "(task_mix_examples and task_mix_heldout)")
+        recs = [data.render({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": r}],
+                             "reference": ref, "check": row.check, "task": t}, tokenizer, template)
+                for q, r, ref in made]
+        sets["heldout"] += recs[:n_heldout]
+        sets["mix"] += recs[n_heldout:n_heldout + share[t]]
+        if t == TASK_MIX_FOCUS:
+            sets["single"] = recs[n_heldout:]
+    random.Random(seed).shuffle(sets["mix"])
+    return sets
+
+
+def task_mix_arm(result: dict, heldout: list[dict], base: dict | None = None, **extra) -> dict:
+    """One model's record in the comparison from its ``evaluate.evaluate_model`` result on ``heldout``: per task the
+    task score (``task_score_by_task``) and its bootstrap 95% interval (``interval_by_task``: ``scoring.summary``),
+    against the ``base`` result's on the same prompts the paired difference (``diff_by_task``: ``scoring.paired``),
+    the forgetting probe, and the share of its replies to the other tasks
+    that came in the focus task's JSON format (``json_replies_elsewhere``)."""
+    by = {t: [float(ok) for ok, r in zip(result["passed"], heldout) if r["task"] == t]
+          for t in dict.fromkeys(r["task"] for r in heldout)}
+    elsewhere = [tasks.check_json_answer(o) for o, r in zip(result["outputs"], heldout) if r["task"] != TASK_MIX_FOCUS]
+    out = {"task_score": result["task_score"], "task_score_by_task": {t: tasks.mean(v) for t, v in by.items()},
+           "interval_by_task": {t: scoring.summary(v) for t, v in by.items()},
+           "ppl_general": result["ppl_general"], "general_qa": result["general_qa"],
+           "json_replies_elsewhere": tasks.mean(elsewhere), **extra}
+    if base is not None:
+        base_by = {t: [float(ok) for ok, r in zip(base["passed"], heldout) if r["task"] == t] for t in by}
+        out["diff_by_task"] = {t: scoring.paired(base_by[t], v) for t, v in by.items()}
+    return out
+
+
+def task_mix(p: params.SFTParams, tokenizer, precision: str, template: str = "chat") -> dict | None:
+    """Single- vs multi-task (seed 004): LoRA on ``task_mix_examples`` clean examples of ``TASK_MIX_FOCUS`` alone and
+    on as many of the five-task mix (``task_mix_sets``), both for the same optimizer steps (one epoch of that many
+    examples, ``train.steps_for``) with the same seed and recipe; the base model and both trained models scored on
+    ``task_mix_heldout`` held-out prompts of every task and on the forgetting probe. Its record: n_train, steps,
+    n_eval (held-out prompts, every task's together), focus, n_focus_in_mix, tasks, ``models`` (base, single, mix:
+    ``task_mix_arm``; the trained ones with their train_tasks, steps and training seconds), ``focus_diff`` (mix minus
+    single on the focus task, paired bootstrap) and seconds (the whole comparison). None when ``task_mix_examples``
+    is 0."""
+    if not p.task_mix_examples:
+        return None
+    start = time.perf_counter()
+    sets = task_mix_sets(p.task_mix_examples, p.task_mix_heldout, tokenizer, template, p.seed)
+    heldout, steps = sets["heldout"], train.steps_for(p.task_mix_examples, p, epochs=1.0)
+    kw = dict(check="per-record", precision=precision, max_new_tokens=p.max_new_tokens, batch_size=p.eval_batch_size)
+    with models.loaded(p.model, p.device, tokenizer=tokenizer) as model:
+        results = {"base": evaluate.evaluate_model(model, tokenizer, heldout, **kw)}
+    extra = {"base": dict(train_tasks=[], steps=0, seconds=None)}
+    for arm in ("single", "mix"):
+        with train.trained(p, tokenizer, sets[arm], scope="lora", max_steps=steps) as r:
+            results[arm] = evaluate.evaluate_model(r.model, tokenizer, heldout, **kw)
+        extra[arm] = dict(train_tasks=[t for t in params.MIX_TASKS if any(x["task"] == t for x in sets[arm])],
+                          steps=r.steps, seconds=r.seconds)
+    arms = {a: task_mix_arm(res, heldout, None if a == "base" else results["base"], **extra[a])
+            for a, res in results.items()}
+    focus = [i for i, r in enumerate(heldout) if r["task"] == TASK_MIX_FOCUS]
+    single, mix = ([float(results[a]["passed"][i]) for i in focus] for a in ("single", "mix"))
+    return {"n_train": p.task_mix_examples, "steps": steps, "n_eval": len(heldout), "focus": TASK_MIX_FOCUS,
+            "n_focus_in_mix": sum(r["task"] == TASK_MIX_FOCUS for r in sets["mix"]), "tasks": list(params.MIX_TASKS),
+            "models": arms, "focus_diff": scoring.paired(single, mix), "seconds": time.perf_counter() - start}
+
+
+def task_mix_rows(m: dict) -> list[dict]:
+    """The comparison as a table, one row per model: what it trained on, each task's score with its 95% interval,
+    the mean over the tasks, the forgetting probe and the share of JSON replies to the other tasks."""
+    def cell(s):
+        return f"{s['mean']:.2f} [{s['lo']:.2f}, {s['hi']:.2f}]"
+
+    rows = []
+    for key, label in TASK_MIX_MODELS.items():
+        a = m["models"][key]
+        rows.append({"model": label, "trained on": ", ".join(a["train_tasks"]) or "-", "steps": a["steps"],
+                     **{t: cell(a["interval_by_task"][t]) for t in m["tasks"]}, "mean of tasks": a["task_score"],
+                     "general-text perplexity": a["ppl_general"], "general questions": a["general_qa"],
+                     f"{m['focus']} JSON on other tasks": a["json_replies_elsewhere"], "seconds": a["seconds"]})
+    return rows
+
+
+def task_mix_findings(m: dict | None) -> list[str]:
+    """The sentences of the single- vs multi-task comparison (none when it did not run): the focus task alone vs in
+    the mix; what training on it alone did to the other tasks and to the forgetting probe, against the base; what the
+    mix kept. A change counts only when its paired 95% interval excludes 0 (``scoring.clear``)."""
+    if not m:
+        return []
+    f, base, single, mix = m["focus"], m["models"]["base"], m["models"]["single"], m["models"]["mix"]
+    others = [t for t in m["tasks"] if t != f]
+
+    def s(a, t):
+        x = a["interval_by_task"][t]
+        return f"{x['mean']:.2f} [{x['lo']:.2f}, {x['hi']:.2f}]"
+
+    def moved(a):
+        return ([t for t in others if scoring.clear(a["diff_by_task"][t]) and a["diff_by_task"][t]["mean"] < 0],
+                [t for t in others if scoring.clear(a["diff_by_task"][t]) and a["diff_by_task"][t]["mean"] > 0])
+
+    def listed(a):
+        return "; ".join(f"{t} {base['task_score_by_task'][t]:.2f} -> {a['task_score_by_task'][t]:.2f}"
+                         for t in others)
+
+    def probe(a):
+        return (f"general-text perplexity {base['ppl_general']:.2f} -> {a['ppl_general']:.2f} "
+                f"({change(base['ppl_general'], a['ppl_general'], True)}), general questions {base['general_qa']:.2f} "
+                f"-> {a['general_qa']:.2f} ({change(base['general_qa'], a['general_qa'])})")
+
+    d = m["focus_diff"]
+    out = [f"Single vs multi-task, {m['n_train']} examples and {m['steps']} optimizer steps each (LoRA, same seed), "
+           f"{m['n_eval'] // len(m['tasks'])} held-out prompts per task: {f} scored {s(single, f)} trained alone vs "
+           f"{s(mix, f)} in the five-task mix ({m['n_focus_in_mix']} of its examples; base "
+           f"{base['task_score_by_task'][f]:.2f}); "
+           f"mix minus alone {d['mean']:+.2f} [{d['lo']:.2f}, {d['hi']:.2f}]: " + (
+               f"training on {f} alone did better on it." if scoring.clear(d) and d["mean"] < 0 else
+               "the mix did better on it." if scoring.clear(d) else
+               f"within its interval, the mix did as well on {f} with a fraction of its examples.")]
+    lost, gained = moved(single)
+    out.append(f"Trained on {f} alone, the other tasks went {listed(single)} (base -> tuned): " + (
+        f"it lost {', '.join(lost)} by more than the interval" if lost else
+        "none fell by more than its interval") + (f" and gained {', '.join(gained)}" if gained else "") +
+        f"; {single['json_replies_elsewhere']:.2f} of its replies to them were {f}'s JSON object (base "
+        f"{base['json_replies_elsewhere']:.2f}); forgetting probe: {probe(single)}.")
+    lost, gained = moved(mix)
+    out.append(f"The five-task mix: the other tasks went {listed(mix)}: " + (
+        f"{', '.join(gained)} rose by more than the interval" if gained else "none rose by more than its interval") +
+        (f", {', '.join(lost)} fell by more than it" if lost else "") +
+        f"; {mix['json_replies_elsewhere']:.2f} of its replies to them were JSON; forgetting probe: {probe(mix)}; "
+        f"mean over the five tasks {base['task_score']:.2f} (base), {single['task_score']:.2f} ({f} alone), "
+        f"{mix['task_score']:.2f} (mix).")
     return out
