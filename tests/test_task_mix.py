@@ -9,11 +9,11 @@ def test_held_out_prompts_are_never_trained_on_and_both_arms_get_the_same_count(
     trained = {data.normalized_prompt(r) for r in sets["single"] + sets["mix"]}
     held = {data.normalized_prompt(r) for r in sets["heldout"]}
     assert not trained & held
-    assert len(held) == len(sets["heldout"]) == 4 * len(tasks.TASKS)
+    assert len(held) == len(sets["heldout"]) == 4 * len(params.MIX_TASKS)
     assert len(sets["single"]) == len(sets["mix"]) == 20
     assert {r["task"] for r in sets["single"]} == {sft.TASK_MIX_FOCUS}
-    per_task = {t: sum(r["task"] == t for r in sets["mix"]) for t in tasks.TASKS}
-    assert per_task == {t: 4 for t in tasks.TASKS}
+    per_task = {t: sum(r["task"] == t for r in sets["mix"]) for t in params.MIX_TASKS}
+    assert per_task == {t: 4 for t in params.MIX_TASKS}
     # clean only: every training reply passes its own check (no planted junk), and is rendered as 01 renders it
     assert all(tasks.passes(r["messages"][-1]["content"], r) for r in sets["single"] + sets["mix"])
     assert all(r["completion"].endswith(tokenizer.eos_token) for r in sets["mix"])
@@ -32,10 +32,10 @@ def test_the_comparison_on_tiny_llama_trains_both_arms_for_the_same_steps(tokeni
     m = sft.task_mix(p, tokenizer, "fp32")
     arms = m["models"]
     assert m["steps"] == 2 and arms["single"]["steps"] == arms["mix"]["steps"] == 2 and arms["base"]["steps"] == 0
-    assert arms["single"]["train_tasks"] == ["json_qa"] and arms["mix"]["train_tasks"] == list(tasks.TASKS)
+    assert arms["single"]["train_tasks"] == ["json_qa"] and arms["mix"]["train_tasks"] == list(params.MIX_TASKS)
     assert m["n_train"] == 10 and m["n_eval"] == 10 and m["n_focus_in_mix"] == 2
     for name, a in arms.items():
-        assert set(a["interval_by_task"]) == set(tasks.TASKS), name
+        assert set(a["interval_by_task"]) == set(params.MIX_TASKS), name
         for t, s in a["interval_by_task"].items():
             assert 0 <= s["lo"] <= s["mean"] <= s["hi"] <= 1 and s["n_eval"] == 2, (name, t)
             assert s["mean"] == a["task_score_by_task"][t]
@@ -46,7 +46,7 @@ def test_the_comparison_on_tiny_llama_trains_both_arms_for_the_same_steps(tokeni
     assert not runs.vocabulary_problems("02_sft", {"task_mix": m})
     rows = sft.task_mix_rows(m)
     assert [r["model"] for r in rows] == list(sft.TASK_MIX_MODELS.values())
-    assert all(set(tasks.TASKS) <= set(r) for r in rows)
+    assert all(set(params.MIX_TASKS) <= set(r) for r in rows)
     said = sft.task_mix_findings(m)
     assert len(said) == 3 and f"{arms['single']['ppl_general']:.2f}" in said[1]
     assert sft.task_mix_findings(None) == []
@@ -64,7 +64,7 @@ def _arm(scores, ppl, qa, json_share, diffs=None):
 
 
 def test_findings_say_what_the_numbers_say():
-    names = list(tasks.TASKS)
+    names = list(params.MIX_TASKS)
     base = {t: 0.5 for t in names}
     single = {**{t: 0.1 for t in names}, "json_qa": 1.0}
     mix = {**{t: 0.8 for t in names}, "json_qa": 0.9}
