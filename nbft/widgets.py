@@ -521,11 +521,9 @@ def retrieval_inspector(rows: list[dict]):
 
 # ---------------------------------------------------------------- chat playground
 
-#: The playground's scripted example conversation (its static transcript, made when the notebook runs): two user
-#: messages, the second about the first reply.
+#: The playground's scripted example conversation (its static transcript, made when the notebook runs, greedy, at most
+#: ``chat_tokens`` a reply): two user messages, the second about the first reply.
 CHAT_SCRIPT = ("What is the capital of France?", "Which river runs through it?")
-#: A scripted reply is at most this many tokens (and at most the stage's ``max_new_tokens``), greedy.
-CHAT_SCRIPT_TOKENS = 24
 #: Models the playground keeps loaded at once; the least recently used is released when another loads.
 CHAT_LOADED = 2
 CHAT_BASE = "base"  # the label of the stage's base model (``p.model``)
@@ -729,30 +727,31 @@ def chat_transcript_html(columns: dict[str, Sequence[dict]], system: str = "", n
             + "".join(f"<p><small>{_esc(n)}</small></p>" for n in notes))
 
 
-def chat(run=None, p=None, models: Sequence[str] = (CHAT_BASE,), script: Sequence[str] = CHAT_SCRIPT,
-         system: str = "", sampling: Sampling = Sampling()) -> None:
+def chat(run, p, models: Sequence[str] = (CHAT_BASE,), script: Sequence[str] = CHAT_SCRIPT, system: str = "",
+         sampling: Sampling = Sampling()) -> None:
     """A chat playground: talk to any model of the run, two side by side on the same conversation.
 
-    ``run`` and ``p``: the stage's run and parameters (the base model ``p.model``, the run's saved models, the data's
-    template, device and precision); ``models``: the two shown first (``chat_models``' names: ``base``, a stage name,
+    ``run``: the stage's run (its saved models, the data's template, device and precision; None: ``models`` are model
+    specs, the chat template, fp32); ``p``: the stage's parameters (``Common`` and ``ChatArgs``: the base model
+    ``p.model``, ``p.chat_tokens``); ``models``: the two shown first (``chat_models``' names: ``base``, a stage name,
     a saved model's name or a model spec). Multi-turn with a system prompt, the reply streamed token by token
     (``chat_reply``), sampling controls (temperature, top-p, max new tokens, seed: ``sampling`` sets where they
     start), stop and clear; each model keeps
     its own replies in its column. When the notebook runs, the scripted conversation ``script`` (greedy, at most
-    ``CHAT_SCRIPT_TOKENS`` a reply) is played to both: the conversation the playground opens with, and its static
-    copy for a report read without a kernel."""
+    ``p.chat_tokens`` a reply; 0: none, and nothing loads before the first message) is played to both: the
+    conversation the playground opens with, and its static copy for a report read without a kernel."""
     import ipywidgets as W
 
     from . import data
 
     run_dir = run.path if run is not None else None
-    options, pair, notes = chat_models(run_dir, p.model if p is not None else None, models)
-    template = data.data_params_for(run, p).template if run is not None and p is not None else "chat"
+    options, pair, notes = chat_models(run_dir, p.model, models)
+    template = data.data_params_for(run, p).template if run is not None else "chat"
     device = run.device if run is not None else "auto"
     precision = run.precision if run is not None else "fp32"
     labels = pair[:2]
     history: list[list[dict]] = [[] for _ in labels]
-    tokens = min(CHAT_SCRIPT_TOKENS, getattr(p, "max_new_tokens", CHAT_SCRIPT_TOKENS))
+    script, tokens = (script if p.chat_tokens else ()), p.chat_tokens
     for label, msgs in zip(labels, history if script else []):
         model, tok = chat_model(options[label], device)
         for text in script:

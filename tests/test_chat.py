@@ -101,7 +101,7 @@ def test_the_playground_plays_its_script_then_chats_with_both_models(tmp_path, m
     shown = []
     monkeypatch.setattr(widgets, "_display", lambda obj, **kw: shown.append(obj))
     run = runs.Run(tmp_path / "run", "02_sft")
-    p = params.SFTParams(model="tiny-llama", max_new_tokens=3)
+    p = params.SFTParams(model="tiny-llama", chat_tokens=3)
     script = ("Say <b>hi</b>", "Again?")
     assert widgets.chat(run, p, ["base", "tiny-llama"], script=script, system="Be brief.",
                         sampling=widgets.Sampling(max_new_tokens=4)) is None
