@@ -770,12 +770,14 @@ def chat(run, p, models: Sequence[str] = (CHAT_BASE,), script: Sequence[str] = C
     max_new = W.IntSlider(value=sampling.max_new_tokens, min=1, max=1024, description="max tokens")
     seed = W.IntText(value=sampling.seed, description="seed", layout=W.Layout(width="160px"))
     message = W.Text(placeholder="your message", layout=W.Layout(width="60%"))
+    message.add_class("nbft-chat-message")
     send, stop_button = W.Button(description="send", button_style="primary"), W.Button(description="stop", disabled=True)
     clear = W.Button(description="clear")
     panes = [W.HTML(layout=W.Layout(width="50%")), W.HTML(layout=W.Layout(width="50%"))]
     panes[0].add_class("nbft-chat-left")
     panes[1].add_class("nbft-chat-right")
     status = W.HTML("<small>" + " · ".join(_esc(n) for n in notes) + "</small>")
+    status.add_class("nbft-chat-status")
     history += [[] for _ in range(2 - len(history))]
     stopping = threading.Event()
 
@@ -791,7 +793,8 @@ def chat(run, p, models: Sequence[str] = (CHAT_BASE,), script: Sequence[str] = C
         try:
             for n, i in enumerate(columns):
                 label = (left, right)[i].value
-                say(f"loading {label}…")
+                if (options[label], device) not in _LOADED:
+                    say(f"loading {label}…")
                 model, tok = chat_model(options[label], device)
                 prompt = chat_prompt(history[i], tok, sys_box.value, template)
                 say(f"{label} is writing… ({template_note(tok, template)})")
