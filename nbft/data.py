@@ -696,53 +696,139 @@ def normalize(raw: list[tuple[str, dict]], fmt: str = "auto") -> list[dict]:
 
 # ---------------------------------------------------------------- templates
 
-def _chat_text(messages: list[dict], tokenizer, add_generation_prompt: bool = True) -> str:
-    return tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)
-
-
 ALPACA_TURN = "### Instruction:\n{instruction}\n\n### Response:\n"
 
+#: Jinja for every row but ``chat``, applied by the tokenizer (``tokenizer.apply_chat_template(chat_template=...)``,
+#: the tokenizer's special tokens such as ``eos_token`` in scope). Messages are written as they are (not trimmed), so a
+#: reply is found exactly where the template puts it.
+_CHATML = (r"{%- for m in messages -%}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}"
+           r"{%- endfor -%}{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\n' }}{%- endif -%}")
+_PREAMBLE = (r"{{ 'Below is an instruction that describes a task. Write a response that appropriately completes the "
+             r"request.\n\n' }}")  # ALPACA_TEMPLATE's first paragraph
+_ALPACA = (r"{%- set ns = namespace(pending=[], started=false) -%}{%- for m in messages -%}"
+           r"{%- if m['role'] != 'assistant' -%}{%- set ns.pending = ns.pending + [m['content']] -%}{%- else -%}"
+           r"{%- if not ns.started -%}" + _PREAMBLE + r"{%- endif -%}"
+           r"{{ '### Instruction:\n' + ns.pending | join('\n\n') + '\n\n### Response:\n' + m['content'] }}"
+           r"{{ eos_token }}{{ '\n\n' }}{%- set ns.pending = [] -%}{%- set ns.started = true -%}{%- endif -%}"
+           r"{%- endfor -%}{%- if add_generation_prompt -%}{%- if not ns.started -%}" + _PREAMBLE + r"{%- endif -%}"
+           r"{{ '### Instruction:\n' + ns.pending | join('\n\n') + '\n\n### Response:\n' }}{%- endif -%}")
+_LLAMA3 = (r"{%- for m in messages -%}"
+           r"{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\n\n' + m['content'] + '<|eot_id|>' }}"
+           r"{%- endfor -%}{%- if add_generation_prompt -%}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}"
+           r"{%- endif -%}")
+_ZEPHYR = (r"{%- for m in messages -%}{{ '<|' + m['role'] + '|>\n' + m['content'] }}{{ eos_token }}{{ '\n' }}"
+           r"{%- endfor -%}{%- if add_generation_prompt -%}{{ '<|assistant|>\n' }}{%- endif -%}")
+# no system role in [INST] or gemma: system messages open the next user turn, a blank line after them
+_MISTRAL = (r"{%- set ns = namespace(system='') -%}{%- for m in messages -%}"
+            r"{%- if m['role'] == 'system' -%}{%- set ns.system = ns.system + m['content'] + '\n\n' -%}"
+            r"{%- elif m['role'] == 'user' -%}{{ '[INST] ' + ns.system + m['content'] + ' [/INST]' }}"
+            r"{%- set ns.system = '' -%}{%- else -%}{{ ' ' + m['content'] }}{{ eos_token }}{%- endif -%}{%- endfor -%}")
+_VICUNA = (r"{%- if messages[0]['role'] == 'system' -%}{{ messages[0]['content'] + ' ' }}{%- else -%}"
+           r"{{ 'A chat between a curious user and an artificial intelligence assistant. The assistant gives "
+           r"helpful, detailed, and polite answers to the user\'s questions. ' }}{%- endif -%}"
+           r"{%- for m in messages -%}{%- if m['role'] == 'user' -%}{{ 'USER: ' + m['content'] + ' ASSISTANT:' }}"
+           r"{%- elif m['role'] == 'assistant' -%}{{ ' ' + m['content'] }}{{ eos_token }}{%- endif -%}{%- endfor -%}")
+_GEMMA = (r"{%- set ns = namespace(system='') -%}{%- for m in messages -%}"
+          r"{%- if m['role'] == 'system' -%}{%- set ns.system = ns.system + m['content'] + '\n\n' -%}"
+          r"{%- elif m['role'] == 'user' -%}"
+          r"{{ '<start_of_turn>user\n' + ns.system + m['content'] + '<end_of_turn>\n' }}{%- set ns.system = '' -%}"
+          r"{%- else -%}{{ '<start_of_turn>model\n' + m['content'] + '<end_of_turn>\n' }}{%- endif -%}{%- endfor -%}"
+          r"{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}")
 
-def _alpaca_text(messages: list[dict], tokenizer, add_generation_prompt: bool = True) -> str:
-    """Alpaca, one Instruction/Response block per exchange: the first block opens with Alpaca's preamble; the system
-    and user messages before a reply are its instruction (joined by a blank line); each reply ends with EOS and a
-    blank line before the next block (Alpaca is a one-turn format: this is the usual multi-turn extension, as
-    LLaMA-Factory's ``alpaca`` template writes it). A one-turn prompt is exactly ``ALPACA_TEMPLATE``."""
+
+@dataclass(frozen=True)
+class Template:
+    """One row of ``TEMPLATES``: a chat template nbft renders conversations with."""
+
+    name: str
+    jinja: str | None  # applied by the tokenizer (``apply_chat_template(chat_template=...)``); None: its own
+    end: str  # the text that ends every reply, as the template writes it ("": the tokenizer's EOS token)
+    note: str  # where it comes from, and what differs from the original
+    lead: str = ""  # what the template writes between the generation prompt and the reply (a BPE tokenizer puts
+    #                 it in the reply's first token, so the prompt ends before it)
+
+
+#: template -> its row. A rendered prompt (``render_prompt``) ends where the reply starts (before ``lead``); each reply
+#: is followed by the row's end (``end_of_turn``) and the template's whitespace before the next turn, which does not
+#: train (``reply_spans``). Generation stops at EOS and, where the end is other text, at that text (``stops``). No row
+#: writes a BOS token: SmolLM2's BOS is ``<|im_start|>``, and a template's own BOS belongs to its model's tokenizer.
+#: Adding a template is adding a row (and its name to ``params.TEMPLATES``).
+TEMPLATES: dict[str, Template] = {t.name: t for t in [
+    Template("chat", None, "", "the model's own chat template (SmolLM2: ChatML with a default system prompt)"),
+    Template("chatml", _CHATML, "<|im_end|>", "ChatML (OpenAI, Qwen, SmolLM2) without a default system prompt"),
+    Template("alpaca", _ALPACA, "", "Alpaca's preamble, one Instruction/Response block per exchange (the system and "
+             "user messages before a reply are its instruction, a blank line apart), each reply ended by EOS "
+             "(LLaMA-Factory's multi-turn Alpaca)"),
+    Template("llama-3", _LLAMA3, "<|eot_id|>", "Llama 3: role headers, each message ended by <|eot_id|> (no "
+             "<|begin_of_text|>, content not trimmed); the header's second newline goes with the reply, where a "
+             "GPT-2-style tokenizer puts it (a prompt ending in two newlines is one other token)", lead="\n"),
+    Template("zephyr", _ZEPHYR, "", "Zephyr: <|system|> / <|user|> / <|assistant|> blocks, each ended by EOS"),
+    Template("mistral", _MISTRAL, "", "Mistral: [INST] user [/INST] reply, each reply ended by EOS; system messages "
+             "open the next user turn", lead=" "),
+    Template("vicuna", _VICUNA, "", "Vicuna v1.1 (FastChat): a system line, then USER: ... ASSISTANT: ..., each reply "
+             "ended by EOS (FastChat writes </s>, Llama's EOS)", lead=" "),
+    Template("gemma", _GEMMA, "<end_of_turn>", "Gemma: user and model turns, each ended by <end_of_turn>; system "
+             "messages open the next user turn (no <bos>)"),
+]}
+
+
+def template_row(template: str) -> Template:
+    """The row of ``TEMPLATES`` named ``template``; an unknown name is refused with the closest one."""
+    if template not in TEMPLATES:
+        close = difflib.get_close_matches(str(template), TEMPLATES, n=1, cutoff=0.5)
+        raise DataError(f"template: unknown template {template!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+                        + f"; use one of {', '.join(TEMPLATES)}")
+    return TEMPLATES[template]
+
+
+def render_text(messages: list[dict], tokenizer, template: str = "chat", add_generation_prompt: bool = True) -> str:
+    """``messages`` rendered by ``template``'s Jinja (the tokenizer applies it); with the generation prompt it ends
+    where the next reply's ``lead`` starts (cut off the generation prompt where the Jinja writes it there: llama-3's
+    second newline), without it after the last message."""
+    row = template_row(template)
+    text = tokenizer.apply_chat_template(messages, chat_template=row.jinja, add_generation_prompt=add_generation_prompt,
+                                         tokenize=False)
+    return text.removesuffix(row.lead) if add_generation_prompt and row.lead else text
+
+
+def end_of_turn(template: str, tokenizer) -> str:
+    """The text ``template`` ends every reply with: its row's ``end``, or the tokenizer's EOS token."""
+    return template_row(template).end or tokenizer.eos_token or ""
+
+
+def stops(template: str, tokenizer) -> list[str]:
+    """What generation stops at besides EOS under ``template``: its end of turn where that is other text (llama-3's
+    ``<|eot_id|>`` and gemma's ``<end_of_turn>`` are plain text to SmolLM2's tokenizer); [] where it is EOS."""
+    end = end_of_turn(template, tokenizer)
+    return [end] if end and end != tokenizer.eos_token else []
+
+
+def stops_of(records: list[dict], tokenizer) -> list[str]:
+    """The stop texts (``stops``) of the templates whose end of turn ``records``' completions end with (EOS cut off):
+    what generation on their prompts stops at besides EOS, so a reply ends where the template rendered it to."""
     eos = tokenizer.eos_token or ""
-    out, pending = [], []
-    for m in messages:
-        if m["role"] != "assistant":
-            pending.append(m["content"])
-            continue
-        block = ALPACA_TURN if out else ALPACA_TEMPLATE
-        out.append(block.format(instruction="\n\n".join(pending)) + m["content"] + eos + "\n\n")
-        pending = []
-    if add_generation_prompt:
-        out.append((ALPACA_TURN if out else ALPACA_TEMPLATE).format(instruction="\n\n".join(pending)))
-    return "".join(out)
-
-
-#: template -> how it renders a conversation: (messages, tokenizer, add_generation_prompt) -> text; with the
-#: generation prompt it ends where the next reply starts (``render_prompt``), without it after the last message
-#: (``reply_spans`` marks each reply by the difference). Adding a template is adding a row (and its name to
-#: ``params.TEMPLATES``).
-TEMPLATES: dict[str, Callable[..., str]] = {"chat": _chat_text, "alpaca": _alpaca_text}
+    tails = {r["completion"].removesuffix(eos) if eos else r["completion"] for r in records if r.get("completion")}
+    return sorted({s for t in TEMPLATES for s in stops(t, tokenizer) if any(x.endswith(s) for x in tails)})
 
 
 def render_prompt(messages: list[dict], tokenizer, template: str = "chat") -> str:
     """The prompt text for ``messages`` (without the reply), ending where the reply starts."""
-    if template not in TEMPLATES:
-        raise DataError(f"template: unknown template {template!r}; use one of {', '.join(TEMPLATES)}")
-    return TEMPLATES[template](messages, tokenizer)
+    return render_text(messages, tokenizer, template)
+
+
+def completion_text(reply: str, tokenizer, template: str = "chat") -> str:
+    """What a rendered record trains the model to write after its prompt: the row's ``lead``, the reply, its end of
+    turn (``render``; TRL appends EOS where the end is other text)."""
+    return template_row(template).lead + reply + end_of_turn(template, tokenizer)
 
 
 def render(rec: dict, tokenizer, template: str = "chat") -> dict:
-    """Canonical -> {'prompt', 'completion'} exactly as trained on (completion ends with EOS)."""
+    """Canonical -> {'prompt', 'completion'} exactly as trained on (completion: the reply and its end of turn)."""
     eos = tokenizer.eos_token or ""
     if "text" in rec:
         return {**rec, "prompt": "", "completion": rec["text"] + eos}
     prompt = render_prompt(rec["messages"][:-1], tokenizer, template)
-    return {**rec, "prompt": prompt, "completion": rec["messages"][-1]["content"] + eos}
+    return {**rec, "prompt": prompt, "completion": completion_text(rec["messages"][-1]["content"], tokenizer, template)}
 
 
 # ---------------------------------------------------------------- which tokens train (loss_turns)
@@ -758,10 +844,13 @@ def n_replies(rec: dict) -> int:
 
 
 def template_of(rec: dict, tokenizer) -> str | None:
-    """The row of ``TEMPLATES`` that rendered this record's prompt from its messages (None: none did)."""
+    """The row of ``TEMPLATES`` that rendered this record's prompt and completion from its messages (None: none did)."""
+    eos = tokenizer.eos_token or ""
     for name in TEMPLATES:
         try:
-            if render_prompt(rec["messages"][:-1], tokenizer, name) == rec["prompt"]:
+            completion = completion_text(rec["messages"][-1]["content"], tokenizer, name)
+            if (rec["completion"] in (completion, completion + eos)
+                    and render_prompt(rec["messages"][:-1], tokenizer, name) == rec["prompt"]):
                 return name
         except Exception:  # noqa: BLE001 - a chat template that refuses these messages did not render them
             continue
@@ -770,34 +859,47 @@ def template_of(rec: dict, tokenizer) -> str | None:
 
 def reply_spans(messages: list[dict], tokenizer, template: str = "chat") -> list[tuple[int, int]]:
     """Character spans of every assistant reply in the text a rendered record trains on (``render``: the prompt,
-    then the last reply and EOS), each reply with its end-of-turn as the template writes it.
+    then the last reply's completion, EOS appended where it lacks it), each reply with its end-of-turn as the template
+    writes it.
 
     A reply is what the template adds between the conversation before it with the generation prompt and the
-    conversation through it without: the reply and the end of its turn. Whitespace after the end-of-turn is left
-    out (the model stops at the end-of-turn token and never generates it; the last reply, trained on as today,
-    has none): with ChatML (SmolLM2) an earlier reply is ``reply<|im_end|>`` and the ``\\n`` after it is not
-    trained; with ``alpaca`` it is ``reply`` + EOS. The last span is the completion: the reply and EOS. A template
-    that renders an earlier turn differently once the conversation goes on (so the shorter render is not a prefix
-    of the longer) is refused: no exact mask exists for it (use ``loss_turns: last``)."""
+    conversation through it without: the reply and the end of its turn, exactly ``completion_text`` (the row's
+    ``lead``, the reply, its end). Whitespace after the end-of-turn is left out (the model stops at the end of turn
+    and never generates it; the last reply, trained on as today, has none): with ChatML (SmolLM2) an earlier reply
+    is ``reply<|im_end|>`` and the ``\\n`` after it is not trained; with ``alpaca`` it is ``reply`` + EOS, with
+    ``llama-3`` ``reply<|eot_id|>``. The last span is the completion and EOS. A template that renders an earlier turn
+    differently once the conversation goes on (so the shorter render is not a prefix of the longer), or a row whose
+    reply is not where its ``lead`` and ``end`` say, is refused: no exact mask exists for it (use
+    ``loss_turns: last``)."""
     eos = tokenizer.eos_token or ""
+    row = template_row(template)
     last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
     prompt = render_prompt(messages[:last], tokenizer, template)
     spans = []
     for i, m in enumerate(messages[:last]):
         if m["role"] != "assistant":
             continue
-        before = TEMPLATES[template](messages[:i], tokenizer, True)
-        through = TEMPLATES[template](messages[:i + 1], tokenizer, False)
+        before = render_text(messages[:i], tokenizer, template, True)
+        through = render_text(messages[:i + 1], tokenizer, template, False)
         if not (through.startswith(before) and prompt.startswith(through)):
             raise DataError(f"template {template!r}: the conversation up to reply {len(spans) + 1} renders "
                             "differently once the conversation goes on, so its tokens cannot be marked exactly; "
                             "use loss_turns: last")
-        turn = through[len(before):]
-        keep = len(turn.rstrip())
-        if turn.startswith(m["content"]):  # only the whitespace after the end-of-turn, not the reply's own
-            keep = max(keep, len(m["content"]))
+        turn, written = through[len(before):], completion_text(m["content"], tokenizer, template)
+        if turn.startswith(written):  # the reply and its end, exactly (every row of the table)
+            keep = len(written)
+        elif row.jinja is not None:
+            raise DataError(f"template {template!r}: reply {len(spans) + 1} is not rendered as {written[:40]!r}...: "
+                            "its lead or end in TEMPLATES is wrong, so its tokens cannot be marked exactly")
+        else:  # the model's own template ends a turn otherwise: through its end, less the whitespace after it
+            keep = len(turn.rstrip())
+            if turn.startswith(m["content"]):  # only the whitespace after the end-of-turn, not the reply's own
+                keep = max(keep, len(m["content"]))
         spans.append((len(before), len(before) + keep))
-    return [*spans, (len(prompt), len(prompt) + len(messages[last]["content"]) + len(eos))]
+    completion = completion_text(messages[last]["content"], tokenizer, template)
+    if eos and not completion.endswith(eos):
+        completion += eos
+    return [*spans, (len(prompt), len(prompt) + len(completion))]
 
 
 def tokenize_turns(rec: dict, tokenizer, loss_turns: str = "all") -> dict[str, list[int]]:
@@ -834,9 +936,27 @@ def tokenize_turns(rec: dict, tokenizer, loss_turns: str = "all") -> dict[str, l
     mask = [0] * len(ids)
     for start, end in spans:
         a = common_prefix_length(tokenizer(text=text[:start])["input_ids"], ids)
-        b = len(ids) if end >= len(text) else common_prefix_length(tokenizer(text=text[:end])["input_ids"], ids)
+        b = len(ids) if end >= len(text) else _tokens_through(tokenizer, text, ids, end)
         mask[a:b] = [1] * (b - a)
     return {"input_ids": ids, "completion_mask": mask}
+
+
+def _tokens_through(tokenizer, text: str, ids: list[int], end: int) -> int:
+    """How many tokens of ``ids`` (``text`` tokenized whole) it takes to write ``text[:end]``: the tokens the text
+    before ``end`` shares with the whole, and where a token holds the last characters before ``end`` and runs past it
+    (a BPE merge across an end of turn and the next turn: llama-3's ``<|eot_id|><|start_header_id|>`` is ``... '|',
+    '><', '|' ...`` to SmolLM2's tokenizer), that token too: the model writes it to end its turn, and generation stops
+    inside it (``stops``; the text after the stop is cut off)."""
+    head = tokenizer(text=text[:end])["input_ids"]
+    from trl.data_utils import common_prefix_length
+
+    b = common_prefix_length(head, ids)
+    if b == len(head):
+        return b
+    if getattr(tokenizer, "is_fast", False):  # every token that starts before ``end``
+        offsets = tokenizer(text=text, return_offsets_mapping=True)["offset_mapping"]
+        return max(b, sum(1 for s, _ in offsets if s < end))
+    return b + 1
 
 
 # ---------------------------------------------------------------- cleaning and splitting

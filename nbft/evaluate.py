@@ -58,7 +58,7 @@ def memo(kind: str, model, payload: dict, compute: Callable):
 
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 48, batch_size: int = 16,
              precision: str = "fp32", do_sample: bool = False, seed: int = 0, cache: bool = True,
-             **gen_kwargs) -> list[str]:
+             stop: Sequence[str] = (), **gen_kwargs) -> list[str]:
     """Complete already-rendered prompts, in batches with left padding; greedy by default.
 
     Prompts are sorted by length so each batch pads little; outputs come back in input order.
@@ -66,23 +66,37 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 48, bat
     and dropout then garbles generations). Greedy replies of a loaded model come from the run's cache
     when it has them (``settings.eval_cache``); ``cache=False`` always generates (what a timing measures). Under bf16
     autocast the key/value cache is ``models.kv_cache``'s (``past_key_values=None``: transformers' own).
+    ``stop``: texts a reply also ends at besides EOS (a template's end of turn that is not a token of this
+    tokenizer, ``data.stops``): generation stops there (transformers' ``StopStringCriteria``) and the reply is cut before
+    it.
     """
     model.eval()
+    stop = sorted(set(stop))
     if do_sample or not cache:
-        return _generate(model, tokenizer, prompts, max_new_tokens, batch_size, precision, do_sample, seed,
+        return _generate(model, tokenizer, prompts, max_new_tokens, batch_size, precision, do_sample, seed, stop,
                          **gen_kwargs)
     return memo("generate", model, {"prompts": list(prompts), "max_new_tokens": max_new_tokens, "batch_size": batch_size,
-                                    "precision": precision, "kwargs": gen_kwargs},
-                lambda: _generate(model, tokenizer, prompts, max_new_tokens, batch_size, precision, False, seed,
+                                    "precision": precision, "kwargs": gen_kwargs, **({"stop": stop} if stop else {})},
+                lambda: _generate(model, tokenizer, prompts, max_new_tokens, batch_size, precision, False, seed, stop,
                                   **gen_kwargs))
+
+
+def cut_at(text: str, stop: Sequence[str]) -> str:
+    """``text`` up to the first of ``stop`` in it (all of it when none is)."""
+    return text[:min([i for i in (text.find(s) for s in stop) if i >= 0], default=len(text))]
 
 
 @timing.timed("generation")
 @torch.no_grad()
-def _generate(model, tokenizer, prompts, max_new_tokens, batch_size, precision, do_sample, seed, **gen_kwargs):
+def _generate(model, tokenizer, prompts, max_new_tokens, batch_size, precision, do_sample, seed, stop=(),
+              **gen_kwargs):
     device = next(model.parameters()).device
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out: list[str] = [""] * len(prompts)
+    if stop:  # built once for every batch (it reads the whole vocabulary: ~0.3 s)
+        from transformers import StoppingCriteriaList, StopStringCriteria
+
+        gen_kwargs["stopping_criteria"] = StoppingCriteriaList([StopStringCriteria(tokenizer, list(stop))])
     if do_sample:
         torch.manual_seed(seed)
     with models.padding_side(tokenizer, "left"):
@@ -97,7 +111,7 @@ def _generate(model, tokenizer, prompts, max_new_tokens, batch_size, precision, 
                                      **({"past_key_values": cache} if cache is not None else {}), **gen_kwargs)
             texts = tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
             for i, t in zip(idx, texts):
-                out[i] = t.strip()
+                out[i] = cut_at(t, stop).strip()
     return out
 
 
@@ -256,7 +270,7 @@ def general_qa(model, tokenizer, precision: str = "fp32", max_new_tokens: int = 
                template: str = "chat") -> tuple[float, list[str]]:
     """Share of ``corpora.GENERAL_QA`` answered correctly (any accepted answer contained in the reply)."""
     prompts = [data.render_prompt([{"role": "user", "content": q}], tokenizer, template) for q, _ in corpora.GENERAL_QA]
-    outs = generate(model, tokenizer, prompts, max_new_tokens, batch_size, precision)
+    outs = generate(model, tokenizer, prompts, max_new_tokens, batch_size, precision, stop=data.stops(template, tokenizer))
     ok = [any(tasks.check_contains(o, a) for a in accepted) for o, (_, accepted) in zip(outs, corpora.GENERAL_QA)]
     return sum(ok) / len(ok), outs
 
@@ -273,9 +287,11 @@ def evaluate_model(model, tokenizer, test: list[dict], check: str = "auto", prec
     """Everything 02_sft measures about one model, in one call.
 
     Keys: task_score, answer_accuracy, by_task, outputs, passed; with ``probe`` also
-    ppl_general and general_qa; with ``domain_texts`` also ppl_domain.
+    ppl_general and general_qa; with ``domain_texts`` also ppl_domain. Replies end where the template that rendered
+    ``test`` ends a turn (``data.stops_of``).
     """
-    outs = generate(model, tokenizer, [r["prompt"] for r in test], max_new_tokens, batch_size, precision)
+    outs = generate(model, tokenizer, [r["prompt"] for r in test], max_new_tokens, batch_size, precision,
+                    stop=data.stops_of(test, tokenizer))
     task_score, passed, by_task = tasks.score_records(outs, test, check)
     res = {"task_score": task_score, "answer_accuracy": tasks.answer_accuracy(outs, [r["reference"] for r in test]),
            "by_task": by_task, "outputs": outs, "passed": passed}

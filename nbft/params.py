@@ -99,10 +99,13 @@ def _names(key: str, owner: str, *names: str, extra: tuple[str, ...] = (), part:
     return NAME_TABLES[key].choices
 
 
-DEMO_TASKS = _names("DEMO_TASKS", "tasks.TASKS", "json_qa", "sort_numbers", "uppercase", "count_items", "reverse_list")
+DEMO_TASKS = _names("DEMO_TASKS", "tasks.TASKS", "json_qa", "sort_numbers", "uppercase", "count_items", "reverse_list",
+                    "json_followup")
+MIX_TASKS = _names("MIX_TASKS", "tasks.TASKS", "json_qa", "sort_numbers", "uppercase", "count_items", "reverse_list",
+                   part=True)  # 02's single- vs multi-task mix: the one-turn tasks (json_followup has its own comparison)
 SECOND_TASKS = _names("SECOND_TASKS", "tasks.TASKS", "sort_numbers", "uppercase", "count_items", "reverse_list",
                       part=True)
-TASK_CHECKS = _names("TASK_CHECKS", "tasks.CHECKS", "json_answer", "exact", "contains", extra=("auto",))
+TASK_CHECKS = _names("TASK_CHECKS", "tasks.CHECKS", "json_answer", "exact", "contains", "plain", extra=("auto",))
 SCOPES = _names("SCOPES", "train.SCOPES", "lora", "freeze", "full")
 SFT_SCOPES = _names("SFT_SCOPES", "train.SFT_SCOPES", "lora", "freeze", "full", "qlora")
 ADAPTER_OR_FULL = _names("ADAPTER_OR_FULL", "train.SCOPES", "lora", "full", part=True)
@@ -111,7 +114,8 @@ MODES = _names("MODES", "train.MODES", "instruction", "continued_pretraining")
 LOSS_TURNS = _names("LOSS_TURNS", "data.LOSS_TURNS", "all", "last")
 FORMATS = _names("FORMATS", "data.FORMATS", "messages", "sharegpt", "alpaca", "prompt_completion", "text",
                  extra=("auto",))
-TEMPLATES = _names("TEMPLATES", "data.TEMPLATES", "chat", "alpaca")
+TEMPLATES = _names("TEMPLATES", "data.TEMPLATES", "chat", "chatml", "alpaca", "llama-3", "zephyr", "mistral", "vicuna",
+                  "gemma")
 INDEXES = _names("INDEXES", "rag.INDEX_KINDS", "flat", "ivf", "hnsw")
 PEFT_METHODS = _names("PEFT_METHODS", "peft.METHODS", "full", "freeze", "bitfit", "lora", "dora", "rslora", "loha",
                       "vera", "ia3", "prompt_tuning", "prefix_tuning", "p_tuning", "bottleneck_adapter", "qlora")
@@ -352,9 +356,11 @@ class DataPrepParams(Common):
     hf_split: str = _f("train", "split to read when dataset is a Hugging Face dataset name")
     n_examples: int = _f(320, "size of the built-in demo dataset (before its planted duplicates and junk)", min=1)
     demo_tasks: list[str] = _f(["json_qa"], "demo tasks: one (single-task) or several (a multi-task mix): "
-                               "json_qa, sort_numbers, uppercase, count_items, reverse_list", DEMO_TASKS, min_items=1)
+                               "json_qa, sort_numbers, uppercase, count_items, reverse_list, json_followup (two turns: the second "
+                               "asks about the first reply)", DEMO_TASKS, min_items=1)
     max_records: int = _f(0, "keep at most this many raw records (0: all)", min=0)
-    template: str = _f("chat", "chat (the model's chat template) | alpaca", TEMPLATES)
+    template: str = _f("chat", "chat template: chat (the model's own) | chatml | alpaca | llama-3 | zephyr | mistral | "
+                       "vicuna | gemma (rows of nbft.data.TEMPLATES)", TEMPLATES)
     dedup: bool = _f(True, "drop exact duplicates (whitespace/case-insensitive)")
     check_format: bool = _f(True, "drop replies that fail their record's own task check (off-format)")
     min_tokens: int = _f(4, "drop examples whose response has fewer tokens", min=0)
@@ -383,7 +389,8 @@ class SFTParams(ChatArgs, JudgeArgs, ReplyArgs, EvalArgs, LoraArgs, ScopeArgs, T
     cpt_docs: int = _f(60, "continued pretraining: documents of the built-in invented-world corpus (0 to skip)", min=0)
     cpt_scope: str = _f("full", "continued pretraining trains this scope", SCOPES)
     cpt_epochs: float = _f(2.0, "continued pretraining: passes over the domain documents", gt=0, max=MAX_EPOCHS)
-    task_check: str = _f("auto", "programmatic check for the task score: auto (the data's own), json_answer, exact, contains",
+    task_check: str = _f("auto", "programmatic check for the task score: auto (the data's own), json_answer, exact, contains, "
+                         "plain",
                          TASK_CHECKS)
     benchmarks: list[str] = _f(["nbft_general_qa"], "lm-evaluation-harness tasks run zero-shot on the base and the "
                                "tuned model, before -> after with intervals: nbft_general_qa (bundled, offline, ~6 "
@@ -404,6 +411,22 @@ class SFTParams(ChatArgs, JudgeArgs, ReplyArgs, EvalArgs, LoraArgs, ScopeArgs, T
                                       "examples; at 2e-3 constant it was lowest at epoch 3)", gt=0)
     overfit_patience: int = _f(2, "overfitting: the early-stopping run stops after this many evaluations without a "
                                "lower validation loss and restores the best checkpoint", min=1)
+    eval_templates: list[str] = _f([], "template mismatch: the base and the main run's model also reply to the held-out "
+                                   "prompts rendered with each of these chat templates (rows of nbft.data.TEMPLATES) "
+                                   "besides 01_data_prep's template they trained with; each template's score and its "
+                                   "drop, with intervals ([] to skip)", TEMPLATES)
+    turns_examples: int = _f(0, "every turn vs the last: LoRA on this many chats of the built-in two-turn task "
+                             "json_followup (a JSON answer, then a follow-up about it), once with loss_turns all and "
+                             "once with last, the same steps and seed; each scored on turn 1, on turn 2 with the "
+                             "reference turn 1 and on turn 2 after its own turn 1, beside the base (0 to skip)", min=0)
+    turns_epochs: float = _f(3.0, "every turn vs the last: passes over the turns_examples chats (the steps both arms "
+                             "take)", gt=0, max=MAX_EPOCHS)
+    turns_eval: int = _f(40, "every turn vs the last: held-out chats scored", min=1)
+    task_mix_examples: int = _f(0, "single- vs multi-task (seed 004): LoRA on this many clean built-in examples of "
+                                "json_qa alone and as many of the five-task mix, the same optimizer steps (one epoch) "
+                                "and seed; the base and both tuned models scored on every task's held-out prompts "
+                                "and the forgetting probe (0 to skip; else at least 5: one per task)", min=0)
+    task_mix_heldout: int = _f(24, "single- vs multi-task: held-out prompts per task (none trained on)", min=1)
 
 
 @params_dataclass
@@ -593,7 +616,7 @@ class DistillParams(ChatArgs, ReplyArgs, EvalArgs, LoraArgs, ScopeArgs, TrainArg
     speed_prompts: int = _f(16, "speed: held-out prompts generated as one batch, max_new_tokens each (forced), best of "
                               "two timings", min=1)
     task_check: str = _f("auto", "programmatic check for the task (style) score: auto (the data's own), json_answer, "
-                         "exact, contains", TASK_CHECKS)
+                         "exact, contains, plain", TASK_CHECKS)
 
 
 @params_dataclass
@@ -617,7 +640,7 @@ class ExportParams(ReplyArgs, EvalArgs, Common):
     speed_prompts: int = _f(8, "speed: the first this many held-out prompts also generated one at a time by "
                             "transformers, beside llama.cpp's one-at-a-time replies to the same prompts", min=1)
     task_check: str = _f("auto", "programmatic check for the task score: auto (the data's own), json_answer, exact, "
-                         "contains", TASK_CHECKS)
+                         "contains, plain", TASK_CHECKS)
 
 
 @params_dataclass
@@ -878,6 +901,8 @@ RULES = (
      "the served format must be one of formats (it is served from the file written)"),
     (("early_stopping_patience", "eval_steps"), lambda p: not p.early_stopping_patience or p.eval_steps > 0,
      "early stopping counts evaluations: set eval_steps too"),
+    (("task_mix_examples",), lambda p: p.task_mix_examples == 0 or p.task_mix_examples >= len(MIX_TASKS),
+     "0 (skip) or at least one example per task of the five-task mix (5)"),
 )
 
 

@@ -122,7 +122,7 @@ def resolve(names: Sequence[str], check: str) -> list[str]:
     out: list[str] = []
     for n in names:
         if n == "auto":
-            own = [check] if check in ("json_answer", "exact") else ["task"] if check == "per-record" else []
+            own = [check] if check in ("json_answer", "exact") else ["task"] if check in ("per-record", "plain") else []
             out += (own or list(FREE_TEXT)) + ["length"]
         else:
             out.append(n)

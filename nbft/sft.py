@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import time
 
-from . import corpora, data, evaluate, harness, judge as judging, params, scoring, train
+from . import corpora, data, evaluate, harness, judge as judging, models, params, scoring, tasks, train
 
 #: The lines the written findings draw (recorded as ``thresholds`` in metrics.json).
 THRESHOLDS = {
@@ -33,7 +34,7 @@ def domain_texts(p: params.SFTParams) -> tuple[list[dict], list[str]]:
 
 #: checks a dataset names for itself (``tasks.resolve_check``): its task score sees what training teaches. ``contains``
 #: is the fallback for data without one (a user's free text), where a reference metric has to say what changed.
-OWN_CHECKS = ("json_answer", "exact", "per-record")
+OWN_CHECKS = ("json_answer", "exact", "plain", "per-record")
 #: the reference metrics a comparison may use in place of the task score, in order of preference (``score_name``)
 REFERENCE_SCORES = ("rouge_l", "chrf", "semantic", "bleu")
 
@@ -178,7 +179,8 @@ def scope_row(result: dict, total_params: int, records: list[dict] | None = None
 def metrics(p, base: dict, after: dict, main, *, n_train: int, n_eval: int, check: str, trainable_params: int,
             total_params: int, by_size: dict, quality: dict, scopes: dict, cpt: tuple[float, float] | None,
             reply: dict | None = None, benchmarks: dict | None = None, judge: dict | None = None,
-            overfit: dict | None = None, score: str = "task_score", judged_scopes: dict | None = None) -> dict:
+            overfit: dict | None = None, score: str = "task_score", judged_scopes: dict | None = None,
+            templates: dict | None = None, turns: dict | None = None, task_mix: dict | None = None) -> dict:
     """02_sft's section of metrics.json (with ``findings`` and ``thresholds`` added by the notebook): ``base`` and
     ``after`` are ``evaluate.evaluate_model``'s results before and after the main run ``main`` (a
     ``train.TrainResult``: its ``eval_curve`` and ``best_step`` too), ``scopes`` the scope comparison (``scope_row``),
@@ -186,7 +188,10 @@ def metrics(p, base: dict, after: dict, main, *, n_train: int, n_eval: int, chec
     ``harness.compare``'s table (None: not run), ``judge`` the model judge's verdict (``judge.compare``; recorded
     without its per-example lists, and only when it ran), ``overfit`` the overfitting section (``overfitting``;
     None: skipped). ``score``: what ``by_size``, ``quality`` and the scopes' ``score`` measure (``score_name``).
-    ``judged_scopes``: the judge's verdict on each scope vs the base (``judge.compare_arms``), in its scope's row."""
+    ``judged_scopes``: the judge's verdict on each scope vs the base (``judge.compare_arms``), in its scope's row.
+    ``templates``: the template comparison (``template_comparison``; None: skipped).
+    ``turns``: every turn vs the last on the multi-turn demo task (``turns_comparison``; None: skipped).
+    ``task_mix``: the single- vs multi-task comparison (``task_mix``; None: skipped)."""
     judged_scopes = judged_scopes or {}
     scopes = {k: {**r, **({"model_judge": judging.recorded(judged_scopes[k])} if k in judged_scopes else {})}
               for k, r in scopes.items()}
@@ -206,6 +211,9 @@ def metrics(p, base: dict, after: dict, main, *, n_train: int, n_eval: int, chec
         "benchmarks": harness.record(benchmarks or {}),
         **({"model_judge": judging.recorded(judge)} if judge else {}),
         "eval_curve": main.eval_curve, "best_step": main.best_step, "overfitting": overfit,
+        "templates": templates,
+        "turns": turns_recorded(turns),
+        "task_mix": task_mix,
     }
 
 
@@ -288,4 +296,388 @@ def findings(base: dict, after: dict, scopes: dict, by_size: dict, quality: dict
         out.append(f"Continued pretraining: perplexity on held-out domain documents {b:.2f} -> {a:.2f} ({change(b, a, True)}).")
     if overfit:
         out += overfitting_findings(overfit)
+    return out
+
+
+# ---------------------------------------------------------------- template mismatch (issue 32 item 4)
+
+def template_comparison(p: params.SFTParams, trained: str, tokenizer, test: list[dict], tuned: str, check: str,
+                        score: str = "task_score", precision: str = "fp32") -> dict | None:
+    """Does a chat template other than the one the model was trained with hurt? The base model (``p.model``) and the
+    main run's saved model (``tuned``: a spec, ``train.saved_model``) reply to the held-out prompts of ``test``
+    rendered with the template the main run trained with (``trained``: 01_data_prep's ``template``, A) and with each of
+    ``p.eval_templates`` (B), generation stopping at each template's end of turn (``data.stops``); every reply scored
+    by ``score`` (``score_name``). No training: the main run's model is reloaded, the base model's replies under A
+    come from the run's cache.
+
+    Per template (``template_rows``): both models' mean score with a bootstrap 95% interval; the tuned model's
+    ``drop`` (its score under A minus under this template, a paired interval: positive is worse), the base model's
+    (``base_drop``: is the template bad for this model anyway?) and ``mismatch``, the tuned drop beyond the base's
+    (per example, paired): what training with A costs under another template. None when ``eval_templates`` is
+    empty."""
+    names = list(dict.fromkeys([trained, *p.eval_templates]))
+    if len(names) < 2:
+        return None
+    started = time.perf_counter()
+    prompts = {t: [data.render_prompt(r["messages"][:-1], tokenizer, t) for r in test] for t in names}
+    values = {}
+    for arm, spec in (("base", p.model), ("tuned", str(tuned))):
+        with models.loaded(spec, p.device, tokenizer=tokenizer) as model:
+            for t in names:
+                outs = evaluate.generate(model, tokenizer, prompts[t], p.max_new_tokens, p.eval_batch_size, precision,
+                                         stop=data.stops(t, tokenizer))
+                values[arm, t] = scores_of({"outputs": outs, "passed": tasks.score_records(outs, test, check)[1]},
+                                           test, score)
+    return {"trained": trained, "score_metric": score, "n_eval": len(test),
+            "seconds": time.perf_counter() - started, "rows": template_rows(values, names)}
+
+
+def template_rows(values: dict[tuple[str, str], list[float]], names: list[str]) -> dict[str, dict]:
+    """{template: {base, tuned, drop, base_drop, mismatch}} from per-example scores ``values[(arm, template)]`` (arm:
+    base or tuned; ``names[0]``: the template trained with). Each a ``scoring.summary`` ({mean, lo, hi, n_eval}):
+    ``drop`` = tuned score under the first template minus under this one (paired), ``base_drop`` the same for the
+    base model, ``mismatch`` = drop - base_drop per example."""
+    a = names[0]
+    out = {}
+    for t in names:
+        tuned_drop = [x - y for x, y in zip(values["tuned", a], values["tuned", t])]
+        base_drop = [x - y for x, y in zip(values["base", a], values["base", t])]
+        out[t] = {"base": scoring.summary(values["base", t]), "tuned": scoring.summary(values["tuned", t]),
+                  "drop": scoring.summary(tuned_drop), "base_drop": scoring.summary(base_drop),
+                  "mismatch": scoring.summary([x - y for x, y in zip(tuned_drop, base_drop)])}
+    return out
+
+
+def _ci(s: dict, sign: str = "") -> str:
+    return f"{s['mean']:{sign}.2f} [{s['lo']:{sign}.2f}, {s['hi']:{sign}.2f}]" if s["mean"] is not None else "-"
+
+
+def templates_table(t: dict) -> list[dict]:
+    """The template comparison (``template_comparison``) as table rows: template, base and tuned score, the tuned
+    model's drop vs the template it trained with, the base model's, and the drop beyond the base's (each with its
+    95% interval)."""
+    return [{"template": n + (" (trained with)" if n == t["trained"] else ""), "base": _ci(r["base"]),
+             "tuned": _ci(r["tuned"]), "drop (tuned)": _ci(r["drop"], "+"), "drop (base)": _ci(r["base_drop"], "+"),
+             "drop beyond the base's": _ci(r["mismatch"], "+")} for n, r in t["rows"].items()]
+
+
+def templates_findings(t: dict | None) -> list[str]:
+    """The template comparison's sentences: for each template B other than the one trained with (A), the tuned
+    model's score under B against A with the paired interval of the drop, and what it means — a drop the base model
+    shows too (B is bad for this model anyway) told apart from a drop beyond the base's (the mismatch with training:
+    the seeds' claim); a drop within its interval is none shown. Empty when it did not run."""
+    if not t:
+        return []
+    a, rows = t["trained"], t["rows"]
+    label = "task score" if t["score_metric"] == "task_score" else t["score_metric"]
+    ta, ba = rows[a]["tuned"]["mean"], rows[a]["base"]["mean"]
+    out = [f"Templates ({label}, {t['n_eval']} held-out prompts): trained with {a}, the tuned model scores {ta:.2f} "
+           f"under {a} (base model {ba:.2f}); under each other template below, the drop is the score under {a} minus "
+           "under it (positive: worse), with a paired 95% interval."]
+    groups: dict[str, list[str]] = {}
+    for b, r in rows.items():
+        if b == a:
+            continue
+        d, bd, m = r["drop"], r["base_drop"], r["mismatch"]
+        head = (f"Template {b}: tuned {r['tuned']['mean']:.2f} vs {ta:.2f} under {a}, drop {_ci(d, '+')}; base "
+                f"{r['base']['mean']:.2f} vs {ba:.2f}, drop {_ci(bd, '+')}: ")
+        if not scoring.clear(d):
+            kind, verdict = "no drop shown", "no drop shown for the tuned model (its interval spans 0)."
+        elif d["mean"] < 0:
+            kind, verdict = "better", f"the tuned model does better under {b} than under the template it trained with."
+        elif scoring.clear(m) and m["mean"] > 0:
+            kind, verdict = "a mismatch with training", (
+                f"the mismatch with training costs {_ci(m, '+')} beyond what {b} costs the base model (a template at "
+                "inference other than the one trained with hurts).")
+        elif scoring.clear(bd) and bd["mean"] > 0:
+            kind, verdict = "bad for this model anyway", (
+                f"the base model drops under {b} too, and the tuned drop is not larger beyond its interval "
+                f"({_ci(m, '+')}): {b} is bad for this model anyway, not a mismatch with training.")
+        else:
+            kind, verdict = "a drop not separable from the template's own cost", (
+                f"the base model shows no clear drop, but the tuned drop beyond the base's ({_ci(m, '+')}) is within "
+                "its interval: not separable from the template's own cost on these prompts.")
+        groups.setdefault(kind, []).append(b)
+        out.append(head + verdict)
+    if len(rows) > 2:
+        out.append(f"Templates in sum (trained with {a}): " + "; ".join(
+            f"{kind}: {', '.join(names)}" for kind, names in groups.items()) + ".")
+    return out
+
+
+# ---------------------------------------------------------------- every turn vs the last: the multi-turn demo task
+
+#: the turns 02 scores on the multi-turn demo task (``turns_comparison``), key -> what it is
+TURNS = {"turn1": "turn 1 (JSON answer)", "turn2": "turn 2, reference turn 1 in context",
+         "chained": "turn 2 after the model's own turn 1"}
+#: the arms of the comparison: the base model and the two values of ``TrainArgs.loss_turns``
+TURN_ARMS = {"base": "base model", "all": "loss on all turns", "last": "loss on the last turn"}
+
+
+def turns_data(tokenizer, n_train: int, n_eval: int, seed: int = 0, template: str = "chat") -> tuple[list[dict], list[dict]]:
+    """``json_followup`` chats (``tasks.TASKS``), rendered with ``template``: ``n_train`` to train on and ``n_eval``
+    held out, their first questions all distinct."""
+    rows = tasks.TASKS["json_followup"].generate(random.Random(seed), n_train + n_eval)
+    if len(rows) < n_train + n_eval:
+        raise ValueError(f"turns_examples: json_followup has at most {len(rows) - n_eval} chats beside {n_eval} held out")
+    recs = [data.render({"messages": tasks.chat(q, r), "reference": ref, "check": "plain", "task": "json_followup"},
+                        tokenizer, template) for q, r, ref in rows]
+    return recs[n_eval:], recs[:n_eval]
+
+
+def turn_scores(model, tokenizer, held_out: list[dict], template: str = "chat", precision: str = "fp32",
+                max_new_tokens: int = 48, batch_size: int = 16) -> dict:
+    """One model on held-out ``json_followup`` chats, per example (``TURNS``): ``turn1`` its reply to the first
+    question alone passes ``json_answer``; ``turn2`` its reply to the follow-up, the reference first reply in context,
+    passes ``plain`` against the record's reference; ``chained`` its reply to the follow-up after its own first reply,
+    checked against what that reply says (``tasks.followup_reference``: a first reply with no JSON field to ask about
+    leaves no right answer, a fail). Also the replies (``replies``: turn key -> texts)."""
+    gen = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, precision=precision)
+    msgs = [r["messages"] for r in held_out]
+    first = evaluate.generate(model, tokenizer, [data.render_prompt(m[:1], tokenizer, template) for m in msgs], **gen)
+    second = evaluate.generate(model, tokenizer, [data.render_prompt(m[:3], tokenizer, template) for m in msgs], **gen)
+    chain = [[m[0], {"role": "assistant", "content": own}, m[2]] for m, own in zip(msgs, first)]
+    chained = evaluate.generate(model, tokenizer, [data.render_prompt(c, tokenizer, template) for c in chain], **gen)
+    own_refs = [tasks.followup_reference(m[2]["content"], own) for m, own in zip(msgs, first)]
+    return {"turn1": [float(tasks.check_json_answer(o)) for o in first],
+            "turn2": [float(tasks.check_plain(o, r["reference"])) for o, r in zip(second, held_out)],
+            "chained": [float(ref is not None and tasks.check_plain(o, ref)) for o, ref in zip(chained, own_refs)],
+            "replies": {"turn1": first, "turn2": second, "chained": chained}}
+
+
+def turns_comparison(p: params.SFTParams, tokenizer, template: str = "chat", precision: str = "fp32") -> dict | None:
+    """Every turn vs the last on the multi-turn demo task: LoRA on ``p.turns_examples`` ``json_followup`` chats with
+    ``loss_turns`` all and with last, the same optimizer steps (``turns_epochs`` over the chats) and seed, each scored
+    on ``p.turns_eval`` held-out chats by ``turn_scores``, the base model too. Returns {n_train, n_eval, steps,
+    "arms": {arm (``TURN_ARMS``): {turn: ``scoring.summary`` (share, bootstrap 95% interval), "seconds": training
+    (None for the base), "scores": per-example, "replies"}}, "diff": {turn: ``scoring.paired`` all - last},
+    "questions": the held-out first questions}; None when ``turns_examples`` is 0."""
+    if not p.turns_examples:
+        return None
+    train_set, held_out = turns_data(tokenizer, p.turns_examples, p.turns_eval, p.seed, template)
+    steps = train.steps_for(len(train_set), p, epochs=p.turns_epochs)
+    kw = dict(template=template, precision=precision, max_new_tokens=p.max_new_tokens, batch_size=p.eval_batch_size)
+    per_arm: dict[str, tuple[dict, float | None]] = {}
+    with models.loaded(p.model, p.device, tokenizer=tokenizer) as base:
+        per_arm["base"] = (turn_scores(base, tokenizer, held_out, **kw), None)
+    for arm in ("all", "last"):
+        with train.trained(dataclasses.replace(p, loss_turns=arm), tokenizer, train_set, scope="lora",
+                           max_steps=steps) as r:
+            per_arm[arm] = (turn_scores(r.model, tokenizer, held_out, **kw), r.seconds)
+    arms = {arm: {**{t: scoring.summary(s[t], p.seed) for t in TURNS}, "seconds": secs,
+                  "scores": {t: s[t] for t in TURNS}, "replies": s["replies"]} for arm, (s, secs) in per_arm.items()}
+    diff = {t: scoring.paired(arms["last"]["scores"][t], arms["all"]["scores"][t], p.seed) for t in TURNS}
+    return {"n_train": len(train_set), "n_eval": len(held_out), "steps": steps, "arms": arms, "diff": diff,
+            "questions": [r["messages"][0]["content"] for r in held_out]}
+
+
+def turns_recorded(turns: dict | None) -> dict | None:
+    """``turns_comparison``'s result as metrics.json keeps it (``turns``): without the questions, per-example scores
+    and replies."""
+    if not turns:
+        return None
+    arms = {a: {k: v for k, v in row.items() if k not in ("scores", "replies")} for a, row in turns["arms"].items()}
+    return {**{k: v for k, v in turns.items() if k != "questions"}, "arms": arms}
+
+
+def turns_rows(turns: dict) -> list[dict]:
+    """One table row per arm: each turn's share with its 95% interval, and the training seconds."""
+    def cell(s):
+        return f"{s['mean']:.2f} [{s['lo']:.2f}, {s['hi']:.2f}]"
+
+    return [{"model": TURN_ARMS[a], **{TURNS[t]: cell(row[t]) for t in TURNS},
+             "training seconds": "" if row["seconds"] is None else round(row["seconds"], 1)}
+            for a, row in turns["arms"].items()]
+
+
+def turns_replies(turns: dict, n: int = 4) -> list[dict]:
+    """The first ``n`` held-out chats: the first question and each arm's turn-1 reply and chained turn-2 reply (the
+    static copy of what the models said)."""
+    return [{"first question": q, **{f"{a}: {t}": row["replies"][t][i] for a, row in turns["arms"].items()
+                                     for t in ("turn1", "chained")}}
+            for i, q in enumerate(turns["questions"][:n])]
+
+
+def turns_findings(turns: dict | None) -> list[str]:
+    """The sentences of the multi-turn section, worded from the numbers: every arm's share per turn; on turn 2 given
+    the reference turn 1, which loss wins (the paired all - last difference and whether it is larger than its
+    interval); what training every turn buys on turn 1 and on the chained turn 2; whether turn 2 was learned at all
+    (an arm above the base by ``THRESHOLDS['partly_margin']``)."""
+    if not turns:
+        return []
+    arms, diff = turns["arms"], turns["diff"]
+    shares = "; ".join(f"{TURNS[t]}: " + ", ".join(f"{a} {arms[a][t]['mean']:.2f}" for a in arms) for t in TURNS)
+    out = [f"Multi-turn demo (json_followup, {turns['n_train']} chats, {turns['steps']} LoRA steps per arm, the same "
+           f"seed) on {turns['n_eval']} held-out chats — {shares}."]
+
+    def versus(t: str) -> str:
+        d = diff[t]
+        span = f"{d['mean']:+.2f} (all - last, 95% CI {d['lo']:+.2f} to {d['hi']:+.2f})"
+        if not scoring.clear(d):
+            return f"no difference larger than its interval, {span}"
+        return ("all-turns training wins" if d["mean"] > 0 else "last-turn training wins") + f", {span}"
+
+    best2 = max(arms["all"]["turn2"]["mean"], arms["last"]["turn2"]["mean"])
+    learned = best2 > arms["base"]["turn2"]["mean"] + THRESHOLDS["partly_margin"]
+    out.append(f"Turn 2 with the reference turn 1 in context: {versus('turn2')}" + (
+        "." if learned else f"; neither arm beat the base ({arms['base']['turn2']['mean']:.2f}) by more than "
+        f"{THRESHOLDS['partly_margin']}: the second turn was not learned on this budget."))
+    out.append(f"What training every turn buys: turn 1 (the JSON answer) {versus('turn1')}; turn 2 after the model's "
+               f"own turn 1 {versus('chained')}.")
+    return out
+
+
+# ---------------------------------------------------------------- single- vs multi-task (seed 004)
+
+#: the task trained alone in the single- vs multi-task comparison; the mix is every one-turn row of ``tasks.TASKS``
+#: (``params.MIX_TASKS``: json_followup, two turns, has a comparison of its own)
+TASK_MIX_FOCUS = "json_qa"
+#: the comparison's models, in table order: the base and the two LoRA arms (name -> what the table calls it)
+TASK_MIX_MODELS = {"base": "base", "single": f"{TASK_MIX_FOCUS} alone", "mix": "five-task mix"}
+
+
+def task_mix_sets(n_train: int, n_heldout: int, tokenizer, template: str = "chat", seed: int = 0) -> dict:
+    """The data of the single- vs multi-task comparison, clean built-in examples only (``tasks.TASKS``' generators:
+    no planted junk): {"single": ``n_train`` examples of ``TASK_MIX_FOCUS``, "mix": ``n_train`` examples split evenly
+    over every task (the focus task first takes the remainder; its part is the first examples of "single"),
+    "heldout": ``n_heldout`` more of every task, none of them a training prompt}. Each task draws from its own seeded
+    generator, so its held-out prompts are the same whatever ``n_train`` is. Records are rendered
+    (``data.render``) with ``reference``, ``check`` and ``task``."""
+    names = list(params.MIX_TASKS)
+    if n_train < len(names):
+        raise ValueError(f"task_mix_examples: {n_train} is fewer than one example per task of the mix ({len(names)})")
+    share = {t: n_train // len(names) + (i < n_train % len(names)) for i, t in enumerate(names)}
+    sets: dict = {"single": [], "mix": [], "heldout": []}
+    for t in names:
+        row, want = tasks.TASKS[t], n_heldout + (n_train if t == TASK_MIX_FOCUS else share[t])
+        made = row.generate(random.Random(f"task_mix/{seed}/{t}"), want)
+        if len(made) < want:
+            raise ValueError(f"task_mix: the demo task {t} has {len(made)} distinct examples, {want} asked for "
+                             "(task_mix_examples and task_mix_heldout)")
+        recs = [data.render({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": r}],
+                             "reference": ref, "check": row.check, "task": t}, tokenizer, template)
+                for q, r, ref in made]
+        sets["heldout"] += recs[:n_heldout]
+        sets["mix"] += recs[n_heldout:n_heldout + share[t]]
+        if t == TASK_MIX_FOCUS:
+            sets["single"] = recs[n_heldout:]
+    random.Random(seed).shuffle(sets["mix"])
+    return sets
+
+
+def task_mix_arm(result: dict, heldout: list[dict], base: dict | None = None, **extra) -> dict:
+    """One model's record in the comparison from its ``evaluate.evaluate_model`` result on ``heldout``: per task the
+    task score (``task_score_by_task``) and its bootstrap 95% interval (``interval_by_task``: ``scoring.summary``),
+    against the ``base`` result's on the same prompts the paired difference (``diff_by_task``: ``scoring.paired``),
+    the forgetting probe, and the share of its replies to the other tasks
+    that came in the focus task's JSON format (``json_replies_elsewhere``)."""
+    by = {t: [float(ok) for ok, r in zip(result["passed"], heldout) if r["task"] == t]
+          for t in dict.fromkeys(r["task"] for r in heldout)}
+    elsewhere = [tasks.check_json_answer(o) for o, r in zip(result["outputs"], heldout) if r["task"] != TASK_MIX_FOCUS]
+    out = {"task_score": result["task_score"], "task_score_by_task": {t: tasks.mean(v) for t, v in by.items()},
+           "interval_by_task": {t: scoring.summary(v) for t, v in by.items()},
+           "ppl_general": result["ppl_general"], "general_qa": result["general_qa"],
+           "json_replies_elsewhere": tasks.mean(elsewhere), **extra}
+    if base is not None:
+        base_by = {t: [float(ok) for ok, r in zip(base["passed"], heldout) if r["task"] == t] for t in by}
+        out["diff_by_task"] = {t: scoring.paired(base_by[t], v) for t, v in by.items()}
+    return out
+
+
+def task_mix(p: params.SFTParams, tokenizer, precision: str, template: str = "chat") -> dict | None:
+    """Single- vs multi-task (seed 004): LoRA on ``task_mix_examples`` clean examples of ``TASK_MIX_FOCUS`` alone and
+    on as many of the five-task mix (``task_mix_sets``), both for the same optimizer steps (one epoch of that many
+    examples, ``train.steps_for``) with the same seed and recipe; the base model and both trained models scored on
+    ``task_mix_heldout`` held-out prompts of every task and on the forgetting probe. Its record: n_train, steps,
+    n_eval (held-out prompts, every task's together), focus, n_focus_in_mix, tasks, ``models`` (base, single, mix:
+    ``task_mix_arm``; the trained ones with their train_tasks, steps and training seconds), ``focus_diff`` (mix minus
+    single on the focus task, paired bootstrap) and seconds (the whole comparison). None when ``task_mix_examples``
+    is 0."""
+    if not p.task_mix_examples:
+        return None
+    start = time.perf_counter()
+    sets = task_mix_sets(p.task_mix_examples, p.task_mix_heldout, tokenizer, template, p.seed)
+    heldout, steps = sets["heldout"], train.steps_for(p.task_mix_examples, p, epochs=1.0)
+    kw = dict(check="per-record", precision=precision, max_new_tokens=p.max_new_tokens, batch_size=p.eval_batch_size)
+    with models.loaded(p.model, p.device, tokenizer=tokenizer) as model:
+        results = {"base": evaluate.evaluate_model(model, tokenizer, heldout, **kw)}
+    extra = {"base": dict(train_tasks=[], steps=0, seconds=None)}
+    for arm in ("single", "mix"):
+        with train.trained(p, tokenizer, sets[arm], scope="lora", max_steps=steps) as r:
+            results[arm] = evaluate.evaluate_model(r.model, tokenizer, heldout, **kw)
+        extra[arm] = dict(train_tasks=[t for t in params.MIX_TASKS if any(x["task"] == t for x in sets[arm])],
+                          steps=r.steps, seconds=r.seconds)
+    arms = {a: task_mix_arm(res, heldout, None if a == "base" else results["base"], **extra[a])
+            for a, res in results.items()}
+    focus = [i for i, r in enumerate(heldout) if r["task"] == TASK_MIX_FOCUS]
+    single, mix = ([float(results[a]["passed"][i]) for i in focus] for a in ("single", "mix"))
+    return {"n_train": p.task_mix_examples, "steps": steps, "n_eval": len(heldout), "focus": TASK_MIX_FOCUS,
+            "n_focus_in_mix": sum(r["task"] == TASK_MIX_FOCUS for r in sets["mix"]), "tasks": list(params.MIX_TASKS),
+            "models": arms, "focus_diff": scoring.paired(single, mix), "seconds": time.perf_counter() - start}
+
+
+def task_mix_rows(m: dict) -> list[dict]:
+    """The comparison as a table, one row per model: what it trained on, each task's score with its 95% interval,
+    the mean over the tasks, the forgetting probe and the share of JSON replies to the other tasks."""
+    def cell(s):
+        return f"{s['mean']:.2f} [{s['lo']:.2f}, {s['hi']:.2f}]"
+
+    rows = []
+    for key, label in TASK_MIX_MODELS.items():
+        a = m["models"][key]
+        rows.append({"model": label, "trained on": ", ".join(a["train_tasks"]) or "-", "steps": a["steps"],
+                     **{t: cell(a["interval_by_task"][t]) for t in m["tasks"]}, "mean of tasks": a["task_score"],
+                     "general-text perplexity": a["ppl_general"], "general questions": a["general_qa"],
+                     f"{m['focus']} JSON on other tasks": a["json_replies_elsewhere"], "seconds": a["seconds"]})
+    return rows
+
+
+def task_mix_findings(m: dict | None) -> list[str]:
+    """The sentences of the single- vs multi-task comparison (none when it did not run): the focus task alone vs in
+    the mix; what training on it alone did to the other tasks and to the forgetting probe, against the base; what the
+    mix kept. A change counts only when its paired 95% interval excludes 0 (``scoring.clear``)."""
+    if not m:
+        return []
+    f, base, single, mix = m["focus"], m["models"]["base"], m["models"]["single"], m["models"]["mix"]
+    others = [t for t in m["tasks"] if t != f]
+
+    def s(a, t):
+        x = a["interval_by_task"][t]
+        return f"{x['mean']:.2f} [{x['lo']:.2f}, {x['hi']:.2f}]"
+
+    def moved(a):
+        return ([t for t in others if scoring.clear(a["diff_by_task"][t]) and a["diff_by_task"][t]["mean"] < 0],
+                [t for t in others if scoring.clear(a["diff_by_task"][t]) and a["diff_by_task"][t]["mean"] > 0])
+
+    def listed(a):
+        return "; ".join(f"{t} {base['task_score_by_task'][t]:.2f} -> {a['task_score_by_task'][t]:.2f}"
+                         for t in others)
+
+    def probe(a):
+        return (f"general-text perplexity {base['ppl_general']:.2f} -> {a['ppl_general']:.2f} "
+                f"({change(base['ppl_general'], a['ppl_general'], True)}), general questions {base['general_qa']:.2f} "
+                f"-> {a['general_qa']:.2f} ({change(base['general_qa'], a['general_qa'])})")
+
+    d = m["focus_diff"]
+    out = [f"Single vs multi-task, {m['n_train']} examples and {m['steps']} optimizer steps each (LoRA, same seed), "
+           f"{m['n_eval'] // len(m['tasks'])} held-out prompts per task: {f} scored {s(single, f)} trained alone vs "
+           f"{s(mix, f)} in the five-task mix ({m['n_focus_in_mix']} of its examples; base "
+           f"{base['task_score_by_task'][f]:.2f}); "
+           f"mix minus alone {d['mean']:+.2f} [{d['lo']:.2f}, {d['hi']:.2f}]: " + (
+               f"training on {f} alone did better on it." if scoring.clear(d) and d["mean"] < 0 else
+               "the mix did better on it." if scoring.clear(d) else
+               f"within its interval, the mix did as well on {f} with a fraction of its examples.")]
+    lost, gained = moved(single)
+    out.append(f"Trained on {f} alone, the other tasks went {listed(single)} (base -> tuned): " + (
+        f"it lost {', '.join(lost)} by more than the interval" if lost else
+        "none fell by more than its interval") + (f" and gained {', '.join(gained)}" if gained else "") +
+        f"; {single['json_replies_elsewhere']:.2f} of its replies to them were {f}'s JSON object (base "
+        f"{base['json_replies_elsewhere']:.2f}); forgetting probe: {probe(single)}.")
+    lost, gained = moved(mix)
+    out.append(f"The five-task mix: the other tasks went {listed(mix)}: " + (
+        f"{', '.join(gained)} rose by more than the interval" if gained else "none rose by more than its interval") +
+        (f", {', '.join(lost)} fell by more than it" if lost else "") +
+        f"; {mix['json_replies_elsewhere']:.2f} of its replies to them were JSON; forgetting probe: {probe(mix)}; "
+        f"mean over the five tasks {base['task_score']:.2f} (base), {single['task_score']:.2f} ({f} alone), "
+        f"{mix['task_score']:.2f} (mix).")
     return out

@@ -531,7 +531,7 @@ def score_metric(names: Sequence[str], check: str) -> str:
     """The reply metric the round trip judges a file by: the data's own check where it has one (json_answer, exact,
     per-record ``task``); for free text the first reference metric of ``names`` (ROUGE-L by default) — a 'contains'
     check scores almost every free-text reply 0 and could not see what quantization changed."""
-    own = check if check in ("json_answer", "exact") else "task" if check == "per-record" else None
+    own = check if check in ("json_answer", "exact") else "task" if check in ("per-record", "plain") else None
     if own in names:
         return own
     return next((n for n in REFERENCE_SCORES if n in names), next(iter(names)))

@@ -7,10 +7,12 @@ A leaf module (it imports no other nbft module), so every stage reads a reply th
   ``with_answer`` is its inverse (put another answer into the same wrapper).
 - ``normalize(text)`` — how answers are compared: lowercase, thousands separators dropped, other
   punctuation a space, articles dropped.
-- ``CHECKS`` — name -> ``check(reply, reference) -> bool``: ``json_answer`` (the demo format), ``exact``
-  and ``contains`` (the reference as whole words in the reply's answer). Records name their check.
+- ``CHECKS`` — name -> ``check(reply, reference) -> bool``: ``json_answer`` (the demo format), ``exact``,
+  ``contains`` (the reference as whole words in the reply's answer) and ``plain`` (the reference as whole
+  words in a reply that is not JSON). Records name their check.
 - ``TASKS`` — one row per built-in demo task: ``Task(name, generate, check, note)``. Adding a task is adding
-  a row (and, if it needs one, a check).
+  a row (and, if it needs one, a check). ``json_followup`` is a two-turn chat whose second reply can only be
+  right after reading the first (``FOLLOWUPS``, ``followup_reference``).
 
 The forgetting probe and task scores (02/03), the RAG-vs-FT scorer (05) and the RLHF judge (04) all
 call ``answer_of``/``contains``, so they cannot disagree about the same reply.
@@ -99,11 +101,20 @@ def check_contains(reply: str, reference: str) -> bool:
     return bool(ref) and f" {ref} " in f" {normalize(answer_of(reply))} "
 
 
+def check_plain(reply: str, reference: str) -> bool:
+    """A plain-text reply (not JSON: it does not open with ``{``, ``[`` or a fence) with the reference in it as whole
+    words, both normalized: json_followup's second reply ("The topic was geography."), where repeating the JSON
+    object that holds the answer is the wrong reply."""
+    ref, s = normalize(reference), str(reply).strip()
+    return bool(ref) and not s.startswith(("{", "[", "```")) and f" {ref} " in f" {normalize(s)} "
+
+
 #: name -> check(reply, reference) -> bool. Adding a check is adding a row.
 CHECKS: dict[str, Callable[[str, str], bool]] = {
     "json_answer": check_json_answer,
     "exact": check_exact,
     "contains": check_contains,
+    "plain": check_plain,
 }
 
 
@@ -313,10 +324,50 @@ def _task_reverse_list(rng, n):
     return _unique(rng, n, make)
 
 
+#: json_followup's follow-up questions, phrasing -> the field of the JSON reply just given that it asks for: its
+#: topic, or its answer in words. Either way the second reply is right only if it reads the first.
+FOLLOWUPS: dict[str, str] = {
+    "Which topic was that?": "topic",
+    "What topic did that question belong to?": "topic",
+    "Name the topic of your last answer.": "topic",
+    "Say the answer again, without JSON.": "answer",
+    "What was the answer, in plain words?": "answer",
+    "Repeat your answer as a sentence, no JSON.": "answer",
+}
+#: field -> json_followup's second reply (plain text; a sentence, so the reply clears data prep's ``min_tokens``)
+FOLLOWUP_REPLIES = {"topic": "The topic was {}.", "answer": "The answer was {}."}
+
+
+def followup_reference(question: str, reply: str) -> str | None:
+    """What a follow-up ``question`` (a key of ``FOLLOWUPS``) asks of the ``reply`` before it: the field it names of
+    that reply's JSON object. None where the question is no follow-up or the reply is not one JSON object with that
+    field (a follow-up to a reply that gave none has no right answer)."""
+    field = FOLLOWUPS.get(str(question).strip())
+    try:
+        obj = json.loads(str(reply).strip())
+    except ValueError:
+        return None
+    value = obj.get(field) if field and isinstance(obj, dict) else None
+    return value.strip() if isinstance(value, str) and value.strip() else None
+
+
+def _task_json_followup(rng: random.Random, n: int) -> list[tuple[tuple[str, str, str], str, str]]:
+    """A json_qa question and its JSON reply, then a follow-up about that reply (``FOLLOWUPS``): the instruction is
+    the chat so far (user, assistant, user), the reply a sentence naming the field asked for, the reference that
+    field's value."""
+    out = []
+    for q, reply, _ in _task_json_qa(rng, n):
+        followup = rng.choice(list(FOLLOWUPS))
+        ref = followup_reference(followup, reply)
+        out.append(((q, reply, followup), FOLLOWUP_REPLIES[FOLLOWUPS[followup]].format(ref), ref))
+    return out
+
+
 @dataclass(frozen=True)
 class Task:
     """A built-in demo task: ``generate(rng, n)`` makes up to ``n`` distinct (instruction, reply, reference)
-    triples; ``check`` names the row of ``CHECKS`` that scores a reply to it."""
+    triples; ``check`` names the row of ``CHECKS`` that scores a reply to it. An instruction is the user's message,
+    or for a multi-turn task the chat before the reply (a tuple of turns: user, assistant, ..., user)."""
 
     name: str
     generate: Callable[[random.Random, int], list[tuple[str, str, str]]]
@@ -330,7 +381,17 @@ TASKS: dict[str, Task] = {t.name: t for t in [
     Task("uppercase", _task_uppercase, "exact", "rewrite 2-4 words in capital letters"),
     Task("count_items", _task_count_items, "exact", "count the items of a list: 'There are N items.'"),
     Task("reverse_list", _task_reverse_list, "exact", "list 3-5 words from last to first"),
+    Task("json_followup", _task_json_followup, "plain", "two turns: a json_qa question answered in JSON, then a "
+         "follow-up about that reply (its topic, or its answer without JSON), answered in a plain sentence"),
 ]}
+
+
+def chat(instruction: str | tuple, reply: str) -> list[dict]:
+    """A task row's (instruction, reply) as chat messages: the instruction's turns (one user message, or user and
+    assistant alternating) and the reply."""
+    turns = (instruction,) if isinstance(instruction, str) else tuple(instruction)
+    return [{"role": ("user", "assistant")[i % 2], "content": c} for i, c in enumerate(turns)] + [
+        {"role": "assistant", "content": reply}]
 
 
 def demo_dataset(n: int = 320, seed: int = 0, tasks: list[str] | tuple = ("json_qa",)) -> list[dict]:
@@ -353,18 +414,16 @@ def demo_dataset(n: int = 320, seed: int = 0, tasks: list[str] | tuple = ("json_
         rows = row.generate(rng, k + 9)  # 9 spare instructions for the planted junk below
         if len(rows) < k + 9:
             raise ValueError(f"n_examples: the demo task {task} has at most {len(rows) - 9} distinct examples, asked for {k}")
-        clean = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": r}],
-                  "reference": ref, "check": row.check, "task": task} for q, r, ref in rows[:k]]
+        clean = [{"messages": chat(q, r), "reference": ref, "check": row.check, "task": task} for q, r, ref in rows[:k]]
         for q, _, ref in rows[k:k + 9:3] if task == tasks[0] else []:  # junk: empty, too short, too long
             for reply in ["", "{", "ok " * 400]:
-                clean.append({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": reply}],
-                              "reference": ref, "check": row.check, "task": task})
+                clean.append({"messages": chat(q, reply), "reference": ref, "check": row.check, "task": task})
         if task == "json_qa":
             for r in rng.sample(clean[:k], max(1, k // 10)):  # off-format: right answer, wrong form
                 r["messages"] = [r["messages"][0], {"role": "assistant", "content": f"The answer is {r['reference']}."}]
         recs += clean
     for r in rng.sample(recs[: n], max(1, n // 25)):  # near-duplicates
         q = r["messages"][0]["content"]
-        recs.append({**r, "messages": [{"role": "user", "content": "  " + q.upper() + " "}, r["messages"][1]]})
+        recs.append({**r, "messages": [{"role": "user", "content": "  " + q.upper() + " "}, *r["messages"][1:]]})
     rng.shuffle(recs)
     return recs
