@@ -610,16 +610,18 @@ def chat_model(spec: str, device: str = "auto"):
 
 
 def system_role(tokenizer, template: str = "chat") -> bool:
-    """Does ``template`` (a row of ``data.TEMPLATES``) render a system message? A chat template that refuses one or
-    leaves it out has no system role."""
+    """Does ``template`` (a row of ``data.TEMPLATES``) give a system message a place of its own? Not where it refuses
+    one, leaves it out, or writes it exactly as the system text before the first user message (Gemma, Mistral,
+    Alpaca)."""
     from . import data
 
     try:
         text = data.render_prompt([{"role": "system", "content": _PROBE}, {"role": "user", "content": "hi"}],
                                   tokenizer, template)
+        folded = data.render_prompt([{"role": "user", "content": f"{_PROBE}\n\nhi"}], tokenizer, template)
     except Exception:  # noqa: BLE001 - e.g. "System role not supported", raised by the template itself
         return False
-    return _PROBE in text
+    return _PROBE in text and text != folded
 
 
 def template_note(tokenizer, template: str = "chat") -> str:

@@ -51,6 +51,8 @@ def test_the_system_prompt_goes_in_the_system_role_or_before_the_first_message(t
     assert widgets.chat_prompt(USER, no_system, "Be brief.") == (
         "<|im_start|>user\nBe brief.\n\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant")
     assert "Be brief.\n\nWhat is 2+2?" in widgets.chat_prompt(USER, tokenizer, "Be brief.", "alpaca")
+    # the template table's rows: gemma writes a system message into the first user turn, llama-3 has its own header
+    assert not widgets.system_role(tokenizer, "gemma") and widgets.system_role(tokenizer, "llama-3")
 
 
 def test_sampling_controls_reach_generation_and_a_seeded_sample_repeats(tiny):
