@@ -818,7 +818,7 @@ def cmd_export(args) -> int:
         stage = _stage_names([args.stage])[0]
         name = stage if not args.model else f"{stage}/{args.model}"
         if args.model:
-            inside = [s.name for s in ship.saved_models(run_dir) if s.name.split("/")[0] == stage]
+            inside = [s.name for s in runs.saved_models(run_dir) if s.name.split("/")[0] == stage]
             tails = [n for n in inside if n == name or n.endswith("/" + args.model)]
             name = tails[0] if len(tails) == 1 else name
         saved = ship.find_model(run_dir, name)

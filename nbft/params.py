@@ -331,6 +331,16 @@ class JudgeArgs:
                                 "never shown)")
 
 
+@params_dataclass
+class ChatArgs:
+    """The chat playground at the end of a stage that tunes models (``widgets.chat``: 02, 03, 04, 07)."""
+
+    chat_tokens: int = _f(24, "the chat playground's scripted example conversation, played to the two models it shows "
+                          "first when the notebook runs (the report's transcript, where the playground starts): at "
+                          "most this many tokens a reply, greedy; 0: none (the playground still chats in Jupyter)",
+                          min=0)
+
+
 # ---------------------------------------------------------------- one dataclass per notebook
 
 @params_dataclass
@@ -360,7 +370,7 @@ class DataPrepParams(Common):
 
 
 @params_dataclass
-class SFTParams(JudgeArgs, ReplyArgs, EvalArgs, LoraArgs, ScopeArgs, TrainArgs, Common):
+class SFTParams(ChatArgs, JudgeArgs, ReplyArgs, EvalArgs, LoraArgs, ScopeArgs, TrainArgs, Common):
     """02_sft: supervised fine-tuning — modes, scopes, data size and quality, and what it costs."""
 
     epochs: float = _f(1.0, "passes over the training split (every instruction run of the stage uses the same budget)")
@@ -420,7 +430,7 @@ class SFTParams(JudgeArgs, ReplyArgs, EvalArgs, LoraArgs, ScopeArgs, TrainArgs, 
 
 
 @params_dataclass
-class PEFTParams(ReplyArgs, EvalArgs, LoraArgs, ScopeArgs, TrainArgs, Common):
+class PEFTParams(ChatArgs, ReplyArgs, EvalArgs, LoraArgs, ScopeArgs, TrainArgs, Common):
     """03_peft: every method on the same task, data, seed and budget; many adapters on one base."""
 
     epochs: float = _f(1.0, "upper bound on passes over the data (max_steps decides)")
@@ -452,7 +462,7 @@ class PEFTParams(ReplyArgs, EvalArgs, LoraArgs, ScopeArgs, TrainArgs, Common):
 
 
 @params_dataclass
-class RLHFParams(EvalArgs, LoraArgs, Common):
+class RLHFParams(ChatArgs, EvalArgs, LoraArgs, Common):
     """04_rlhf: preferences -> reward model -> online RL against it; DPO as the RL-free path."""
 
     lora_target: str = _f("q_proj,k_proj,v_proj,o_proj", "modules LoRA wraps: all-linear or a comma-separated list "
@@ -567,7 +577,7 @@ class ClassifyParams(EvalArgs, LoraArgs, ScopeArgs, TrainArgs, Common):
 
 
 @params_dataclass
-class DistillParams(ReplyArgs, EvalArgs, LoraArgs, ScopeArgs, TrainArgs, Common):
+class DistillParams(ChatArgs, ReplyArgs, EvalArgs, LoraArgs, ScopeArgs, TrainArgs, Common):
     """07_distill: a smaller student learns from a teacher — by SFT on references, by imitating the teacher's
     replies, by matching its token distributions — and what each copies (style) and what it cannot (knowledge)."""
 

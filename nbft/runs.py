@@ -735,3 +735,111 @@ def write_card(folder: Path, title: str, parameters=None, metrics: dict | None =
         lines += ["", "## Parameters", ""] + [f"- {k}: {v!r}" for k, v in card["parameters"].items()]
     files.write_atomic(folder / "card.md", "\n".join(lines) + "\n")
     return folder / "card.md"
+
+
+# ---------------------------------------------------------------- the models a run saved
+
+@dataclass
+class Saved:
+    """A model folder a stage of a run saved (``saved_models``)."""
+
+    name: str  # <stage>/<path under the stage's artifacts>
+    path: Path
+    kind: str  # adapter | model
+    method: str  # the adapter's peft type (LORA, ...) or 'full model'
+    base: str  # the adapter's base model spec ('' for a whole model)
+    exportable: bool  # a generator that loads as one model folder (``models.resolve``: an adapter merged on demand)
+    why: str = ""  # why not, when it is not
+
+    def row(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "method": self.method, "exportable": self.exportable,
+                "why not": self.why}
+
+
+#: peft types whose adapter cannot be folded into the weights (they add virtual tokens to every prompt)
+UNMERGEABLE = ("PROMPT_TUNING", "PREFIX_TUNING", "P_TUNING", "ADAPTION_PROMPT", "MULTITASK_PROMPT_TUNING", "CPT")
+
+
+def _adapter_base(folder: Path, config: dict) -> str:
+    from . import models
+
+    if (folder / models.ADAPTER_BASE_FILE).is_file():
+        return models.adapter_base(folder)
+    return str(config.get("base_model_name_or_path") or "")
+
+
+def _saved(stage_dir: Path, folder: Path) -> Saved | None:
+    from . import models
+
+    name = f"{stage_dir.name}/{folder.relative_to(stage_dir).as_posix()}"
+    adapter = folder / "adapter_config.json"
+    if adapter.is_file() and (folder / "adapter_model.safetensors").is_file():
+        try:
+            config = json.loads(adapter.read_text(encoding="utf-8"))
+        except ValueError as e:
+            return Saved(name, folder, "adapter", "?", "", False, f"adapter_config.json unreadable ({e})")
+        method = str(config.get("peft_type", "?"))
+        base = _adapter_base(folder, config)
+        if str(config.get("task_type", "")).endswith("SEQ_CLS"):
+            return Saved(name, folder, "adapter", method, base, False, "a classifier (reward model), not a generator")
+        if method in UNMERGEABLE:
+            return Saved(name, folder, "adapter", method, base, False, "prompt learning: virtual tokens, no weights "
+                         "to merge")
+        if not base:
+            return Saved(name, folder, "adapter", method, base, False, "its base model is not recorded")
+        return Saved(name, folder, "adapter", method, base, True)
+    if (folder / "config.json").is_file() and not models.folder_problem(folder):
+        try:
+            arch = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("architectures") or [""]
+        except ValueError:
+            arch = [""]
+        if str(arch[0]).endswith("ForSequenceClassification"):
+            return Saved(name, folder, "model", "full model", "", False, "a classifier, not a generator")
+        return Saved(name, folder, "model", "full model", "", True)
+    return None
+
+
+def saved_models(run_dir: str | Path) -> list[Saved]:
+    """Every model folder the run's stages saved under ``artifacts/`` (08's own exports aside), in stage order:
+    02's main run, 03's methods, 04's policies (and its reward model), 07's student, one row each, by name
+    (``02_sft/adapter``, ``03_peft/methods/lora``, ``04_rlhf/dpo_policy``, ...)."""
+    art = Path(run_dir) / "artifacts"
+    out = []
+    for stage_dir in sorted(d for d in art.glob("*") if d.is_dir() and d.name != "08_export"):
+        for folder in sorted(d for d in stage_dir.rglob("*") if d.is_dir()):
+            if any(s.path in folder.parents for s in out):
+                continue
+            s = _saved(stage_dir, folder)
+            if s is not None:
+                out.append(s)
+    return out
+
+
+#: A stage name alone picks this model of the stage (its main one).
+MAIN_MODEL = {"02_sft": ("02_sft/merged", "02_sft/adapter", "02_sft/model"), "07_distill": ("07_distill/distilled",),
+              "04_rlhf": ("04_rlhf/dpo_policy", "04_rlhf/rl_policy"), "03_peft": ("03_peft/methods/lora",)}
+
+
+def find_model(run_dir: str | Path, name: str, key: str = "model") -> Saved:
+    """The saved model called ``name`` (as ``saved_models`` names it, a stage name alone for its main model, or the
+    last part of a name when only one model has it), exportable or not. RunError (``key``: the parameter that
+    named it) names the run's exportable models and the closest name."""
+    import difflib
+
+    run_dir = Path(run_dir)
+    saved = saved_models(run_dir)
+    by_name = {s.name: s for s in saved}
+    hit = by_name.get(name)
+    if hit is None and name in MAIN_MODEL:
+        hit = next((by_name[n] for n in MAIN_MODEL[name] if n in by_name), None)
+    if hit is None:
+        tails = [s for s in saved if s.name.endswith("/" + name)]
+        hit = tails[0] if len(tails) == 1 else None
+    if hit is None:
+        names = [s.name for s in saved if s.exportable]
+        close = difflib.get_close_matches(name, [s.name for s in saved] + list(MAIN_MODEL), n=1, cutoff=0.4)
+        raise RunError(f"{key} {params.show(name)}: run {run_dir.name} has no such saved model"
+                       + (f"; did you mean '{close[0]}'?" if close else "")
+                       + (f" It holds: {', '.join(names)}" if names else
+                          " It holds none (run 02_sft, 03_peft, 04_rlhf or 07_distill first)"))
+    return hit

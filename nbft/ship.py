@@ -1,9 +1,9 @@
 """Take a model out of a run (08_export): merged weights, GGUF, an Ollama Modelfile, a model card — and the proof that
 the shipped model still does the task.
 
-- ``saved_models(run_dir)``: every model a run's stages saved (02's main run, 03's mergeable methods, 04's policies,
-  07's student), one row each, by name (``02_sft/adapter``, ``03_peft/methods/lora``, ``04_rlhf/dpo_policy``, ...);
-  ``find_model`` picks one by name (a stage name alone: that stage's main model) or names the closest.
+- ``find_model(run_dir, name)``: the exportable model a run saved called ``name`` (``runs.saved_models`` lists them:
+  02's main run, 03's mergeable methods, 04's policies, 07's student; a stage name alone: that stage's main model) or
+  names the closest.
 - ``merge``: the adapter folded into its base (peft's ``merge_and_unload``), bf16 safetensors, the tokenizer with its
   chat template, ``generation_config.json``: a folder transformers and vLLM load as it is.
 - ``to_gguf``: llama.cpp's own converter (``convert_hf_to_gguf.py`` from the llama-cpp-python source distribution,
@@ -22,7 +22,6 @@ the shipped model still does the task.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import hashlib
 import importlib.util
 import json
@@ -86,100 +85,14 @@ class ExportError(ValueError):
 
 # ---------------------------------------------------------------- the models a run saved
 
-@dataclass
-class Saved:
-    """A model folder a stage of a run saved."""
-
-    name: str  # <stage>/<path under the stage's artifacts>
-    path: Path
-    kind: str  # adapter | model
-    method: str  # the adapter's peft type (LORA, ...) or 'full model'
-    base: str  # the adapter's base model spec ('' for a whole model)
-    exportable: bool
-    why: str = ""  # why not, when it is not
-
-    def row(self) -> dict:
-        return {"name": self.name, "kind": self.kind, "method": self.method, "exportable": self.exportable,
-                "why not": self.why}
-
-
-#: peft types whose adapter cannot be folded into the weights (they add virtual tokens to every prompt)
-UNMERGEABLE = ("PROMPT_TUNING", "PREFIX_TUNING", "P_TUNING", "ADAPTION_PROMPT", "MULTITASK_PROMPT_TUNING", "CPT")
-
-
-def _adapter_base(folder: Path, config: dict) -> str:
-    if (folder / models.ADAPTER_BASE_FILE).is_file():
-        return models.adapter_base(folder)
-    return str(config.get("base_model_name_or_path") or "")
-
-
-def _saved(stage_dir: Path, folder: Path) -> Saved | None:
-    name = f"{stage_dir.name}/{folder.relative_to(stage_dir).as_posix()}"
-    adapter = folder / "adapter_config.json"
-    if adapter.is_file() and (folder / "adapter_model.safetensors").is_file():
-        try:
-            config = json.loads(adapter.read_text(encoding="utf-8"))
-        except ValueError as e:
-            return Saved(name, folder, "adapter", "?", "", False, f"adapter_config.json unreadable ({e})")
-        method = str(config.get("peft_type", "?"))
-        base = _adapter_base(folder, config)
-        if str(config.get("task_type", "")).endswith("SEQ_CLS"):
-            return Saved(name, folder, "adapter", method, base, False, "a classifier (reward model), not a generator")
-        if method in UNMERGEABLE:
-            return Saved(name, folder, "adapter", method, base, False, "prompt learning: virtual tokens, no weights "
-                         "to merge")
-        if not base:
-            return Saved(name, folder, "adapter", method, base, False, "its base model is not recorded")
-        return Saved(name, folder, "adapter", method, base, True)
-    if (folder / "config.json").is_file() and not models.folder_problem(folder):
-        try:
-            arch = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("architectures") or [""]
-        except ValueError:
-            arch = [""]
-        if str(arch[0]).endswith("ForSequenceClassification"):
-            return Saved(name, folder, "model", "full model", "", False, "a classifier, not a generator")
-        return Saved(name, folder, "model", "full model", "", True)
-    return None
-
-
-def saved_models(run_dir: str | Path) -> list[Saved]:
-    """Every model folder the run's stages saved under ``artifacts/`` (08's own exports aside), in stage order."""
-    art = Path(run_dir) / "artifacts"
-    out = []
-    for stage_dir in sorted(d for d in art.glob("*") if d.is_dir() and d.name != "08_export"):
-        for folder in sorted(d for d in stage_dir.rglob("*") if d.is_dir()):
-            if any(s.path in folder.parents for s in out):
-                continue
-            s = _saved(stage_dir, folder)
-            if s is not None:
-                out.append(s)
-    return out
-
-
-#: A stage name alone picks this model of the stage (its main one).
-MAIN_MODEL = {"02_sft": ("02_sft/merged", "02_sft/adapter", "02_sft/model"), "07_distill": ("07_distill/distilled",),
-              "04_rlhf": ("04_rlhf/dpo_policy", "04_rlhf/rl_policy"), "03_peft": ("03_peft/methods/lora",)}
-
-
-def find_model(run_dir: str | Path, name: str) -> Saved:
-    """The saved model called ``name`` (as ``saved_models`` names it, a stage name alone for its main model, or the
-    last part of a name when only one model has it). ExportError names the run's models and the closest name."""
-    run_dir = Path(run_dir)
-    saved = saved_models(run_dir)
-    by_name = {s.name: s for s in saved}
-    hit = by_name.get(name)
-    if hit is None and name in MAIN_MODEL:
-        hit = next((by_name[n] for n in MAIN_MODEL[name] if n in by_name), None)
-    if hit is None:
-        tails = [s for s in saved if s.name.endswith("/" + name)]
-        hit = tails[0] if len(tails) == 1 else None
-    if hit is None:
-        names = [s.name for s in saved if s.exportable]
-        close = difflib.get_close_matches(name, [s.name for s in saved] + list(MAIN_MODEL), n=1, cutoff=0.4)
-        raise ExportError(f"export_model {params.show(name)}: run {run_dir.name} has no such saved model"
-                          + (f"; did you mean '{close[0]}'?" if close else "")
-                          + (f" It holds: {', '.join(names)}" if names else
-                             " It holds none (run 02_sft, 03_peft, 04_rlhf or 07_distill first)"))
+def find_model(run_dir: str | Path, name: str) -> runs.Saved:
+    """The exportable saved model called ``name`` (``runs.find_model``: a stage name alone for its main model, or the
+    last part of a name when only one model has it). ExportError names the run's models and the closest name, or
+    why the one named cannot be exported."""
+    try:
+        hit = runs.find_model(run_dir, name, key="export_model")
+    except runs.RunError as e:
+        raise ExportError(str(e)) from None
     if not hit.exportable:
         raise ExportError(f"export_model {name}: {hit.name} cannot be exported: {hit.why}")
     return hit
@@ -212,7 +125,7 @@ def size_mb(path: str | Path) -> float:
 # ---------------------------------------------------------------- merged weights
 
 @timing.timed("loading")
-def merge(saved: Saved, out: str | Path, dtype: str = "bf16") -> dict:
+def merge(saved: runs.Saved, out: str | Path, dtype: str = "bf16") -> dict:
     """The saved model as a standalone folder in ``out``: an adapter merged into its base (``merge_and_unload``),
     weights as ``dtype`` safetensors, the tokenizer with its chat template and ``generation_config.json``.
     Returns {path, base, size_mb, seconds}."""
@@ -720,7 +633,7 @@ def findings(reference: dict, formats: dict[str, dict], served: dict | None, met
     return out
 
 
-def metrics(source: Saved, export_dir: Path, reference: dict, formats: dict[str, dict], served: dict | None,
+def metrics(source: runs.Saved, export_dir: Path, reference: dict, formats: dict[str, dict], served: dict | None,
             n_eval: int, check: str, metric: str) -> dict:
     """08_export's record: the exported model, ``reference`` (the in-notebook model), ``formats`` (format -> its
     round-trip row), ``served``; the vocabulary's names (size_mb, load_seconds, gen_tokens_per_second, task_score,
@@ -751,7 +664,7 @@ def headline(run_dir: Path, stage: str) -> list[str]:
     return lines
 
 
-def model_card(source: Saved, base_spec: str, run_dir: Path, data_card: dict | None, stage_params: dict | None,
+def model_card(source: runs.Saved, base_spec: str, run_dir: Path, data_card: dict | None, stage_params: dict | None,
                findings_: Sequence[str], formats: Sequence[str]) -> str:
     """README.md of the merged folder: front matter (licence, base model, tags), what it is, the data, the parameters,
     the stage's headline metrics with their intervals, the round trip, how to use it, intended use and limits."""
@@ -797,7 +710,7 @@ def model_card(source: Saved, base_spec: str, run_dir: Path, data_card: dict | N
     return "\n".join(lines)
 
 
-def root_base(saved: Saved) -> str:
+def root_base(saved: runs.Saved) -> str:
     """The model a saved one grew from, through every adapter on an adapter (04's policy on 02's adapter): a built-in
     name where the chain ends in one's cached folder (03's adapters record that folder's path)."""
     spec = saved.base or str(saved.path)
@@ -812,7 +725,7 @@ def root_base(saved: Saved) -> str:
     return builtin.get(str(Path(spec)), spec)
 
 
-def write_card_and_modelfile(source: Saved, export_dir: Path, tokenizer, run_dir: Path, findings_: Sequence[str],
+def write_card_and_modelfile(source: runs.Saved, export_dir: Path, tokenizer, run_dir: Path, findings_: Sequence[str],
                              formats: Sequence[str]) -> dict:
     """The model card (``merged/README.md``: ``model_card``, with the data card 01 wrote and the parameters the
     model's stage recorded in its card.json) and, when GGUF files were written, the Ollama ``Modelfile`` (FROM the

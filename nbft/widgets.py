@@ -6,7 +6,11 @@ notebook's HTML reads the same without a widget renderer.
 from __future__ import annotations
 
 import html
+import threading
 import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Sequence
 
 import matplotlib.pyplot as plt
 
@@ -513,3 +517,338 @@ def retrieval_inspector(rows: list[dict]):
     _browse(W.Dropdown(options=[(f"{i}: {r['question']}", i) for i, r in enumerate(rows)], value=0,
                               description="question", layout=W.Layout(width="90%")),
                    lambda i: _inspect_html(rows[i]))
+
+
+# ---------------------------------------------------------------- chat playground
+
+#: The playground's scripted example conversation (its static transcript, made when the notebook runs, greedy, at most
+#: ``chat_tokens`` a reply): two user messages, the second about the first reply.
+CHAT_SCRIPT = ("What is the capital of France?", "Which river runs through it?")
+#: Models the playground keeps loaded at once; the least recently used is released when another loads.
+CHAT_LOADED = 2
+CHAT_BASE = "base"  # the label of the stage's base model (``p.model``)
+CHAT_NONE = "(none)"  # no second model
+_PROBE = "nbft-system-probe-3f1c"
+
+
+@dataclass
+class Sampling:
+    """The playground's sampling controls. Temperature 0 is greedy (top-p unused); with a temperature, the seed makes
+    a reply repeatable (the same seed, conversation and settings: the same reply)."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_new_tokens: int = 128
+    seed: int = 0
+
+    def kwargs(self) -> dict:
+        """``evaluate.generate``'s sampling arguments."""
+        if self.temperature <= 0:
+            return {"do_sample": False}
+        return {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p}
+
+
+def chat_models(run_dir, base: str | None, names: Sequence[str]) -> tuple[dict[str, str], list[str], list[str]]:
+    """The playground's models: ({label: model spec}, the labels ``names`` pick, notes on names that picked none).
+
+    The labels: ``base`` (the stage's base model, when given) and every generator the run saved
+    (``runs.saved_models``: 02's main run, 03's methods, 04's policies, 07's student; an adapter loads merged into its
+    base, ``models.resolve``). A name: ``base``, a saved model's name, a stage name (its main model,
+    ``runs.find_model``, else its first saved generator), or any other model spec (a folder, a built-in name), which
+    joins the labels. The first two picked are shown side by side; where ``names`` picks fewer, the first other
+    labels fill in."""
+    from . import params, runs
+
+    saved = runs.saved_models(run_dir) if run_dir is not None else []
+    options = {CHAT_BASE: base} if base else {}
+    options.update({s.name: str(s.path) for s in saved if s.exportable})
+    picked, notes = [], []
+    for name in names:
+        label = name if name in options else None
+        if label is None and run_dir is not None and name.split("/")[0] in params.STAGES:  # a model of the run
+            try:
+                hit = runs.find_model(run_dir, name)
+            except runs.RunError:
+                hit = None
+            if hit is not None and hit.exportable:
+                label = hit.name
+            elif hit is None and "/" not in name:
+                label = next((s.name for s in saved if s.exportable and s.name.startswith(name + "/")), None)
+            if label is None:
+                notes.append(f"{name}: " + (f"{hit.name} is not a generator that loads ({hit.why})" if hit else
+                                            "this run saved no model of it"))
+                continue
+        elif label is None:  # a model spec of its own
+            options[name] = label = name
+        if label not in picked:
+            picked.append(label)
+    picked += [label for label in options if label not in picked][:max(0, 2 - len(picked))]
+    if not options:
+        raise ValueError("chat: no model to talk to (name one, or give the stage's parameters for its base model)")
+    return options, picked, notes
+
+
+_LOADED: OrderedDict = OrderedDict()
+_LOADING = threading.Lock()
+
+
+def chat_model(spec: str, device: str = "auto"):
+    """(model, tokenizer) of ``spec`` (``models.load``), loaded on first use and kept: at most ``CHAT_LOADED`` at
+    once, the least recently used released (``models.release``) when another loads."""
+    from . import models
+
+    with _LOADING:
+        key = (spec, device)
+        if key in _LOADED:
+            _LOADED.move_to_end(key)
+            return _LOADED[key]
+        while len(_LOADED) >= CHAT_LOADED:
+            models.release(_LOADED.popitem(last=False)[1][0])
+        model, tok, _ = models.load(spec, device)
+        _LOADED[key] = (model, tok)
+        return model, tok
+
+
+def system_role(tokenizer, template: str = "chat") -> bool:
+    """Does ``template`` (a row of ``data.TEMPLATES``) give a system message a place of its own? Not where it refuses
+    one, leaves it out, or writes it exactly as the system text before the first user message (Gemma, Mistral,
+    Alpaca)."""
+    from . import data
+
+    try:
+        text = data.render_prompt([{"role": "system", "content": _PROBE}, {"role": "user", "content": "hi"}],
+                                  tokenizer, template)
+        folded = data.render_prompt([{"role": "user", "content": f"{_PROBE}\n\nhi"}], tokenizer, template)
+    except Exception:  # noqa: BLE001 - e.g. "System role not supported", raised by the template itself
+        return False
+    return _PROBE in text and text != folded
+
+
+def template_note(tokenizer, template: str = "chat") -> str:
+    where = ("in the system role" if system_role(tokenizer, template) else
+             "before the first user message: this template has no system role")
+    return (f"template {template}" + (" (the tokenizer's chat template)" if template == "chat" else "")
+            + f"; a system prompt goes {where}")
+
+
+def chat_prompt(messages: Sequence[dict], tokenizer, system: str = "", template: str = "chat") -> str:
+    """The prompt of a conversation (user and assistant turns), ending where the next reply starts, rendered by the
+    run's template (``data.render_prompt``: ``chat`` is the tokenizer's ``apply_chat_template``). ``system``: in the
+    system role where the template has one (``system_role``), else before the first user message; "": the
+    template's own default, if it has one."""
+    from . import data
+
+    msgs = [dict(m) for m in messages]
+    if system and system_role(tokenizer, template):
+        msgs.insert(0, {"role": "system", "content": system})
+    elif system:
+        first = next(i for i, m in enumerate(msgs) if m["role"] == "user")
+        msgs[first]["content"] = f"{system}\n\n{msgs[first]['content']}"
+    return data.render_prompt(msgs, tokenizer, template)
+
+
+def chat_reply(model, tokenizer, prompt: str, sampling: Sampling = Sampling(), precision: str = "fp32",
+               on_text=None, stop: threading.Event | None = None, stats: dict | None = None) -> str:
+    """One reply to a rendered prompt (``evaluate.generate``, a batch of one, ``sampling``'s settings).
+
+    With ``on_text`` it streams: generation runs in a thread with transformers' ``TextIteratorStreamer`` and
+    ``on_text(the reply so far)`` is called as text arrives; setting ``stop`` ends the reply where it is; ``stats``
+    (a dict) gets the ``tokens`` generated and the ``seconds`` taken. Without, a greedy reply comes from the run's
+    evaluation cache when it has it."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+    from . import evaluate
+
+    kw = sampling.kwargs()
+    if on_text is None and stop is None:
+        return evaluate.generate(model, tokenizer, [prompt], sampling.max_new_tokens, batch_size=1,
+                                 precision=precision, seed=sampling.seed, **kw)[0]
+    stop = stop or threading.Event()
+
+    stats = {} if stats is None else stats
+    stats["tokens"], t0 = 0, time.perf_counter()
+
+    class Stop(StoppingCriteria):  # asked once after every generated token
+        def __call__(self, input_ids, scores, **_):
+            stats["tokens"] += 1
+            return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool, device=input_ids.device)
+
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    done: dict = {}
+
+    def work():
+        try:
+            done["text"] = evaluate.generate(model, tokenizer, [prompt], sampling.max_new_tokens, batch_size=1,
+                                             precision=precision, seed=sampling.seed, cache=False, streamer=streamer,
+                                             stopping_criteria=StoppingCriteriaList([Stop()]), **kw)[0]
+        except BaseException as e:  # noqa: BLE001 - raised again in the caller's thread
+            done["error"] = e
+            streamer.on_finalized_text("", stream_end=True)
+
+    worker = threading.Thread(target=work, name="nbft-chat-generate", daemon=True)
+    worker.start()
+    text = ""
+    for piece in streamer:
+        text += piece
+        if piece and on_text is not None:
+            on_text(text)
+    worker.join()
+    stats["seconds"] = time.perf_counter() - t0
+    if "error" in done:
+        raise done["error"]
+    return done["text"]
+
+
+def _chat_turn(role: str, text: str, live: bool = False) -> str:
+    style = {"user": "background:#eef", "assistant": "background:#e8f4e8"}[role]
+    cls = "nbft-chat-reply" if role == "assistant" else "nbft-chat-user"
+    return (f"<div class='{cls}' style='{style};margin:4px 0;padding:4px 8px;border-radius:4px'>"
+            f"<small><b>{role}</b>{' (writing…)' if live else ''}</small>"
+            f"<div style='white-space:pre-wrap;font-family:monospace'>{_esc(text) if text or live else '<i>(empty)</i>'}"
+            "</div></div>")
+
+
+def chat_column_html(label: str, messages: Sequence[dict], system: str = "", live: str | None = None) -> str:
+    """One model's side of the conversation: its name, the system prompt, every turn (escaped), and ``live``: the
+    reply being written."""
+    turns = "".join(_chat_turn(m["role"], m["content"]) for m in messages)
+    if live is not None:
+        turns += _chat_turn("assistant", live, live=True)
+    sys_line = f"<div style='color:#666'><small>system: {_esc(system)}</small></div>" if system else ""
+    return f"<div><b>{_esc(label)}</b>{sys_line}{turns or '<p><i>(no messages yet)</i></p>'}</div>"
+
+
+def chat_transcript_html(columns: dict[str, Sequence[dict]], system: str = "", notes: Sequence[str] = (),
+                         caption: str = "") -> str:
+    """A conversation with each model side by side (``{label: messages}``), as static HTML: every text escaped."""
+    cells = "".join(f"<td style='vertical-align:top;width:{100 // max(1, len(columns))}%'>"
+                    f"{chat_column_html(label, msgs, system)}</td>" for label, msgs in columns.items())
+    return ((f"<p><b>{_esc(caption)}</b></p>" if caption else "")
+            + f"<table style='width:100%;table-layout:fixed'><tr>{cells}</tr></table>"
+            + "".join(f"<p><small>{_esc(n)}</small></p>" for n in notes))
+
+
+def chat(run, p, models: Sequence[str] = (CHAT_BASE,), script: Sequence[str] = CHAT_SCRIPT, system: str = "",
+         sampling: Sampling = Sampling()) -> None:
+    """A chat playground: talk to any model of the run, two side by side on the same conversation.
+
+    ``run``: the stage's run (its saved models, the data's template, device and precision; None: ``models`` are model
+    specs, the chat template, fp32); ``p``: the stage's parameters (``Common`` and ``ChatArgs``: the base model
+    ``p.model``, ``p.chat_tokens``); ``models``: the two shown first (``chat_models``' names: ``base``, a stage name,
+    a saved model's name or a model spec). Multi-turn with a system prompt, the reply streamed token by token
+    (``chat_reply``), sampling controls (temperature, top-p, max new tokens, seed: ``sampling`` sets where they
+    start), stop and clear; each model keeps
+    its own replies in its column. When the notebook runs, the scripted conversation ``script`` (greedy, at most
+    ``p.chat_tokens`` a reply; 0: none, and nothing loads before the first message) is played to both: the
+    conversation the playground opens with, and its static copy for a report read without a kernel."""
+    import ipywidgets as W
+
+    from . import data
+
+    run_dir = run.path if run is not None else None
+    options, pair, notes = chat_models(run_dir, p.model, models)
+    template = data.data_params_for(run, p).template if run is not None else "chat"
+    device = run.device if run is not None else "auto"
+    precision = run.precision if run is not None else "fp32"
+    labels = pair[:2]
+    history: list[list[dict]] = [[] for _ in labels]
+    script, tokens = (script if p.chat_tokens else ()), p.chat_tokens
+    for label, msgs in zip(labels, history if script else []):
+        model, tok = chat_model(options[label], device)
+        for text in script:
+            msgs.append({"role": "user", "content": text})
+            msgs.append({"role": "assistant", "content": chat_reply(
+                model, tok, chat_prompt(msgs, tok, system, template), Sampling(0.0, 1.0, tokens), precision)})
+        notes.append(f"{label}: {template_note(tok, template)}")
+    left = W.Dropdown(options=list(options), value=labels[0], description="model")
+    right = W.Dropdown(options=[CHAT_NONE, *options], value=labels[1] if len(labels) > 1 else CHAT_NONE,
+                       description="beside it")
+    sys_box = W.Textarea(value=system, placeholder="system prompt (empty: the template's own default, if it has one)",
+                         layout=W.Layout(width="96%", height="3.5em"))
+    temperature = W.FloatSlider(value=sampling.temperature, min=0.0, max=2.0, step=0.05, description="temperature",
+                                tooltip="0: greedy")
+    top_p = W.FloatSlider(value=sampling.top_p, min=0.05, max=1.0, step=0.05, description="top-p")
+    max_new = W.IntSlider(value=sampling.max_new_tokens, min=1, max=1024, description="max tokens")
+    seed = W.IntText(value=sampling.seed, description="seed", layout=W.Layout(width="160px"))
+    message = W.Text(placeholder="your message", layout=W.Layout(width="60%"))
+    message.add_class("nbft-chat-message")
+    send, stop_button = W.Button(description="send", button_style="primary"), W.Button(description="stop", disabled=True)
+    clear = W.Button(description="clear")
+    panes = [W.HTML(layout=W.Layout(width="50%")), W.HTML(layout=W.Layout(width="50%"))]
+    panes[0].add_class("nbft-chat-left")
+    panes[1].add_class("nbft-chat-right")
+    status = W.HTML("<small>" + " · ".join(_esc(n) for n in notes) + "</small>")
+    status.add_class("nbft-chat-status")
+    history += [[] for _ in range(2 - len(history))]
+    stopping = threading.Event()
+
+    def draw(i: int, live: str | None = None):
+        label = (left, right)[i].value
+        panes[i].value = "" if label == CHAT_NONE else chat_column_html(label, history[i], sys_box.value, live)
+
+    def say(text: str):
+        status.value = f"<small>{_esc(text)}</small>"
+
+    def work(columns: list[int]):
+        sampling = Sampling(temperature.value, top_p.value, max_new.value, seed.value)
+        try:
+            for n, i in enumerate(columns):
+                label = (left, right)[i].value
+                if (options[label], device) not in _LOADED:
+                    say(f"loading {label}…")
+                model, tok = chat_model(options[label], device)
+                prompt = chat_prompt(history[i], tok, sys_box.value, template)
+                say(f"{label} is writing… ({template_note(tok, template)})")
+                stats: dict = {}
+                reply = chat_reply(model, tok, prompt, sampling, precision, on_text=lambda s, i=i: draw(i, s),
+                                   stop=stopping, stats=stats)
+                history[i].append({"role": "assistant", "content": reply})
+                draw(i)
+                say(f"{label}: {stats['tokens']} tokens in {stats['seconds']:.1f} s"
+                    + (" (stopped)" if stopping.is_set() else ""))
+                if stopping.is_set():
+                    for j in columns[n + 1:]:  # never answered: its turn is taken back
+                        history[j].pop()
+                        draw(j)
+                    break
+        except Exception as e:  # noqa: BLE001 - shown in the playground; the kernel goes on
+            say(f"error: {type(e).__name__}: {e}")
+        finally:
+            send.disabled, stop_button.disabled = False, True
+
+    def on_send(_=None):
+        text = message.value.strip()
+        if not text or send.disabled:
+            return
+        columns = [i for i, d in enumerate((left, right)) if d.value != CHAT_NONE]
+        message.value = ""
+        send.disabled, stop_button.disabled = True, False
+        stopping.clear()
+        for i in columns:
+            history[i].append({"role": "user", "content": text})
+            draw(i)
+        threading.Thread(target=work, args=(columns,), name="nbft-chat", daemon=True).start()
+
+    def on_clear(_=None):
+        if not send.disabled:
+            for i, h in enumerate(history):
+                h.clear()
+                draw(i)
+
+    send.on_click(on_send)
+    stop_button.on_click(lambda _: stopping.set())
+    clear.on_click(on_clear)
+    for i, d in enumerate((left, right)):
+        d.observe(lambda _, i=i: draw(i), "value")
+    sys_box.observe(lambda _: [draw(i) for i in range(2)], "value")
+    draw(0)
+    draw(1)
+    box = W.VBox([W.HBox([left, right]), sys_box, W.HBox([temperature, top_p]), W.HBox([max_new, seed]),
+                  W.HBox(panes), W.HBox([message, send, stop_button, clear]), status])
+    box.add_class("nbft-chat")
+    shown = {label: msgs for label, msgs in zip(labels, history)}
+    static = (chat_transcript_html(shown, system, notes, caption=f"Example conversation (scripted, greedy, at most "
+                                   f"{tokens} tokens a reply)") if script else "")
+    show_widget(box, static + "<p><small><i>Chat playground: talks to the models with a live kernel (open the "
+                "notebook in Jupyter). Models: " + _esc(", ".join(options)) + ".</i></small></p>")

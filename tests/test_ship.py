@@ -63,7 +63,7 @@ def exported(tiny_run):
 
 def test_the_runs_models_are_listed_by_name_with_what_cannot_be_exported_and_why(tiny_run):
     run, _ = tiny_run
-    rows = {s.name: s for s in ship.saved_models(run)}
+    rows = {s.name: s for s in runs.saved_models(run)}
     assert set(rows) == {"02_sft/adapter", "03_peft/methods/prompt_tuning", "04_rlhf/reward_model",
                          "07_distill/distilled"}
     assert rows["02_sft/adapter"].exportable and rows["02_sft/adapter"].base == "tiny-llama"
