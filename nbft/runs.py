@@ -760,7 +760,7 @@ class Saved:
 UNMERGEABLE = ("PROMPT_TUNING", "PREFIX_TUNING", "P_TUNING", "ADAPTION_PROMPT", "MULTITASK_PROMPT_TUNING", "CPT")
 
 
-def _adapter_base(folder: Path, config: dict) -> str:
+def adapter_base(folder: Path, config: dict) -> str:
     from . import models
 
     if (folder / models.ADAPTER_BASE_FILE).is_file():
@@ -779,7 +779,7 @@ def _saved(stage_dir: Path, folder: Path) -> Saved | None:
         except ValueError as e:
             return Saved(name, folder, "adapter", "?", "", False, f"adapter_config.json unreadable ({e})")
         method = str(config.get("peft_type", "?"))
-        base = _adapter_base(folder, config)
+        base = adapter_base(folder, config)
         if str(config.get("task_type", "")).endswith("SEQ_CLS"):
             return Saved(name, folder, "adapter", method, base, False, "a classifier (reward model), not a generator")
         if method in UNMERGEABLE:

@@ -718,7 +718,7 @@ def root_base(saved: runs.Saved) -> str:
         folder = Path(os.path.expanduser(spec))
         if folder.is_dir() and (folder / "adapter_config.json").is_file():
             config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
-            spec = _adapter_base(folder, config) or spec
+            spec = runs.adapter_base(folder, config) or spec
             continue
         break
     builtin = {str(models.cache_dir() / b): b for b in models.BUILTIN}

@@ -7,7 +7,6 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 
 from nbft import params, runs, widgets
 
