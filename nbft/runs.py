@@ -761,6 +761,8 @@ UNMERGEABLE = ("PROMPT_TUNING", "PREFIX_TUNING", "P_TUNING", "ADAPTION_PROMPT", 
 
 
 def adapter_base(folder: Path, config: dict) -> str:
+    """The spec an adapter folder grew from: nbft's own record (``models.adapter_base``), else peft's
+    ``base_model_name_or_path`` of its ``config`` ('' when neither says)."""
     from . import models
 
     if (folder / models.ADAPTER_BASE_FILE).is_file():
