@@ -109,6 +109,9 @@ ADAPTER_OR_FULL = _names("ADAPTER_OR_FULL", "train.SCOPES", "lora", "full", part
 STUDENT_SCOPES = _names("STUDENT_SCOPES", "train.SCOPES", "full", "lora", "freeze", part=True)
 MODES = _names("MODES", "train.MODES", "instruction", "continued_pretraining")
 LOSS_TURNS = _names("LOSS_TURNS", "data.LOSS_TURNS", "all", "last")
+PACKING_STRATEGIES = _names("PACKING_STRATEGIES", "train.PACKING_STRATEGIES", "bfd", "bfd_split", "wrapped")
+PADDING_FREE_PACKING = _names("PADDING_FREE_PACKING", "train.PACKING_STRATEGIES", "bfd", "bfd_split", part=True)
+PROMPT_LEARNING = _names("PROMPT_LEARNING", "peft.METHODS", "prompt_tuning", "prefix_tuning", "p_tuning", part=True)
 FORMATS = _names("FORMATS", "data.FORMATS", "messages", "sharegpt", "alpaca", "prompt_completion", "text",
                  extra=("auto",))
 TEMPLATES = _names("TEMPLATES", "data.TEMPLATES", "chat", "alpaca")
@@ -259,6 +262,18 @@ class TrainArgs:
     early_stopping_patience: int = _f(0, "stop after this many evaluations (eval_steps) without a lower validation "
                                       "loss and restore the best checkpoint (transformers' EarlyStoppingCallback "
                                       "with load_best_model_at_end); needs eval_steps; 0: off", min=0)
+    neftune_noise_alpha: float = _f(0.0, "NEFTune (transformers' neftune_noise_alpha): while training, uniform noise "
+                                    "of magnitude alpha/sqrt(L*d) added to the input embeddings (L: the length of "
+                                    "the row the model sees, d: the hidden size), off in evaluation and generation; "
+                                    "the paper uses 5-15. 0: off", min=0, max=1000)
+    packing: bool = _f(False, "SFT trainings pack their examples into rows of max_length tokens (TRL's packing, "
+                       "packing_strategy): batch_size then counts rows, so an epoch has fewer, larger optimizer "
+                       "steps; the validation loss stays on unpacked examples")
+    packing_strategy: str = _f("bfd", "with packing: bfd (best-fit decreasing: whole examples, each attending only to "
+                               "itself, padding-free) | bfd_split (bfd, an example longer than max_length split "
+                               "instead of truncated) | wrapped (examples back to back, cut at max_length: an "
+                               "example attends to the ones before it in its row and may be cut from its prompt)",
+                               PACKING_STRATEGIES)
 
 
 @params_dataclass
@@ -868,6 +883,11 @@ RULES = (
      "the served format must be one of formats (it is served from the file written)"),
     (("early_stopping_patience", "eval_steps"), lambda p: not p.early_stopping_patience or p.eval_steps > 0,
      "early stopping counts evaluations: set eval_steps too"),
+    (("packing", "packing_strategy", "methods"), lambda p: not (
+        p.packing and p.packing_strategy in PADDING_FREE_PACKING and set(p.methods) & set(PROMPT_LEARNING)),
+     f"{' and '.join(PADDING_FREE_PACKING)} packing puts several examples in one row without an attention mask, and "
+     f"prompt learning ({', '.join(PROMPT_LEARNING)}) prepends to a row, not to each example: use "
+     "packing_strategy wrapped, or leave those methods out"),
 )
 
 
