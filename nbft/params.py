@@ -262,18 +262,25 @@ class TrainArgs:
     early_stopping_patience: int = _f(0, "stop after this many evaluations (eval_steps) without a lower validation "
                                       "loss and restore the best checkpoint (transformers' EarlyStoppingCallback "
                                       "with load_best_model_at_end); needs eval_steps; 0: off", min=0)
-    neftune_noise_alpha: float = _f(0.0, "NEFTune (transformers' neftune_noise_alpha): while training, uniform noise "
-                                    "of magnitude alpha/sqrt(L*d) added to the input embeddings (L: the length of "
-                                    "the row the model sees, d: the hidden size), off in evaluation and generation; "
-                                    "the paper uses 5-15. 0: off", min=0, max=1000)
-    packing: bool = _f(False, "SFT trainings pack their examples into rows of max_length tokens (TRL's packing, "
-                       "packing_strategy): batch_size then counts rows, so an epoch has fewer, larger optimizer "
-                       "steps; the validation loss stays on unpacked examples")
+    neftune_noise_alpha: float = _f(0.0, "NEFTune (transformers' neftune_noise_alpha), every SFT training: while "
+                                    "training, uniform noise of magnitude alpha/sqrt(L*d) added to the input "
+                                    "embeddings (L: the length of the row the model sees, d: the hidden size), off in "
+                                    "evaluation and generation; the paper uses 5-15. A packed row is longer, so the "
+                                    "same alpha adds less noise (02's default data: about 5x less under bfd, whose "
+                                    "batch is one row of ~1700 tokens, than padded batches of ~60). 0: off "
+                                    "(docs/measurements.md: NEFTune and packing)", min=0, max=1000)
+    packing: bool = _f(False, "every SFT training packs its examples into rows of max_length tokens (TRL's packing, "
+                       "packing_strategy); batch_size then counts rows, so an epoch has fewer, larger optimizer steps "
+                       "(02's default data: 216 examples of ~54 tokens, 27 steps unpacked, 7 packed at max_length "
+                       "256: at the same epochs a packed run takes a quarter of the optimizer updates; 02's "
+                       "data-size and clean-vs-unfiltered arms count their step budget unpacked); the validation loss "
+                       "stays on whole, unpacked examples (docs/measurements.md: NEFTune and packing)")
     packing_strategy: str = _f("bfd", "with packing: bfd (best-fit decreasing: whole examples, each attending only to "
-                               "itself, padding-free) | bfd_split (bfd, an example longer than max_length split "
-                               "instead of truncated) | wrapped (examples back to back, cut at max_length: an "
-                               "example attends to the ones before it in its row and may be cut from its prompt)",
-                               PACKING_STRATEGIES)
+                               "itself, padding-free: exact where the model's attention keeps packed examples apart, "
+                               "refused with prompt learning) | bfd_split (bfd, an example longer than max_length "
+                               "split instead of truncated) | wrapped (examples back to back, cut every max_length "
+                               "tokens: an example attends to the ones before it in its row and may be cut from its "
+                               "prompt)", PACKING_STRATEGIES)
 
 
 @params_dataclass
