@@ -112,6 +112,9 @@ ADAPTER_OR_FULL = _names("ADAPTER_OR_FULL", "train.SCOPES", "lora", "full", part
 STUDENT_SCOPES = _names("STUDENT_SCOPES", "train.SCOPES", "full", "lora", "freeze", part=True)
 MODES = _names("MODES", "train.MODES", "instruction", "continued_pretraining")
 LOSS_TURNS = _names("LOSS_TURNS", "data.LOSS_TURNS", "all", "last")
+PACKING_STRATEGIES = _names("PACKING_STRATEGIES", "train.PACKING_STRATEGIES", "bfd", "bfd_split", "wrapped")
+PADDING_FREE_PACKING = _names("PADDING_FREE_PACKING", "train.PACKING_STRATEGIES", "bfd", "bfd_split", part=True)
+PROMPT_LEARNING = _names("PROMPT_LEARNING", "peft.METHODS", "prompt_tuning", "prefix_tuning", "p_tuning", part=True)
 FORMATS = _names("FORMATS", "data.FORMATS", "messages", "sharegpt", "alpaca", "prompt_completion", "text",
                  extra=("auto",))
 TEMPLATES = _names("TEMPLATES", "data.TEMPLATES", "chat", "chatml", "alpaca", "llama-3", "zephyr", "mistral", "vicuna",
@@ -263,6 +266,25 @@ class TrainArgs:
     early_stopping_patience: int = _f(0, "stop after this many evaluations (eval_steps) without a lower validation "
                                       "loss and restore the best checkpoint (transformers' EarlyStoppingCallback "
                                       "with load_best_model_at_end); needs eval_steps; 0: off", min=0)
+    neftune_noise_alpha: float = _f(0.0, "NEFTune (transformers' neftune_noise_alpha), every SFT training: while "
+                                    "training, uniform noise of magnitude alpha/sqrt(L*d) added to the input "
+                                    "embeddings (L: the length of the row the model sees, d: the hidden size), off in "
+                                    "evaluation and generation; the paper uses 5-15. A packed row is longer, so the "
+                                    "same alpha adds less noise (02's default data: about 5x less under bfd, whose "
+                                    "batch is one row of ~1700 tokens, than padded batches of ~60). 0: off "
+                                    "(docs/measurements.md: NEFTune and packing)", min=0, max=1000)
+    packing: bool = _f(False, "every SFT training packs its examples into rows of max_length tokens (TRL's packing, "
+                       "packing_strategy); batch_size then counts rows, so an epoch has fewer, larger optimizer steps "
+                       "(02's default data: 216 examples of ~54 tokens, 27 steps unpacked, 7 packed at max_length "
+                       "256: at the same epochs a packed run takes a quarter of the optimizer updates; 02's "
+                       "data-size and clean-vs-unfiltered arms count their step budget unpacked); the validation loss "
+                       "stays on whole, unpacked examples (docs/measurements.md: NEFTune and packing)")
+    packing_strategy: str = _f("bfd", "with packing: bfd (best-fit decreasing: whole examples, each attending only to "
+                               "itself, padding-free: exact where the model's attention keeps packed examples apart, "
+                               "refused with prompt learning) | bfd_split (bfd, an example longer than max_length "
+                               "split instead of truncated) | wrapped (examples back to back, cut every max_length "
+                               "tokens: an example attends to the ones before it in its row and may be cut from its "
+                               "prompt)", PACKING_STRATEGIES)
 
 
 @params_dataclass
@@ -903,6 +925,11 @@ RULES = (
      "early stopping counts evaluations: set eval_steps too"),
     (("task_mix_examples",), lambda p: p.task_mix_examples == 0 or p.task_mix_examples >= len(MIX_TASKS),
      "0 (skip) or at least one example per task of the five-task mix (5)"),
+    (("packing", "packing_strategy", "methods"), lambda p: not (
+        p.packing and p.packing_strategy in PADDING_FREE_PACKING and set(p.methods) & set(PROMPT_LEARNING)),
+     f"{' and '.join(PADDING_FREE_PACKING)} packing puts several examples in one row without an attention mask, and "
+     f"prompt learning ({', '.join(PROMPT_LEARNING)}) prepends to a row, not to each example: use "
+     "packing_strategy wrapped, or leave those methods out"),
 )
 
 

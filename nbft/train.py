@@ -45,6 +45,15 @@ SCOPES = ("lora", "freeze", "full")
 #: bitsandbytes, a CUDA GPU: ``qlora_needs``).
 SFT_SCOPES = (*SCOPES, "qlora")
 MODES = ("instruction", "continued_pretraining")
+#: TRL's packing strategies (``TrainArgs.packing_strategy``) and what each does to a row of ``max_length`` tokens;
+#: bfd and bfd_split pack padding-free (``PADDING_FREE_PACKING``: no attention mask, position ids restarting at each
+#: example, which sdpa and eager attention turn into a block-diagonal mask: exact where ``padding_free_ok``).
+PACKING_STRATEGIES = {
+    "bfd": "best-fit decreasing: whole examples (one longer than max_length truncated), each attending only to itself",
+    "bfd_split": "bfd, an example longer than max_length split over rows instead of truncated",
+    "wrapped": "examples back to back, cut every max_length tokens: each attends to the examples before it in its row",
+}
+PADDING_FREE_PACKING = ("bfd", "bfd_split")
 
 
 def lora_config(lora, task_type: str = "CAUSAL_LM", **extra):
@@ -253,7 +262,9 @@ def early_stopping(p) -> list:
 
 def sft_config(p, output_dir: str | Path, learning_rate: float, **overrides):
     """SFTConfig from the ``Common`` and ``TrainArgs`` groups of ``p`` (see ``trainer_args``; evaluation during
-    training: pass ``eval_args(p)`` in ``overrides``, as ``sft`` does when it has a validation set)."""
+    training: pass ``eval_args(p)`` in ``overrides``, as ``sft`` does when it has a validation set). NEFTune and
+    packing (``neftune_noise_alpha``, ``packing``, ``packing_strategy``) go to TRL as they are; the validation set is
+    never packed (``eval_packing`` False), so its loss compares across packing strategies."""
     from trl import SFTConfig
 
     return SFTConfig(**trainer_args(p, output_dir, p.gradient_checkpointing, **{
@@ -264,6 +275,10 @@ def sft_config(p, output_dir: str | Path, learning_rate: float, **overrides):
         "learning_rate": learning_rate,
         "max_length": p.max_length,
         "completion_only_loss": True,  # prompt/completion data: loss on the response only
+        "neftune_noise_alpha": p.neftune_noise_alpha or None,  # transformers: None is off
+        "packing": p.packing,
+        "packing_strategy": p.packing_strategy,
+        "eval_packing": False,  # the validation loss on whole, separate examples: the same with and without packing
         **overrides}))
 
 
@@ -436,6 +451,10 @@ def sft(model, tokenizer, train: list[dict], validation: list[dict], p, learning
     ``instruction`` mode: rendered prompt/completion records, loss on the completion — and, with ``TrainArgs``'
     ``loss_turns`` ``all``, on every earlier assistant reply of a multi-turn record too (``to_dataset``).
     ``continued_pretraining``: ``{"text"}`` records, loss on every token.
+    With ``TrainArgs``' ``packing`` the examples go into rows of ``max_length`` tokens (``PACKING_STRATEGIES``; the
+    padding-free ones refused where they would not be exact) and ``batch_size`` counts rows; with
+    ``neftune_noise_alpha`` the input embeddings are noised while training (transformers' NEFTune hook, removed when
+    training ends).
     Batches are padded to their longest example; ``padding_free=True`` packs each batch into one row instead, where
     that is exact (``padding_free_ok``) and no example is longer than ``max_length`` (``fits``) — measured no faster
     on 2 CPU cores with ~50-token examples (the packed row's masked attention costs what the padding saved), so not
@@ -452,6 +471,13 @@ def sft(model, tokenizer, train: list[dict], validation: list[dict], p, learning
     datasets.disable_progress_bars()  # per-map bars drown the notebook; the monitor shows progress
     if mode == "continued_pretraining":
         overrides.setdefault("completion_only_loss", False)
+    if p.packing and p.packing_strategy in PADDING_FREE_PACKING and not padding_free_ok(model, peft_config):
+        raise ValueError(f"packing_strategy {p.packing_strategy}: packs examples padding-free, which is not exact for "
+                         "this model (its attention implementation, or peft's prompt learning, does not keep examples "
+                         "packed in one row apart); use packing_strategy wrapped or leave packing off")
+    if p.packing and overrides.get("padding_free"):
+        raise ValueError("padding_free and packing: packing sets its own batches (bfd and bfd_split are padding-free "
+                         "already); ask for one of them")
     if overrides.get("padding_free"):  # opt-in: on 2 CPU cores no faster than padding (benchmarks/train_vs_trl.py)
         texts = [r["text"] if mode == "continued_pretraining" else r["prompt"] + r["completion"]
                  for r in [*train, *validation]]
