@@ -1,6 +1,7 @@
 # nbft: one-command install, run and test.
 #   make run     create .venv, install everything, run the main pipeline (params/default.yaml)
 #   make smoke   the same pipeline on params/smoke.yaml (tiny model, seconds)
+#   make chat    01 and 02 on params/chat.yaml: 02's chat-data comparisons (turns, templates, single vs multi-task)
 #   make test    create/update .venv and run the whole test suite
 PYTHON     ?= python3
 VENV       ?= .venv
@@ -25,7 +26,7 @@ export MALLOC_MMAP_THRESHOLD_ ?= 33554432
 export MALLOC_TRIM_THRESHOLD_ ?= 4294967296
 export MALLOC_TOP_PAD_ ?= 268435456
 
-.PHONY: install run smoke test test-fast lab clean-venv
+.PHONY: install run smoke chat test test-fast lab clean-venv
 
 install: $(STAMP)
 
@@ -49,6 +50,9 @@ run: install
 
 smoke: install
 	$(VENV)/bin/nbft run --params params/smoke.yaml --jobs $(JOBS)
+
+chat: install
+	$(VENV)/bin/nbft run --params params/chat.yaml --only 01_data_prep 02_sft
 
 # the test files in $(TEST_WORKERS) processes at once (pytest-xdist; a file's tests stay together in one process, so
 # module fixtures such as the smoke run happen once), one thread each on 2 cores (tests/conftest.py)

@@ -289,7 +289,9 @@ def test_sigkill_mid_training_then_resume_gives_the_metrics_of_a_run_never_kille
     uninterrupted run's, timings aside."""
     root = tmp_path / "runs"
     args = ["run", "--params", SMOKE, "--only", "01_data_prep", "02_sft", "--no-progress", "--set", "save_steps=2",
-            "--set", "compare_scopes=[full]", "--set", "sweep_sizes=[]", "--set", "quality_size=0", "--set", "cpt_docs=0"]
+            "--set", "compare_scopes=[full]", "--set", "sweep_sizes=[]", "--set", "quality_size=0", "--set", "cpt_docs=0",
+            *[x for kv in ("overfit_examples=0", "benchmarks=[]", "eval_templates=[]", "turns_examples=0",
+                           "task_mix_examples=0", "chat_tokens=0") for x in ("--set", kv)]]
     ref = nbft(args + ["--name", "ref"], root)
     killed = nbft(args + ["--name", "k"], root, env={"NBFT_TEST_KILL_AFTER_CHECKPOINT": "6",
                                                      "PYTHONPATH": str(ROOT / "tests" / "hooks")})
