@@ -271,12 +271,14 @@ class TrainArgs:
                                     "embeddings (L: the length of the row the model sees, d: the hidden size), off in "
                                     "evaluation and generation; the paper uses 5-15. A packed row is longer, so the "
                                     "same alpha adds less noise (02's default data: about 5x less under bfd, whose "
-                                    "batch is one row of ~1700 tokens, than padded batches of ~60). 0: off "
+                                    "batch is one row of ~1700 tokens, than padded batches of ~60; alpha 5 on 02's main run: the same task "
+                                    "score, losses and speed). 0: off "
                                     "(docs/measurements.md: NEFTune and packing)", min=0, max=1000)
     packing: bool = _f(False, "every SFT training packs its examples into rows of max_length tokens (TRL's packing, "
                        "packing_strategy); batch_size then counts rows, so an epoch has fewer, larger optimizer steps "
                        "(02's default data: 216 examples of ~54 tokens, 27 steps unpacked, 7 packed at max_length "
-                       "256: at the same epochs a packed run takes a quarter of the optimizer updates; 02's "
+                       "256: at the same epochs a packed run takes a quarter of the optimizer updates, and there the "
+                       "JSON format was not learned (task score 0.00 vs 1.00), bfd at 0.36x the tokens/s on CPU; 02's "
                        "data-size and clean-vs-unfiltered arms count their step budget unpacked); the validation loss "
                        "stays on whole, unpacked examples (docs/measurements.md: NEFTune and packing)")
     packing_strategy: str = _f("bfd", "with packing: bfd (best-fit decreasing: whole examples, each attending only to "
