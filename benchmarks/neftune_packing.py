@@ -102,8 +102,8 @@ def main(argv=None) -> list[dict]:
                   + (f", task score {statistics.mean(r['passed']):.3f}" if "passed" in r else ""), flush=True)
     plain = results["plain"][0]
     rows = []
-    print(f"\n| arm | task score [95% CI] | change vs plain [95% CI] | answer accuracy | final training loss | "
-          f"validation loss | optimizer steps | tokens/s (x plain) | seconds (x plain) |")
+    print("\n| arm | task score [95% CI] | change vs plain [95% CI] | answer accuracy | final training loss | "
+          "validation loss | optimizer steps | tokens/s (x plain) | seconds (x plain) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name in ps:
         rs = results[same_as.get(name, name)]

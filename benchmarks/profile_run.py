@@ -44,7 +44,7 @@ def table(runs: list[Path]) -> str:
             cells += [f"{first['wall']:.0f}" if first and first.get("wall") else "-",
                       f"{ratio:.2f}" if ratio else "-"]
         lines.append(f"| {stage} | " + " | ".join(cells) + " |")
-    total = f"| all | " + " | ".join("" for _ in KINDS) + f" | {totals[-1]:.0f} |"
+    total = "| all | " + " | ".join("" for _ in KINDS) + f" | {totals[-1]:.0f} |"
     if len(runs) == 2:
         total += f" {totals[0]:.0f} | {totals[1] / totals[0]:.2f} |" if totals[0] else " - | - |"
     lines.append(total)
