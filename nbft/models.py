@@ -315,16 +315,20 @@ def cached_build(kind: str, key: str, build, keep: int = MERGED_CACHE_KEEP,
     and so does every entry used within ``grace_s`` seconds (another process may be about to load it).
     For model folders a run derives (merged adapters, pruned students): rebuilt on demand, never in a run folder."""
     target = cache_dir() / kind / hashlib.sha256(key.encode()).hexdigest()[:16]
-    if not (target / SOURCE_FILE).is_file():
-        shutil.rmtree(target, ignore_errors=True)  # an unfinished one
-        _atomic_build(target, build)
-        entries = sorted((d for d in target.parent.iterdir() if d.is_dir() and (d / SOURCE_FILE).is_file()),
-                         key=lambda d: d.stat().st_mtime, reverse=True)
-        now = time.time()
-        for d in entries[keep:]:
-            if d != target and now - d.stat().st_mtime > grace_s:
-                shutil.rmtree(d, ignore_errors=True)
-    os.utime(target)  # most recently used
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # one builder at a time per kind (the ranks of `nbft train`, stages in parallel lanes): without the lock a second
+    # process that found the folder unfinished removed it just after the first had finished it, under its loader
+    with files.locked(target.parent):
+        if not (target / SOURCE_FILE).is_file():
+            shutil.rmtree(target, ignore_errors=True)  # an unfinished one
+            _atomic_build(target, build)
+            entries = sorted((d for d in target.parent.iterdir() if d.is_dir() and (d / SOURCE_FILE).is_file()),
+                             key=lambda d: d.stat().st_mtime, reverse=True)
+            now = time.time()
+            for d in entries[keep:]:
+                if d != target and now - d.stat().st_mtime > grace_s:
+                    shutil.rmtree(d, ignore_errors=True)
+        os.utime(target)  # most recently used
     return target
 
 

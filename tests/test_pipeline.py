@@ -505,6 +505,8 @@ def same(cell: str, value) -> bool:
             return cell == "nan"
         return abs(float(cell) - value) <= 5e-4 * abs(value) + 1e-12  # written to 4 significant digits
     if isinstance(value, list):
+        if not value:
+            return cell == ""  # an empty list is an empty cell
         return len(cell.split(", ")) == len(value) and all(same(c, v) for c, v in zip(cell.split(", "), value))
     return cell == str(value)
 
