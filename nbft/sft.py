@@ -24,6 +24,12 @@ THRESHOLDS = {
 }
 
 
+def interval_text(s: dict, sign: str = "") -> str:
+    """A ``scoring.summary`` ({mean, lo, hi}) as "0.75 [0.58, 0.92]" (``sign`` "+": signed, for a change); "-" when
+    it has no mean. The one format of 02's comparison tables and sentences."""
+    return f"{s['mean']:{sign}.2f} [{s['lo']:{sign}.2f}, {s['hi']:{sign}.2f}]" if s["mean"] is not None else "-"
+
+
 def domain_texts(p: params.SFTParams) -> tuple[list[dict], list[str]]:
     """Continued-pretraining data: invented-world documents to train on ({"text"} records) and held-out ones
     (a fifth, at least 4) whose perplexity shows whether it worked."""
@@ -348,17 +354,14 @@ def template_rows(values: dict[tuple[str, str], list[float]], names: list[str]) 
     return out
 
 
-def _ci(s: dict, sign: str = "") -> str:
-    return f"{s['mean']:{sign}.2f} [{s['lo']:{sign}.2f}, {s['hi']:{sign}.2f}]" if s["mean"] is not None else "-"
-
-
 def templates_table(t: dict) -> list[dict]:
     """The template comparison (``template_comparison``) as table rows: template, base and tuned score, the tuned
     model's drop vs the template it trained with, the base model's, and the drop beyond the base's (each with its
     95% interval)."""
-    return [{"template": n + (" (trained with)" if n == t["trained"] else ""), "base": _ci(r["base"]),
-             "tuned": _ci(r["tuned"]), "drop (tuned)": _ci(r["drop"], "+"), "drop (base)": _ci(r["base_drop"], "+"),
-             "drop beyond the base's": _ci(r["mismatch"], "+")} for n, r in t["rows"].items()]
+    return [{"template": n + (" (trained with)" if n == t["trained"] else ""), "base": interval_text(r["base"]),
+             "tuned": interval_text(r["tuned"]), "drop (tuned)": interval_text(r["drop"], "+"),
+             "drop (base)": interval_text(r["base_drop"], "+"),
+             "drop beyond the base's": interval_text(r["mismatch"], "+")} for n, r in t["rows"].items()]
 
 
 def templates_findings(t: dict | None) -> list[str]:
@@ -379,24 +382,24 @@ def templates_findings(t: dict | None) -> list[str]:
         if b == a:
             continue
         d, bd, m = r["drop"], r["base_drop"], r["mismatch"]
-        head = (f"Template {b}: tuned {r['tuned']['mean']:.2f} vs {ta:.2f} under {a}, drop {_ci(d, '+')}; base "
-                f"{r['base']['mean']:.2f} vs {ba:.2f}, drop {_ci(bd, '+')}: ")
+        head = (f"Template {b}: tuned {r['tuned']['mean']:.2f} vs {ta:.2f} under {a}, drop {interval_text(d, '+')}; "
+                f"base {r['base']['mean']:.2f} vs {ba:.2f}, drop {interval_text(bd, '+')}: ")
         if not scoring.clear(d):
             kind, verdict = "no drop shown", "no drop shown for the tuned model (its interval spans 0)."
         elif d["mean"] < 0:
             kind, verdict = "better", f"the tuned model does better under {b} than under the template it trained with."
         elif scoring.clear(m) and m["mean"] > 0:
             kind, verdict = "a mismatch with training", (
-                f"the mismatch with training costs {_ci(m, '+')} beyond what {b} costs the base model (a template at "
-                "inference other than the one trained with hurts).")
+                f"the mismatch with training costs {interval_text(m, '+')} beyond what {b} costs the base model (a "
+                "template at inference other than the one trained with hurts).")
         elif scoring.clear(bd) and bd["mean"] > 0:
             kind, verdict = "bad for this model anyway", (
                 f"the base model drops under {b} too, and the tuned drop is not larger beyond its interval "
-                f"({_ci(m, '+')}): {b} is bad for this model anyway, not a mismatch with training.")
+                f"({interval_text(m, '+')}): {b} is bad for this model anyway, not a mismatch with training.")
         else:
             kind, verdict = "a drop not separable from the template's own cost", (
-                f"the base model shows no clear drop, but the tuned drop beyond the base's ({_ci(m, '+')}) is within "
-                "its interval: not separable from the template's own cost on these prompts.")
+                f"the base model shows no clear drop, but the tuned drop beyond the base's ({interval_text(m, '+')}) is "
+                "within its interval: not separable from the template's own cost on these prompts.")
         groups.setdefault(kind, []).append(b)
         out.append(head + verdict)
     if len(rows) > 2:
@@ -482,10 +485,7 @@ def turns_recorded(turns: dict | None) -> dict | None:
 
 def turns_rows(turns: dict) -> list[dict]:
     """One table row per arm: each turn's share with its 95% interval, and the training seconds."""
-    def cell(s):
-        return f"{s['mean']:.2f} [{s['lo']:.2f}, {s['hi']:.2f}]"
-
-    return [{"model": TURN_ARMS[a], **{TURNS[t]: cell(row[t]) for t in TURNS},
+    return [{"model": TURN_ARMS[a], **{TURNS[t]: interval_text(row[t]) for t in TURNS},
              "training seconds": "" if row["seconds"] is None else round(row["seconds"], 1)}
             for a, row in turns["arms"].items()]
 
@@ -619,14 +619,11 @@ def task_mix(p: params.SFTParams, tokenizer, precision: str, template: str = "ch
 def task_mix_rows(m: dict) -> list[dict]:
     """The comparison as a table, one row per model: what it trained on, each task's score with its 95% interval,
     the mean over the tasks, the forgetting probe and the share of JSON replies to the other tasks."""
-    def cell(s):
-        return f"{s['mean']:.2f} [{s['lo']:.2f}, {s['hi']:.2f}]"
-
     rows = []
     for key, label in TASK_MIX_MODELS.items():
         a = m["models"][key]
         rows.append({"model": label, "trained on": ", ".join(a["train_tasks"]) or "-", "steps": a["steps"],
-                     **{t: cell(a["interval_by_task"][t]) for t in m["tasks"]}, "mean of tasks": a["task_score"],
+                     **{t: interval_text(a["interval_by_task"][t]) for t in m["tasks"]}, "mean of tasks": a["task_score"],
                      "general-text perplexity": a["ppl_general"], "general questions": a["general_qa"],
                      f"{m['focus']} JSON on other tasks": a["json_replies_elsewhere"], "seconds": a["seconds"]})
     return rows
@@ -642,8 +639,7 @@ def task_mix_findings(m: dict | None) -> list[str]:
     others = [t for t in m["tasks"] if t != f]
 
     def s(a, t):
-        x = a["interval_by_task"][t]
-        return f"{x['mean']:.2f} [{x['lo']:.2f}, {x['hi']:.2f}]"
+        return interval_text(a["interval_by_task"][t])
 
     def moved(a):
         return ([t for t in others if scoring.clear(a["diff_by_task"][t]) and a["diff_by_task"][t]["mean"] < 0],
@@ -663,7 +659,7 @@ def task_mix_findings(m: dict | None) -> list[str]:
            f"{m['n_eval'] // len(m['tasks'])} held-out prompts per task: {f} scored {s(single, f)} trained alone vs "
            f"{s(mix, f)} in the five-task mix ({m['n_focus_in_mix']} of its examples; base "
            f"{base['task_score_by_task'][f]:.2f}); "
-           f"mix minus alone {d['mean']:+.2f} [{d['lo']:.2f}, {d['hi']:.2f}]: " + (
+           f"mix minus alone {interval_text(d, '+')}: " + (
                f"training on {f} alone did better on it." if scoring.clear(d) and d["mean"] < 0 else
                "the mix did better on it." if scoring.clear(d) else
                f"within its interval, the mix did as well on {f} with a fraction of its examples.")]
