@@ -557,11 +557,15 @@ def chat_models(run_dir, base: str | None, names: Sequence[str]) -> tuple[dict[s
     ``runs.find_model``, else its first saved generator), or any other model spec (a folder, a built-in name), which
     joins the labels. The first two picked are shown side by side; where ``names`` picks fewer, the first other
     labels fill in."""
-    from . import params, runs
+    from . import models, params, runs
 
     saved = runs.saved_models(run_dir) if run_dir is not None else []
+    # what loads as a model spec of its own: 03's bake-off saves its adapters without a tokenizer and nbft's base
+    # record (08 merges those through their peft config), which models.load cannot open
+    problem = {s.name: models.folder_problem(s.path) for s in saved if s.exportable}
+    loadable = [s for s in saved if s.exportable and not problem[s.name]]
     options = {CHAT_BASE: base} if base else {}
-    options.update({s.name: str(s.path) for s in saved if s.exportable})
+    options.update({s.name: str(s.path) for s in loadable})
     picked, notes = [], []
     for name in names:
         label = name if name in options else None
@@ -570,12 +574,13 @@ def chat_models(run_dir, base: str | None, names: Sequence[str]) -> tuple[dict[s
                 hit = runs.find_model(run_dir, name)
             except runs.RunError:
                 hit = None
-            if hit is not None and hit.exportable:
+            if hit is not None and hit.name in options:
                 label = hit.name
             elif hit is None and "/" not in name:
-                label = next((s.name for s in saved if s.exportable and s.name.startswith(name + "/")), None)
+                label = next((s.name for s in loadable if s.name.startswith(name + "/")), None)
             if label is None:
-                notes.append(f"{name}: " + (f"{hit.name} is not a generator that loads ({hit.why})" if hit else
+                why = hit.why if hit is not None and not hit.exportable else problem.get(hit.name) if hit else ""
+                notes.append(f"{name}: " + (f"{hit.name} is not a generator that loads here ({why})" if hit else
                                             "this run saved no model of it"))
                 continue
         elif label is None:  # a model spec of its own

@@ -13,11 +13,14 @@ from nbft import params, runs, widgets
 USER = [{"role": "user", "content": "What is 2+2?"}]
 
 
-def _fake_adapter(folder: Path, peft_type="LORA", task="CAUSAL_LM"):
+def _fake_adapter(folder: Path, peft_type="LORA", task="CAUSAL_LM", loadable=True):
     folder.mkdir(parents=True)
-    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": peft_type, "task_type": task}))
+    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": peft_type, "task_type": task,
+                                                            "base_model_name_or_path": "tiny-llama"}))
     (folder / "adapter_model.safetensors").write_bytes(b"")
-    (folder / "nbft_base.json").write_text(json.dumps({"base": "tiny-llama"}))
+    if loadable:  # as nbft's save_adapter writes it; 03's bake-off saves peft's files only
+        (folder / "nbft_base.json").write_text(json.dumps({"base": "tiny-llama"}))
+        (folder / "tokenizer.json").write_text("{}")
 
 
 def test_the_playground_offers_the_runs_generators_and_picks_a_stage_by_its_main_model(tmp_path):
@@ -36,6 +39,11 @@ def test_the_playground_offers_the_runs_generators_and_picks_a_stage_by_its_main
     _, picked, notes = widgets.chat_models(tmp_path / "run", None, ["04_rlhf/reward_model", "some/folder"])
     assert picked == ["some/folder", "02_sft/adapter"] and "not a generator" in notes[0]  # a spec of its own joins
     assert widgets.chat_models(None, "tiny-llama", ["base"])[:2] == ({"base": "tiny-llama"}, ["base"])
+    # an adapter saved without its tokenizer and base record (03's bake-off) does not load as a spec: said, not offered
+    _fake_adapter(art / "03_peft/methods/lora", loadable=False)
+    options, picked, notes = widgets.chat_models(tmp_path / "run", "tiny-llama", ["03_peft"])
+    assert "03_peft/methods/lora" not in options and picked == ["base", "02_sft/adapter"]
+    assert notes[0].startswith("03_peft: 03_peft/methods/lora is not a generator that loads here") and "tokenizer" in notes[0]
 
 
 def test_the_system_prompt_goes_in_the_system_role_or_before_the_first_message(tokenizer):
