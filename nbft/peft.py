@@ -214,14 +214,18 @@ def trainable_state(model) -> dict[str, torch.Tensor]:
     return {n: t.detach().cpu().contiguous() for n, t in model.named_parameters() if t.requires_grad}
 
 
-def save(model, folder: str | Path, name: str) -> Path:
+def save(model, folder: str | Path, name: str, tokenizer=None, base: str | None = None) -> Path:
     """Save what the method trained: peft adapters and the full model with save_pretrained, others
-    (freeze, bottleneck adapters) as one safetensors file of the tensors that trained."""
+    (freeze, bottleneck adapters) as one safetensors file of the tensors that trained. Given the ``tokenizer`` and
+    the ``base`` spec, a peft adapter is saved with both (``models.save_adapter``): the folder is then a model spec
+    of its own, which the chat playground, 08 and ``models.load`` open like 02's adapter."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    if hasattr(model, "peft_config") or name == "full":
+    if hasattr(model, "peft_config") and tokenizer is not None and base is not None:
+        models.save_adapter(model, tokenizer, folder, base)
+    elif hasattr(model, "peft_config") or name == "full":
         model.save_pretrained(folder)
     else:  # freeze, bottleneck adapters: just the tensors that trained
         save_file(trainable_state(model), str(folder / "trainable.safetensors"))
@@ -248,8 +252,13 @@ def reload(name: str, base_loader: Callable, folder: str | Path, p):
     return model.eval()
 
 
-def folder_mb(folder: str | Path) -> float:
-    return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file()) / 2**20
+def method_mb(folder: str | Path) -> float:
+    """The size of what a method saved: its weights and config, not the tokenizer or nbft's base record that make
+    an adapter folder loadable on its own (the same for every method, so not the method's cost)."""
+    tokenizer_files = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
+                       "merges.txt", "chat_template.jinja", "added_tokens.json", models.ADAPTER_BASE_FILE}
+    return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file() and f.name not in tokenizer_files
+               ) / 2**20
 
 
 @torch.no_grad()
@@ -326,8 +335,8 @@ def run_method(name: str, p, tokenizer, train_set: list[dict], validation: list[
                 learning_rate=learning_rate(method, p), max_steps=p.max_steps))
         model = res.model
         trainable, total = models.count_params(model)
-        folder = save(model, Path(out_dir) / name, name)
-        saved_mb = folder_mb(folder)
+        folder = save(model, Path(out_dir) / name, name, tokenizer, p.model)
+        saved_mb = method_mb(folder)
         kept = 100 * trainable / total < KEEP_MAX_PCT
         if not kept:  # a (partial) copy of the model: measured, not kept
             shutil.rmtree(folder)

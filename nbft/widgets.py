@@ -560,8 +560,8 @@ def chat_models(run_dir, base: str | None, names: Sequence[str]) -> tuple[dict[s
     from . import models, params, runs
 
     saved = runs.saved_models(run_dir) if run_dir is not None else []
-    # what loads as a model spec of its own: 03's bake-off saves its adapters without a tokenizer and nbft's base
-    # record (08 merges those through their peft config), which models.load cannot open
+    # what loads as a model spec of its own: an adapter saved without a tokenizer and nbft's base record (runs made
+    # before 03 saved its adapters with models.save_adapter; 08 merges those through their peft config) cannot
     problem = {s.name: models.folder_problem(s.path) for s in saved if s.exportable}
     loadable = [s for s in saved if s.exportable and not problem[s.name]]
     options = {CHAT_BASE: base} if base else {}

@@ -409,9 +409,13 @@ def test_smoke_reports_read_as_reports(smoke_run):
     assert "celltag_parameters" in html and "celltag_injected-parameters" in html
     assert escape(f"# {params.SFTParams.__dataclass_fields__['batch_size'].metadata['help']}") not in html
     assert '<span class="c1"># Parameters</span>' not in html
-    # the chat playground's scripted conversation (smoke: 02 only), played to the base model and 02's: in the report
+    # the chat playground's scripted conversation (smoke: 02 and 03), played to the base model and 02's: in the report
     static = html[html.index("Example conversation (scripted"):]
     assert "Which river runs through it?" in static and "02_sft/adapter" in static and "nbft-chat-reply" in static
+    # 03's: its LoRA adapter loads as a model spec (saved with its tokenizer and base record)
+    html3 = (run / "03_peft.html").read_text()
+    static = html3[html3.index("Example conversation (scripted"):]
+    assert "03_peft/methods/lora" in static and "nbft-chat-reply" in static
     nb = json.loads(sft)
     assert [c["source"] for c in nb["cells"] if "injected-parameters" in c["metadata"].get("tags", [])]
     # the kernels talk to the runner over unix sockets: no warning of an unencrypted TCP transport in the run's log
