@@ -1046,7 +1046,7 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("run", metavar="RUN", help="the run (a name under runs/)")
     ex.add_argument("--stage", default="02_sft", help="the stage whose model to export (default 02_sft)")
     ex.add_argument("--model", help="a model of that stage by name (03_peft: methods/dora or dora; 04_rlhf: "
-                    "rl_policy); default: the stage's main model")
+                    "grpo_policy); default: the stage's main model")
     ex.add_argument("--formats", nargs="*", metavar="FORMAT", help="GGUF formats (default: the run's parameters, "
                     "f16 q8_0 q4_k_m); none: merged weights only")
     ex.add_argument("--serve-format", help="the format served and checked through the openai client ('': none)")

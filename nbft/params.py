@@ -122,8 +122,8 @@ TEMPLATES = _names("TEMPLATES", "data.TEMPLATES", "chat", "chatml", "alpaca", "l
 INDEXES = _names("INDEXES", "rag.INDEX_KINDS", "flat", "ivf", "hnsw")
 PEFT_METHODS = _names("PEFT_METHODS", "peft.METHODS", "full", "freeze", "bitfit", "lora", "dora", "rslora", "loha",
                       "vera", "ia3", "prompt_tuning", "prefix_tuning", "p_tuning", "bottleneck_adapter", "qlora")
-RL_ALGOS = _names("RL_ALGOS", "rlhf.RL_ALGOS", "grpo", "rloo")
-PREFERENCE_LOSSES = _names("PREFERENCE_LOSSES", "rlhf.PREFERENCE_LOSSES", "dpo", "ipo", "kto")
+RLHF_METHODS = _names("RLHF_METHODS", "rlhf.METHODS", "dpo", "ipo", "kto", "orpo", "simpo", "online_dpo", "grpo",
+                      "rloo")
 CLASSIFY_APPROACHES = _names("CLASSIFY_APPROACHES", "classify.APPROACHES", "zero_shot", "few_shot", "features_llm",
                              "features_minilm", "head_only", "top_n", "lora", "full")
 CLASSIFY_TRAINED = _names("CLASSIFY_TRAINED", "classify.APPROACHES", "head_only", "top_n", "lora", "full", part=True)
@@ -487,7 +487,7 @@ class PEFTParams(ChatArgs, ReplyArgs, EvalArgs, LoraArgs, ScopeArgs, TrainArgs, 
 
 @params_dataclass
 class RLHFParams(ChatArgs, EvalArgs, LoraArgs, Common):
-    """04_rlhf: preferences -> reward model -> online RL against it; DPO as the RL-free path."""
+    """04_rlhf: preferences -> reward model -> the methods (preference losses, online DPO, online RL), one row each."""
 
     lora_target: str = _f("q_proj,k_proj,v_proj,o_proj", "modules LoRA wraps: all-linear or a comma-separated list "
                           "(attention only: fewer adapters, faster sampling)")
@@ -509,20 +509,32 @@ class RLHFParams(ChatArgs, EvalArgs, LoraArgs, Common):
     rm_learning_rate: float = _f(5e-4, "reward model learning rate", gt=0)
     rm_epochs: float = _f(1.0, "reward model passes over the training pairs", gt=0, max=MAX_EPOCHS)
     rm_batch_size: int = _f(8, "pairs per reward-model step", min=1)
-    policy_scope: str = _f("lora", "RL and DPO train: lora (reference: the adapter switched off) | full (reference: a reloaded copy)",
-                           ADAPTER_OR_FULL)
-    rl_algo: str = _f("grpo", "online RL: grpo | rloo (both TRL; no PPOTrainer in TRL 1.16)", RL_ALGOS)
-    rl_steps: int = _f(12, "RL optimizer steps", min=1)
-    rl_prompts_per_step: int = _f(4, "prompts per RL step", min=1)
+    policy_scope: str = _f("lora", "every method trains: lora (reference: the adapter switched off) | full (reference: "
+                           "a reloaded copy)", ADAPTER_OR_FULL)
+    methods: list[str] = _f(["grpo", "dpo"], "rows of nbft.rlhf.METHODS to train, each from the starting policy, run "
+                            "in table order: " + ", ".join(RLHF_METHODS) + " (offline: the pairs; online_dpo: its own "
+                            "samples; grpo/rloo: RL against the reward model, standing in for PPO: TRL 1.16 has none)",
+                            RLHF_METHODS, min_items=1)
+    rl_steps: int = _f(12, "optimizer steps of every RL and online row (grpo, rloo, online_dpo)", min=1)
+    rl_prompts_per_step: int = _f(4, "prompts per step of every RL and online row", min=1)
     num_generations: int = _f(4, "sampled replies per prompt per RL step (the group)", min=2)
     rl_learning_rate: float = _f(2e-4, "RL learning rate", gt=0)
     kl_beta: float = _f(0.05, "KL penalty weight to the reference policy", min=0)
     rule_reward_weight: float = _f(0.0, "add the rule as a second RL reward with this weight (0: the judge stays unseen)", min=0)
-    preference_loss: str = _f("dpo", "RL-free path: dpo | ipo | kto", PREFERENCE_LOSSES)
-    dpo_learning_rate: float = _f(2e-4, "DPO learning rate", gt=0)
-    dpo_beta: float = _f(0.1, "DPO beta (strength of the implicit KL to the reference)", gt=0)
-    dpo_epochs: float = _f(1.0, "DPO passes over the training pairs", gt=0, max=MAX_EPOCHS)
-    dpo_batch_size: int = _f(8, "pairs per DPO step", min=1)
+    dpo_learning_rate: float = _f(2e-4, "learning rate of dpo, ipo and kto", gt=0)
+    dpo_beta: float = _f(0.1, "beta of dpo, ipo, kto and online_dpo (strength of the implicit KL to the reference)", gt=0)
+    dpo_epochs: float = _f(1.0, "passes over the training pairs, every offline row (dpo, ipo, kto, orpo, simpo): one "
+                           "budget", gt=0, max=MAX_EPOCHS)
+    dpo_batch_size: int = _f(8, "pairs per step, every offline row", min=1)
+    orpo_learning_rate: float = _f(2e-4, "orpo's learning rate (the ORPO paper: 8e-6 for full fine-tuning; LoRA "
+                                   "adapters take more)", gt=0)
+    orpo_beta: float = _f(0.1, "orpo's lambda: weight of the odds-ratio term beside the SFT loss on the chosen reply",
+                          gt=0)
+    simpo_learning_rate: float = _f(2e-4, "simpo's learning rate", gt=0)
+    simpo_beta: float = _f(2.0, "simpo's beta: scale of the length-normalized log-probability margin", gt=0)
+    simpo_gamma: float = _f(0.5, "simpo's target reward margin gamma (the loss uses gamma / beta)", min=0)
+    online_dpo_learning_rate: float = _f(2e-4, "online_dpo's learning rate (beta: dpo_beta; budget: rl_steps x "
+                                         "rl_prompts_per_step prompts, two sampled replies each)", gt=0)
 
 
 @params_dataclass
@@ -649,8 +661,8 @@ class ExportParams(ReplyArgs, EvalArgs, Common):
     checked where it will run (llama.cpp in the notebook and behind its OpenAI-compatible server)."""
 
     export_model: str = _f("02_sft", "the saved model to export: a stage name for its main model (02_sft: the main "
-                           "run; 03_peft: lora; 04_rlhf: the DPO policy; 07_distill: the student) or a name the "
-                           "notebook lists (03_peft/methods/dora, 04_rlhf/rl_policy, ...)")
+                           "run; 03_peft: lora; 04_rlhf: the first offline method's policy; 07_distill: the student) or a name the "
+                           "notebook lists (03_peft/methods/dora, 04_rlhf/grpo_policy, ...)")
     formats: list[str] = _f(["f16", "q8_0", "q4_k_m"], "GGUF files to write with llama.cpp's converter (f16, bf16, "
                             "f32) and quantizer (the rest, from the f16 file); []: the merged weights only",
                             EXPORT_FORMATS)

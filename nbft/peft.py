@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from . import corpora, data, evaluate, models, params, scoring, train
+from . import corpora, data, evaluate, models, params, scoring, timing, train
 
 #: The lines the written findings draw (recorded as ``thresholds`` in metrics.json).
 THRESHOLDS = {
@@ -281,36 +281,6 @@ def merge_check(model, tokenizer, texts: list[str]) -> tuple[object, float]:
 
 # ---------------------------------------------------------------- one row of the bake-off
 
-class PeakRSS:
-    """Peak resident memory (MB) of this process while the block runs (sampled every 50 ms);
-    on a GPU, torch's max allocated memory instead."""
-
-    def __enter__(self):
-        import threading
-
-        import psutil
-
-        self.cuda = torch.cuda.is_available()
-        if self.cuda:
-            torch.cuda.reset_peak_memory_stats()
-        self.proc = psutil.Process()
-        self.peak = self.proc.memory_info().rss
-        self._stop = threading.Event()
-
-        def sample():
-            while not self._stop.wait(0.05):
-                self.peak = max(self.peak, self.proc.memory_info().rss)
-        self._t = threading.Thread(target=sample, daemon=True)
-        self._t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._t.join()
-        self.mb = (torch.cuda.max_memory_allocated() if self.cuda else self.peak) / 2**20
-        return False
-
-
 #: A method that trains this share of the model's weights or more (full; freeze, ~10% for the default) is saved,
 #: measured (``size_mb``) and removed: a run keeps adapters (issue 16: a default run folder under 300 MB).
 KEEP_MAX_PCT = 5.0
@@ -329,7 +299,7 @@ def run_method(name: str, p, tokenizer, train_set: list[dict], validation: list[
     if missing:
         return {"status": f"skipped: needs {missing}", "mergeable": method.mergeable, "note": method.note}
     with contextlib.ExitStack() as stack:  # the trained model is freed when the row is measured
-        with PeakRSS() as mem:
+        with timing.PeakRSS() as mem:
             res = stack.enter_context(train.trained(
                 p, tokenizer, train_set, validation, prepare=lambda m: prepare(name, m, p), callbacks=callbacks,
                 learning_rate=learning_rate(method, p), max_steps=p.max_steps))

@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import random
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -371,83 +372,229 @@ def pair_accuracy(rm, tokenizer, pairs: list[dict], precision: str = "fp32") -> 
     return acc, chosen, rejected
 
 
-# ---------------------------------------------------------------- online RL (GRPO / RLOO)
+# ---------------------------------------------------------------- the methods: one row each
 
-RL_ALGOS = ("grpo", "rloo")
+@dataclass(frozen=True)
+class Method:
+    """A way to train the policy on the preferences (a row of ``METHODS``)."""
+
+    name: str
+    kind: str               # rl (online RL against the reward model) | offline (trains on the fixed pairs) |
+                            # online (pairs sampled from the policy as it trains, ranked by reward functions)
+    reads: str              # pairs | singles (the pairs split into desirable/undesirable replies) | prompts
+    learning_rate: str      # the RLHFParams field with its learning rate
+    needs_reference: bool   # a frozen reference policy in the loss (with LoRA: the adapter switched off)
+    build: Callable         # (policy, tokenizer, inputs: dict, p, scratch folder, callbacks, peft_config) -> trainer
+    note: str
+    kl_key: str | None = None      # the trainer's logged KL to the start (None: it logs none)
+    reward_key: str | None = None  # the trainer's logged mean reward of its sampled replies
 
 
-def train_rl(policy, tokenizer, prompts: list[str], reward_model, p, callbacks=()) -> train.TrainResult:
-    """GRPO or RLOO against the reward model, KL penalty ``beta`` to the reference.
+def _experimental(module: str):
+    """A ``trl.experimental`` module, without TRL's warning that it is experimental (the table says so)."""
+    import importlib
+    import warnings
 
-    With LoRA (``policy_scope='lora'``) the reference is the same model with the adapter switched
-    off; with ``full`` TRL reloads it from the policy's folder (``config._name_or_path``).
-    """
+    from trl.import_utils import TRLExperimentalWarning
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=TRLExperimentalWarning)
+        return importlib.import_module(f"trl.experimental.{module}")
+
+
+def _offline_args(p, tmp, lr: float) -> dict:
+    """Every offline row's budget: ``dpo_epochs`` passes over the same pairs, ``dpo_batch_size`` pairs a step."""
+    return trainer_args(p, tmp, learning_rate=lr, num_train_epochs=p.dpo_epochs,
+                        per_device_train_batch_size=p.dpo_batch_size, max_length=p.max_length)
+
+
+def _dpo(loss: str):
+    def build(policy, tokenizer, inputs, p, tmp, callbacks, peft_config):
+        from trl import DPOConfig, DPOTrainer
+
+        args = DPOConfig(**_offline_args(p, tmp, p.dpo_learning_rate), beta=p.dpo_beta, loss_type=[loss])
+        return DPOTrainer(model=policy, args=args, train_dataset=to_preference_dataset(inputs["pairs"]),
+                          processing_class=tokenizer, callbacks=callbacks, peft_config=peft_config)
+    return build
+
+
+def _kto(policy, tokenizer, inputs, p, tmp, callbacks, peft_config):
+    from trl import KTOConfig, KTOTrainer
+
+    args = KTOConfig(**_offline_args(p, tmp, p.dpo_learning_rate), beta=p.dpo_beta)
+    return KTOTrainer(model=policy, args=args, train_dataset=to_unpaired_dataset(inputs["pairs"]),
+                      processing_class=tokenizer, callbacks=callbacks, peft_config=peft_config)
+
+
+def _orpo(policy, tokenizer, inputs, p, tmp, callbacks, peft_config):
+    orpo = _experimental("orpo")
+    args = orpo.ORPOConfig(**_offline_args(p, tmp, p.orpo_learning_rate), beta=p.orpo_beta,
+                           remove_unused_columns=False)
+    return orpo.ORPOTrainer(model=policy, args=args, train_dataset=to_preference_dataset(inputs["pairs"]),
+                            processing_class=tokenizer, callbacks=callbacks, peft_config=peft_config)
+
+
+def _simpo(policy, tokenizer, inputs, p, tmp, callbacks, peft_config):
+    cpo = _experimental("cpo")
+    args = cpo.CPOConfig(**_offline_args(p, tmp, p.simpo_learning_rate), loss_type="simpo", cpo_alpha=0.0,
+                         beta=p.simpo_beta, simpo_gamma=p.simpo_gamma, remove_unused_columns=False)
+    return cpo.CPOTrainer(model=policy, args=args, train_dataset=to_preference_dataset(inputs["pairs"]),
+                          processing_class=tokenizer, callbacks=callbacks, peft_config=peft_config)
+
+
+def _prompts_dataset(prompts: list):
     import datasets
 
-    if p.rl_algo not in RL_ALGOS:
-        raise ValueError(f"rl_algo: {p.rl_algo!r} is not one of {', '.join(RL_ALGOS)}")
-    if p.rl_algo == "grpo":
-        from trl import GRPOConfig as Config, GRPOTrainer as Trainer
-    else:
-        from trl import RLOOConfig as Config, RLOOTrainer as Trainer
-    datasets.disable_progress_bars()
+    return datasets.Dataset.from_list([{"prompt": _messages(q)} for q in prompts])
+
+
+def _reward_models_bf16(funcs: list, p) -> None:
+    """Reward models score every sampled reply: at precision bf16 hold them in bf16 (in place; ~4x faster on CPU)."""
     if models.pick_precision(p.precision, models.pick_device(p.device)) == "bf16":
-        reward_model.to(torch.bfloat16)  # in place: it scores every sampled reply; bf16 matmuls are ~4x faster on CPU
-    reward_funcs: list = [reward_model]
-    processing = [tokenizer]
-    weights = [1.0]
-    if p.rule_reward_weight > 0:
-        reward_funcs.append(rule_reward)
-        processing.append(None)
-        weights.append(p.rule_reward_weight)
-    with train.scratch_dir() as tmp:
-        dataset = datasets.Dataset.from_list([{"prompt": _messages(q)} for q in prompts])
-        peft_config = lora_config(p) if p.policy_scope == "lora" else None
-
-        def build():
-            args = Config(**trainer_args(
-                p, tmp, learning_rate=p.rl_learning_rate, max_steps=p.rl_steps,
-                per_device_train_batch_size=p.rl_prompts_per_step * p.num_generations,
-                num_generations=p.num_generations, max_completion_length=p.max_new_tokens, temperature=p.temperature,
-                top_k=0, beta=p.kl_beta, reward_weights=weights, steps_per_generation=1, num_iterations=1,
-                log_completions=False, shuffle_dataset=True))
-            return Trainer(model=train.bf16_frozen_base(policy, p, peft_config), reward_funcs=reward_funcs, args=args,
-                           train_dataset=dataset, processing_class=tokenizer, reward_processing_classes=processing,
-                           callbacks=list(callbacks), peft_config=peft_config)
-        return train.fit(build)
+        for f in funcs:
+            if isinstance(f, torch.nn.Module):
+                f.to(torch.bfloat16)
 
 
-# ---------------------------------------------------------------- DPO and friends
+def _rl(trainer: str):
+    def build(policy, tokenizer, inputs, p, tmp, callbacks, peft_config):
+        import trl
 
-PREFERENCE_LOSSES = ("dpo", "ipo", "kto")
+        funcs, weights = [inputs["reward_model"]], [1.0]
+        if p.rule_reward_weight > 0:
+            funcs.append(rule_reward)
+            weights.append(p.rule_reward_weight)
+        _reward_models_bf16(funcs, p)
+        args = getattr(trl, f"{trainer}Config")(**trainer_args(
+            p, tmp, learning_rate=p.rl_learning_rate, max_steps=p.rl_steps,
+            per_device_train_batch_size=p.rl_prompts_per_step * p.num_generations,
+            num_generations=p.num_generations, max_completion_length=p.max_new_tokens, temperature=p.temperature,
+            top_k=0, beta=p.kl_beta, reward_weights=weights, steps_per_generation=1, num_iterations=1,
+            log_completions=False, shuffle_dataset=True))
+        return getattr(trl, f"{trainer}Trainer")(
+            model=policy, reward_funcs=funcs, args=args, train_dataset=_prompts_dataset(inputs["prompts"]),
+            processing_class=tokenizer, callbacks=callbacks, peft_config=peft_config,
+            reward_processing_classes=[tokenizer if isinstance(f, torch.nn.Module) else None for f in funcs])
+    return build
 
 
-def train_preference(policy, tokenizer, pairs: list[dict], p, callbacks=()) -> train.TrainResult:
-    """The RL-free path: DPO (sigmoid loss), IPO, or KTO (pairs split into desirable/undesirable singles)."""
+def _online_dpo(policy, tokenizer, inputs, p, tmp, callbacks, peft_config):
+    online = _experimental("online_dpo")
+    funcs = list(inputs["reward_funcs"])
+    _reward_models_bf16(funcs, p)
+    args = online.OnlineDPOConfig(**trainer_args(
+        p, tmp, learning_rate=p.online_dpo_learning_rate, max_steps=p.rl_steps,
+        per_device_train_batch_size=p.rl_prompts_per_step, max_new_tokens=p.max_new_tokens,
+        max_length=p.max_length, temperature=p.temperature, top_k=0, beta=[p.dpo_beta], use_vllm=False))
+    return online.OnlineDPOTrainer(
+        model=policy, reward_funcs=funcs, args=args, train_dataset=_prompts_dataset(inputs["prompts"]),
+        processing_class=tokenizer, callbacks=callbacks, peft_config=peft_config,
+        reward_processing_classes=[tokenizer if isinstance(f, torch.nn.Module) else None for f in funcs])
+
+
+#: The methods, in table order. Every offline row trains on the same pairs for ``dpo_epochs`` passes of
+#: ``dpo_batch_size`` pairs; the RL and online rows take ``rl_steps`` steps of ``rl_prompts_per_step`` prompts. TRL 1.16
+#: has no value-network PPO (``PPOTrainer`` was removed upstream): GRPO and RLOO stand in for it — the same clipped
+#: policy gradient and KL penalty, with the group's mean reward as the baseline instead of a value network.
+METHODS: dict[str, Method] = {m.name: m for m in [
+    Method("dpo", "offline", "pairs", "dpo_learning_rate", True, _dpo("sigmoid"),
+           "DPO (Rafailov et al. 2023): the chosen reply's log-probability ratio to the reference above the rejected "
+           "one's (sigmoid loss, dpo_beta)"),
+    Method("ipo", "offline", "pairs", "dpo_learning_rate", True, _dpo("ipo"),
+           "IPO (Azar et al. 2023): DPO's ratios with a squared loss toward a fixed margin (less overfit on "
+           "deterministic preferences)"),
+    Method("kto", "offline", "singles", "dpo_learning_rate", True, _kto,
+           "KTO (Ethayarajh et al. 2024): needs only good/bad labels: each pair split into a desirable and an "
+           "undesirable reply"),
+    Method("orpo", "offline", "pairs", "orpo_learning_rate", False, _orpo,
+           "ORPO (Hong et al. 2024): SFT loss on the chosen reply plus an odds-ratio penalty on the rejected; no "
+           "reference model (trl.experimental)"),
+    Method("simpo", "offline", "pairs", "simpo_learning_rate", False, _simpo,
+           "SimPO (Meng et al. 2024): the length-normalized log-probability margin above simpo_gamma; no reference "
+           "model (TRL's CPO with loss simpo, cpo_alpha 0; trl.experimental)"),
+    Method("online_dpo", "online", "prompts", "online_dpo_learning_rate", True, _online_dpo,
+           "online DPO (Guo et al. 2024): two replies sampled per prompt as it trains, ranked by the reward "
+           "functions the notebook passes, DPO's loss on the pair (trl.experimental)",
+           kl_key="objective/kl", reward_key="objective/scores"),
+    Method("grpo", "rl", "prompts", "rl_learning_rate", True, _rl("GRPO"),
+           "GRPO (Shao et al. 2024): a group of replies per prompt scored by the reward model, each against the "
+           "group's mean; PPO's clip and a KL penalty (kl_beta). Stands in for PPO: TRL 1.16 has none",
+           kl_key="kl", reward_key="reward"),
+    Method("rloo", "rl", "prompts", "rl_learning_rate", True, _rl("RLOO"),
+           "RLOO (Ahmadian et al. 2024): GRPO's setup with the mean of the other replies as the baseline. Stands in "
+           "for PPO: TRL 1.16 has none", kl_key="kl", reward_key="reward"),
+]}
+
+
+def learning_rate(method: Method, p) -> float:
+    """The learning rate the row trains with (its ``learning_rate`` field of ``p``)."""
+    return getattr(p, method.learning_rate)
+
+
+def describe_methods(names=None) -> list[dict]:
+    """The table as rows for the notebook (``names``: those rows, in table order)."""
+    return [{"method": m.name, "kind": m.kind, "reads": m.reads, "learning rate": m.learning_rate,
+             "reference model": "yes" if m.needs_reference else "no", "note": m.note}
+            for m in METHODS.values() if names is None or m.name in names]
+
+
+def ordered(names: list[str]) -> list[str]:
+    """``names`` in table order (each once); an unknown name raises ValueError."""
+    for n in names:
+        method_row(n)
+    return [n for n in METHODS if n in names]
+
+
+def method_row(name: str) -> Method:
+    if name not in METHODS:
+        raise ValueError(f"methods: {name!r} is not one of {', '.join(METHODS)}"
+                         + (" (TRL 1.16 has no value-network PPO: grpo and rloo stand in for it)" if name == "ppo" else ""))
+    return METHODS[name]
+
+
+def train_method(name: str, policy, tokenizer, p, *, pairs: list[dict] | None = None, prompts: list | None = None,
+                 reward_model=None, reward_funcs: list | None = None, callbacks=()) -> train.TrainResult:
+    """Train ``policy`` by the row ``name`` of ``METHODS`` (``train.fit``). What a row reads: pairs (``pairs``), the
+    pairs split into singles (``pairs``), prompts with the reward model (``rl``: ``reward_model``; plus the rule when
+    ``rule_reward_weight > 0``) or with ``reward_funcs`` (online: TRL reward functions — callables
+    ``f(prompts, completions, **kw) -> list[float]`` or sequence-classification reward models).
+
+    With ``policy_scope`` lora the policy trains LoRA adapters on a bf16 frozen base (``train.bf16_frozen_base``)
+    and a row that needs a reference uses the policy with its adapter switched off; with ``full`` TRL keeps a copy.
+    ``policy`` is changed in place (peft wraps it): load a fresh one for each row."""
     import datasets
 
-    if p.preference_loss not in PREFERENCE_LOSSES:
-        raise ValueError(f"preference_loss: {p.preference_loss!r} is not one of {', '.join(PREFERENCE_LOSSES)}")
+    m = method_row(name)
+    needed = {"pairs": pairs, "singles": pairs, "prompts": prompts}[m.reads]
+    if not needed:
+        raise ValueError(f"{name} reads {m.reads}: give {'pairs' if m.reads != 'prompts' else 'prompts'} "
+                         "(none given)" + ("; lower pair_margin, sample more replies per prompt, or give a "
+                                           "preferences file" if m.reads != "prompts" else ""))
+    if m.kind == "rl" and reward_model is None:
+        raise ValueError(f"{name} trains against a reward model: give reward_model")
+    if m.kind == "online" and not reward_funcs:
+        raise ValueError(f"{name} ranks its own samples: give reward_funcs (callables or reward models)")
     datasets.disable_progress_bars()
+    inputs = {"pairs": pairs, "prompts": prompts, "reward_model": reward_model, "reward_funcs": reward_funcs}
     peft_config = lora_config(p) if p.policy_scope == "lora" else None
-    train.bf16_frozen_base(policy, p, peft_config)
     with train.scratch_dir() as tmp:
-        common = trainer_args(p, tmp, learning_rate=p.dpo_learning_rate, num_train_epochs=p.dpo_epochs,
-                              per_device_train_batch_size=p.dpo_batch_size, max_length=p.max_length, beta=p.dpo_beta)
-
         def build():
-            if p.preference_loss == "kto":
-                from trl import KTOConfig, KTOTrainer
-
-                return KTOTrainer(model=policy, args=KTOConfig(**common), train_dataset=to_unpaired_dataset(pairs),
-                                  processing_class=tokenizer, callbacks=list(callbacks), peft_config=peft_config)
-            from trl import DPOConfig, DPOTrainer
-
-            loss = {"dpo": "sigmoid", "ipo": "ipo"}[p.preference_loss]
-            return DPOTrainer(model=policy, args=DPOConfig(**common, loss_type=[loss]),
-                              train_dataset=to_preference_dataset(pairs), processing_class=tokenizer,
-                              callbacks=list(callbacks), peft_config=peft_config)
+            return m.build(train.bf16_frozen_base(policy, p, peft_config), tokenizer, inputs, p, tmp,
+                           list(callbacks), peft_config)
         return train.fit(build)
+
+
+def training_record(name: str, result: train.TrainResult, peak_mem_mb: float | None, p) -> dict:
+    """What a row's training leaves for the table (``metrics``), so the trainer and its model can be freed: the
+    seconds, steps, peak memory, learning rate, the logged KL to the start (last quarter of the steps; None where the
+    trainer logs none) and the logged reward of the sampled replies (first and last quarter; None likewise)."""
+    m = METHODS[name]
+    hist = result.log_history
+    return {"kind": m.kind, "seconds": result.seconds, "steps": result.steps, "peak_mem_mb": peak_mem_mb,
+            "learning_rate": learning_rate(m, p), "needs_reference": m.needs_reference,
+            "kl": log_mean(hist, m.kl_key) if m.kl_key else None,
+            "train_reward_first": log_mean(hist, m.reward_key, first=True) if m.reward_key else None,
+            "train_reward_last": log_mean(hist, m.reward_key) if m.reward_key else None}
 
 
 # ---------------------------------------------------------------- evaluation by the judge
@@ -467,24 +614,38 @@ def judge(prompts: list[str], replies: list[str]) -> dict:
     }
 
 
+def wins(scores: list[float], baseline: list[float]) -> list[float]:
+    """Per prompt: 1 where a policy's reply scores above the baseline's, 0.5 on a tie, else 0."""
+    return [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(scores, baseline)]
+
+
 def win_rate(scores: list[float], baseline: list[float]) -> float:
     """Share of prompts where a policy's reply scores above the baseline's (ties count half)."""
-    wins = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(scores, baseline))
-    return wins / max(1, len(scores))
+    return sum(wins(scores, baseline)) / max(1, len(scores))
 
 
-def summary_rows(judged: dict[str, dict], baseline: str = "sft") -> list[dict]:
-    """One row per policy: rule score with CI, pass rate, reward-model mean, win rate vs ``baseline``, hacking signals.
+def summary_rows(judged: dict[str, dict], table: dict[str, dict] | None = None, baseline: str = "sft") -> list[dict]:
+    """One row per policy: rule score with CI, pass rate, reward-model mean, win rate vs ``baseline`` (with its
+    interval), hacking signals; with ``table`` (``method_metrics``) also each method's kind, KL to the start (where
+    its trainer logs one), training seconds, peak memory and learning rate.
 
     ``judged[name]``: ``judge`` output plus ``"reward"`` (the reward model's score per reply).
     """
     rows = []
+    fmt = lambda x, f: "-" if x is None else format(x, f)
     for name, j in judged.items():
         ci = scoring.summary(j["scores"])
-        rows.append({"policy": name, "rule score": j["rule_score"], "95% CI": f"{ci['lo']:.2f}-{ci['hi']:.2f}",
+        w = scoring.summary(wins(j["scores"], judged[baseline]["scores"]))
+        r = (table or {}).get(name, {})
+        rows.append({"policy": name, **({"kind": r.get("kind", "start")} if table is not None else {}),
+                     "rule score": j["rule_score"], "95% CI": f"{ci['lo']:.2f}-{ci['hi']:.2f}",
                      "passes every check": j["pass_rate"], "reward model": sum(j["reward"]) / len(j["reward"]),
-                     "win rate vs " + baseline: win_rate(j["scores"], judged[baseline]["scores"]),
-                     "mean words": j["mean_words"], "distinct trigrams": j["distinct_trigrams"]})
+                     "win rate vs " + baseline: w["mean"],
+                     "win 95% CI": "-" if name == baseline else f"{w['lo']:.2f}-{w['hi']:.2f}",
+                     "mean words": j["mean_words"], "distinct trigrams": j["distinct_trigrams"],
+                     **({"KL to start": fmt(r.get("kl"), ".4f"), "seconds": fmt(r.get("seconds"), ".0f"),
+                         "peak MB": fmt(r.get("peak_mem_mb"), ".0f"), "learning rate": fmt(r.get("learning_rate"), "g")}
+                        if table is not None else {})})
     return rows
 
 
@@ -564,27 +725,53 @@ def check_inputs(p) -> None:
         load_pairs(p.preferences)
 
 
-def metrics(p, judged: dict[str, dict], *, start: str, n_pairs_train: int, n_pairs_heldout: int, n_train: int,
-            rm_accuracy: float, rm_accuracy_train: float, rl_run, dpo_run, rm_run, reply: dict | None = None) -> dict:
+def method_metrics(judged: dict[str, dict], trained: dict[str, dict], start: str = "sft") -> dict[str, dict]:
+    """metrics.json's ``methods``: per trained row, its ``training_record`` and its held-out verdict — the rule score
+    with its bootstrap 95% interval (``rule_ci``), the win rate against ``start`` with its interval (``win_ci``: the
+    per-prompt wins resampled), the reward model's mean score, the pass rate, and the hacking signals (mean words,
+    distinct trigrams)."""
+    out = {}
+    for name, rec in trained.items():
+        j = judged[name]
+        ci, w = scoring.summary(j["scores"]), scoring.summary(wins(j["scores"], judged[start]["scores"]))
+        out[name] = {**rec, "rule_score": j["rule_score"], "rule_ci": [ci["lo"], ci["hi"]],
+                     "win_rate_vs_sft": w["mean"], "win_ci": [w["lo"], w["hi"]],
+                     "reward_model": sum(j["reward"]) / max(1, len(j["reward"])) if j.get("reward") else None,
+                     "pass_rate": j["pass_rate"], "mean_words": j["mean_words"],
+                     "distinct_trigrams": j["distinct_trigrams"]}
+    return out
+
+
+def metrics(p, judged: dict[str, dict], trained: dict[str, dict], *, start: str, n_pairs_train: int,
+            n_pairs_heldout: int, n_train: int, rm_accuracy: float, rm_accuracy_train: float, rm_seconds: float,
+            reply: dict | None = None) -> dict:
     """04_rlhf's section of metrics.json (``findings`` reads it; the notebook adds them and ``thresholds``):
-    ``judged`` is ``judge``'s verdict on the held-out prompts for each policy (sft, rl, dpo); ``*_run`` the three
-    trainings' ``train.TrainResult``. ``seconds``: the three trainings together (``seconds_by_part``: each).
-    ``reply``: ``reply_tables`` (``reply_metrics``: rule, reward and length of rl and dpo against sft, with
-    intervals)."""
+    ``judged`` is ``judge``'s verdict on the held-out prompts for each policy (sft and each trained row, with the
+    reward model's scores under ``reward``); ``trained`` each row's ``training_record``, in table order. ``methods``:
+    ``method_metrics``. The ``rl_*``/``*_rl`` keys describe the first RL row (``rl_algo`` names it), the ``*_dpo``
+    keys the first offline row (``preference_loss`` names it); None where the run trained none. ``seconds``: the
+    reward model and every row together (``seconds_by_part``: each). ``reply``: ``reply_tables``."""
     n = len(judged["sft"]["reward"])
-    parts = {"reward_model": rm_run.seconds, "rl": rl_run.seconds, "dpo": dpo_run.seconds}
+    rl = next((k for k, r in trained.items() if r["kind"] == "rl"), None)
+    off = next((k for k, r in trained.items() if r["kind"] == "offline"), None)
+    parts = {"reward_model": rm_seconds, **{k: r["seconds"] for k, r in trained.items()}}
+    mean = lambda xs: sum(xs) / max(1, len(xs))
+    table = method_metrics(judged, trained)
     return {
-        "policy_start": start, "rl_algo": p.rl_algo, "preference_loss": p.preference_loss,
+        "policy_start": start, "methods_trained": list(trained), "rl_algo": rl, "preference_loss": off,
         "n_pairs_train": n_pairs_train, "n_pairs_heldout": n_pairs_heldout, "n_train": n_train, "n_eval": n,
         "rm_accuracy": rm_accuracy, "rm_accuracy_train": rm_accuracy_train,
-        "rl_mean_reward_before": sum(judged["sft"]["reward"]) / n, "rl_mean_reward_after": sum(judged["rl"]["reward"]) / n,
-        "dpo_mean_reward": sum(judged["dpo"]["reward"]) / n, "rl_kl": log_mean(rl_run.log_history, "kl"),
-        "rl_train_reward_first": log_mean(rl_run.log_history, "reward", first=True),
-        "rl_train_reward_last": log_mean(rl_run.log_history, "reward"),
-        "winrate_rl_vs_sft": win_rate(judged["rl"]["scores"], judged["sft"]["scores"]),
-        "winrate_dpo_vs_sft": win_rate(judged["dpo"]["scores"], judged["sft"]["scores"]),
-        "rule_score_sft": judged["sft"]["rule_score"], "rule_score_rl": judged["rl"]["rule_score"],
-        "rule_score_dpo": judged["dpo"]["rule_score"],
+        "rl_mean_reward_before": mean(judged["sft"]["reward"]),
+        "rl_mean_reward_after": mean(judged[rl]["reward"]) if rl else None,
+        "dpo_mean_reward": mean(judged[off]["reward"]) if off else None,
+        "rl_kl": trained[rl]["kl"] if rl else None,
+        "rl_train_reward_first": trained[rl]["train_reward_first"] if rl else None,
+        "rl_train_reward_last": trained[rl]["train_reward_last"] if rl else None,
+        "winrate_rl_vs_sft": table[rl]["win_rate_vs_sft"] if rl else None,
+        "winrate_dpo_vs_sft": table[off]["win_rate_vs_sft"] if off else None,
+        "rule_score_sft": judged["sft"]["rule_score"], "rule_score_rl": judged[rl]["rule_score"] if rl else None,
+        "rule_score_dpo": judged[off]["rule_score"] if off else None,
+        "methods": table,
         "pass_rate": {k: v["pass_rate"] for k, v in judged.items()},
         "mean_words": {k: v["mean_words"] for k, v in judged.items()},
         "distinct_trigrams": {k: v["distinct_trigrams"] for k, v in judged.items()},
@@ -593,31 +780,47 @@ def metrics(p, judged: dict[str, dict], *, start: str, n_pairs_train: int, n_pai
     }
 
 
+def _interval(ci) -> str:
+    return f" (95% CI {ci[0]:.2f}-{ci[1]:.2f})" if ci and None not in ci else ""
+
+
 def findings(m: dict) -> list[str]:
-    """One sentence per result, worded by the numbers (whichever way they go) and ``THRESHOLDS``."""
+    """One sentence per result, worded by the numbers (whichever way they go) and ``THRESHOLDS``: the reward model,
+    the first RL row's reward, one sentence per method row (win rate with its interval, KL where logged, hacking
+    signals), one comparing the rows, then the per-example tables'."""
     t = THRESHOLDS
     out = []
     acc = m["rm_accuracy"]
     out.append(f"The reward model ranks {acc:.0%} of {m['n_pairs_heldout']} held-out pairs the way the rule does "
                f"({'at or above' if acc >= t['rm_accuracy'] else 'below'} the {t['rm_accuracy']:.0%} bar; "
                f"{m['rm_accuracy_train']:.0%} on its {m['n_pairs_train']} training pairs).")
-    before, after = m["rl_mean_reward_before"], m["rl_mean_reward_after"]
-    out.append(f"{m['rl_algo'].upper()} {'raised' if after > before else 'did not raise'} the reward model's mean score "
-               f"on held-out prompts: {before:+.2f} -> {after:+.2f}, at a final KL of {m['rl_kl']:.4f} to the start.")
-    for name, key in (("RL", "rl"), (m["preference_loss"].upper(), "dpo")):
-        score, base, win = m[f"rule_score_{key}"], m["rule_score_sft"], m[f"winrate_{key}_vs_sft"]
+    if m.get("rl_algo"):
+        before, after = m["rl_mean_reward_before"], m["rl_mean_reward_after"]
+        kl = f", at a final KL of {m['rl_kl']:.4f} to the start" if m.get("rl_kl") is not None else ""
+        out.append(f"{m['rl_algo'].upper()} {'raised' if after > before else 'did not raise'} the reward model's mean "
+                   f"score on held-out prompts: {before:+.2f} -> {after:+.2f}{kl}.")
+    rows = m.get("methods") or {}
+    words0, base = m["mean_words"]["sft"], m["rule_score_sft"]
+    for name, r in rows.items():
+        win, ci = r["win_rate_vs_sft"], r.get("win_ci")
         verdict = "beats" if win > t["win"] else "ties" if win == t["win"] else "does not beat"
-        out.append(f"Judged by the rule on {m['n_eval']} held-out prompts, {name} {verdict} the SFT start: "
-                   f"rule score {base:.2f} -> {score:.2f}, win rate {win:.2f}.")
-    words, tri = m["mean_words"], m["distinct_trigrams"]
-    for key, name in (("rl", "RL"), ("dpo", m["preference_loss"].upper())):
-        grew = words[key] > t["longer"] * max(words["sft"], 1)
-        rep = tri[key] < t["repetitive"]
-        if grew or rep:
-            out.append(f"Hacking check, {name}: replies average {words[key]:.1f} words (SFT {words['sft']:.1f}) and "
-                       f"{tri[key]:.0%} distinct trigrams" + (" — longer" if grew else "") +
-                       (" — repetitive" if rep else "") + "; read the side-by-side samples.")
-        else:
-            out.append(f"Hacking check, {name}: no sign of length or repetition hacking ({words[key]:.1f} words vs SFT "
-                       f"{words['sft']:.1f}; {tri[key]:.0%} distinct trigrams).")
+        noise = (" — within the noise of this many prompts (the interval includes 0.5)"
+                 if ci and None not in ci and ci[0] <= t["win"] <= ci[1] else "")
+        kl = f"; KL to the start {r['kl']:.4f}" if r.get("kl") is not None else ""
+        grew = r["mean_words"] > t["longer"] * max(words0, 1)
+        rep = r["distinct_trigrams"] < t["repetitive"]
+        hack = (f"; hacking signs: {r['mean_words']:.1f} words (SFT {words0:.1f})" + (", longer" if grew else "")
+                + (f", {r['distinct_trigrams']:.0%} distinct trigrams, repetitive" if rep else "")
+                if grew or rep else f"; no length or repetition hacking ({r['mean_words']:.1f} words vs SFT {words0:.1f})")
+        out.append(f"{name.upper()} ({r['kind']}, lr {r['learning_rate']:g}) {verdict} the SFT start on "
+                   f"{m['n_eval']} held-out prompts: win rate {win:.2f}{_interval(ci)}{noise}, rule score "
+                   f"{base:.2f} -> {r['rule_score']:.2f}{kl}{hack}.")
+    if len(rows) > 1:
+        ranked = sorted(rows, key=lambda k: -rows[k]["win_rate_vs_sft"])
+        beat = [k for k in ranked if rows[k]["win_rate_vs_sft"] > t["win"]]
+        clear = [k for k in beat if (rows[k].get("win_ci") or [None])[0] is not None and rows[k]["win_ci"][0] > t["win"]]
+        out.append(f"Across the {len(rows)} rows (same pairs, seed and budget), by win rate: "
+                   + ", ".join(f"{k} {rows[k]['win_rate_vs_sft']:.2f}" for k in ranked) + "; "
+                   + (f"{len(beat)} beat the start ({', '.join(beat)})" if beat else "none beats the start")
+                   + (f", {len(clear)} of them by more than the interval ({', '.join(clear)})." if beat else "."))
     return out + scoring.sentences(m.get("reply_metrics") or {}, "sft")

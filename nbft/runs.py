@@ -817,9 +817,11 @@ def saved_models(run_dir: str | Path) -> list[Saved]:
     return out
 
 
-#: A stage name alone picks this model of the stage (its main one).
+#: A stage name alone picks this model of the stage (its main one). 04: each method row's policy, in the table's order
+#: (the offline rows first), then an older run's ``rl_policy``.
 MAIN_MODEL = {"02_sft": ("02_sft/merged", "02_sft/adapter", "02_sft/model"), "07_distill": ("07_distill/distilled",),
-              "04_rlhf": ("04_rlhf/dpo_policy", "04_rlhf/rl_policy"), "03_peft": ("03_peft/methods/lora",)}
+              "04_rlhf": (*(f"04_rlhf/{n}_policy" for n in params.RLHF_METHODS), "04_rlhf/rl_policy"),
+              "03_peft": ("03_peft/methods/lora",)}
 
 
 def find_model(run_dir: str | Path, name: str, key: str = "model") -> Saved:

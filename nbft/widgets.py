@@ -121,6 +121,8 @@ RL_PANELS = (("reward", "mean reward (reward model)"), ("kl", "KL to the referen
              ("completions/mean_length", "completion length (tokens)"))
 PREFERENCE_PANELS = (("loss", "train loss"), ("rewards/accuracies", "pairs ranked right (batch)"),
                      ("rewards/margins", "reward margin chosen - rejected"))
+ONLINE_PANELS = (("objective/scores", "mean reward of its samples"), ("objective/kl", "KL to the reference"),
+                 ("rewards/margins", "reward margin chosen - rejected"))
 
 
 def training_monitor(title: str = "training", every_s: float = 2.0, panels=SFT_PANELS):

@@ -89,18 +89,37 @@ def test_judge_win_rate_and_ci():
     assert 0.3 < ci["lo"] < 0.5 < ci["hi"] < 0.7
 
 
+def _row(kind, win, ci, kl=None, words=2.0, tri=1.0, lr=2e-4):
+    return dict(kind=kind, win_rate_vs_sft=win, win_ci=ci, kl=kl, mean_words=words, distinct_trigrams=tri,
+                learning_rate=lr, rule_score=0.6)
+
+
+def _metrics():
+    return dict(rm_accuracy=0.9, rm_accuracy_train=0.95, n_pairs_heldout=50, n_pairs_train=200, rl_algo="grpo",
+                rl_mean_reward_before=-1.0, rl_mean_reward_after=0.5, rl_kl=0.01, rule_score_sft=0.5, n_eval=40,
+                mean_words={"sft": 2}, methods={"dpo": _row("offline", 0.3, [0.2, 0.4], tri=0.5),
+                                                "orpo": _row("offline", 0.55, [0.45, 0.65], lr=8e-6),
+                                                "grpo": _row("rl", 0.8, [0.7, 0.9], kl=0.01, words=12.0)})
+
+
 def test_findings_follow_the_numbers():
-    m = dict(rm_accuracy=0.9, rm_accuracy_train=0.95, n_pairs_heldout=50, n_pairs_train=200, rl_algo="grpo",
-             preference_loss="dpo", rl_mean_reward_before=-1.0, rl_mean_reward_after=0.5, rl_kl=0.01,
-             rule_score_sft=0.5, rule_score_rl=0.8, rule_score_dpo=0.4, winrate_rl_vs_sft=0.8, winrate_dpo_vs_sft=0.3,
-             n_eval=40, mean_words={"sft": 2, "rl": 12, "dpo": 2}, distinct_trigrams={"sft": 1, "rl": 1, "dpo": 0.5})
-    text = " ".join(rlhf.findings(m))
-    assert "at or above the 85% bar" in text and "GRPO raised" in text
-    assert "RL beats the SFT start" in text and "DPO does not beat the SFT start" in text
-    assert "longer" in text and "repetitive" in text
+    m = _metrics()
+    found = rlhf.findings(m)
+    text = " ".join(found)
+    assert "at or above the 85% bar" in text and "GRPO raised" in text and "KL of 0.0100" in text
+    grpo, dpo, orpo = (next(f for f in found if f.startswith(k)) for k in ("GRPO (rl", "DPO (offline", "ORPO"))
+    assert "GRPO (rl, lr 0.0002) beats the SFT start" in grpo and "win rate 0.80 (95% CI 0.70-0.90)" in grpo
+    assert "KL to the start 0.0100" in grpo and "longer" in grpo and "noise" not in grpo
+    assert "DPO (offline, lr 0.0002) does not beat" in dpo and "repetitive" in dpo and "KL" not in dpo
+    assert "ORPO (offline, lr 8e-06) beats" in orpo and "within the noise" in orpo  # 0.55, interval 0.45-0.65
+    assert "by win rate: grpo 0.80, orpo 0.55, dpo 0.30; 2 beat the start (grpo, orpo), 1 of them by more than the " \
+           "interval (grpo)" in text
     m.update(rm_accuracy=0.6, rl_mean_reward_after=-2.0)
     text = " ".join(rlhf.findings(m))
     assert "below the 85% bar" in text and "GRPO did not raise" in text
+    m.update(rl_algo=None, methods={"dpo": m["methods"]["dpo"]})  # no RL row trained: no RL sentence, no comparison
+    found = rlhf.findings(m)
+    assert not any("GRPO" in f or "Across" in f for f in found) and any(f.startswith("DPO (offline") for f in found)
 
 
 
@@ -115,11 +134,7 @@ def test_each_policy_against_the_start_on_the_stages_own_scores_with_intervals()
     assert t["rl"]["rule"]["after"]["mean"] == pytest.approx(judged["rl"]["rule_score"])
     assert scoring.clear(t["rl"]["rule"]["diff"]) and not scoring.clear(t["dpo"]["rule"]["diff"])
     assert t["rl"]["reward"]["diff"]["mean"] == 0 and t["rl"]["length"]["higher_is_better"] is None
-    m = dict(rm_accuracy=0.9, rm_accuracy_train=0.95, n_pairs_heldout=50, n_pairs_train=200, rl_algo="grpo",
-             preference_loss="dpo", rl_mean_reward_before=-1.0, rl_mean_reward_after=0.5, rl_kl=0.01,
-             rule_score_sft=0.5, rule_score_rl=0.8, rule_score_dpo=0.4, winrate_rl_vs_sft=0.8, winrate_dpo_vs_sft=0.3,
-             n_eval=20, mean_words={"sft": 2, "rl": 12, "dpo": 2}, distinct_trigrams={"sft": 1, "rl": 1, "dpo": 1},
-             reply_metrics={k: scoring.recorded(v) for k, v in t.items()})
+    m = {**_metrics(), "methods": {}, "reply_metrics": {k: scoring.recorded(v) for k, v in t.items()}}
     rule = next(f for f in rlhf.findings(m) if f.startswith("rule vs sft"))
     assert "better for rl" in rule and "no change larger than its interval for dpo" in rule
 
@@ -168,50 +183,67 @@ def test_reward_model_lora_trains_head_and_adapters_then_merges(tiny_folder):
         rlhf.train_reward_model(rm, tok, [], _p())
 
 
-@pytest.mark.parametrize("algo", rlhf.RL_ALGOS)
-def test_online_rl_runs_against_a_reward_model(tiny_folder, algo):
+@pytest.mark.parametrize("name", list(rlhf.METHODS))
+def test_every_method_row_trains_a_lora_policy_from_the_same_start(tiny_folder, name, tmp_path):
+    """Issue 33: each row of the table, 2 steps on tiny-llama through ``train_method``; the base stays, the adapter
+    moves; a row's record has its KL and sampled reward where its trainer logs them. The RL rows add the rule as a
+    second reward; the first row's saved adapter loads as the same model."""
     tok = models.load_tokenizer(tiny_folder)
-    rm = rlhf.load_reward_base(tiny_folder, tok)
     policy, _ = models.load_model(tiny_folder, "cpu", tokenizer=tok)
     before = {n: q.detach().clone() for n, q in policy.named_parameters()}
-    run = rlhf.train_rl(policy, tok, [q["prompt"] for q in _pairs(4)], rm, _p(rl_algo=algo, rl_learning_rate=1e-2))
-    steps = [r for r in run.log_history if "reward" in r]
-    assert len(steps) == 2 and all("kl" in r for r in steps)
+    m = rlhf.METHODS[name]
+    p = _p(dpo_epochs=1.0, rule_reward_weight=1.0, **{m.learning_rate: 1e-2})  # 8 pairs, 4 a step: 2 steps
+    rm = rlhf.load_reward_base(tiny_folder, tok) if m.kind == "rl" else None
+    run = rlhf.train_method(name, policy, tok, p, pairs=_pairs(8), prompts=[q["prompt"] for q in _pairs(4)],
+                            reward_model=rm, reward_funcs=[rlhf.rule_reward])
+    assert run.steps == (4 if m.reads == "singles" else 2) and any("loss" in r for r in run.log_history)  # kto: 16 singles
+    rec = rlhf.training_record(name, run, 123.0, p)
+    assert rec["kind"] == m.kind and rec["learning_rate"] == 1e-2 and rec["steps"] == run.steps
+    assert (rec["kl"] is not None) == (m.kl_key is not None) and (rec["train_reward_last"] is None) == (m.reward_key is None)
+    assert (m.kind == "rl") == any("rewards/rule_reward/mean" in r for r in run.log_history)  # rule_reward_weight
     assert hasattr(run.model, "peft_config") and not run.model.training
     for n, q in run.model.get_base_model().named_parameters():  # the base weights stay; adapters moved
         if "lora_" not in n:
             assert torch.equal(q, before[n.replace("base_layer.", "")]), n
     assert any(not torch.all(q == 0) for n, q in run.model.named_parameters() if "lora_B" in n)
+    if name == next(iter(rlhf.METHODS)):
+        saved = rlhf.save_policy(run.model, tok, tmp_path / f"{name}_policy", tiny_folder)  # its adapter, merged on load
+        plain = models.load_model(str(saved), "cpu", tokenizer=tok)[0]
+        ids = tok(["What is item 1?"], return_tensors="pt")
+        with torch.no_grad():
+            assert (plain(**ids).logits - run.model(**ids).logits.float()).abs().max().item() < 1e-3
 
 
-def test_online_rl_can_add_the_rule_as_reward(tiny_folder):
-    tok = models.load_tokenizer(tiny_folder)
-    rm = rlhf.load_reward_base(tiny_folder, tok)
-    policy, _ = models.load_model(tiny_folder, "cpu", tokenizer=tok)
-    run = rlhf.train_rl(policy, tok, [q["prompt"] for q in _pairs(4)], rm, _p(rule_reward_weight=1.0, rl_steps=1))
-    assert any("rewards/rule_reward/mean" in r for r in run.log_history)
+def test_the_method_table_and_what_each_row_needs():
+    assert list(rlhf.METHODS) == list(params.RLHF_METHODS)
+    assert {m.kind for m in rlhf.METHODS.values()} == {"offline", "online", "rl"}
+    fields = set(params.field_names(params.RLHFParams))
+    assert all(m.learning_rate in fields for m in rlhf.METHODS.values())
+    assert [k for k, m in rlhf.METHODS.items() if not m.needs_reference] == ["orpo", "simpo"]
+    assert rlhf.ordered(["grpo", "dpo", "grpo"]) == ["dpo", "grpo"]  # table order, once each
+    with pytest.raises(ValueError, match="methods: 'ppo' is not one of dpo, .*no value-network PPO"):
+        rlhf.ordered(["ppo"])
+    with pytest.raises(ValueError, match="dpo reads pairs"):
+        rlhf.train_method("dpo", None, None, _p(), pairs=[])
+    with pytest.raises(ValueError, match="grpo trains against a reward model"):
+        rlhf.train_method("grpo", None, None, _p(), prompts=["q"])
+    with pytest.raises(ValueError, match="online_dpo ranks its own samples: give reward_funcs"):
+        rlhf.train_method("online_dpo", None, None, _p(), prompts=["q"])
+    with pytest.raises(ValueError, match="did you mean 'simpo'"):
+        params.check_field(params.RLHFParams, "methods", ["simpoo"])
 
 
-@pytest.mark.parametrize("loss", rlhf.PREFERENCE_LOSSES)
-def test_preference_losses_train_a_lora_policy(tiny_folder, loss, tmp_path):
-    tok = models.load_tokenizer(tiny_folder)
-    policy, _ = models.load_model(tiny_folder, "cpu", tokenizer=tok)
-    run = rlhf.train_preference(policy, tok, _pairs(8), _p(preference_loss=loss, dpo_epochs=1.0))
-    assert any("loss" in r for r in run.log_history) and hasattr(run.model, "peft_config")
-    saved = rlhf.save_policy(run.model, tok, tmp_path / "policy", tiny_folder)  # its adapter, merged on load
-    plain = models.load_model(str(saved), "cpu", tokenizer=tok)[0]
-    assert not hasattr(plain, "peft_config")
-    ids = tok(["What is item 1?"], return_tensors="pt")
-    with torch.no_grad():
-        diff = (plain(**ids).logits - run.model(**ids).logits).abs().max().item()
-    assert diff < 1e-3
-
-
-def test_bad_algorithm_names():
-    with pytest.raises(ValueError, match="rl_algo: 'ppo' is not one of grpo, rloo"):
-        rlhf.train_rl(None, None, [], None, type("P", (), {"rl_algo": "ppo"})())
-    with pytest.raises(ValueError, match="preference_loss: 'orpo' is not one of dpo, ipo, kto"):
-        rlhf.train_preference(None, None, [], type("P", (), {"preference_loss": "orpo"})())
+def test_method_metrics_per_row():
+    prompts = [Q] * 20
+    judged = {"sft": rlhf.judge(prompts, ["lava"] * 20), "dpo": rlhf.judge(prompts, [GOOD] * 10 + ["lava"] * 10)}
+    for j in judged.values():
+        j["reward"] = [0.5] * 20
+    rec = dict(kind="offline", seconds=3.0, steps=2, peak_mem_mb=100.0, learning_rate=2e-4, needs_reference=True,
+               kl=None, train_reward_first=None, train_reward_last=None)
+    row = rlhf.method_metrics(judged, {"dpo": rec})["dpo"]
+    assert row["win_rate_vs_sft"] == pytest.approx(0.75) and row["win_ci"][0] < 0.75 < row["win_ci"][1]
+    assert row["rule_ci"][0] < row["rule_score"] < row["rule_ci"][1] and row["reward_model"] == 0.5
+    assert row["kl"] is None and row["seconds"] == 3.0 and row["mean_words"] > 0
 
 
 def test_starting_policy(runs_dir, tmp_path):
