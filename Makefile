@@ -2,6 +2,7 @@
 #   make run     create .venv, install everything, run the main pipeline (params/default.yaml)
 #   make smoke   the same pipeline on params/smoke.yaml (tiny model, seconds)
 #   make chat    01 and 02 on params/chat.yaml: 02's chat-data comparisons (turns, templates, single vs multi-task)
+#   make rlhf    01, 02 and 04 on params/rlhf.yaml: 04 with every preference method and RL algorithm (one row each)
 #   make test    create/update .venv and run the whole test suite
 PYTHON     ?= python3
 VENV       ?= .venv
@@ -26,7 +27,7 @@ export MALLOC_MMAP_THRESHOLD_ ?= 33554432
 export MALLOC_TRIM_THRESHOLD_ ?= 4294967296
 export MALLOC_TOP_PAD_ ?= 268435456
 
-.PHONY: install run smoke chat test test-fast lab clean-venv
+.PHONY: install run smoke chat rlhf test test-fast lab clean-venv
 
 install: $(STAMP)
 
@@ -53,6 +54,9 @@ smoke: install
 
 chat: install
 	$(VENV)/bin/nbft run --params params/chat.yaml --only 01_data_prep 02_sft
+
+rlhf: install
+	$(VENV)/bin/nbft run --params params/rlhf.yaml --only 01_data_prep 02_sft 04_rlhf
 
 # the test files in $(TEST_WORKERS) processes at once (pytest-xdist; a file's tests stay together in one process, so
 # module fixtures such as the smoke run happen once), one thread each on 2 cores (tests/conftest.py)

@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from . import corpora, data, evaluate, models, params, scoring, timing, train
+from . import corpora, data, evaluate, models, params, scoring, train
 
 #: The lines the written findings draw (recorded as ``thresholds`` in metrics.json).
 THRESHOLDS = {
@@ -299,7 +299,7 @@ def run_method(name: str, p, tokenizer, train_set: list[dict], validation: list[
     if missing:
         return {"status": f"skipped: needs {missing}", "mergeable": method.mergeable, "note": method.note}
     with contextlib.ExitStack() as stack:  # the trained model is freed when the row is measured
-        with timing.PeakRSS() as mem:
+        with train.PeakRSS() as mem:
             res = stack.enter_context(train.trained(
                 p, tokenizer, train_set, validation, prepare=lambda m: prepare(name, m, p), callbacks=callbacks,
                 learning_rate=learning_rate(method, p), max_steps=p.max_steps))

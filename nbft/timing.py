@@ -5,8 +5,7 @@ counts for the inner kind only (a generation inside a training step is generatio
 nbft uses: ``loading`` (``models.load_model``), ``training`` (``train.fit``: every trainer, rollouts of online RL
 included), ``generation`` (``evaluate.generate``), ``scoring`` (``evaluate.perplexity`` and the classifier's
 batched forward passes). ``Run.record`` writes the totals so far as the stage's ``profile`` in metrics.json, with
-``other``: the rest of the stage's time since ``reset`` (the stage's setup calls it). ``PeakRSS``: the peak memory
-of a block (03's methods, 04's rows).
+``other``: the rest of the stage's time since ``reset`` (the stage's setup calls it).
 """
 from __future__ import annotations
 
@@ -63,33 +62,3 @@ def snapshot() -> dict[str, float]:
     out["total"] = round(total, 3)
     return out
 
-
-class PeakRSS:
-    """Peak resident memory (MB) of this process while the block runs (sampled every 50 ms);
-    on a GPU, torch's max allocated memory instead."""
-
-    def __enter__(self):
-        import threading
-
-        import psutil
-        import torch
-
-        self.cuda = torch.cuda.is_available()
-        if self.cuda:
-            torch.cuda.reset_peak_memory_stats()
-        self.proc = psutil.Process()
-        self.peak = self.proc.memory_info().rss
-        self._stop = threading.Event()
-
-        def sample():
-            while not self._stop.wait(0.05):
-                self.peak = max(self.peak, self.proc.memory_info().rss)
-        self._t = threading.Thread(target=sample, daemon=True)
-        self._t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._t.join()
-        self.mb = (torch.cuda.max_memory_allocated() if self.cuda else self.peak) / 2**20
-        return False

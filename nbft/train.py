@@ -300,6 +300,39 @@ def finish(model):
     return model
 
 
+class PeakRSS:
+    """Peak resident memory (MB) of this process while the block runs (sampled every 50 ms);
+    on a GPU, torch's max allocated memory instead."""
+
+    def __enter__(self):
+        import threading
+
+        import psutil
+        import torch
+
+        self.cuda = torch.cuda.is_available()
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+        self.proc = psutil.Process()
+        self.peak = self.proc.memory_info().rss
+        self._stop = threading.Event()
+
+        def sample():
+            while not self._stop.wait(0.05):
+                self.peak = max(self.peak, self.proc.memory_info().rss)
+        self._t = threading.Thread(target=sample, daemon=True)
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        import torch
+
+        self._stop.set()
+        self._t.join()
+        self.mb = (torch.cuda.max_memory_allocated() if self.cuda else self.peak) / 2**20
+        return False
+
+
 @dataclass
 class TrainResult:
     """A finished training run: the trained ``model`` (eval mode), its ``trainer``, the time it took (a resumed

@@ -207,16 +207,28 @@ def test_smoke_metrics(smoke_run):
         assert math.isfinite(r[k]), k
     assert r["rl_kl"] > -1e-3 and r["n_pairs_train"] > 0 and r["n_pairs_heldout"] > 0
     assert r["n_eval"] >= 40 and r["policy_start"].startswith("this run's SFT model")
-    assert set(r["mean_words"]) == set(r["pass_rate"]) == {"sft", "rl", "dpo"}
-    assert all(v > 0 for v in r["seconds_by_part"].values())
+    rows = params.resolve(SMOKE)["04_rlhf"].methods
+    assert r["methods_trained"] == list(r["methods"]) == [n for n in params.RLHF_METHODS if n in rows]
+    assert r["rl_algo"] == "grpo" and r["preference_loss"] == "dpo"  # the rl_* and *_dpo keys: the first of each kind
+    assert set(r["mean_words"]) == set(r["pass_rate"]) == {"sft", *rows}
+    assert all(v > 0 for v in r["seconds_by_part"].values()) and set(r["seconds_by_part"]) == {"reward_model", *rows}
     assert r["seconds"] == pytest.approx(sum(r["seconds_by_part"].values()))
-    # issue 30: RL's and DPO's held-out replies against the SFT start's, on the stage's own scores (no references)
-    assert list(r["reply_metrics"]) == ["rl", "dpo"]
+    # issue 33: one entry per method row, with its interval, win rate, KL where its trainer logs one, time and memory
+    for name, row in r["methods"].items():
+        assert row["kind"] == {"grpo": "rl", "rloo": "rl", "online_dpo": "online"}.get(name, "offline"), name
+        assert row["rule_ci"][0] <= row["rule_score"] <= row["rule_ci"][1], name
+        assert row["win_ci"][0] <= row["win_rate_vs_sft"] <= row["win_ci"][1], name
+        assert (row["kl"] is None) == (row["kind"] == "offline") and row["seconds"] > 0 and row["peak_mem_mb"] > 100
+        assert math.isfinite(row["reward_model"]) and row["learning_rate"] > 0 and row["steps"] > 0
+    assert r["methods"]["grpo"]["win_rate_vs_sft"] == r["winrate_rl_vs_sft"] and r["methods"]["grpo"]["kl"] == r["rl_kl"]
+    assert r["methods"]["dpo"]["rule_score"] == r["rule_score_dpo"]
+    # issue 30: each row's held-out replies against the SFT start's, on the stage's own scores (no references)
+    assert list(r["reply_metrics"]) == list(r["methods"])
     for k, t in r["reply_metrics"].items():
         check_reply_table(t, ["rule", "reward", "length"], r["n_eval"])
         assert t["rule"]["before"]["mean"] == pytest.approx(r["rule_score_sft"])
-        assert t["rule"]["after"]["mean"] == pytest.approx(r[f"rule_score_{k}"])
-    assert r["reply_metrics"]["rl"]["reward"]["after"]["mean"] == pytest.approx(r["rl_mean_reward_after"])
+        assert t["rule"]["after"]["mean"] == pytest.approx(r["methods"][k]["rule_score"])
+    assert r["reply_metrics"]["grpo"]["reward"]["after"]["mean"] == pytest.approx(r["rl_mean_reward_after"])
     # issue 6: retrieval vs fine-tuning — every method in both forms, recall, latency, the paraphrase curve
     k = m["05_rag_vs_ft"]
     smoke_rag = params.resolve(SMOKE)["05_rag_vs_ft"]
@@ -359,12 +371,13 @@ def test_smoke_artifacts(smoke_run):
     assert (sft / "adapter" / "adapter_model.safetensors").is_file() and (sft / "card.md").is_file()
     assert not (sft / "merged").exists()  # later stages merge the adapter on demand
     rl = run / "artifacts" / "04_rlhf"
-    for folder in ("reward_model", "rl_policy", "dpo_policy"):  # smoke: LoRA policies, saved as adapters on 02's
+    rows = params.resolve(SMOKE)["04_rlhf"].methods
+    for folder in ("reward_model", *(f"{n}_policy" for n in rows)):  # smoke: LoRA policies, saved as adapters on 02's
         assert not models.folder_problem(rl / folder), folder
         assert models.adapter_base(rl / folder) == str((sft / "adapter").resolve()), folder
     # each is a model spec: merged on demand onto 02's adapter merged onto the model (the reward model as a classifier)
     reward = json.loads((Path(models.resolve(str(rl / "reward_model")).path) / "config.json").read_text())
-    policy = json.loads((Path(models.resolve(str(rl / "rl_policy")).path) / "config.json").read_text())
+    policy = json.loads((Path(models.resolve(str(rl / "grpo_policy")).path) / "config.json").read_text())
     assert reward["architectures"] == ["LlamaForSequenceClassification"] and len(reward["id2label"]) == 1
     assert policy["architectures"] == ["LlamaForCausalLM"]
     n_pairs = sum(1 for _ in open(rl / "pairs" / "pairs_train.jsonl"))
