@@ -728,14 +728,17 @@ def check_inputs(p) -> None:
 def method_metrics(judged: dict[str, dict], trained: dict[str, dict], start: str = "sft") -> dict[str, dict]:
     """metrics.json's ``methods``: per trained row, its ``training_record`` and its held-out verdict — the rule score
     with its bootstrap 95% interval (``rule_ci``), the win rate against ``start`` with its interval (``win_ci``: the
-    per-prompt wins resampled), the reward model's mean score, the pass rate, and the hacking signals (mean words,
+    per-prompt wins resampled) and the share of prompts the rule scores the same (``tie_share``: a tie counts half),
+    the reward model's mean score, the pass rate, and the hacking signals (mean words,
     distinct trigrams)."""
     out = {}
     for name, rec in trained.items():
         j = judged[name]
-        ci, w = scoring.summary(j["scores"]), scoring.summary(wins(j["scores"], judged[start]["scores"]))
+        per = wins(j["scores"], judged[start]["scores"])
+        ci, w = scoring.summary(j["scores"]), scoring.summary(per)
         out[name] = {**rec, "rule_score": j["rule_score"], "rule_ci": [ci["lo"], ci["hi"]],
                      "win_rate_vs_sft": w["mean"], "win_ci": [w["lo"], w["hi"]],
+                     "tie_share": sum(x == 0.5 for x in per) / max(1, len(per)),
                      "reward_model": sum(j["reward"]) / max(1, len(j["reward"])) if j.get("reward") else None,
                      "pass_rate": j["pass_rate"], "mean_words": j["mean_words"],
                      "distinct_trigrams": j["distinct_trigrams"]}
@@ -812,8 +815,9 @@ def findings(m: dict) -> list[str]:
         hack = (f"; hacking signs: {r['mean_words']:.1f} words (SFT {words0:.1f})" + (", longer" if grew else "")
                 + (f", {r['distinct_trigrams']:.0%} distinct trigrams, repetitive" if rep else "")
                 if grew or rep else f"; no length or repetition hacking ({r['mean_words']:.1f} words vs SFT {words0:.1f})")
+        ties = f", {r['tie_share']:.0%} of prompts tied" if r.get("tie_share") else ""
         out.append(f"{name.upper()} ({r['kind']}, lr {r['learning_rate']:g}) {verdict} the SFT start on "
-                   f"{m['n_eval']} held-out prompts: win rate {win:.2f}{_interval(ci)}{noise}, rule score "
+                   f"{m['n_eval']} held-out prompts: win rate {win:.2f}{_interval(ci)}{ties}{noise}, rule score "
                    f"{base:.2f} -> {r['rule_score']:.2f}{kl}{hack}.")
     if len(rows) > 1:
         ranked = sorted(rows, key=lambda k: -rows[k]["win_rate_vs_sft"])

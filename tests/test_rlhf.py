@@ -98,7 +98,8 @@ def _metrics():
     return dict(rm_accuracy=0.9, rm_accuracy_train=0.95, n_pairs_heldout=50, n_pairs_train=200, rl_algo="grpo",
                 rl_mean_reward_before=-1.0, rl_mean_reward_after=0.5, rl_kl=0.01, rule_score_sft=0.5, n_eval=40,
                 mean_words={"sft": 2}, methods={"dpo": _row("offline", 0.3, [0.2, 0.4], tri=0.5),
-                                                "orpo": _row("offline", 0.55, [0.45, 0.65], lr=8e-6),
+                                                "orpo": {**_row("offline", 0.55, [0.45, 0.65], lr=8e-6),
+                                                         "tie_share": 0.3},
                                                 "grpo": _row("rl", 0.8, [0.7, 0.9], kl=0.01, words=12.0)})
 
 
@@ -112,6 +113,7 @@ def test_findings_follow_the_numbers():
     assert "KL to the start 0.0100" in grpo and "longer" in grpo and "noise" not in grpo
     assert "DPO (offline, lr 0.0002) does not beat" in dpo and "repetitive" in dpo and "KL" not in dpo
     assert "ORPO (offline, lr 8e-06) beats" in orpo and "within the noise" in orpo  # 0.55, interval 0.45-0.65
+    assert "30% of prompts tied" in orpo and "tied" not in dpo
     assert "by win rate: grpo 0.80, orpo 0.55, dpo 0.30; 2 beat the start (grpo, orpo), 1 of them by more than the " \
            "interval (grpo)" in text
     m.update(rm_accuracy=0.6, rl_mean_reward_after=-2.0)
@@ -244,6 +246,7 @@ def test_method_metrics_per_row():
     assert row["win_rate_vs_sft"] == pytest.approx(0.75) and row["win_ci"][0] < 0.75 < row["win_ci"][1]
     assert row["rule_ci"][0] < row["rule_score"] < row["rule_ci"][1] and row["reward_model"] == 0.5
     assert row["kl"] is None and row["seconds"] == 3.0 and row["mean_words"] > 0
+    assert row["tie_share"] == 0.5  # the 10 "lava" replies score as the start's
 
 
 def test_starting_policy(runs_dir, tmp_path):
