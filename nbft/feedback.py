@@ -208,8 +208,7 @@ def label_with(p, prompts: Sequence[str], samples: Sequence[Sequence[str]], *, d
             return label(prompts, samples, scores=lambda qs, rs: rlhf.reward_scores(rm, tokenizer, qs, rs,
                                                                                     precision=precision), **kw)
         finally:
-            del rm
-            models.release()
+            models.release(rm)
     raise ValueError(f"feedback: {p.feedback!r} labels with rlhf.build_pairs, not this module")
 
 
