@@ -30,7 +30,7 @@ import random
 import time
 from typing import Callable, Sequence
 
-from . import judge as judging, models, rlhf, scoring, tasks, timing
+from . import files, judge as judging, models, rlhf, scoring, tasks, timing
 
 #: who labels 04's preference pairs (``params.FEEDBACK`` copies the names)
 LABELLERS = {
@@ -188,7 +188,7 @@ def describe(p) -> str:
     if p.feedback == "judge":
         return f"judge {judging.describe(p)}"
     if p.feedback == "reward_model":
-        return f"reward model {p.feedback_reward_model}"
+        return f"reward model {files.relative(p.feedback_reward_model)}"
     return "rule"
 
 
@@ -299,6 +299,24 @@ def outcome(heldout_prompts: Sequence[str], sft_scores: Sequence[float], arms: d
             {"rule": judged["rule_labels"]["scores"]}, {"rule": judged["labeller_labels"]["scores"]},
             {"rule": True}, seed))
     return out
+
+
+def outcome_rows(out: dict) -> list[dict]:
+    """``outcome`` as table rows: each arm's rule score and win rate vs the SFT start, its change in rule score vs the
+    start with the paired interval; then the labeller's arm against the rule's."""
+    def ci(d: dict) -> str:
+        return "" if d["lo"] is None else f"{d['mean']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]"
+
+    rows = [{"trained on": {"rule_labels": "the rule's pairs", "labeller_labels": "the labeller's pairs"}[k],
+             "rule score": v["rule_score"], "win rate vs SFT": v["win_rate_vs_sft"], "passes every check": v["pass_rate"],
+             "change vs SFT [95% CI]": ci(v["reply_metrics"]["rule"]["diff"]), "mean words": v["mean_words"]}
+            for k, v in out.items() if k in ("rule_labels", "labeller_labels")]
+    if "labeller_vs_rule" in out:
+        rows.append({"trained on": "labeller's minus rule's", "change vs SFT [95% CI]": "",
+                     "rule score": out["labeller_vs_rule"]["rule"]["diff"]["mean"],
+                     "win rate vs SFT": None, "passes every check": None, "mean words": None})
+        rows[-1]["change vs SFT [95% CI]"] = "paired: " + ci(out["labeller_vs_rule"]["rule"]["diff"])
+    return rows
 
 
 def metrics(s: dict, trained: dict | None, labelled: dict | None = None) -> dict:
