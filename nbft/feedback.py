@@ -26,6 +26,7 @@ the rule decides only what the judge leaves tied; ``stats`` counts the ties.
 """
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from typing import Callable, Sequence
@@ -418,3 +419,15 @@ def reward_function(ask: Ask, rubric_text: str, pairing: str = "halves") -> Call
 
     judge.stats = stats
     return judge
+
+
+@contextlib.contextmanager
+def judge_reward(p, pairing: str = "halves", *, device: str = "auto", precision: str = "fp32", batch_size: int = 16):
+    """``reward_function`` for the judge 04's parameters name (``judge`` with ``judge_rubric`` and the
+    ``constitution``), the judge opened for the block (a local model loaded, an endpoint asked)::
+
+        with feedback.judge_reward(p, device=run.device) as reward:
+            trainer = OnlineDPOTrainer(..., reward_funcs=[reward], reward_processing_classes=[None])
+    """
+    with judging.asking(p, device, precision, batch_size) as ask:
+        yield reward_function(ask, rubric(p.judge_rubric, p.constitution), pairing)

@@ -77,6 +77,15 @@ def test_the_built_in_tiny_model_labels_end_to_end_and_its_unparsed_answers_are_
     assert a["first"] + a["second"] + a["tie"] + a["unparsed"] == 2 * 6  # every question, both orders, counted
     assert s["n_decided"] + s["n_ties"] == 6 and len(got["pairs"]) <= s["n_decided"]
     assert s["agreement_with_rule"]["n_eval"] <= s["n_decided"]
+    # the same judge as online DPO's reward, called as TRL calls it: 2B prompts, sample i against sample i + B
+    with feedback.judge_reward(p, device="cpu", batch_size=8) as reward:
+        r = reward(prompts=[[{"role": "user", "content": q}] for q in 2 * PROMPTS],
+                   completions=[[{"role": "assistant", "content": c}] for c in (LIST, GOOD, GOOD, GOOD)])
+    assert len(r) == 4 and reward.stats["comparisons"] == 2 and sum(reward.stats["answers"].values()) == 4
+    for i in range(2):  # a win (1/0), or a tie (0.5 each, the rule breaking it by at most TIE_BREAK)
+        assert r[i] + r[i + 2] == pytest.approx(1.0) and (r[i] in (0.0, 1.0) or abs(r[i] - 0.5) <= feedback.TIE_BREAK)
+    if reward.stats["ties"] == 2:  # the untrained judge: no verdict, so the rule decides (LIST < GOOD; GOOD = GOOD)
+        assert r[0] < 0.5 < r[2] and r[1] == r[3] == 0.5
     # a reward model as the labeller: every reply scored once, no position, a pair per decided comparison
     model, tok = tiny
     folder = tmp_path / "rm"
