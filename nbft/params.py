@@ -124,6 +124,7 @@ PEFT_METHODS = _names("PEFT_METHODS", "peft.METHODS", "full", "freeze", "bitfit"
                       "vera", "ia3", "prompt_tuning", "prefix_tuning", "p_tuning", "bottleneck_adapter", "qlora")
 RLHF_METHODS = _names("RLHF_METHODS", "rlhf.METHODS", "dpo", "ipo", "kto", "orpo", "simpo", "online_dpo", "grpo",
                       "rloo")
+FEEDBACK = _names("FEEDBACK", "feedback.LABELLERS", "rule", "judge", "reward_model")
 CLASSIFY_APPROACHES = _names("CLASSIFY_APPROACHES", "classify.APPROACHES", "zero_shot", "few_shot", "features_llm",
                              "features_minilm", "head_only", "top_n", "lora", "full")
 CLASSIFY_TRAINED = _names("CLASSIFY_TRAINED", "classify.APPROACHES", "head_only", "top_n", "lora", "full", part=True)
@@ -485,8 +486,21 @@ class PEFTParams(ChatArgs, ReplyArgs, EvalArgs, LoraArgs, ScopeArgs, TrainArgs, 
     task_check: str = _f("auto", "programmatic check for the task score", TASK_CHECKS)
 
 
+#: 04's labelling judge (``feedback: judge``): its instructions and the written rules it is given (the constitution:
+#: rlhf.RULE's checks in words); ``feedback.rubric`` numbers the rules after the instructions.
+LABELLER_RUBRIC = ("You are a strict, fair judge. Given a prompt and two replies, A and B, decide which reply better "
+                   "follows the rules below. Ignore the order in which the replies are shown. If they are equally good "
+                   "or equally bad, say tie.")
+CONSTITUTION = ["Answer the question in one or two complete sentences, about 5 to 30 words, that end properly.",
+                "Write plain prose: words rather than numbers or symbols, starting with a capital letter; no lists, "
+                "headings, bold text or code.",
+                "Do not repeat yourself.",
+                "Stay on the topic of the question and mention what it asks about.",
+                "When a reply is a JSON object with an \"answer\" field, judge what that field says."]
+
+
 @params_dataclass
-class RLHFParams(ChatArgs, EvalArgs, LoraArgs, Common):
+class RLHFParams(ChatArgs, JudgeArgs, EvalArgs, LoraArgs, Common):
     """04_rlhf: preferences -> reward model -> the methods (preference losses, online DPO, online RL), one row each."""
 
     lora_target: str = _f("q_proj,k_proj,v_proj,o_proj", "modules LoRA wraps: all-linear or a comma-separated list "
@@ -535,6 +549,20 @@ class RLHFParams(ChatArgs, EvalArgs, LoraArgs, Common):
     simpo_gamma: float = _f(0.5, "simpo's target reward margin gamma (the loss uses gamma / beta)", min=0)
     online_dpo_learning_rate: float = _f(2e-4, "online_dpo's learning rate (beta: dpo_beta; budget: rl_steps x "
                                          "rl_prompts_per_step prompts, two sampled replies each)", gt=0)
+    # ---- a model as the labeller of the preference pairs (RLAIF: nbft.feedback)
+    feedback: str = _f("rule", "who labels the preference pairs every method trains on: rule (the programmatic rubric) "
+                       "| judge (the model or endpoint `judge` names, asked which of two sampled replies better follows "
+                       "the constitution, both orders) | reward_model (feedback_reward_model scores each reply). The "
+                       "built-in 135M model is too small to be a good judge: 04 measures its agreement with the rule",
+                       FEEDBACK)
+    constitution: list[str] = _f(CONSTITUTION, "feedback: judge: the written rules the labelling judge is given, "
+                                 "numbered after judge_rubric (default: rlhf.RULE's checks in words)")
+    feedback_reward_model: str = _f("", "feedback: reward_model: a trained reward-model folder (e.g. a previous run's "
+                                    "runs/<run>/artifacts/04_rlhf/reward_model)")
+    judge: str = _f("", "feedback: judge: the labeller, a model spec (built-in name, local folder, hub id) or an "
+                    "OpenAI-compatible endpoint URL (http://127.0.0.1:PORT/v1); '' with any other feedback")
+    judge_rubric: str = _f(LABELLER_RUBRIC, "feedback: judge: the labelling judge's instructions (the constitution's "
+                           "rules, the prompt, replies A and B and the answer format A | B | tie are added)")
 
 
 @params_dataclass
@@ -742,7 +770,9 @@ STAGE_TABLE = (
                     "lora_vs_full.full_task_score")),
     Stage("04_rlhf", RLHFParams, "rlhf", needs=("02_sft",), lane=4,
           headline=("rm_accuracy", "winrate_rl_vs_sft", "winrate_dpo_vs_sft", "rl_kl"),
-          paths=(PathParam("policy", "path", ("auto", "base")), PathParam("preferences", "path", ("builtin",)))),
+          paths=(PathParam("policy", "path", ("auto", "base")), PathParam("preferences", "path", ("builtin",)),
+                 PathParam("judge", "model", ("",)), PathParam("feedback_reward_model", "path", ("",))),
+          also=("feedback",)),
     Stage("05_rag_vs_ft", RAGParams, "knowledge", also=("rag",), lane=5,
           headline=("accuracy.rag.open", "accuracy.ft.open", "accuracy.ft_paraphrase.open", "retrieval_ms_p50",
                     "n_eval"),
@@ -944,6 +974,12 @@ RULES = (
      f"{' and '.join(PADDING_FREE_PACKING)} packing puts several examples in one row without an attention mask, and "
      f"prompt learning ({', '.join(PROMPT_LEARNING)}) prepends to a row, not to each example: use "
      "packing_strategy wrapped, or leave those methods out"),
+    (("feedback", "judge"), lambda p: (p.feedback == "judge") == bool(p.judge),
+     "feedback: judge asks the model or endpoint judge names: set both, or neither"),
+    (("feedback", "feedback_reward_model"), lambda p: (p.feedback == "reward_model") == bool(p.feedback_reward_model),
+     "feedback: reward_model scores with the folder feedback_reward_model names: set both, or neither"),
+    (("feedback", "preferences"), lambda p: p.feedback == "rule" or p.preferences == "builtin",
+     "a labeller labels the policy's own samples (preferences: builtin); a preferences file brings its own labels"),
 )
 
 

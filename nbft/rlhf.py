@@ -35,7 +35,7 @@ from typing import Callable
 
 import torch
 
-from . import data, evaluate, files, models, scoring, tasks, train
+from . import data, evaluate, files, judge as judging, models, params, scoring, tasks, train
 from .tasks import answer_of
 from .train import lora_config, trainer_args
 
@@ -319,6 +319,24 @@ def to_unpaired_dataset(pairs: list[dict]):
 def load_reward_base(folder: str | Path, tokenizer, device: str = "cpu"):
     """A sequence-classification model (one output: the reward) on top of a causal LM folder."""
     return models.load_classifier(folder, tokenizer, 1, device)
+
+
+def reward_model_problem(folder: str | Path) -> str:
+    """What keeps ``folder`` from being a trained reward model (a sequence classifier with one output: 04's
+    ``reward_model`` adapter, or a whole saved one), in words; "" when nothing does."""
+    path = Path(folder)
+    problem = models.folder_problem(path)
+    if problem:
+        return problem
+    if (path / "adapter_config.json").is_file():
+        task = str(json.loads(files.read_text(path / "adapter_config.json")).get("task_type"))
+        return "" if task.endswith("SEQ_CLS") else (f"is an adapter for {task}, not a reward model (a SEQ_CLS adapter "
+                                                    "with its head, as 04 saves reward_model)")
+    config = json.loads(files.read_text(path / "config.json"))
+    if not any(str(a).endswith("ForSequenceClassification") for a in config.get("architectures") or []) \
+            or len(config.get("id2label") or {0: ""}) != 1:
+        return "is a model folder but not a reward model (a sequence classifier with one output, as 04 saves)"
+    return ""
 
 
 def train_reward_model(model, tokenizer, pairs: list[dict], p, callbacks=(), save_to: str | Path | None = None,
@@ -719,10 +737,17 @@ def save_policy(model, tokenizer, folder: str | Path, base: str) -> Path:
 
 
 def check_inputs(p) -> None:
-    """Before any notebook runs: the starting policy exists and a preferences file parses (file, line, field)."""
+    """Before any notebook runs: the starting policy exists and a preferences file parses (file, line, field); the
+    labeller (``feedback``): a judge answers (an endpoint) or resolves (a model spec), a reward model is one."""
     check_policy(p.policy)
     if p.preferences != "builtin":
         load_pairs(p.preferences)
+    if p.feedback == "judge":
+        judging.check(p, "04_rlhf.")
+    if p.feedback == "reward_model":
+        problem = reward_model_problem(p.feedback_reward_model)
+        if problem:
+            raise params.ParamError(f"04_rlhf.feedback_reward_model: {params.show(p.feedback_reward_model)} {problem}")
 
 
 def method_metrics(judged: dict[str, dict], trained: dict[str, dict], start: str = "sft") -> dict[str, dict]:
@@ -828,3 +853,9 @@ def findings(m: dict) -> list[str]:
                    + (f"{len(beat)} beat the start ({', '.join(beat)})" if beat else "none beats the start")
                    + (f", {len(clear)} of them by more than the interval ({', '.join(clear)})." if beat else "."))
     return out + scoring.sentences(m.get("reply_metrics") or {}, "sft")
+
+
+def first_offline(methods) -> str:
+    """The first offline row of ``methods`` in table order (the one the top-level ``*_dpo`` keys and 04's labeller
+    comparison use); dpo when ``methods`` has none."""
+    return next((m for m in ordered(methods) if METHODS[m].kind == "offline"), "dpo")

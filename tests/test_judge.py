@@ -236,3 +236,23 @@ def test_a_wrong_key_is_refused_by_the_real_endpoint_and_never_shown(server, mon
     with pytest.raises(params.ParamError, match=r"02_sft\.judge http://127\.0\.0\.1:\d+/v1: .*HTTP 401") as e:
         judge.check(a, "02_sft.")
     assert wrong not in str(e.value) and key not in str(e.value)
+
+
+@pytest.mark.timeout(120)
+def test_the_labelling_judge_asks_a_real_endpoint_both_orders_and_counts_what_it_leaves_tied(server, monkeypatch):
+    """04's labeller (nbft.feedback, ``feedback: judge``) through the same endpoint: each comparison of two sampled
+    replies asked in both orders, every answer counted, a pair only where both orders agree."""
+    from nbft import feedback
+
+    url, key, log = server
+    monkeypatch.setenv("NBFT_TEST_JUDGE_KEY", key)
+    p = params.build("04_rlhf", {"feedback": "judge", "judge": url, "judge_api_key_env": "NBFT_TEST_JUDGE_KEY",
+                                 "template_pairs": 0})
+    before_n = completions(log)
+    got = feedback.label_with(p, ["What is a volcano?"], [[
+        "A volcano is a mountain where molten rock from inside the Earth comes out.",
+        "Here are the key facts:\n- hot\n- tall"]])
+    s = feedback.summary(got)
+    assert completions(log) - before_n == 2 == sum(s["answers"].values()) and s["n_comparisons"] == 1
+    assert len(got["pairs"]) == s["n_decided"] == 1 - s["n_ties"]
+    assert s["labeller"] == f"judge {params.endpoint_shown(url)}" and key not in str(got)

@@ -230,6 +230,13 @@ def test_smoke_metrics(smoke_run):
         assert t["rule"]["before"]["mean"] == pytest.approx(r["rule_score_sft"])
         assert t["rule"]["after"]["mean"] == pytest.approx(r["methods"][k]["rule_score"])
     assert r["reply_metrics"]["grpo"]["reward"]["after"]["mean"] == pytest.approx(r["rl_mean_reward_after"])
+    # issue 33: the untrained tiny judge labels the pairs (smoke.yaml): every comparison asked in both orders, every
+    # answer counted; what it leaves tied makes no pair (all of them here: then the rule's pairs train, and it says so)
+    f = r["feedback"]
+    assert f["labeller"] == "judge tiny-llama" and f["n_comparisons"] > 0 and sum(f["answers"].values()) == 2 * f[
+        "n_comparisons"]
+    assert f["n_ties"] + f["n_decided"] == f["n_comparisons"] and f["tie_share"] == f["n_ties"] / f["n_comparisons"]
+    assert f["findings"] and ("rule_labels" in f) == (f["n_pairs"] > 0)
     # issue 6: retrieval vs fine-tuning — every method in both forms, recall, latency, the paraphrase curve
     k = m["05_rag_vs_ft"]
     smoke_rag = params.resolve(SMOKE)["05_rag_vs_ft"]
