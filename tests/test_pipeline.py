@@ -632,7 +632,8 @@ def test_bad_input_fails_before_running_and_touches_nothing(case, smoke_run, tmp
                           ["mf.jsonl line 2", "'output'"]),
         "unknown_model": (["--set", "model=no-such-model"], ["cannot resolve model 'no-such-model'", "Tried"]),
         "existing_name": (["--name", "smoke"], ["already exists", "never overwritten"]),
-        "bad_preferences": (["--set", "preferences=" + jsonl(tmp_path / "prefs.jsonl", [
+        "bad_preferences": (["--set", "04_rlhf.feedback=rule", "--set", "04_rlhf.judge=",  # smoke labels with a judge
+                             "--set", "preferences=" + jsonl(tmp_path / "prefs.jsonl", [
             {"prompt": "Hi?", "chosen": "Hello there.", "rejected": "x"}, {"prompt": "Hi?", "chosen": "Hello."}])],
             ["prefs.jsonl line 2", "missing field 'rejected'"]),
         "bad_policy": (["--set", f"policy={tmp_path}/no-model"], ["04_rlhf.policy", "no-model"]),
