@@ -30,7 +30,7 @@ RATING_QUESTION = "Rate the reply from 1 (useless) to 10 (excellent). Answer wit
 RATING_REPLY_CHARS = 1500
 #: phrases that name the scale rather than rate ("out of 10", "/10", "1 to 10", "1-10"): removed before parsing
 _SCALE = re.compile(r"(?i)\bout\s+of\s+10\b|/\s*10\b|\b1\s*(?:to|-|–)\s*10\b")
-_NUMBER = re.compile(r"(?<![\d.\-])\d+(?:\.\d+)?(?![\d.])")
+_NUMBER = re.compile(r"(?<![\d.\-])\d+(?:\.\d+)?(?!\.?\d)")  # a full stop may follow: "4."
 
 
 def rating_question(rubric: str, prompt: str, reply: str) -> list[dict]:
