@@ -1,4 +1,4 @@
-"""Feedback from models: a model as the labeller of 04's preference pairs (RLAIF), and (02) as a data filter.
+"""Feedback from models: a model as the labeller of 04's preference pairs (RLAIF). (A model as 02's data filter is ``nbft.rating``.)
 
 **The labeller** (``feedback``: ``LABELLERS``). 04 samples several replies per training prompt; ``rule`` (the default)
 ranks them by ``rlhf.rule_score`` and ``rlhf.build_pairs`` makes the pairs. ``judge`` asks a model (a model spec or an

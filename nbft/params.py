@@ -145,6 +145,7 @@ EMBED_PRECISIONS = _names("EMBED_PRECISIONS", "params", "auto", "fp32", "bf16")
 FEATURE_LAYER_SELECT = _names("FEATURE_LAYER_SELECT", "params", "cv", "fixed")
 STUDENT_BLOCKS = _names("STUDENT_BLOCKS", "params", "influence", "evenly")
 SAMPLING = _names("SAMPLING", "params", "greedy", "sample")
+QUALITY_FILTERS = _names("QUALITY_FILTERS", "rating.QUALITY_FILTERS", "judge", "reward_model", extra=("none",))
 MAX_NAME = 100  # run names, and so grid values: a folder name stays well under the file system's 255 bytes
 MAX_INT = 2**32 - 1  # every integer parameter, unless its field says less (seeds: numpy takes up to 2^32 - 1)
 MAX_EPOCHS = 1000  # passes over the data: far beyond any budget here, and a mistyped 1e308 is refused
@@ -452,6 +453,26 @@ class SFTParams(ChatArgs, JudgeArgs, ReplyArgs, EvalArgs, LoraArgs, ScopeArgs, T
                                 "and seed; the base and both tuned models scored on every task's held-out prompts "
                                 "and the forgetting probe (0 to skip; else at least 5: one per task)", min=0)
     task_mix_heldout: int = _f(24, "single- vs multi-task: held-out prompts per task (none trained on)", min=1)
+    # a model as the data filter (issue 33 item 3; AlpaGasus/LIMA): filtered vs the whole set, same steps
+    quality_filter: str = _f("none", "filtered by a model vs the whole set: none (skip) | judge (the judge of "
+                             "'judge' rates each example 1-10: a model spec or an endpoint) | reward_model (the reward "
+                             "model in quality_reward_model scores each); the top quality_keep of "
+                             "quality_filter_examples unfiltered examples trains against all of them",
+                             QUALITY_FILTERS)
+    quality_filter_examples: int = _f(0, "filtered vs whole: the whole set, this many examples drawn from the raw data "
+                                      "(clean vs unfiltered's pool: duplicates, junk and off-format replies left in, "
+                                      "held-out prompts out); both arms train for the steps of epochs passes over it (0: skip)",
+                                      min=0)
+    quality_keep: float = _f(0.5, "filtered vs whole: the share of the whole set the filter keeps (the top-rated; "
+                             "ties broken by the seed)", gt=0, lt=1)
+    quality_rubric: str = _f("You rate training examples for a chat assistant. Given a prompt and a reply, rate how "
+                             "good the reply is as an answer to the prompt: correct, complete, and in the form the "
+                             "prompt asks for. An empty, cut-off, repetitive or off-format reply is bad.",
+                             "quality_filter judge: the rater's instructions (the prompt, the reply and the 1-10 "
+                             "answer format are added)")
+    quality_reward_model: str = _f("", "quality_filter reward_model: the reward model's folder (a sequence classifier "
+                                   "with one output, such as runs/<run>/artifacts/04_rlhf/reward_model from an "
+                                   "earlier run), checked before any notebook runs")
 
 
 @params_dataclass
@@ -764,7 +785,8 @@ STAGE_TABLE = (
           paths=(PathParam("dataset", "dataset"),)),
     Stage("02_sft", SFTParams, "sft", needs=("01_data_prep",), lane=1,
           headline=("task_score_before", "task_score_after", "ppl_general_before", "ppl_general_after",
-                    "seconds")),
+                    "seconds"),
+          paths=(PathParam("quality_reward_model", "path", ("",)),)),
     Stage("03_peft", PEFTParams, "peft", needs=("01_data_prep",), lane=3,
           headline=("n_methods_ok", "adapter_switch_ok", "lora_vs_full.lora_task_score",
                     "lora_vs_full.full_task_score")),
@@ -969,6 +991,11 @@ RULES = (
      "early stopping counts evaluations: set eval_steps too"),
     (("task_mix_examples",), lambda p: p.task_mix_examples == 0 or p.task_mix_examples >= len(MIX_TASKS),
      "0 (skip) or at least one example per task of the five-task mix (5)"),
+    (("quality_filter", "quality_filter_examples"),
+     lambda p: (p.quality_filter == "none") == (p.quality_filter_examples == 0),
+     "filtered vs whole needs both: a filter (judge or reward_model) and the whole set's size (> 0), or neither"),
+    (("quality_filter", "judge"), lambda p: p.quality_filter != "judge" or bool(p.judge),
+     "quality_filter judge rates with the judge: set judge (a model spec or an OpenAI-compatible endpoint)"),
     (("packing", "packing_strategy", "methods"), lambda p: not (
         p.packing and p.packing_strategy in PADDING_FREE_PACKING and set(p.methods) & set(PROMPT_LEARNING)),
      f"{' and '.join(PADDING_FREE_PACKING)} packing puts several examples in one row without an attention mask, and "

@@ -35,7 +35,7 @@ from typing import Callable
 
 import torch
 
-from . import data, evaluate, files, judge as judging, models, params, scoring, tasks, train
+from . import data, evaluate, files, judge as judging, models, params, rating, scoring, tasks, train
 from .tasks import answer_of
 from .train import lora_config, trainer_args
 
@@ -373,11 +373,7 @@ def reward_scores(rm, tokenizer, prompts: list, replies: list[str], batch_size: 
     batches, ``evaluate.batched``)."""
     texts = [tokenizer.apply_chat_template(_messages(pr) + [{"role": "assistant", "content": r}], tokenize=False)
              for pr, r in zip(prompts, replies)]
-    if not texts:
-        return []
-    out = evaluate.batched(rm, tokenizer, texts, lambda m, enc: m(**enc).logits[:, :1], precision, batch_size,
-                           add_special_tokens=False, truncation=True, max_length=512)
-    return out[:, 0].tolist()
+    return rating.score_texts(rm, tokenizer, texts, batch_size, precision)
 
 
 def pair_accuracy(rm, tokenizer, pairs: list[dict], precision: str = "fp32") -> tuple[float, list[float], list[float]]:

@@ -11,7 +11,7 @@ import dataclasses
 import random
 import time
 
-from . import corpora, data, evaluate, harness, judge as judging, models, params, scoring, tasks, train
+from . import corpora, data, evaluate, harness, judge as judging, models, params, rating, scoring, tasks, train
 
 #: The lines the written findings draw (recorded as ``thresholds`` in metrics.json).
 THRESHOLDS = {
@@ -161,13 +161,16 @@ def change(before: float, after: float, lower_is_better: bool = False) -> str:
 
 def check_inputs(p) -> None:
     """Before any notebook runs: a QLoRA scope (main run or compared) needs what this machine may lack; a judge
-    (``judge``) must answer (an endpoint) or resolve (a model spec)."""
+    (``judge``) must answer (an endpoint) or resolve (a model spec); the filter's reward model
+    (``quality_reward_model``) must be one."""
     asked = [k for k, v in (("scope", [p.scope]), ("compare_scopes", p.compare_scopes)) if "qlora" in v]
     if asked and train.qlora_needs():
         raise params.ParamError(f"02_sft.{asked[0]}: qlora needs {train.qlora_needs()} (pip install bitsandbytes on "
                                 "a GPU machine), or use lora")
     harness.check(p.benchmarks, "02_sft.benchmarks")  # a name that is no task; a hub task offline and not cached
     judging.check(p, "02_sft.")
+    if p.quality_filter == "reward_model":
+        rating.check_reward_model(p.quality_reward_model, "02_sft.quality_reward_model")
 
 
 def scope_row(result: dict, total_params: int, records: list[dict] | None = None, score: str = "task_score") -> dict:
@@ -676,4 +679,175 @@ def task_mix_findings(m: dict | None) -> list[str]:
         f"; {mix['json_replies_elsewhere']:.2f} of its replies to them were JSON; forgetting probe: {probe(mix)}; "
         f"mean over the five tasks {base['task_score']:.2f} (base), {single['task_score']:.2f} ({f} alone), "
         f"{mix['task_score']:.2f} (mix).")
+    return out
+
+
+# ---------------------------------------------------------------- filtered by a model vs the whole set (issue 33 item 3)
+
+#: the arms of the filter comparison, in table order (key -> what the table calls it)
+FILTER_ARMS = {"whole": "whole set", "filtered": "kept by the filter"}
+
+
+def noisy(rec: dict) -> bool:
+    """A bad example of the unfiltered pool: an empty reply, or one that fails the record's own task check (the
+    demo's planted off-format, cut and runaway replies): what ``sample_unfiltered`` counts."""
+    return not data.reply_of(rec).strip() or data.off_format(rec)
+
+
+def filter_ratings(p: params.SFTParams, records: list[dict], precision: str = "fp32") -> dict:
+    """The filter's score of each record (``rating.rate``'s form: scores, unparsed, raw, rater): the judge's 1-10
+    ratings (``quality_filter`` judge) or the reward model's scores (reward_model)."""
+    kw = dict(device=p.device, precision=precision, batch_size=p.eval_batch_size)
+    if p.quality_filter == "judge":
+        return rating.judge_ratings(p, records, p.quality_rubric, **kw)
+    return rating.reward_ratings(p.quality_reward_model, records, **kw)
+
+
+def filter_comparison(p: params.SFTParams, dp: params.DataPrepParams, tokenizer, test: list[dict],
+                      exclude_prompts: set[str], check: str, score: str = "task_score",
+                      precision: str = "fp32") -> dict | None:
+    """A model as the data filter (AlpaGasus/LIMA): ``quality_filter_examples`` records drawn from the unfiltered pool
+    (``sample_unfiltered``, the clean-vs-unfiltered arm's: 01's raw data, ``exclude_prompts`` out), each labelled
+    clean or ``noisy``, rated by the filter (``filter_ratings``); the top ``quality_keep`` kept
+    (``rating.select_top``). LoRA on the kept examples and on all of them, the same optimizer steps (``epochs``
+    passes over the whole set) and seed, each scored by ``score`` on ``test`` (per example, bootstrap intervals;
+    filtered - whole paired) and on the forgetting probe.
+
+    Its record: filter, rater, keep, score_metric, n_pool, n_noisy, n_kept, steps, n_eval, clean_share (the pool's:
+    what a random filter keeps), precision (share of the kept that are clean, ``scoring.summary``), noisy_dropped,
+    separation (``rating.separation``), unparsed, rating_mean (clean and noisy), rating_counts (judge), arms
+    (``FILTER_ARMS``: n_train, clean_share, steps, score, interval, task_score, ppl_general, general_qa, seconds,
+    scores), diff, rating_seconds, seconds, examples (per record: prompt, reply, rating, clean, kept, answer). None
+    when ``quality_filter`` is none."""
+    if p.quality_filter == "none" or not p.quality_filter_examples:
+        return None
+    started = time.perf_counter()
+    whole, _ = sample_unfiltered(dp, tokenizer, exclude_prompts, p.quality_filter_examples, p.seed)
+    clean = [not noisy(r) for r in whole]
+    rated = filter_ratings(p, whole, precision)
+    rating_seconds = time.perf_counter() - started
+    kept = rating.select_top(rated["scores"], p.quality_keep, p.seed)
+    sets = {"whole": list(range(len(whole))), "filtered": kept}
+    steps = train.steps_for(len(whole), p)
+    arms = {}
+    for arm, idx in sets.items():
+        with train.trained(p, tokenizer, [whole[i] for i in idx], scope="lora", max_steps=steps) as r:
+            result = evaluate.evaluate_model(r.model, tokenizer, test, check, precision, p.max_new_tokens,
+                                             p.eval_batch_size)
+        per = scores_of(result, test, score)
+        arms[arm] = {"n_train": len(idx), "clean_share": sum(clean[i] for i in idx) / len(idx), "steps": r.steps,
+                     "score": tasks.mean(per), "interval": scoring.summary(per, p.seed),
+                     "task_score": result["task_score"], "ppl_general": result["ppl_general"],
+                     "general_qa": result["general_qa"], "seconds": r.seconds, "scores": per}
+    scores, n_noisy, kept_set = rated["scores"], len(whole) - sum(clean), set(kept)
+    numbers = {c: [s for s, k in zip(scores, clean) if k == c and s is not None] for c in (True, False)}
+    return {
+        "filter": p.quality_filter, "rater": rated["rater"], "keep": p.quality_keep, "score_metric": score,
+        "n_pool": len(whole), "n_noisy": n_noisy, "n_kept": len(kept), "steps": steps, "n_eval": len(test),
+        "clean_share": sum(clean) / len(whole), "precision": scoring.summary([float(clean[i]) for i in kept], p.seed),
+        "noisy_dropped": sum(not c and i not in kept_set for i, c in enumerate(clean)) / n_noisy if n_noisy else None,
+        "separation": rating.separation(scores, clean), "unparsed": rated["unparsed"],
+        "rating_mean": {"clean": tasks.mean(numbers[True]) if numbers[True] else None,
+                        "noisy": tasks.mean(numbers[False]) if numbers[False] else None},
+        "rating_counts": ({f"{v:g}": sum(s == v for s in scores) for v in sorted({s for s in scores if s is not None})}
+                          if p.quality_filter == "judge" else None),
+        "arms": arms, "diff": scoring.paired(arms["whole"]["scores"], arms["filtered"]["scores"], p.seed),
+        "rating_seconds": rating_seconds, "seconds": time.perf_counter() - started,
+        "examples": [{"prompt": judging.prompt_of(r), "reply": data.reply_of(r), "rating": s, "clean": c,
+                      "kept": i in kept_set, "answer": rated["raw"][i] if rated["raw"] else ""}
+                     for i, (r, s, c) in enumerate(zip(whole, scores, clean))],
+    }
+
+
+def filter_recorded(q: dict | None) -> dict | None:
+    """``filter_comparison``'s result as metrics.json keeps it (``quality_filter``): without the per-example lists."""
+    if not q:
+        return None
+    arms = {a: {k: v for k, v in row.items() if k != "scores"} for a, row in q["arms"].items()}
+    return {**{k: v for k, v in q.items() if k != "examples"}, "arms": arms}
+
+
+def filter_rows(q: dict) -> list[dict]:
+    """The comparison as a table, one row per arm: its examples and their clean share, steps, the score with its 95%
+    interval, the forgetting probe and the training seconds."""
+    label = "task score" if q["score_metric"] == "task_score" else q["score_metric"]
+    return [{"arm": FILTER_ARMS[a], "examples": r["n_train"], "clean share": r["clean_share"], "steps": r["steps"],
+             f"{label} (95% CI)": interval_text(r["interval"]), "general-text perplexity": r["ppl_general"],
+             "general questions": r["general_qa"], "training seconds": round(r["seconds"], 1)}
+            for a, r in q["arms"].items()]
+
+
+def filter_rating_rows(q: dict) -> list[dict]:
+    """What the filter did, one measure a row (value, 95% interval, meaning): its precision against the pool's clean
+    share, the noisy examples it dropped, how well its scores separate clean from noisy, the unparsed answers."""
+    pr, m = q["precision"], q["rating_mean"]
+    fmt = (lambda x: "-" if x is None else f"{x:.2f}")
+    return [
+        {"measure": "precision", "value": pr["mean"], "95% CI": f"[{pr['lo']:.2f}, {pr['hi']:.2f}]",
+         "meaning": f"share of the {q['n_kept']} kept examples that are clean"},
+        {"measure": "chance", "value": q["clean_share"], "95% CI": "",
+         "meaning": f"the pool's clean share ({q['n_pool'] - q['n_noisy']} of {q['n_pool']}): what a random filter keeps"},
+        {"measure": "noisy dropped", "value": q["noisy_dropped"], "95% CI": "",
+         "meaning": f"share of the pool's {q['n_noisy']} noisy examples the filter left out "
+                    f"({1 - q['keep']:.2f} for a random filter)"},
+        {"measure": "separation (AUC)", "value": q["separation"], "95% CI": "",
+         "meaning": f"chance a clean example scores above a noisy one (0.5: none); mean score clean {fmt(m['clean'])}, "
+                    f"noisy {fmt(m['noisy'])}"},
+        {"measure": "unparsed", "value": q["unparsed"], "95% CI": "",
+         "meaning": f"answers without a rating 1-10, of {q['n_pool']} (ranked below every rating)"}]
+
+
+def filter_examples(q: dict, n: int = 4) -> list[dict]:
+    """What the filter got wrong, as table rows: the ``n`` highest-rated noisy examples (its misses) and the ``n``
+    lowest-rated clean ones (its false alarms), each with its score, kept or not, and the judge's answer."""
+    def key(e):
+        return float("-inf") if e["rating"] is None else e["rating"]
+
+    worst = sorted((e for e in q["examples"] if not e["clean"]), key=key, reverse=True)[:n]
+    alarms = sorted((e for e in q["examples"] if e["clean"]), key=key)[:n]
+    return [{"label": "noisy" if not e["clean"] else "clean", "kept": e["kept"], "score": e["rating"],
+             "prompt": e["prompt"][:80], "reply": e["reply"][:120], "judge's answer": e["answer"][:40]}
+            for e in worst + alarms]
+
+
+def filter_findings(q: dict | None) -> list[str]:
+    """The sentences of the filter comparison, worded from the numbers (none when it did not run): the filter's
+    precision against chance (its interval above the pool's clean share, or not) and its separation; filtered vs
+    whole on the held-out prompts (the seeds' claim: fewer, better examples train as well or better; a difference
+    counts only when its paired interval excludes 0) and on the forgetting probe; where a filter no better than
+    chance leaves the claim untested."""
+    if not q:
+        return []
+    pr, chance, w, f = q["precision"], q["clean_share"], q["arms"]["whole"], q["arms"]["filtered"]
+    label = "task score" if q["score_metric"] == "task_score" else q["score_metric"]
+    beat = pr["lo"] > chance
+    worse = pr["hi"] < chance
+    sep = "" if q["separation"] is None else f", separation (AUC) {q['separation']:.2f}"
+    out = [f"Filter ({q['filter']}: {q['rater']}) over {q['n_pool']} unfiltered examples ({q['n_noisy']} noisy: empty "
+           f"or failing their own check), top {q['keep']:.0%} kept ({q['n_kept']}): precision {interval_text(pr)} "
+           f"(share of the kept that are clean) vs {chance:.2f} for a random filter{sep}; it dropped "
+           + ("-" if q["noisy_dropped"] is None else f"{q['noisy_dropped']:.2f}")
+           + f" of the noisy examples; {q['unparsed']} of {q['n_pool']} answers unparsed. "
+           + ("The filter beat chance (its interval is above the pool's clean share)." if beat else
+              "The filter did worse than chance." if worse else
+              "The filter was no better than chance: its interval includes the pool's clean share.")]
+    d = q["diff"]
+    span = f"filtered - whole {interval_text(d, '+')}"
+    if not scoring.clear(d):
+        verdict = (f"no difference larger than its interval ({span}): {q['n_kept']} filtered examples trained as "
+                   f"well as all {q['n_pool']} on these {q['n_eval']} prompts, not shown better.")
+    elif d["mean"] > 0:
+        verdict = f"the filtered set trained better ({span}): fewer, better examples won, the seeds' claim."
+    else:
+        verdict = (f"the whole set trained better ({span}): the seeds' claim fails here — on this budget the examples "
+                   "the filter dropped helped more than their noise hurt.")
+    out.append(f"Filtered ({q['n_kept']} examples, clean share {f['clean_share']:.2f}) vs whole ({q['n_pool']}, "
+               f"{w['clean_share']:.2f}), {q['steps']} LoRA steps each, same seed, {label} on {q['n_eval']} held-out "
+               f"prompts: {interval_text(f['interval'])} vs {interval_text(w['interval'])}; {verdict} Forgetting "
+               f"probe: general-text perplexity {w['ppl_general']:.2f} (whole) vs {f['ppl_general']:.2f} (filtered), "
+               f"general questions {w['general_qa']:.2f} vs {f['general_qa']:.2f}.")
+    if not beat:
+        out.append("With a filter no better than chance the kept half is a random half: what separates the arms is "
+                   "data size and repetition, not quality, so the seeds' claim is not tested by this filter; a "
+                   "stronger judge (a larger model behind an endpoint) or a trained reward model is needed.")
     return out
