@@ -57,6 +57,10 @@ def only(stage, *rest):
     return ["run", "--only", stage, *rest]
 
 
+#: smoke labels 04's pairs with a judge, which a preferences file (its own labels) refuses: the pairs rows label by rule
+RULE_LABELS = ("--set", "04_rlhf.feedback=rule", "--set", "04_rlhf.judge=")
+
+
 def data(name, content, *rest, fmt=None):
     """A 01_data_prep row's arguments and files: ``content`` saved as ``name``, given as the dataset."""
     extra = ["--set", f"data_format={fmt}"] if fmt else []
@@ -246,26 +250,26 @@ ROWS = [
     Row("demo too small to split", only("01_data_prep", "--set", "n_examples=3", "--set", "demo_tasks=[json_qa]"),
         words=["empty test split"]),
     # ---------------------------------------------------------------- 04_rlhf: preference pairs and the policy
-    Row("pairs chosen == rejected", only("04_rlhf", "--set", "preferences={tmp}/p.jsonl"),
+    Row("pairs chosen == rejected", only("04_rlhf", *RULE_LABELS, "--set", "preferences={tmp}/p.jsonl"),
         ["p.jsonl line 2", "'chosen' and 'rejected' are the same"], files={"p.jsonl": jl(PAIR, {**PAIR, "rejected": "Hello there."})}),
-    Row("pairs user turn as answer", only("04_rlhf", "--set", "preferences={tmp}/p.jsonl"),
+    Row("pairs user turn as answer", only("04_rlhf", *RULE_LABELS, "--set", "preferences={tmp}/p.jsonl"),
         ["field 'chosen'", "the last message must be the assistant's"],
         files={"p.jsonl": jl({**PAIR, "chosen": [{"role": "user", "content": "Hello"}]})}),
-    Row("pairs missing rejected", only("04_rlhf", "--set", "preferences={tmp}/p.jsonl"),
+    Row("pairs missing rejected", only("04_rlhf", *RULE_LABELS, "--set", "preferences={tmp}/p.jsonl"),
         ["p.jsonl line 1", "missing field 'rejected'"], files={"p.jsonl": jl({"prompt": "Hi?", "chosen": "Hello."})}),
-    Row("pairs empty prompt", only("04_rlhf", "--set", "preferences={tmp}/p.jsonl"),
+    Row("pairs empty prompt", only("04_rlhf", *RULE_LABELS, "--set", "preferences={tmp}/p.jsonl"),
         ["field 'prompt' must be a non-empty string"], files={"p.jsonl": jl({**PAIR, "prompt": "  "})}),
-    Row("pairs not UTF-8", only("04_rlhf", "--set", "preferences={tmp}/p.jsonl"), ["p.jsonl line 1", "not UTF-8"],
+    Row("pairs not UTF-8", only("04_rlhf", *RULE_LABELS, "--set", "preferences={tmp}/p.jsonl"), ["p.jsonl line 1", "not UTF-8"],
         files={"p.jsonl": b'{"prompt": "caf\xe9", "chosen": "a", "rejected": "b"}\n'}),
-    Row("pairs duplicate key", only("04_rlhf", "--set", "preferences={tmp}/p.jsonl"), ["duplicate key 'chosen'"],
+    Row("pairs duplicate key", only("04_rlhf", *RULE_LABELS, "--set", "preferences={tmp}/p.jsonl"), ["duplicate key 'chosen'"],
         files={"p.jsonl": '{"prompt": "q", "chosen": "a", "chosen": "c", "rejected": "b"}\n'}),
-    Row("pairs unknown role", only("04_rlhf", "--set", "preferences={tmp}/p.jsonl"), ["unknown role 'human'"],
+    Row("pairs unknown role", only("04_rlhf", *RULE_LABELS, "--set", "preferences={tmp}/p.jsonl"), ["unknown role 'human'"],
         files={"p.jsonl": jl({**PAIR, "prompt": [{"role": "human", "content": "Hi?"}]})}),
-    Row("pairs content int", only("04_rlhf", "--set", "preferences={tmp}/p.jsonl"), ["chosen[0].content must be a string"],
+    Row("pairs content int", only("04_rlhf", *RULE_LABELS, "--set", "preferences={tmp}/p.jsonl"), ["chosen[0].content must be a string"],
         files={"p.jsonl": jl({**PAIR, "chosen": [{"role": "assistant", "content": 3}]})}),
-    Row("pairs empty file", only("04_rlhf", "--set", "preferences={tmp}/p.jsonl"), ["no preference pairs"],
+    Row("pairs empty file", only("04_rlhf", *RULE_LABELS, "--set", "preferences={tmp}/p.jsonl"), ["no preference pairs"],
         files={"p.jsonl": "\n"}),
-    Row("pairs missing file", only("04_rlhf", "--set", "preferences={tmp}/none.jsonl"), ["data file not found"]),
+    Row("pairs missing file", only("04_rlhf", *RULE_LABELS, "--set", "preferences={tmp}/none.jsonl"), ["data file not found"]),
     Row("policy config only", only("04_rlhf", "--set", "policy={tmp}/m"), ["04_rlhf.policy", "no weights"],
         files={"m/config.json": "{}"}),
     Row("policy missing", only("04_rlhf", "--set", "policy={tmp}/no-model"), ["04_rlhf.policy", "no-model", "not found"]),
@@ -387,13 +391,13 @@ ROWS = [
     Row("dataset a device", **dataset("/dev/null"), words=["/dev/null", "a device, not a data file"]),
     Row("dataset hub name offline", **dataset("nbft-test/no-such-data"), words=["dataset 'nbft-test/no-such-data'", *OFFLINE]),
     Row("dataset not a hub name", **dataset("no/such/file"), words=["'no/such/file'", "not a Hugging Face dataset name"]),
-    Row("pairs NaN prompt", only("04_rlhf", "--set", "preferences={tmp}/p.jsonl"), ["p.jsonl line 1", "field 'prompt'", "NaN"],
+    Row("pairs NaN prompt", only("04_rlhf", *RULE_LABELS, "--set", "preferences={tmp}/p.jsonl"), ["p.jsonl line 1", "field 'prompt'", "NaN"],
         files={"p.jsonl": '{"prompt": NaN, "chosen": "a", "rejected": "b"}\n'}),
-    Row("pairs lone surrogate", only("04_rlhf", "--set", "preferences={tmp}/p.jsonl"),
+    Row("pairs lone surrogate", only("04_rlhf", *RULE_LABELS, "--set", "preferences={tmp}/p.jsonl"),
         ["p.jsonl line 1", "field 'chosen'", "unpaired surrogate"],
         files={"p.jsonl": '{"prompt": "q", "chosen": "\\udc80", "rejected": "b"}\n'}),
-    Row("pairs a FIFO", only("04_rlhf", "--set", "preferences={tmp}/p.jsonl"), ["p.jsonl", "a FIFO"], fifos=("p.jsonl",)),
-    Row("pairs symlink loop", only("04_rlhf", "--set", "preferences={tmp}/p.jsonl"), ["symbolic link loop"],
+    Row("pairs a FIFO", only("04_rlhf", *RULE_LABELS, "--set", "preferences={tmp}/p.jsonl"), ["p.jsonl", "a FIFO"], fifos=("p.jsonl",)),
+    Row("pairs symlink loop", only("04_rlhf", *RULE_LABELS, "--set", "preferences={tmp}/p.jsonl"), ["symbolic link loop"],
         links={"p.jsonl": "p.jsonl"}),
     Row("documents symlink loop", only("05_rag_vs_ft", "--set", "knowledge_base={tmp}/kb", "--set", "questions={tmp}/q.jsonl"),
         ["kb", "symbolic link loop"], files={"q.jsonl": jl(Q)}, links={"kb": "kb"}),
