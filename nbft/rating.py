@@ -30,6 +30,8 @@ RATING_REPLY_CHARS = 1500
 #: phrases that name the scale rather than rate ("out of 10", "/10", "1 to 10", "1-10"): removed before parsing
 _SCALE = re.compile(r"(?i)\bout\s+of\s+10\b|/\s*10\b|\b1\s*(?:to|-|–)\s*10\b")
 _NUMBER = re.compile(r"(?<![\d.\-])\d+(?:\.\d+)?(?!\.?\d)")  # a full stop may follow: "4."
+#: an answer that opens a numbered list ("1. The answer is correct."): its number is a list marker, not a rating
+_LIST_ITEM = re.compile(r"^\s*\d+[.)]\s+\w")
 
 
 def rating_question(rubric: str, prompt: str, reply: str) -> list[dict]:
@@ -42,7 +44,10 @@ def rating_question(rubric: str, prompt: str, reply: str) -> list[dict]:
 
 def parse_rating(answer: str) -> float | None:
     """The rating in a judge's answer: its first number once the scale's own numbers ("out of 10", "/10", "1 to
-    10") are set aside ("8", "Rating: 7/10", "**9**", "6.5"); None when that number is missing or outside 1..10."""
+    10") are set aside ("8", "Rating: 7/10", "**9**", "6.5"); None when that number is missing or outside 1..10, or
+    when the answer opens a numbered list ("1. The answer is correct.": a small model's usual answer, no rating)."""
+    if _LIST_ITEM.match(answer or ""):
+        return None
     m = _NUMBER.search(_SCALE.sub(" ", answer or ""))
     if m is None:
         return None

@@ -10,7 +10,7 @@ from nbft import data, judge, models, params, rating, runs, sft
 @pytest.mark.parametrize("answer, expected", [
     ("8", 8.0), ("Rating: 7/10", 7.0), ("**9**", 9.0), ("6.5", 6.5), ("10", 10.0), ("1", 1.0),
     ("On a scale of 1 to 10, I'd say 4.", 4.0), ("8 out of 10", 8.0), ("1-10: 3", 3.0),
-    ("0", None), ("11", None), ("42", None), ("-3", None), ("great reply!", None), ("", None), (None, None)])
+    ("4.", 4.0), ("1. The answer is correct.", None), ("2) Good reply", None), ("0", None), ("11", None), ("42", None), ("-3", None), ("great reply!", None), ("", None), (None, None)])
 def test_a_rating_is_the_first_number_from_1_to_10_else_unparsed(answer, expected):
     assert rating.parse_rating(answer) == expected
 
