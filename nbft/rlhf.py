@@ -827,9 +827,10 @@ def findings(m: dict) -> list[str]:
     words0, base = m["mean_words"]["sft"], m["rule_score_sft"]
     for name, r in rows.items():
         win, ci = r["win_rate_vs_sft"], r.get("win_ci")
-        verdict = "beats" if win > t["win"] else "ties" if win == t["win"] else "does not beat"
-        noise = (" — within the noise of this many prompts (the interval includes 0.5)"
-                 if ci and None not in ci and ci[0] <= t["win"] <= ci[1] else "")
+        within = bool(ci and None not in ci and ci[0] <= t["win"] <= ci[1])
+        verdict = ("is not shown to beat" if within and win > t["win"] else "beats" if win > t["win"] else "ties"
+                   if win == t["win"] else "does not beat")
+        noise = " — within the noise of this many prompts (the interval includes 0.5)" if within else ""
         kl = f"; KL to the start {r['kl']:.4f}" if r.get("kl") is not None else ""
         grew = r["mean_words"] > t["longer"] * max(words0, 1)
         rep = r["distinct_trigrams"] < t["repetitive"]
@@ -846,8 +847,8 @@ def findings(m: dict) -> list[str]:
         clear = [k for k in beat if (rows[k].get("win_ci") or [None])[0] is not None and rows[k]["win_ci"][0] > t["win"]]
         out.append(f"Across the {len(rows)} rows (same pairs, seed and budget), by win rate: "
                    + ", ".join(f"{k} {rows[k]['win_rate_vs_sft']:.2f}" for k in ranked) + "; "
-                   + (f"{len(beat)} beat the start ({', '.join(beat)})" if beat else "none beats the start")
-                   + (f", {len(clear)} of them by more than the interval ({', '.join(clear)})." if beat else "."))
+                   + (f"{len(beat)} above 0.5 ({', '.join(beat)})" if beat else "none above 0.5")
+                   + (f", {len(clear)} of them beyond the interval ({', '.join(clear) or 'none'})." if beat else "."))
     return out + scoring.sentences(m.get("reply_metrics") or {}, "sft")
 
 

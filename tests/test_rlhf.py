@@ -112,9 +112,9 @@ def test_findings_follow_the_numbers():
     assert "GRPO (rl, lr 0.0002) beats the SFT start" in grpo and "win rate 0.80 (95% CI 0.70-0.90)" in grpo
     assert "KL to the start 0.0100" in grpo and "longer" in grpo and "noise" not in grpo
     assert "DPO (offline, lr 0.0002) does not beat" in dpo and "repetitive" in dpo and "KL" not in dpo
-    assert "ORPO (offline, lr 8e-06) beats" in orpo and "within the noise" in orpo  # 0.55, interval 0.45-0.65
+    assert "ORPO (offline, lr 8e-06) is not shown to beat" in orpo and "within the noise" in orpo  # 0.55, 0.45-0.65
     assert "30% of prompts tied" in orpo and "tied" not in dpo
-    assert "by win rate: grpo 0.80, orpo 0.55, dpo 0.30; 2 beat the start (grpo, orpo), 1 of them by more than the " \
+    assert "by win rate: grpo 0.80, orpo 0.55, dpo 0.30; 2 above 0.5 (grpo, orpo), 1 of them beyond the " \
            "interval (grpo)" in text
     m.update(rm_accuracy=0.6, rl_mean_reward_after=-2.0)
     text = " ".join(rlhf.findings(m))
