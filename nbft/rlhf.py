@@ -402,6 +402,8 @@ class Method:
     note: str
     kl_key: str | None = None      # the trainer's logged KL to the start (None: it logs none)
     reward_key: str | None = None  # the trainer's logged mean reward of its sampled replies
+    kl_per: str = "token"          # what the logged KL is a mean of: token (GRPO, RLOO) | reply (online DPO: summed
+                                   # over the reply's tokens, so ~reply length times a per-token KL: not comparable)
 
 
 def _experimental(module: str):
@@ -529,7 +531,7 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("online_dpo", "online", "prompts", "online_dpo_learning_rate", True, _online_dpo,
            "online DPO (Guo et al. 2024): two replies sampled per prompt as it trains, ranked by the reward "
            "functions the notebook passes, DPO's loss on the pair (trl.experimental)",
-           kl_key="objective/kl", reward_key="objective/scores"),
+           kl_key="objective/kl", reward_key="objective/scores", kl_per="reply"),
     Method("grpo", "rl", "prompts", "rl_learning_rate", True, _rl("GRPO"),
            "GRPO (Shao et al. 2024): a group of replies per prompt scored by the reward model, each against the "
            "group's mean; PPO's clip and a KL penalty (kl_beta). Stands in for PPO: TRL 1.16 has none",
@@ -606,7 +608,7 @@ def training_record(name: str, result: train.TrainResult, peak_mem_mb: float | N
     hist = result.log_history
     return {"kind": m.kind, "seconds": result.seconds, "steps": result.steps, "peak_mem_mb": peak_mem_mb,
             "learning_rate": learning_rate(m, p), "needs_reference": m.needs_reference,
-            "kl": log_mean(hist, m.kl_key) if m.kl_key else None,
+            "kl": log_mean(hist, m.kl_key) if m.kl_key else None, "kl_per": m.kl_per if m.kl_key else None,
             "train_reward_first": log_mean(hist, m.reward_key, first=True) if m.reward_key else None,
             "train_reward_last": log_mean(hist, m.reward_key) if m.reward_key else None}
 
@@ -831,7 +833,8 @@ def findings(m: dict) -> list[str]:
         verdict = ("is not shown to beat" if within and win > t["win"] else "beats" if win > t["win"] else "ties"
                    if win == t["win"] else "does not beat")
         noise = " — within the noise of this many prompts (the interval includes 0.5)" if within else ""
-        kl = f"; KL to the start {r['kl']:.4f}" if r.get("kl") is not None else ""
+        kl = (f"; KL to the start {r['kl']:.4f} per {r.get('kl_per') or 'token'}" if r.get("kl") is not None
+              else "")
         grew = r["mean_words"] > t["longer"] * max(words0, 1)
         rep = r["distinct_trigrams"] < t["repetitive"]
         hack = (f"; hacking signs: {r['mean_words']:.1f} words (SFT {words0:.1f})" + (", longer" if grew else "")
