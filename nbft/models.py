@@ -300,7 +300,14 @@ def merged_source(spec: str, folder: Path) -> ModelSource:
             auto, kw = AutoModelForSequenceClassification, {"num_labels": _num_labels(folder)}
         else:
             auto, kw = AutoModelForCausalLM, {}
-        model = auto.from_pretrained(base.path, dtype=torch.float32, **kw)
+        from transformers.utils import logging as hf_logging
+
+        level = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # a classifier's head is "missing" from its base: the adapter brings it
+        try:
+            model = auto.from_pretrained(base.path, dtype=torch.float32, **kw)
+        finally:
+            hf_logging.set_verbosity(level)
         model = PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
         save_weights(model, tmp)
         AutoTokenizer.from_pretrained(str(folder)).save_pretrained(tmp)
