@@ -16,7 +16,7 @@ any difference decides).
 **Agreement with the rule** (``agreement``): of the comparisons the labeller decided where the two replies' rule scores
 differ, the share whose winner has the higher rule score, with a bootstrap 95% interval (``scoring.summary``); 0.5 is
 a coin. ``examples`` lists where they disagree. ``outcome`` compares what training on each set of pairs gives (the
-same trainer, budget and seed), judged by the rule on the held-out prompts with paired intervals (``scoring.compare``).
+same trainer, settings and seed; dpo_epochs passes over each set, so a set with more pairs trains more steps), judged by the rule on the held-out prompts with paired intervals (``scoring.compare``).
 
 **As an online reward** (``reward_function``): the judge as a TRL reward function ``f(prompts, completions, **kw)``
 for online DPO (``pairing="halves"``: TRL passes 2B prompts, sample i against sample i+B, the higher reward chosen,
@@ -352,7 +352,8 @@ def findings(m: dict) -> list[str]:
     if vs and "rule_labels" in m and "labeller_labels" in m:
         r, j, d = m["rule_labels"], m["labeller_labels"], vs["diff"]
         clear = scoring.clear(d)
-        out.append(f"The same DPO budget trained on the labeller's pairs vs on the rule's, judged by the rule on "
+        out.append(f"DPO with the same settings trained on the labeller's {m['n_pairs']} pairs vs on the rule's "
+                   f"(dpo_epochs passes over each set: more pairs, more steps), judged by the rule on "
                    f"{r['n_eval']} held-out prompts: rule score {j['rule_score']:.2f} vs {r['rule_score']:.2f} "
                    f"(win rate vs the SFT start {j['win_rate_vs_sft']:.2f} vs {r['win_rate_vs_sft']:.2f}); the change "
                    f"{d['mean']:+.3f} (95% CI {d['lo']:+.3f} to {d['hi']:+.3f}) "
