@@ -7,7 +7,7 @@ OpenAI-compatible endpoint, ``judge.asking``) about every two distinct replies o
 orders agree on and makes the rest ties. ``reward_model`` scores every reply with a trained reward model
 (``rlhf.reward_scores``). Either way the pairs are built as ``build_pairs`` builds them (``label``): per prompt, up to
 ``pairs_per_prompt`` decided comparisons, widest gap in the labeller's own scores first (the judge's: each reply's share
-of its comparisons won), and the labeller's best reply against template-broken copies of it (``rlhf.DEGRADE``), each
+of its comparisons won; with ``judge_verdict: probability`` its mean preference over them), and the labeller's best reply against template-broken copies of it (``rlhf.DEGRADE``), each
 kept only when the labeller prefers the original. A tie makes no pair; ties are counted (``tie_share``), and so is
 the judge's position bias (of its answers that picked a slot, the share that picked the first: 0.5 is none).
 ``pair_margin`` is in rule units: it applies to the rule only (a judge's verdict is its margin; for a reward model
@@ -69,7 +69,7 @@ def judge_pairs(items: Sequence[tuple[str, str, str]], ask: Ask, rubric_text: st
     """Ask about each (prompt, a, b) in both orders (a in slot A, then b in slot A), in one call of ``ask``;
     ``judge.combine``'s result, its verdicts as "a", "b" or "tie"."""
     if not items:
-        return {"verdicts": [], "position_bias": None, "self_agreement": None,
+        return {"verdicts": [], "position_bias": None, "self_agreement": None, "first_slot_probability": None,
                 "answers": {"first": 0, "second": 0, "tie": 0, "unparsed": 0}, "raw": {}}
     firsts = [question(rubric_text, q, a, b) for q, a, b in items]
     seconds = [question(rubric_text, q, b, a) for q, a, b in items]
@@ -78,6 +78,7 @@ def judge_pairs(items: Sequence[tuple[str, str, str]], ask: Ask, rubric_text: st
         raise judging.JudgeError(f"judge: {len(answers)} answers to {2 * len(items)} questions")
     out = judging.combine(answers[:len(items)], answers[len(items):])
     out["verdicts"] = [{"after": "a", "before": "b"}.get(v, "tie") for v in out["verdicts"]]
+    out.setdefault("first_slot_probability", None)
     return out
 
 
@@ -128,9 +129,11 @@ def label(prompts: Sequence[str], samples: Sequence[Sequence[str]], *, ask: Ask 
         asked = judge_pairs(items, ask, rubric_text)
         verdicts = asked["verdicts"]
         got = [[[] for _ in rs] for rs in distinct]
-        for (k, i, j), v in zip(where, verdicts):
-            got[k][i].append({"a": 1.0, "b": 0.0}.get(v, 0.5))
-            got[k][j].append({"a": 0.0, "b": 1.0}.get(v, 0.5))
+        # judge_verdict probability: each comparison's preference for a (both orders averaged), not only who won
+        won = asked.get("preference") or [{"a": 1.0, "b": 0.0}.get(v, 0.5) for v in verdicts]
+        for (k, i, j), x in zip(where, won):
+            got[k][i].append(x)
+            got[k][j].append(1.0 - x)
         own = [[sum(w) / len(w) if w else 0.5 for w in g] for g in got]
     else:
         flat = [(k, i) for k, rs in enumerate(distinct) for i in range(len(rs))]
@@ -170,7 +173,8 @@ def label(prompts: Sequence[str], samples: Sequence[Sequence[str]], *, ask: Ask 
         if v == "a":
             pairs.append(_pair(c, s_good, s_bad))
     return {"labeller": name, "pairs": pairs, "comparisons": comparisons,
-            "judge": None if asked is None else {k: asked[k] for k in ("position_bias", "answers")},
+            "judge": None if asked is None else {k: asked[k] for k in ("position_bias", "answers",
+                                                                        "first_slot_probability")},
             "seconds": time.perf_counter() - start}
 
 
@@ -178,7 +182,11 @@ def _merge_counts(a: dict, b: dict) -> dict:
     """Two ``judge_pairs`` results' answer counts together (the position bias recomputed from them)."""
     answers = {k: a["answers"][k] + b["answers"][k] for k in a["answers"]}
     picked = answers["first"] + answers["second"]
-    return {"verdicts": a["verdicts"] + b["verdicts"], "answers": answers,
+    na, nb = len(a["verdicts"]), len(b["verdicts"])
+    pa, pb = a.get("first_slot_probability"), b.get("first_slot_probability")
+    mean = (None if pa is None and pb is None else pa if pb is None else pb if pa is None else
+            (pa * na + pb * nb) / (na + nb))
+    return {"verdicts": a["verdicts"] + b["verdicts"], "answers": answers, "first_slot_probability": mean,
             "position_bias": answers["first"] / picked if picked else None}
 
 
@@ -250,6 +258,7 @@ def summary(labelled: dict, seed: int = 0) -> dict:
             "n_comparisons": len(comps), "n_decided": len(comps) - ties, "n_ties": ties,
             "tie_share": ties / len(comps) if comps else None,
             "position_bias": judged.get("position_bias"), "answers": judged.get("answers"),
+            "first_slot_probability": judged.get("first_slot_probability"),
             "agreement_with_rule": agreement(comps, seed), "agreement_by_source": by_source,
             "seconds": labelled["seconds"]}
 
@@ -274,6 +283,10 @@ def rows(s: dict) -> list[dict]:
         out.append({"measure": "position bias", "value": s["position_bias"], "95% CI": "",
                     "meaning": f"of the answers that picked a reply, the share that picked slot A (0.5: none); "
                                f"{ans.get('unparsed', 0)} answers unparsed, {ans.get('tie', 0)} said tie"})
+    if s.get("first_slot_probability") is not None:
+        out.append({"measure": "probability on slot A", "value": s["first_slot_probability"], "95% CI": "",
+                    "meaning": "the judge's mean probability of A against B (0.5: no position bias); judge_verdict "
+                               "probability averages each comparison over the two orders, so every one is decided"})
     out.append({"measure": "pairs", "value": s["n_pairs"], "95% CI": "",
                 "meaning": "training pairs the labeller made (decided comparisons, at most pairs_per_prompt a "
                            "prompt, plus template pairs)"})
@@ -347,7 +360,11 @@ def findings(m: dict) -> list[str]:
     out.append(f"{m['n_ties']} of {m['n_comparisons']} comparisons were ties and made no pair"
                + ("" if ties is None else f" (tie share {ties:.0%})") + f"; {m['n_pairs']} training pairs remain."
                + ("" if m.get("position_bias") is None else
-                  f" Position bias {m['position_bias']:.2f} (the share of its picks that took slot A; 0.5: none)."))
+                  f" Position bias {m['position_bias']:.2f} (the share of its picks that took slot A; 0.5: none).")
+               + ("" if m.get("first_slot_probability") is None else
+                  f" Its verdicts are its probabilities of A against B averaged over the two orders (judge_verdict "
+                  f"probability; mean probability on slot A {m['first_slot_probability']:.2f}): a position bias "
+                  f"cancels instead of turning every comparison into a tie."))
     vs = (m.get("labeller_vs_rule") or {}).get("rule")
     if vs and "rule_labels" in m and "labeller_labels" in m:
         r, j, d = m["rule_labels"], m["labeller_labels"], vs["diff"]

@@ -3,7 +3,11 @@
 For each held-out example (prompt, reference, the tuned model's reply, the base model's reply) the judge is asked
 twice, the two replies swapped (``pairwise``), so a judge that favours a position cannot favour a model: a verdict
 the two orders agree on counts, one they disagree on is a tie (``combine``). The judge answers A, B or tie
-(``parse``: the first of those words in its reply; anything else is counted as unparsed and taken as a tie).
+(``parse``: the first of those words in its reply; anything else is counted as unparsed and taken as a tie). With
+``judge_verdict: probability`` the judge's next-token probability of A against B is read instead, and the two orders'
+probabilities are averaged (``combine_probabilities``): a judge that always answers A (the built-in 135M model) still
+ranks the replies by how much less it prefers slot A when the other reply sits there, and every comparison is
+decided.
 Reported (``compare``): the win rate of the tuned replies over the base ones (a tie counts half) with a bootstrap 95%
 interval (``scoring.summary``), the judge's agreement with itself across the two orders (of the examples whose
 two answers both parsed), its position bias (of the
@@ -24,6 +28,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import json
+import math
 import os
 import re
 import time
@@ -33,7 +38,7 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from . import data, evaluate, models, params, scoring, timing
+from . import classify, data, evaluate, models, params, scoring, timing
 
 #: tokens the judge may answer with (its verdict is one word)
 MAX_TOKENS = 8
@@ -47,8 +52,20 @@ QUESTION = "Which reply better answers the prompt, given the reference? Answer w
 #: the first verdict word in a reply: A or B (capitals, as asked), or a word for a tie
 _VERDICT = re.compile(r"\b(A|B)\b|\b((?i:tie|tied|equal|equally|same|both|neither))\b")
 
-#: ask(questions) -> one raw answer per question; a question is a chat (list of {"role", "content"} messages)
-Ask = Callable[[Sequence[list[dict]]], list[str]]
+#: how a verdict is read (``judge_verdict``; ``params.JUDGE_VERDICTS`` copies the names)
+VERDICTS = {
+    "answer": "the first A / B / tie word of the judge's generated answer (parse); a verdict both orders agree on "
+              "counts, the rest are ties",
+    "probability": "the judge's next-token probability of A against B in each order, averaged over the two orders "
+                   "(A's in one, B's in the other): a position bias cancels and every comparison is decided",
+}
+#: the endpoint's most likely first tokens asked for (``judge_verdict: probability``)
+TOP_LOGPROBS = 10
+
+#: ask(questions) -> one answer per question; a question is a chat (list of {"role", "content"} messages). An answer
+#: is the judge's generated text (``judge_verdict: answer``) or its probability of "A" against "B" as the first token
+#: (``probability``; None: neither among an endpoint's top tokens)
+Ask = Callable[[Sequence[list[dict]]], list]
 
 
 class JudgeError(RuntimeError):
@@ -89,6 +106,8 @@ def combine(after_first: Sequence[str], before_first: Sequence[str], reply: dict
     ``scoring.table`` on the same examples (for the agreement with each metric)."""
     if len(after_first) != len(before_first):
         raise ValueError(f"{len(after_first)} answers in one order, {len(before_first)} in the other")
+    if any(not isinstance(t, str) for t in [*after_first, *before_first]):
+        return combine_probabilities(after_first, before_first, reply, seed)
     p1, p2 = [parse(t) for t in after_first], [parse(t) for t in before_first]
     arm1 = [{"A": "after", "B": "before"}.get(v, "tie") for v in p1]
     arm2 = [{"A": "before", "B": "after"}.get(v, "tie") for v in p2]
@@ -109,6 +128,42 @@ def combine(after_first: Sequence[str], before_first: Sequence[str], reply: dict
         "verdicts": verdicts,
         "orders": {"after_first": [v or "?" for v in p1], "before_first": [v or "?" for v in p2]},
         "raw": {"after_first": [t[:200] for t in after_first], "before_first": [t[:200] for t in before_first]},
+    }
+
+
+def combine_probabilities(after_first: Sequence[float | None], before_first: Sequence[float | None],
+                          reply: dict | None = None, seed: int = 0) -> dict:
+    """``combine`` for ``judge_verdict: probability``: each answer is the judge's probability of "A" against "B"
+    (None: unread, taken as 0.5 and counted as unparsed). The tuned reply's preference is the mean of its
+    probability in the two orders, (p(A | tuned first) + p(B | base first)) / 2 (the balanced position calibration
+    of Wang et al. 2023, "Large Language Models are not Fair Evaluators"): above 0.5 it wins, below it loses, at 0.5
+    (the same text twice) a tie. The same keys as ``combine``, the counts read from each answer's more likely slot,
+    and "preference" (each example's) and "first_slot_probability" (the mean probability on slot A: 0.5 is no
+    position bias) added."""
+    q1 = [0.5 if p is None else float(p) for p in after_first]
+    q2 = [0.5 if p is None else float(p) for p in before_first]
+    pref = [(a + 1.0 - b) / 2 for a, b in zip(q1, q2)]
+    verdicts = ["tie" if abs(x - 0.5) < 1e-6 else "after" if x > 0.5 else "before" for x in pref]
+    slot = [None if p is None else "A" if p > 0.5 else "B" if p < 0.5 else "tie" for p in [*after_first, *before_first]]
+    n = len(verdicts)
+    arm1 = [{"A": "after", "B": "before"}.get(v) for v in slot[:n]]
+    arm2 = [{"A": "before", "B": "after"}.get(v) for v in slot[n:]]
+    both = [(a, b) for a, b in zip(arm1, arm2) if a is not None and b is not None]
+    first, second = slot.count("A"), slot.count("B")
+    return {
+        "win_rate": scoring.summary([{"after": 1.0, "before": 0.0, "tie": 0.5}[v] for v in verdicts], seed),
+        "wins": verdicts.count("after"), "losses": verdicts.count("before"), "ties": verdicts.count("tie"),
+        "self_agreement": sum(a == b for a, b in both) / len(both) if both else None,
+        "position_bias": first / (first + second) if first + second else None,
+        "first_slot_probability": sum(q1 + q2) / (2 * n) if n else None,
+        "answers": {"first": first, "second": second, "tie": slot.count("tie"),
+                    "unparsed": sum(v is None for v in slot)},
+        "agreement_with_metrics": agreement(verdicts, reply),
+        "n_eval": n, "n_requests": 2 * n, "verdict": "probability",
+        "verdicts": verdicts, "preference": pref,
+        "orders": {"after_first": [v or "?" for v in slot[:n]], "before_first": [v or "?" for v in slot[n:]]},
+        "raw": {"after_first": ["?" if p is None else f"p(A)={p:.3f}" for p in after_first],
+                "before_first": ["?" if p is None else f"p(A)={p:.3f}" for p in before_first]},
     }
 
 
@@ -228,11 +283,34 @@ class Endpoint:
         except (KeyError, IndexError, TypeError):
             raise JudgeError(f"judge: {self.shown}/chat/completions answered no choices[0].message.content") from None
 
-    def ask(self, questions: Sequence[list[dict]]) -> list[str]:
-        """Every question, ``THREADS`` at a time; answers in order."""
+    def probability(self, model: str, messages: list[dict]) -> float | None:
+        """The endpoint's probability of "A" against "B" as its first token (``top_logprobs``; a choice not among
+        them is taken at the lowest listed logprob, an upper bound); None when neither is listed."""
+        got = self.call("chat/completions", {"model": model, "messages": messages, "temperature": 0, "max_tokens": 1,
+                                             "logprobs": True, "top_logprobs": TOP_LOGPROBS})
+        try:
+            top = got["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+            listed = [(str(t["token"]).strip(), float(t["logprob"])) for t in top]
+        except (KeyError, IndexError, TypeError, ValueError):
+            raise JudgeError(f"judge: {self.shown}/chat/completions answered no top_logprobs: judge_verdict "
+                             "probability needs an endpoint that returns them (llama.cpp's and llama-cpp-python's "
+                             "servers do); or set judge_verdict: answer") from None
+        lp = {}
+        for token, value in listed:
+            if token in ("A", "B"):
+                lp.setdefault(token, value)
+        if not lp:
+            return None
+        floor = min(v for _, v in listed)
+        a, b = lp.get("A", floor), lp.get("B", floor)
+        return 1.0 / (1.0 + math.exp(b - a))
+
+    def ask(self, questions: Sequence[list[dict]], verdict: str = "answer") -> list:
+        """Every question, ``THREADS`` at a time; answers in order (``verdict`` "probability": ``probability``'s)."""
         model = self.model_name()
+        one = self.probability if verdict == "probability" else self.answer
         with timing.section("scoring"), concurrent.futures.ThreadPoolExecutor(THREADS) as pool:
-            return list(pool.map(lambda q: self.answer(model, q), questions))
+            return list(pool.map(lambda q: one(model, q), questions))
 
 
 def endpoint(a: params.JudgeArgs) -> Endpoint:
@@ -250,17 +328,29 @@ def describe(a: params.JudgeArgs) -> str:
 
 
 @contextlib.contextmanager
-def asking(a: params.JudgeArgs, device: str = "auto", precision: str = "fp32", batch_size: int = 16):
+def asking(a: params.JudgeArgs, device: str = "auto", precision: str = "fp32", batch_size: int = 16,
+           verdict: str | None = None):
     """``ask`` for the judge ``a.judge`` names: an endpoint's, or a local model's (loaded for the block, its
-    questions rendered with its chat template and generated in batches of ``batch_size``, greedy)."""
+    questions rendered with its chat template, in batches of ``batch_size``). ``verdict`` (None:
+    ``a.judge_verdict``): "answer" generates each answer (greedy); "probability" reads the next-token probability of
+    "A" against "B" after each question (one forward pass, ``classify.prompt_probs``) or asks the endpoint for its
+    top_logprobs."""
+    verdict = verdict or a.judge_verdict
     if params.is_endpoint(a.judge):
-        yield endpoint(a).ask
+        e = endpoint(a)
+        yield lambda questions: e.ask(questions, verdict)
         return
     tokenizer = models.load_tokenizer(a.judge)
     with models.loaded(a.judge, device, tokenizer) as model:
+        ids = classify.word_ids(tokenizer, ["A", "B"]) if verdict == "probability" else None
+
         def ask(questions):
             prompts = [data.render_prompt(q, tokenizer, "chat") for q in questions]
-            return evaluate.generate(model, tokenizer, prompts, MAX_TOKENS, batch_size, precision)
+            if ids is None:
+                return evaluate.generate(model, tokenizer, prompts, MAX_TOKENS, batch_size, precision)
+            with timing.section("scoring"):
+                return [float(p[0]) for p in classify.prompt_probs(model, tokenizer, prompts, ids, precision,
+                                                                    batch_size)]
 
         yield ask
 
@@ -314,7 +404,7 @@ def recorded(result: dict | None) -> dict | None:
     """``compare``'s result as metrics.json keeps it: without the per-example lists (verdicts, orders, raw answers)."""
     if result is None:
         return None
-    return {k: v for k, v in result.items() if k not in ("verdicts", "orders", "raw")}
+    return {k: v for k, v in result.items() if k not in ("verdicts", "orders", "raw", "preference")}
 
 
 def rows(result: dict) -> list[dict]:
@@ -329,6 +419,10 @@ def rows(result: dict) -> list[dict]:
            {"measure": "position bias", "value": result["position_bias"], "95% CI": "",
             "meaning": f"of the answers that picked a reply, the share that picked the first slot (0.5: none); "
                        f"{result['answers']['unparsed']} of {result['n_requests']} answers unparsed (ties)"}]
+    if result.get("first_slot_probability") is not None:
+        out.append({"measure": "probability on slot A", "value": result["first_slot_probability"], "95% CI": "",
+                    "meaning": "the judge's mean probability of A against B over every question (0.5: no position "
+                               "bias; judge_verdict probability averages it out over the two orders)"})
     out += [{"measure": f"agreement with {m}", "value": r["agreement"], "95% CI": "",
              "meaning": f"share of the {r['n_eval']} examples where the judge and {m} both pick a side that agree"}
             for m, r in result["agreement_with_metrics"].items()]

@@ -125,6 +125,7 @@ PEFT_METHODS = _names("PEFT_METHODS", "peft.METHODS", "full", "freeze", "bitfit"
 RLHF_METHODS = _names("RLHF_METHODS", "rlhf.METHODS", "dpo", "ipo", "kto", "orpo", "simpo", "online_dpo", "grpo",
                       "rloo")
 FEEDBACK = _names("FEEDBACK", "feedback.LABELLERS", "rule", "judge", "reward_model")
+JUDGE_VERDICTS = _names("JUDGE_VERDICTS", "judge.VERDICTS", "answer", "probability")
 CLASSIFY_APPROACHES = _names("CLASSIFY_APPROACHES", "classify.APPROACHES", "zero_shot", "few_shot", "features_llm",
                              "features_minilm", "head_only", "top_n", "lora", "full")
 CLASSIFY_TRAINED = _names("CLASSIFY_TRAINED", "classify.APPROACHES", "head_only", "top_n", "lora", "full", part=True)
@@ -355,6 +356,12 @@ class JudgeArgs:
     judge_api_key_env: str = _f("OPENAI_API_KEY", "endpoint judge: the NAME of the environment variable holding the "
                                 "API key (sent as a bearer token when set; the key itself is never a parameter and "
                                 "never shown)")
+    judge_verdict: str = _f("answer", "how a pairwise verdict is read: answer (the first A / B / tie word the judge "
+                            "generates; a verdict both orders agree on counts, the rest are ties) | probability (its "
+                            "next-token probabilities of A and B, averaged over both orders, which cancels a position "
+                            "bias: every comparison decided, for a judge that always answers A. An endpoint must return "
+                            "top_logprobs, as llama.cpp's and llama-cpp-python's servers do). 02's quality-filter ratings are "
+                            "always read from the answer", JUDGE_VERDICTS)
 
 
 @params_dataclass

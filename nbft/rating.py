@@ -69,7 +69,7 @@ def rate(records: Sequence[dict], ask: judge.Ask, rubric: str) -> dict:
 def judge_ratings(a: params.JudgeArgs, records: Sequence[dict], rubric: str, *, device: str = "auto",
                   precision: str = "fp32", batch_size: int = 16) -> dict:
     """``rate`` with the judge ``a.judge`` names (``judge.asking``), with "rater" (``judge.describe``) added."""
-    with judge.asking(a, device, precision, batch_size) as ask:
+    with judge.asking(a, device, precision, batch_size, verdict="answer") as ask:  # a rating is a number, read from the answer
         out = rate(records, ask, rubric)
     return {"rater": judge.describe(a), **out}
 

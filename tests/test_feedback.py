@@ -67,6 +67,28 @@ def test_a_judge_labels_in_both_orders_a_tie_makes_no_pair_and_ties_bias_and_agr
     assert "agrees with the rule on 0%" in feedback.findings({**fs, "n_pairs": len(flipped["pairs"])})[0]
 
 
+def test_probability_verdicts_turn_a_judge_that_always_answers_a_into_decided_pairs_ranked_by_its_preference():
+    """judge_verdict probability: p(A) 0.95 when the rule's better reply is in slot A, 0.75 when it is in B (its
+    answer would be A every time: all ties). Averaged over the orders every comparison is decided the rule's way."""
+    def ask(questions):
+        out = []
+        for q in questions:
+            prompt, a, b = slots(q)
+            out.append(0.95 if rlhf.rule_score(prompt, a) >= rlhf.rule_score(prompt, b) else 0.75)
+        return out
+
+    got = feedback.label(PROMPTS, SAMPLES, ask=ask, rubric_text="r", pairs_per_prompt=1, name="judge p")
+    s = feedback.summary(got)
+    assert s["n_ties"] == 0 and s["agreement_with_rule"]["mean"] == 1.0 and s["position_bias"] == 1.0
+    assert s["first_slot_probability"] == pytest.approx(0.85)
+    assert all(p["chosen_rule"] > p["rejected_rule"] for p in got["pairs"])
+    assert {p["prompt"] for p in got["pairs"] if p["source"] == "samples"} == set(PROMPTS)  # both prompts now pair
+    assert got["pairs"][0]["chosen"] == GOOD  # the best reply by preference: it wins both its comparisons
+    found = " ".join(feedback.findings({**s, "n_pairs": len(got["pairs"])}))
+    assert "averaged over the two orders" in found and "0.85" in found
+    assert "probability on slot A" in {r["measure"] for r in feedback.rows(s)}
+
+
 @pytest.mark.timeout(120)
 def test_the_built_in_tiny_model_labels_end_to_end_and_its_unparsed_answers_are_ties(tmp_path, tiny):
     p = params.build("04_rlhf", {"feedback": "judge", "judge": "tiny-llama", "template_pairs": 1})
@@ -77,6 +99,12 @@ def test_the_built_in_tiny_model_labels_end_to_end_and_its_unparsed_answers_are_
     assert a["first"] + a["second"] + a["tie"] + a["unparsed"] == 2 * 6  # every question, both orders, counted
     assert s["n_decided"] + s["n_ties"] == 6 and len(got["pairs"]) <= s["n_decided"]
     assert s["agreement_with_rule"]["n_eval"] <= s["n_decided"]
+    # judge_verdict probability: one forward pass a question, every comparison decided (the replies all differ)
+    pp = params.build("04_rlhf", {"feedback": "judge", "judge": "tiny-llama", "template_pairs": 1,
+                                  "judge_verdict": "probability"})
+    sp = feedback.summary(feedback.label_with(pp, PROMPTS, SAMPLES, device="cpu", batch_size=8))
+    assert sp["n_comparisons"] == 6 and sp["n_ties"] == 0 and sp["answers"]["unparsed"] == 0
+    assert 0 < sp["first_slot_probability"] < 1
     # the same judge as online DPO's reward, called as TRL calls it: 2B prompts, sample i against sample i + B
     with feedback.judge_reward(p, device="cpu", batch_size=8) as reward:
         r = reward(prompts=[[{"role": "user", "content": q}] for q in 2 * PROMPTS],

@@ -61,6 +61,34 @@ def test_a_judge_that_always_picks_the_first_slot_cancels_out_to_ties():
     assert r["self_agreement"] == 0.0 and r["position_bias"] == 1.0
 
 
+def test_probability_verdicts_average_the_two_orders_so_a_judge_biased_to_slot_a_still_decides():
+    """judge_verdict probability: a judge that puts most of its probability on A in every question (its generated
+    answer would always be A: all ties) still prefers the better reply by how much less it favours A when the better
+    reply is in slot B; a reply judged against itself is a tie, an unread answer counts as 0.5."""
+    def biased(questions):  # p(A) 0.9 with the reference-matching reply in A, 0.7 with it in B
+        out = []
+        for q in questions:
+            a, _ = reply_slots(q)
+            ref = q[1]["content"].split("[Reference answer]\n", 1)[1].split("\n", 1)[0]
+            out.append(0.9 if ref.lower() in a.lower() else 0.7)
+        return out
+
+    reply = scoring.table(BEFORE, AFTER, RECORDS, ["contains"])
+    r = judge.pairwise(RECORDS, AFTER, BEFORE, biased, reply=reply)
+    n = len(RECORDS)
+    assert r["verdicts"] == ["after"] * n and r["win_rate"]["mean"] == 1.0 and r["ties"] == 0
+    assert r["preference"] == [pytest.approx(0.6)] * n  # (0.9 + (1 - 0.7)) / 2
+    assert r["position_bias"] == 1.0 and r["first_slot_probability"] == pytest.approx(0.8)
+    assert r["self_agreement"] == 0.0 and r["orders"]["before_first"] == ["A"] * n  # A in every question
+    assert r["agreement_with_metrics"] == {"contains": {"agreement": 1.0, "n_eval": n}}
+    assert r["raw"]["after_first"][0] == "p(A)=0.900" and "preference" not in judge.recorded(r)
+    assert "probability on slot A" in {row["measure"] for row in judge.rows({"judge": "j", **r})}
+    # the generated answer of the same judge: A every time, every example a tie
+    assert judge.pairwise(RECORDS, AFTER, BEFORE, lambda qs: ["A"] * len(qs))["ties"] == n
+    r = judge.combine([0.8, None, 0.3], [0.8, 0.5, 0.6])  # the same reply twice; unread; the base reply preferred
+    assert r["verdicts"] == ["tie", "tie", "before"] and r["answers"]["unparsed"] == 1
+
+
 def test_inconsistent_unparsable_and_tied_answers_count_as_ties_and_unparsed_ones_are_counted():
     # example 0: after in both orders; 1: before in both; 2: tie + win (inconsistent); 3: unparsable + after
     r = judge.combine(["Reply A is better.", "B", "tie", "I cannot decide"], ["**B**", "A.", "B", "B"])
@@ -157,6 +185,23 @@ def test_a_local_model_judge_generates_both_orders_in_batches_and_counts_what_it
         assert v == consistent  # a win needs both orders; anything else (unparsed '?' included) is a tie
 
 
+@pytest.mark.timeout(60)
+def test_a_local_model_judge_reads_its_probability_of_a_against_b_in_one_pass_and_decides_every_example():
+    a = params.SFTParams(judge="tiny-llama", judge_verdict="probability")
+    r = judge.compare(a, RECORDS, AFTER, BEFORE, device="cpu", batch_size=4)
+    assert r["n_requests"] == 8 and r["answers"]["unparsed"] == 0 and r["ties"] == 0
+    assert all(0 < x < 1 for x in r["preference"]) and r["verdict"] == "probability"
+    for v, x in zip(r["verdicts"], r["preference"]):
+        assert v == ("after" if x > 0.5 else "before")
+    # the same questions, asked one at a time, give the same probabilities (batching and padding change nothing)
+    with judge.asking(a, "cpu", batch_size=1) as one, judge.asking(a, "cpu", batch_size=4) as four:
+        qs = [judge.question(params.JUDGE_RUBRIC, judge.prompt_of(x), x["reference"], y, z)
+              for x, y, z in zip(RECORDS, AFTER, BEFORE)]
+        assert one(qs) == pytest.approx(four(qs), abs=1e-4)
+    with judge.asking(a, "cpu", verdict="answer") as ask:  # a rating's question is read from the answer
+        assert all(isinstance(t, str) for t in ask(qs[:1]))
+
+
 @pytest.mark.timeout(120)
 def test_each_compared_arm_is_judged_against_the_base_and_lands_in_its_scope_row_and_the_findings():
     from nbft import runs, sft
@@ -225,6 +270,24 @@ def test_the_judge_asks_a_real_endpoint_both_orders_and_reports_its_figures(serv
     with capsys.disabled():
         print(f"\njudge on llama_cpp.server ({r['seconds']:.1f} s, {r['n_requests']} requests):",
               {k: v for k, v in r.items() if k != "raw"}, "\n", judge.sentence(r))
+
+
+@pytest.mark.timeout(120)
+def test_the_probability_verdict_reads_a_real_endpoints_top_logprobs_in_both_orders(server, monkeypatch):
+    url, key, log = server
+    monkeypatch.setenv("NBFT_TEST_JUDGE_KEY", key)
+    a = params.build("02_sft", {"judge": url, "judge_api_key_env": "NBFT_TEST_JUDGE_KEY",
+                                "judge_verdict": "probability"})
+    before_n = completions(log)
+    r = judge.compare(a, RECORDS, AFTER, BEFORE)
+    assert completions(log) - before_n == 2 * len(RECORDS) == r["n_requests"]
+    # the default model puts A and B among its top tokens: every answer read, every example decided
+    assert r["answers"]["unparsed"] == 0 and r["ties"] == 0 and all(0 < x < 1 for x in r["preference"])
+    assert 0 < r["first_slot_probability"] < 1 and key not in str(r)
+    e = judge.Endpoint(url, key_env="NBFT_TEST_JUDGE_KEY")
+    model = e.model_name()
+    q = judge.question(params.JUDGE_RUBRIC, "What is 2 + 2?", "4", "4", "5")
+    assert e.probability(model, q) == pytest.approx(e.ask([q], "probability")[0])
 
 
 @pytest.mark.timeout(60)
