@@ -294,10 +294,31 @@ def prompt_probs(model, tokenizer, prompts: list[str], ids: list[int], precision
         if prefix is not None:
             cache = copy.deepcopy(prefix)
             cache.batch_repeat_interleave(len(idx))
-        logits = evaluate.continue_from(model, cache, torch.ones(len(idx), n, dtype=mask.dtype, device=device),
-                                        input_ids, mask, precision, logits_to_keep=1)
-        out[idx] = torch.softmax(logits[:, -1].float()[:, ids], -1).cpu().numpy()
+        with _head_input(model) as seen:
+            evaluate.continue_from(model, cache, torch.ones(len(idx), n, dtype=mask.dtype, device=device),
+                                   input_ids, mask, precision, logits_to_keep=1)
+        out[idx] = torch.softmax(_word_logits(model, seen[-1][:, -1], ids), -1).cpu().numpy()
     return out
+
+
+@contextlib.contextmanager
+def _head_input(model):
+    """The output head's inputs (the last position's final hidden state) while the block runs, in a list."""
+    seen = []
+    hook = model.get_output_embeddings().register_forward_hook(lambda _m, args, _out: seen.append(args[0]))
+    try:
+        yield seen
+    finally:
+        hook.remove()
+
+
+def _word_logits(model, hidden: torch.Tensor, ids: list[int]) -> torch.Tensor:
+    """The logits of the words ``ids`` from the final hidden states, in fp32: under bf16 autocast the head's logits
+    are rounded to about 0.1 at their usual size (two prompts' probabilities of the same word came out equal when
+    they differed); only these rows of the head are computed again."""
+    head = model.get_output_embeddings()
+    bias = None if getattr(head, "bias", None) is None else head.bias[ids].float()
+    return torch.nn.functional.linear(hidden.float(), head.weight[ids].float(), bias)
 
 
 def calibrate(probs: np.ndarray, content_free: np.ndarray) -> np.ndarray:
