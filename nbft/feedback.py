@@ -351,7 +351,9 @@ def findings(m: dict) -> list[str]:
         out.append(f"The labeller ({m['labeller']}) decided no comparison whose rule scores differ "
                    f"({m['n_ties']} of {m['n_comparisons']} were ties): its agreement with the rule is unmeasured.")
     else:
-        side = ("above a coin (0.5): it mostly prefers what the rule prefers" if a["lo"] > 0.5 else
+        side = (("above a coin (0.5): it mostly prefers what the rule prefers" if a["mean"] >= 0.7 else
+                 f"above a coin (0.5) but only just: {1 - a['mean']:.0%} of its decisions go against the rule")
+                if a["lo"] > 0.5 else
                 "below a coin (0.5): it mostly prefers what the rule rejects" if a["hi"] < 0.5 else
                 "not distinguishable from a coin (0.5) on this many comparisons")
         out.append(f"The labeller ({m['labeller']}) agrees with the rule on {a['mean']:.0%} of {a['n_eval']} decided "
@@ -456,8 +458,8 @@ def online_rewards(p, *, device: str = "auto", precision: str = "fp32", batch_si
     """online_dpo's reward functions from the labeller ``p.feedback`` names, opened for the block: the rule
     (``rlhf.rule_reward``), the judge (``judge_reward``: both replies of a prompt compared, ties broken by the rule)
     or the reward model ``feedback_reward_model`` (a sequence classifier: TRL scores each reply with it). Nothing is
-    opened when ``methods`` has no online_dpo row."""
-    if "online_dpo" not in p.methods or p.feedback == "rule":
+    opened when ``methods`` has no online_dpo row, or when ``feedback_trains`` is comparison (the rule then)."""
+    if "online_dpo" not in p.methods or p.feedback == "rule" or p.feedback_trains == "comparison":
         yield [rlhf.rule_reward]
     elif p.feedback == "judge":
         with judge_reward(p, device=device, precision=precision, batch_size=batch_size) as reward:

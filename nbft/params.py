@@ -583,6 +583,10 @@ class RLHFParams(ChatArgs, JudgeArgs, EvalArgs, LoraArgs, Common):
                        "the constitution, both orders) | reward_model (feedback_reward_model scores each reply). The "
                        "built-in 135M model is too small to be a good judge: 04 measures its agreement with the rule",
                        FEEDBACK)
+    feedback_trains: str = _f("methods", "what a model labeller's pairs train: methods (the reward model, every row and "
+                              "online_dpo's reward: RLAIF) | comparison (only 'What training on each gives', the first "
+                              "offline row on the labeller's pairs vs the rule's; the rest trains on the rule's, so a "
+                              "weak labeller does not blur the method table)", ("methods", "comparison"))
     constitution: list[str] = _f(CONSTITUTION, "feedback: judge: the written rules the labelling judge is given, "
                                  "numbered after judge_rubric (default: rlhf.RULE's checks in words)")
     feedback_reward_model: str = _f("", "feedback: reward_model: a trained reward-model folder (e.g. a previous run's "

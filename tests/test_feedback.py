@@ -182,6 +182,19 @@ def test_the_labeller_parameters_are_checked_naming_the_field(tmp_path):
         with pytest.raises(params.ParamError, match=f"04_rlhf.feedback_reward_model: .*{said}"):
             rlhf.check_inputs(p)
     rlhf.check_inputs(params.build("04_rlhf", {"feedback": "judge", "judge": "tiny-llama"}))
+    with pytest.raises(params.ParamError, match="judge_verdict: 'logprob' is not one of answer, probability"):
+        params.build("04_rlhf", {"judge_verdict": "logprob"})
+    with pytest.raises(params.ParamError, match="feedback_trains: 'rows' is not one of methods, comparison"):
+        params.build("04_rlhf", {"feedback_trains": "rows"})
+
+
+def test_with_feedback_trains_comparison_online_dpo_is_rewarded_by_the_rule_not_the_labeller():
+    kw = {"feedback": "judge", "judge": "tiny-llama", "methods": ["dpo", "online_dpo"]}
+    with feedback.online_rewards(params.build("04_rlhf", {**kw, "feedback_trains": "comparison"}),
+                                 device="cpu") as funcs:
+        assert funcs == [rlhf.rule_reward]
+    with feedback.online_rewards(params.build("04_rlhf", kw), device="cpu") as funcs:
+        assert funcs != [rlhf.rule_reward] and hasattr(funcs[0], "stats")  # the judge
 
 
 def test_what_training_on_each_gives_is_judged_by_the_rule_with_paired_intervals_and_said_in_findings():
