@@ -217,3 +217,13 @@ def test_what_training_on_each_gives_is_judged_by_the_rule_with_paired_intervals
     assert "the labeller's pairs trained better by the rule" in f[2]
     from nbft import runs
     assert runs.vocabulary_problems("04_rlhf", {"feedback": m}) == []
+
+
+def test_the_agreement_finding_says_how_far_above_a_coin_the_labeller_is():
+    base = {"labeller": "judge j", "n_ties": 0, "n_comparisons": 10, "tie_share": 0.0, "n_pairs": 5}
+    weak = feedback.findings({**base, "agreement_with_rule": {"mean": 0.55, "lo": 0.51, "hi": 0.58, "n_eval": 771}})[0]
+    assert "above a coin (0.5) but only just: 45% of its decisions go against the rule" in weak
+    strong = feedback.findings({**base, "agreement_with_rule": {"mean": 0.83, "lo": 0.80, "hi": 0.85, "n_eval": 792}})[0]
+    assert "it mostly prefers what the rule prefers" in strong
+    coin = feedback.findings({**base, "agreement_with_rule": {"mean": 0.52, "lo": 0.45, "hi": 0.58, "n_eval": 90}})[0]
+    assert "not distinguishable from a coin" in coin
