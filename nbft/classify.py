@@ -245,82 +245,6 @@ def prompt_for(text: str, words: list[str], labels: list[str], shots: list[dict]
     return data.render_prompt(msgs, tokenizer, "chat")
 
 
-def word_ids(tokenizer, words: list[str]) -> list[int]:
-    """The first token of each label word (they must differ: the row compares them)."""
-    ids = [tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in words]
-    if len(set(ids)) < len(ids):
-        raise ValueError(f"label words {words} start with the same token; set label_words to words that start "
-                         "differently")
-    return ids
-
-
-def shared_prefix(seqs: list[list[int]]) -> int:
-    """Length of the token prefix every sequence shares, leaving each at least one token of its own."""
-    if not seqs:
-        return 0
-    n = min(len(s) for s in seqs) - 1
-    first = seqs[0]
-    for s in seqs[1:]:
-        k = 0
-        while k < n and s[k] == first[k]:
-            k += 1
-        n = k
-    return max(n, 0)
-
-
-@torch.no_grad()
-def prompt_probs(model, tokenizer, prompts: list[str], ids: list[int], precision: str, batch_size: int = 16) -> np.ndarray:
-    """Softmax over the label words' first tokens of the next-token distribution after each prompt.
-
-    The prompts' shared token prefix (the chat template's system turn, the few-shot examples) runs once and its
-    key/value cache (``evaluate.prefill``) serves every batch, so ``few_shot`` costs about what ``zero_shot`` does;
-    the rest of each prompt is left-padded after the prefix and continues a copy of it (``evaluate.continue_from``:
-    masked, positions counted from the prefix)."""
-    model.eval()
-    device = next(model.parameters()).device
-    seqs = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in prompts]
-    out = np.zeros((len(seqs), len(ids)), dtype=np.float32)
-    n = shared_prefix(seqs)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    prefix = None
-    if n and seqs:
-        prefix = evaluate.prefill(model, torch.tensor([seqs[0][:n]], device=device),
-                                  torch.ones((1, n), dtype=torch.long, device=device), precision)
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-    for s in range(0, len(order), batch_size):
-        idx = order[s:s + batch_size]
-        input_ids, mask = evaluate.padded([seqs[i][n:] for i in idx], pad, device, left=True)
-        cache = None
-        if prefix is not None:
-            cache = copy.deepcopy(prefix)
-            cache.batch_repeat_interleave(len(idx))
-        with _head_input(model) as seen:
-            evaluate.continue_from(model, cache, torch.ones(len(idx), n, dtype=mask.dtype, device=device),
-                                   input_ids, mask, precision, logits_to_keep=1)
-        out[idx] = torch.softmax(_word_logits(model, seen[-1][:, -1], ids), -1).cpu().numpy()
-    return out
-
-
-@contextlib.contextmanager
-def _head_input(model):
-    """The output head's inputs (the last position's final hidden state) while the block runs, in a list."""
-    seen = []
-    hook = model.get_output_embeddings().register_forward_hook(lambda _m, args, _out: seen.append(args[0]))
-    try:
-        yield seen
-    finally:
-        hook.remove()
-
-
-def _word_logits(model, hidden: torch.Tensor, ids: list[int]) -> torch.Tensor:
-    """The logits of the words ``ids`` from the final hidden states, in fp32: under bf16 autocast the head's logits
-    are rounded to about 0.1 at their usual size (two prompts' probabilities of the same word came out equal when
-    they differed); only these rows of the head are computed again."""
-    head = model.get_output_embeddings()
-    bias = None if getattr(head, "bias", None) is None else head.bias[ids].float()
-    return torch.nn.functional.linear(hidden.float(), head.weight[ids].float(), bias)
-
-
 def calibrate(probs: np.ndarray, content_free: np.ndarray) -> np.ndarray:
     """Contextual calibration (Zhao et al. 2021, "Calibrate before use"): divide each row by the probabilities the
     same prompt gives a content-free message ("N/A") and renormalize, which removes the prompt's bias towards one
@@ -495,15 +419,15 @@ def run_approach(name: str, p: params.ClassifyParams, tokenizer, d: ClassData, p
             lm = stack.enter_context(models.loaded(p.model, p.device, tokenizer))
         if a.kind == "prompt":
             words = label_words(p, labels)
-            ids = word_ids(tokenizer, words)
+            ids = evaluate.word_ids(tokenizer, words)
             shots = few_shot_examples(d.train, labels, p.few_shot_k, p.seed) if name == "few_shot" else []
             row["k"] = len(shots)
-            free = prompt_probs(lm, tokenizer, [prompt_for(CONTENT_FREE, words, labels, shots, tokenizer)], ids,
+            free = evaluate.next_word_probs(lm, tokenizer, [prompt_for(CONTENT_FREE, words, labels, shots, tokenizer)], ids,
                                 precision)
             row["content_free_probs"] = {l: float(x) for l, x in zip(labels, free[0])}
 
             def predict(texts, split):
-                raw = prompt_probs(lm, tokenizer, [prompt_for(t, words, labels, shots, tokenizer) for t in texts],
+                raw = evaluate.next_word_probs(lm, tokenizer, [prompt_for(t, words, labels, shots, tokenizer) for t in texts],
                                    ids, precision, p.eval_batch_size)
                 gold = [r["label"] for r in (d.test if split == "test" else d.target_test)]
                 row[f"uncalibrated_{'accuracy' if split == 'test' else 'target_accuracy'}"] = \

@@ -10,6 +10,8 @@ every setting; a trained model is never looked up.
 """
 from __future__ import annotations
 
+import contextlib
+import copy
 import hashlib
 import json
 import math
@@ -300,3 +302,82 @@ def evaluate_model(model, tokenizer, test: list[dict], check: str = "auto", prec
     if domain_texts:
         res["ppl_domain"] = perplexity(model, tokenizer, domain_texts, precision=precision)
     return res
+
+
+# ---------------------------------------------------------------- the next word
+
+def word_ids(tokenizer, words: list[str]) -> list[int]:
+    """The first token of each word (they must differ: their probabilities are compared; 06's label words, the judge's A and B)."""
+    ids = [tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in words]
+    if len(set(ids)) < len(ids):
+        raise ValueError(f"label words {words} start with the same token; set label_words to words that start "
+                         "differently")
+    return ids
+
+
+def shared_prefix(seqs: list[list[int]]) -> int:
+    """Length of the token prefix every sequence shares, leaving each at least one token of its own."""
+    if not seqs:
+        return 0
+    n = min(len(s) for s in seqs) - 1
+    first = seqs[0]
+    for s in seqs[1:]:
+        k = 0
+        while k < n and s[k] == first[k]:
+            k += 1
+        n = k
+    return max(n, 0)
+
+
+@torch.no_grad()
+def next_word_probs(model, tokenizer, prompts: list[str], ids: list[int], precision: str, batch_size: int = 16) -> np.ndarray:
+    """Softmax over the words' first tokens (``word_ids``) of the next-token distribution after each prompt (06's
+    zero- and few-shot rows, the judge's ``judge_verdict: probability``).
+
+    The prompts' shared token prefix (the chat template's system turn, the few-shot examples) runs once and its
+    key/value cache (``evaluate.prefill``) serves every batch, so ``few_shot`` costs about what ``zero_shot`` does;
+    the rest of each prompt is left-padded after the prefix and continues a copy of it (``evaluate.continue_from``:
+    masked, positions counted from the prefix)."""
+    model.eval()
+    device = next(model.parameters()).device
+    seqs = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in prompts]
+    out = np.zeros((len(seqs), len(ids)), dtype=np.float32)
+    n = shared_prefix(seqs)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    prefix = None
+    if n and seqs:
+        prefix = prefill(model, torch.tensor([seqs[0][:n]], device=device),
+                                  torch.ones((1, n), dtype=torch.long, device=device), precision)
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    for s in range(0, len(order), batch_size):
+        idx = order[s:s + batch_size]
+        input_ids, mask = padded([seqs[i][n:] for i in idx], pad, device, left=True)
+        cache = None
+        if prefix is not None:
+            cache = copy.deepcopy(prefix)
+            cache.batch_repeat_interleave(len(idx))
+        with _head_input(model) as seen:
+            continue_from(model, cache, torch.ones(len(idx), n, dtype=mask.dtype, device=device),
+                                   input_ids, mask, precision, logits_to_keep=1)
+        out[idx] = torch.softmax(_word_logits(model, seen[-1][:, -1], ids), -1).cpu().numpy()
+    return out
+
+
+@contextlib.contextmanager
+def _head_input(model):
+    """The output head's inputs (the last position's final hidden state) while the block runs, in a list."""
+    seen = []
+    hook = model.get_output_embeddings().register_forward_hook(lambda _m, args, _out: seen.append(args[0]))
+    try:
+        yield seen
+    finally:
+        hook.remove()
+
+
+def _word_logits(model, hidden: torch.Tensor, ids: list[int]) -> torch.Tensor:
+    """The logits of the words ``ids`` from the final hidden states, in fp32: under bf16 autocast the head's logits
+    are rounded to about 0.1 at their usual size (two prompts' probabilities of the same word came out equal when
+    they differed); only these rows of the head are computed again."""
+    head = model.get_output_embeddings()
+    bias = None if getattr(head, "bias", None) is None else head.bias[ids].float()
+    return torch.nn.functional.linear(hidden.float(), head.weight[ids].float(), bias)

@@ -39,6 +39,12 @@ LABELLERS = {
     "judge": "a model asked which of two replies better follows the constitution, both orders (judge.asking)",
     "reward_model": "a trained reward model's score of each reply (feedback_reward_model)",
 }
+#: what a model labeller's pairs train (``feedback_trains``; ``params.FEEDBACK_TRAINS`` copies the names)
+TRAINS = {
+    "methods": "the reward model, every method row and online_dpo's reward (RLAIF: the labeller replaces the rule)",
+    "comparison": "only the labeller-vs-rule comparison (the first offline row on each set of pairs); the rest "
+                  "trains on the rule's pairs",
+}
 #: what each question to the labelling judge ends with
 QUESTION = "Which reply better follows the rules? Answer with exactly one word: A, B or tie."
 #: a judge's tie broken by the rule in the online reward: this times the rule-score difference (rule scores are 0..1,

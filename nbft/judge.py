@@ -38,7 +38,7 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from . import classify, data, evaluate, models, params, scoring, timing
+from . import data, evaluate, models, params, scoring, timing
 
 #: tokens the judge may answer with (its verdict is one word)
 MAX_TOKENS = 8
@@ -333,7 +333,7 @@ def asking(a: params.JudgeArgs, device: str = "auto", precision: str = "fp32", b
     """``ask`` for the judge ``a.judge`` names: an endpoint's, or a local model's (loaded for the block, its
     questions rendered with its chat template, in batches of ``batch_size``). ``verdict`` (None:
     ``a.judge_verdict``): "answer" generates each answer (greedy); "probability" reads the next-token probability of
-    "A" against "B" after each question (one forward pass, ``classify.prompt_probs``) or asks the endpoint for its
+    "A" against "B" after each question (one forward pass, ``evaluate.next_word_probs``) or asks the endpoint for its
     top_logprobs."""
     verdict = verdict or a.judge_verdict
     if params.is_endpoint(a.judge):
@@ -342,15 +342,15 @@ def asking(a: params.JudgeArgs, device: str = "auto", precision: str = "fp32", b
         return
     tokenizer = models.load_tokenizer(a.judge)
     with models.loaded(a.judge, device, tokenizer) as model:
-        ids = classify.word_ids(tokenizer, ["A", "B"]) if verdict == "probability" else None
+        ids = evaluate.word_ids(tokenizer, ["A", "B"]) if verdict == "probability" else None
 
         def ask(questions):
             prompts = [data.render_prompt(q, tokenizer, "chat") for q in questions]
             if ids is None:
                 return evaluate.generate(model, tokenizer, prompts, MAX_TOKENS, batch_size, precision)
             with timing.section("scoring"):
-                return [float(p[0]) for p in classify.prompt_probs(model, tokenizer, prompts, ids, precision,
-                                                                    batch_size)]
+                return [float(p[0]) for p in evaluate.next_word_probs(model, tokenizer, prompts, ids, precision,
+                                                                        batch_size)]
 
         yield ask
 

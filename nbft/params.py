@@ -126,6 +126,7 @@ RLHF_METHODS = _names("RLHF_METHODS", "rlhf.METHODS", "dpo", "ipo", "kto", "orpo
                       "rloo")
 FEEDBACK = _names("FEEDBACK", "feedback.LABELLERS", "rule", "judge", "reward_model")
 JUDGE_VERDICTS = _names("JUDGE_VERDICTS", "judge.VERDICTS", "answer", "probability")
+FEEDBACK_TRAINS = _names("FEEDBACK_TRAINS", "feedback.TRAINS", "methods", "comparison")
 CLASSIFY_APPROACHES = _names("CLASSIFY_APPROACHES", "classify.APPROACHES", "zero_shot", "few_shot", "features_llm",
                              "features_minilm", "head_only", "top_n", "lora", "full")
 CLASSIFY_TRAINED = _names("CLASSIFY_TRAINED", "classify.APPROACHES", "head_only", "top_n", "lora", "full", part=True)
@@ -586,7 +587,7 @@ class RLHFParams(ChatArgs, JudgeArgs, EvalArgs, LoraArgs, Common):
     feedback_trains: str = _f("methods", "what a model labeller's pairs train: methods (the reward model, every row and "
                               "online_dpo's reward: RLAIF) | comparison (only 'What training on each gives', the first "
                               "offline row on the labeller's pairs vs the rule's; the rest trains on the rule's, so a "
-                              "weak labeller does not blur the method table)", ("methods", "comparison"))
+                              "weak labeller does not blur the method table)", FEEDBACK_TRAINS)
     constitution: list[str] = _f(CONSTITUTION, "feedback: judge: the written rules the labelling judge is given, "
                                  "numbered after judge_rubric (default: rlhf.RULE's checks in words)")
     feedback_reward_model: str = _f("", "feedback: reward_model: a trained reward-model folder (e.g. a previous run's "

@@ -6,7 +6,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from nbft import classify, data, models, params
+from nbft import classify, data, evaluate, models, params
 
 LABELS = ["billing", "outage", "praise"]
 TEXTS = {
@@ -161,13 +161,13 @@ def test_prompt_scoring_with_the_shared_prefix_cache_equals_one_prompt_at_a_time
     p, tok, d = tiny
     words, shots = d.labels, classify.few_shot_examples(d.train, d.labels, k, 0)
     prompts = [classify.prompt_for(r["text"], words, d.labels, shots, tok) for r in d.test]
-    ids = classify.word_ids(tok, words)
+    ids = evaluate.word_ids(tok, words)
     with models.loaded(p.model, p.device, tok) as lm:
-        cached = classify.prompt_probs(lm, tok, prompts, ids, "fp32", batch_size=4)
+        cached = evaluate.next_word_probs(lm, tok, prompts, ids, "fp32", batch_size=4)
         with torch.no_grad():
             one = [torch.softmax(lm(**tok(t, return_tensors="pt", add_special_tokens=False)).logits[0, -1, ids], -1)
                    for t in prompts]
-    assert classify.shared_prefix([tok(t, add_special_tokens=False)["input_ids"] for t in prompts]) > 10
+    assert evaluate.shared_prefix([tok(t, add_special_tokens=False)["input_ids"] for t in prompts]) > 10
     np.testing.assert_allclose(cached, torch.stack(one).numpy(), atol=1e-5)
 
 

@@ -119,7 +119,7 @@ def test_continuation_logprobs_from_the_prompts_cache_equal_a_full_sequence_pass
         assert sorted(seen) == [0, 1, 2, 3] and [len(g) for g in got] == [2, 0, 3, 1]
         for g, e in zip(got, expected):
             assert g == pytest.approx(e, abs=1e-4)
-    # prefill + continue_from with the rest of each prompt left-padded after a shared prefix (06's prompt_probs):
+    # prefill + continue_from with the rest of each prompt left-padded after a shared prefix (evaluate.next_word_probs):
     # the next-token logits equal a full pass's
     ids = [tok(p, add_special_tokens=False)["input_ids"] for p in ["Label: spam", "Label: ham and eggs"]]
     n = 2
