@@ -444,4 +444,8 @@ def sentence(result: dict, tuned: str = "the tuned") -> str:
             + ("" if result["self_agreement"] is None else
                f" Self-agreement across orders {result['self_agreement']:.2f}.")
             + (f" {result['answers']['unparsed']} of {result['n_requests']} answers had no verdict (taken as ties)."
-               if result["answers"]["unparsed"] else ""))
+               if result["answers"]["unparsed"] else "")
+            + "".join(f" It agrees with {m} on {r['agreement']:.0%} of the {r['n_eval']} examples where both pick a "
+                      "side" + (" (below 0.5: it prefers what the metric scores worse)." if r["agreement"] < 0.5
+                                else ".")
+                      for m, r in result.get("agreement_with_metrics", {}).items() if r["agreement"] is not None))

@@ -81,6 +81,8 @@ def test_probability_verdicts_average_the_two_orders_so_a_judge_biased_to_slot_a
     assert r["position_bias"] == 1.0 and r["first_slot_probability"] == pytest.approx(0.8)
     assert r["self_agreement"] == 0.0 and r["orders"]["before_first"] == ["A"] * n  # A in every question
     assert r["agreement_with_metrics"] == {"contains": {"agreement": 1.0, "n_eval": n}}
+    assert f"It agrees with contains on 100% of the {n} examples where both pick a side." in judge.sentence(
+        {"judge": "j", **r})
     assert r["raw"]["after_first"][0] == "p(A)=0.900" and "preference" not in judge.recorded(r)
     assert "probability on slot A" in {row["measure"] for row in judge.rows({"judge": "j", **r})}
     # the generated answer of the same judge: A every time, every example a tie
