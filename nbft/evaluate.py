@@ -357,8 +357,8 @@ def next_word_probs(model, tokenizer, prompts: list[str], ids: list[int], precis
             cache = copy.deepcopy(prefix)
             cache.batch_repeat_interleave(len(idx))
         with _head_input(model) as seen:
-            continue_from(model, cache, torch.ones(len(idx), n, dtype=mask.dtype, device=device),
-                                   input_ids, mask, precision, logits_to_keep=1)
+            continue_from(model, cache, torch.ones(len(idx), n, dtype=mask.dtype, device=device), input_ids, mask,
+                          precision, logits_to_keep=1)
         out[idx] = torch.softmax(_word_logits(model, seen[-1][:, -1], ids), -1).cpu().numpy()
     return out
 

@@ -7,9 +7,10 @@ OpenAI-compatible endpoint, ``judge.asking``) about every two distinct replies o
 orders agree on and makes the rest ties. ``reward_model`` scores every reply with a trained reward model
 (``rlhf.reward_scores``). Either way the pairs are built as ``build_pairs`` builds them (``label``): per prompt, up to
 ``pairs_per_prompt`` decided comparisons, widest gap in the labeller's own scores first (the judge's: each reply's share
-of its comparisons won; with ``judge_verdict: probability`` its mean preference over them), and the labeller's best reply against template-broken copies of it (``rlhf.DEGRADE``), each
-kept only when the labeller prefers the original. A tie makes no pair; ties are counted (``tie_share``), and so is
-the judge's position bias (of its answers that picked a slot, the share that picked the first: 0.5 is none).
+of its comparisons won; with ``judge_verdict: probability`` its mean preference over them), and the labeller's best
+reply against template-broken copies of it (``rlhf.DEGRADE``), each kept only when the labeller prefers the original.
+A tie makes no pair; ties are counted (``tie_share``), and so is the judge's position bias (of its answers that picked
+a slot, the share that picked the first: 0.5 is none).
 ``pair_margin`` is in rule units: it applies to the rule only (a judge's verdict is its margin; for a reward model
 any difference decides).
 
